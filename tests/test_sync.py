@@ -1,0 +1,51 @@
+"""Notebooks are the source: `nbdev_export` must not change mergelab/, `nbdev_clean` must not change nbs/, and the
+docs pre-processing step (`nbdev_proc_nbs` minus the Quarto install) must work with the top-level _quarto.yml.
+Each check runs in a scratch copy of the project, so the working tree is never touched."""
+import filecmp, shutil, subprocess, sys
+from pathlib import Path
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+@pytest.fixture
+def scratch(tmp_path):
+    for p in ("settings.ini", "_quarto.yml", "setup.py", "README.md"): shutil.copy2(ROOT / p, tmp_path / p)
+    for d in ("nbs", "mergelab"):
+        shutil.copytree(ROOT / d, tmp_path / d, symlinks=True, ignore=shutil.ignore_patterns("__pycache__", ".ipynb_checkpoints"))
+    return tmp_path
+
+def diff_trees(a: Path, b: Path) -> list[str]:
+    out, c = [], filecmp.dircmp(a, b, ignore=["__pycache__", ".ipynb_checkpoints"])
+    def walk(c, rel=""):
+        out.extend(f"{rel}{n} (only in one tree)" for n in c.left_only + c.right_only)
+        out.extend(f"{rel}{n} (differs)" for n in c.diff_files)
+        for n, sub in c.subdirs.items(): walk(sub, f"{rel}{n}/")
+    walk(c)
+    return out
+
+def run(cmd, cwd):
+    r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, f"{cmd} failed:\n{r.stdout}\n{r.stderr}"
+    return r
+
+def test_export_in_sync(scratch):
+    run([sys.executable, "-c", "from nbdev.doclinks import nbdev_export; nbdev_export.__wrapped__()"], scratch)
+    changed = diff_trees(ROOT / "mergelab", scratch / "mergelab")
+    assert not changed, f"nbdev_export changes mergelab/ (edit the notebooks, then run nbdev_export): {changed}"
+
+def test_clean_in_sync(scratch):
+    run([sys.executable, "-c", "from nbdev.clean import nbdev_clean; nbdev_clean.__wrapped__()"], scratch)
+    changed = diff_trees(ROOT / "nbs", scratch / "nbs")
+    assert not changed, f"nbdev_clean changes nbs/ (run nbdev_clean and commit): {changed}"
+
+def test_docs_preprocess(scratch):
+    "What `nbdev_proc_nbs`/`nbdev_docs` do before calling Quarto, which cannot be installed offline here."
+    code = ("from nbdev.quarto import refresh_quarto_yml, nbdev_sidebar; from nbdev.serve import proc_nbs;"
+            "import nbdev.doclinks; refresh_quarto_yml(); nbdev.doclinks._build_modidx(); nbdev_sidebar.__wrapped__();"
+            "print(proc_nbs(n_workers=0))")
+    run([sys.executable, "-c", code], scratch)
+    assert (scratch / "nbs" / "_quarto.yml").is_symlink(), "nbdev replaced the link to the top-level _quarto.yml"
+    proc = scratch / "_proc"
+    assert (proc / "_quarto.yml").read_text() == (ROOT / "_quarto.yml").read_text()
+    assert (proc / "index.ipynb").exists() and (proc / "00_io.ipynb").exists()
+    assert (scratch / "nbs" / "sidebar.yml").exists()
