@@ -1,0 +1,62 @@
+"""The installed `mergelab` console script, run as a user runs it: in a subprocess."""
+import json, os, shutil, subprocess, sys
+from pathlib import Path
+import pytest
+from conftest import tree_checksums
+
+EXE = shutil.which("mergelab") or str(Path(sys.executable).parent / "mergelab")
+
+def run(*args, cwd=None, timeout=300):
+    return subprocess.run([EXE, *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=timeout,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+    d = tmp_path_factory.mktemp("zoo")
+    cfg = LlamaConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, tie_word_embeddings=False)
+    torch.manual_seed(0); base = LlamaForCausalLM(cfg); base.save_pretrained(d / "base")
+    for i, n in enumerate(["a", "b"]):
+        m = LlamaForCausalLM(cfg); m.load_state_dict(base.state_dict())
+        with torch.no_grad():
+            for p in m.parameters(): p.add_(0.01 * torch.randn(p.shape, generator=torch.Generator().manual_seed(i)))
+        m.save_pretrained(d / n)
+    (d / "ties.yml").write_text("merge_method: ties\nbase_model: ./base\nmodels:\n"
+                                "  - model: ./a\n    parameters: {weight: 0.5, density: 0.5}\n"
+                                "  - model: ./b\n    parameters: {weight: 0.5, density: 0.5}\n")
+    return d
+
+def test_help():
+    r = run("--help")
+    assert r.returncode == 0 and "merge" in r.stdout and "demo" in r.stdout
+
+def test_merge_yaml_loads(zoo, tmp_path):
+    before = tree_checksums(zoo)
+    r = run("merge", zoo / "ties.yml", tmp_path / "out", "--max-shard-size", "50KB", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert "merged into" in r.stdout
+    from transformers import AutoModelForCausalLM
+    m = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+    index = json.loads((tmp_path / "out" / "model.safetensors.index.json").read_text())
+    assert len(set(index["weight_map"].values())) >= 3
+    assert (tmp_path / "out" / "mergelab_config.yml").exists()
+    assert tree_checksums(zoo) == before
+
+def test_merge_refuses_existing_and_bad_config(zoo, tmp_path):
+    (tmp_path / "taken").mkdir(); (tmp_path / "taken" / "x").write_text("keep me")
+    r = run("merge", zoo / "ties.yml", tmp_path / "taken", "--no-progress")
+    assert r.returncode == 2 and "not empty" in r.stderr and "Traceback" not in r.stderr
+    assert (tmp_path / "taken" / "x").read_text() == "keep me"
+    bad = tmp_path / "bad.yml"
+    bad.write_text((zoo / "ties.yml").read_text().replace("ties", "tie").replace("./", f"{zoo}/"))
+    r = run("merge", bad, tmp_path / "o2", "--no-progress")
+    assert r.returncode == 2 and "did you mean 'ties'" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "o2").exists()
+
+def test_validate_and_methods(zoo):
+    r = run("validate", zoo / "ties.yml")
+    assert r.returncode == 0 and "ok: ties" in r.stdout
+    r = run("methods")
+    assert r.returncode == 0 and all(m in r.stdout for m in ("linear", "ties", "dare_ties", "slerp", "model_stock"))
