@@ -32,7 +32,7 @@ def make_models(d: Path, layers: int, hidden: int, inter: int, vocab: int, n_ft:
     from mergelab.io import ShardedWriter
     cfg = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
                       num_attention_heads=hidden // 64, num_key_value_heads=hidden // 64, tie_word_embeddings=False,
-                      torch_dtype="bfloat16")
+                      torch_dtype="bfloat16", architectures=["LlamaForCausalLM"])
     shapes = {"model.embed_tokens.weight": (vocab, hidden), "lm_head.weight": (vocab, hidden), "model.norm.weight": (hidden,)}
     for i in range(layers):
         p = f"model.layers.{i}."
@@ -53,11 +53,21 @@ def make_models(d: Path, layers: int, hidden: int, inter: int, vocab: int, n_ft:
     print(f"generated {len(paths)} checkpoints of {total / 1e6:.1f}M params (bf16, 3 shards each) in {d}")
     return paths
 
-def max_abs_diff(a: Path, b: Path) -> float:
+def diff_stats(a: Path, b: Path) -> tuple[int, float]:
+    "Number of differing entries and max |difference| between two checkpoints, streamed."
     from mergelab.io import Checkpoint
     ca, cb = Checkpoint.open(a), Checkpoint.open(b)
     assert set(ca.keys()) == set(cb.keys()), "outputs have different tensors"
-    return max(float((ca.get(k, torch.float32) - cb.get(k, torch.float32)).abs().max()) for k in ca.keys())
+    n, mx = 0, 0.0
+    for k in ca.keys():
+        x, y = ca.get(k, torch.float32), cb.get(k, torch.float32)
+        n += int((x != y).sum()); mx = max(mx, float((x - y).abs().max()))
+    return n, mx
+
+def total_params(a: Path) -> int:
+    from mergelab.io import Checkpoint
+    c = Checkpoint.open(a)
+    return sum(c.numel(k) for k in c.keys())
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -78,24 +88,30 @@ def main():
     w = 1.0 / a.fine_tunes
     models = "".join(f"  - model: {p}\n    parameters: {{weight: {w}, density: {a.density}}}\n" for p in paths[1:])
     (d / "config.yml").write_text(f"merge_method: {a.method}\nbase_model: {paths[0]}\nmodels:\n{models}dtype: bfloat16\n")
+    # mergelab's default breaks ties at the k-th magnitude by index (linear time); `tie_break: argsort` is mergekit's order
+    exact = a.method == "ties"
+    if exact: (d / "exact.yml").write_text((d / "config.yml").read_text() + "parameters: {tie_break: argsort}\n")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     exe = shutil.which("mergelab") or str(Path(sys.executable).parent / "mergelab")
-    ml_cmd = lambda o: [exe, "merge", str(d / "config.yml"), str(o), "--overwrite",
+    ml_cmd = lambda o, cfg="config.yml": [exe, "merge", str(d / cfg), str(o), "--overwrite",
                         "--no-progress", "--threads", str(a.threads), "--seed", "0"]
     mk_cmd = lambda o: [a.mergekit, str(d / "config.yml"), str(o), "--random-seed", "0", "--quiet"]
-    runs = {"mergelab": [], "mergekit": []}
+    runs = {"mergelab": [], "mergelab-argsort": [], "mergekit": []}
     for r in range(a.repeats):
         runs["mergelab"].append(measured(ml_cmd(d / "out_mergelab"), env))
+        if exact: runs["mergelab-argsort"].append(measured(ml_cmd(d / "out_exact", "exact.yml"), env))
         if a.mergekit:
             shutil.rmtree(d / "out_mergekit", ignore_errors=True)
             runs["mergekit"].append(measured(mk_cmd(d / "out_mergekit"), env))
     best = {k: (min(x["wall"] for x in v), max(x["rss"] for x in v)) for k, v in runs.items() if v}
     print(f"\n{a.method}, {a.fine_tunes} fine-tunes + base, {a.repeats} alternating runs each (best wall, worst peak RSS)")
-    for k, (wall, rss) in best.items(): print(f"  {k:9s} wall {wall:7.2f} s   peak RSS {rss / 2**30:6.3f} GiB")
+    for k, (wall, rss) in best.items(): print(f"  {k:16s} wall {wall:7.2f} s   peak RSS {rss / 2**30:6.3f} GiB")
     if "mergekit" in best:
-        print(f"  ratio mergelab/mergekit: wall {best['mergelab'][0] / best['mergekit'][0]:.3f}x, "
-              f"peak RSS {best['mergelab'][1] / best['mergekit'][1]:.3f}x")
-        print(f"  max |mergelab - mergekit| over all tensors: {max_abs_diff(d / 'out_mergelab', d / 'out_mergekit'):.3g}")
+        for k, out in (("mergelab", "out_mergelab"), ("mergelab-argsort", "out_exact")):
+            if k not in best: continue
+            n, mx = diff_stats(d / out, d / "out_mergekit")
+            print(f"  {k}/mergekit: wall {best[k][0] / best['mergekit'][0]:.3f}x, peak RSS {best[k][1] / best['mergekit'][1]:.3f}x, "
+                  f"outputs differ in {n} of {total_params(d / out)} entries (max |diff| {mx:.3g})")
     else: print("  mergekit not found (pass --mergekit PATH): no ratio")
 
 if __name__ == "__main__":

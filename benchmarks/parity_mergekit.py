@@ -62,6 +62,7 @@ def ours(method, params, tensors, base, seed):
     m = METHODS[method]
     first = base if base is not None else tensors[0]
     cd = torch.float32 if m.compute == "fp32" and first.dtype != torch.float64 else first.dtype
+    if "tie_break" in m.params: params = {**params, "tie_break": "argsort"}   # mergekit's tie order among equal |δ|
     kw = m._extras(m.resolve(params, len(tensors)), "t", 0)
     if "generator" in kw: kw["generator"] = torch.Generator().manual_seed(seed)
     out = m.fn([t.to(cd) for t in tensors], None if base is None else base.to(cd), **kw)

@@ -6,7 +6,7 @@ __version__ = "0.1.0"
 # %% auto #0
 __all__ = []
 
-# %% ../nbs/index.ipynb #9c373959
+# %% ../nbs/index.ipynb #90ec883f
 from .io import Checkpoint, task_vector, save_checkpoint, MergelabError
 from .engine import METHODS, get_method, merge_method
 from .config import merge, merge_config, build_plan

@@ -208,4 +208,5 @@ d = { 'settings': { 'branch': 'main',
                                   'mergelab.methods.sparsify_random': ('methods.html#sparsify_random', 'mergelab/methods.py'),
                                   'mergelab.methods.task_arithmetic': ('methods.html#task_arithmetic', 'mergelab/methods.py'),
                                   'mergelab.methods.ties': ('methods.html#ties', 'mergelab/methods.py'),
-                                  'mergelab.methods.ties_prepare': ('methods.html#ties_prepare', 'mergelab/methods.py')}}}
+                                  'mergelab.methods.ties_prepare': ('methods.html#ties_prepare', 'mergelab/methods.py'),
+                                  'mergelab.methods.topk_mask': ('methods.html#topk_mask', 'mergelab/methods.py')}}}
