@@ -25,6 +25,17 @@ RECIPES = {   # method: (uses base, models ("a", "b" or "base"), global params, 
     "nearswap": (True, "a", {"t": 0.001}, {}),
     "ram": (True, "ab", {}, {}),
     "passthrough": (False, "a", {}, {"scale": [1.0]}),
+    "consensus": (True, "ab", {"k": 2, "lambda": 0.5}, {"tall_lambda": [0.4, 0.5]}),
+    "tall_masks": (True, "ab", {"task": 1}, {}),
+    "pcb": (True, "ab", {"pcb_ratio": 0.2}, {}),
+    "star": (True, "ab", {"eta": 40.0}, {}),
+    "tsv": (True, "ab", {}, {}),
+    "iso_c": (True, "ab", {"lambda": 0.5}, {}),
+    "iso_cts": (True, "ab", {"common_space_fraction": 0.8}, {}),
+    "lines": (True, "a", {"alpha": 0.5, "beta": 0.5}, {}),
+    "layer_swap": (False, "ab", {"bottom": 1, "top": 1}, {}),
+    # post-processors run after a method: (method, post-processor)
+    "consensus_mask": (True, "ab", {"k": 1}, {**TWO, "tall_lambda": [0.4, 0.4]}, ("task_arithmetic", "consensus_mask")),
 }
 
 @pytest.fixture(scope="module")
@@ -51,15 +62,17 @@ def test_method_python_yaml_cli(method, zoo, tmp_path):
     from mergelab.cli import main
     from transformers import LlamaForCausalLM
     before = tree_checksums(zoo)
-    uses_base, names, glob, per = RECIPES[method]
+    uses_base, names, glob, per, *chain = RECIPES[method]
+    method, post = chain[0] if chain else (method, None)
     models = [zoo / n for n in names]
     base = zoo / "base" if uses_base else None
     cfg = {"merge_method": method, "models": [{"model": str(m), "parameters": {k: v[i] for k, v in per.items()}}
                                               for i, m in enumerate(models)],
            "parameters": glob, "dtype": "float32"}
     if base: cfg["base_model"] = str(base)
+    if post: cfg["postprocess"] = [post]
     (tmp_path / "c.yml").write_text(yaml.safe_dump(cfg))
-    py = merge(models, method, base=base, seed=0, progress=False, **glob, **per)
+    py = merge(models, method, base=base, seed=0, progress=False, postprocess=[post] if post else (), **glob, **per)
     out = merge_config(tmp_path / "c.yml", tmp_path / "yaml_out", seed=0, progress=False, max_shard_bytes=40_000)
     with contextlib.redirect_stdout(io.StringIO()):
         assert main(["merge", str(tmp_path / "c.yml"), str(tmp_path / "cli_out"), "--seed", "0", "--no-progress"]) == 0
