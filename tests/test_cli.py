@@ -2,7 +2,7 @@
 import json, os, shutil, subprocess, sys
 from pathlib import Path
 import pytest
-from conftest import tree_checksums
+from conftest import tree_checksums, make_llama_family
 
 EXE = shutil.which("mergelab") or str(Path(sys.executable).parent / "mergelab")
 
@@ -12,17 +12,7 @@ def run(*args, cwd=None, timeout=300):
 
 @pytest.fixture(scope="module")
 def zoo(tmp_path_factory):
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-    d = tmp_path_factory.mktemp("zoo")
-    cfg = LlamaConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, tie_word_embeddings=False)
-    torch.manual_seed(0); base = LlamaForCausalLM(cfg); base.save_pretrained(d / "base")
-    for i, n in enumerate(["a", "b"]):
-        m = LlamaForCausalLM(cfg); m.load_state_dict(base.state_dict())
-        with torch.no_grad():
-            for p in m.parameters(): p.add_(0.01 * torch.randn(p.shape, generator=torch.Generator().manual_seed(i)))
-        m.save_pretrained(d / n)
+    d = make_llama_family(tmp_path_factory.mktemp("zoo"))
     (d / "ties.yml").write_text("merge_method: ties\nbase_model: ./base\nmodels:\n"
                                 "  - model: ./a\n    parameters: {weight: 0.5, density: 0.5}\n"
                                 "  - model: ./b\n    parameters: {weight: 0.5, density: 0.5}\n")
@@ -34,7 +24,7 @@ def test_help():
 
 def test_merge_yaml_loads(zoo, tmp_path):
     before = tree_checksums(zoo)
-    r = run("merge", zoo / "ties.yml", tmp_path / "out", "--max-shard-size", "50KB", "--no-progress")
+    r = run("merge", zoo / "ties.yml", tmp_path / "out", "--max-shard-size", "30KB", "--no-progress")
     assert r.returncode == 0, r.stderr
     assert "merged into" in r.stdout
     from transformers import AutoModelForCausalLM

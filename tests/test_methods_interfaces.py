@@ -3,7 +3,7 @@ three give identical tensors, and the output loads with transformers' `from_pret
 import contextlib, io
 from pathlib import Path
 import pytest, torch, yaml
-from conftest import tree_checksums
+from conftest import tree_checksums, make_llama_family
 
 TWO = {"weight": [0.6, 0.4]}
 RECIPES = {   # method: (uses base, models ("a", "b" or "base"), global params, per-model params)
@@ -40,17 +40,7 @@ RECIPES = {   # method: (uses base, models ("a", "b" or "base"), global params, 
 
 @pytest.fixture(scope="module")
 def zoo(tmp_path_factory):
-    from transformers import LlamaConfig, LlamaForCausalLM
-    d = tmp_path_factory.mktemp("zoo")
-    cfg = LlamaConfig(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=3, num_attention_heads=4,
-                      num_key_value_heads=2, tie_word_embeddings=False)
-    torch.manual_seed(0); base = LlamaForCausalLM(cfg); base.save_pretrained(d / "base")
-    for i, n in enumerate("ab"):
-        m = LlamaForCausalLM(cfg); m.load_state_dict(base.state_dict())
-        with torch.no_grad():
-            for p in m.parameters(): p.add_(0.02 * torch.randn(p.shape, generator=torch.Generator().manual_seed(i)))
-        m.save_pretrained(d / n)
-    return d
+    return make_llama_family(tmp_path_factory.mktemp("zoo"), vocab=96, layers=3, noise=0.02)
 
 def test_registry_is_covered():
     from mergelab.engine import METHODS
