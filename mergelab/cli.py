@@ -25,7 +25,14 @@ def method_table(name: str | None = None):
                           "default": "required" if p.required else p.default, "per model": p.per_model, "doc": p.doc}
                          for p in m.params.values()])
 
-# %% ../nbs/20_cli.ipynb #64e97936
+# %% ../nbs/20_cli.ipynb #bc2d4782
+def _size(s: str) -> int:
+    "An argparse type: a positive byte count from `2GB`, `500MB`..."
+    try: n = parse_size(s)
+    except ValueError as e: raise argparse.ArgumentTypeError(str(e)) from None
+    if n <= 0: raise argparse.ArgumentTypeError(f"{s!r}: the shard size must be positive")
+    return n
+
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="mergelab", description="Model merging lab: merge checkpoints with mergekit-style "
                                  "YAML configs, streamed tensor by tensor.")
@@ -34,7 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("config", help="YAML config (mergekit schema)")
     m.add_argument("out", help="output directory (written atomically)")
     m.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT_DIR")
-    m.add_argument("--max-shard-size", default="5GB", help="bytes per output shard, e.g. 2GB, 500MB (default 5GB)")
+    m.add_argument("--max-shard-size", default="5GB", type=_size, help="bytes per output shard, e.g. 2GB, 500MB (default 5GB)")
     m.add_argument("--seed", type=int, default=None, help="seed for random methods (DARE, DELLA)")
     m.add_argument("--threads", type=int, default=2, help="worker threads (default 2)")
     m.add_argument("--dtype", default=None, help="cast inputs to this dtype (float32, bfloat16, float16)")
@@ -56,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "merge":
             from mergelab.config import merge_config
             t0 = time.perf_counter()
-            out = merge_config(args.config, args.out, overwrite=args.overwrite, max_shard_bytes=parse_size(args.max_shard_size),
+            out = merge_config(args.config, args.out, overwrite=args.overwrite, max_shard_bytes=args.max_shard_size,
                                seed=args.seed, threads=args.threads, dtype=args.dtype, compute_dtype=args.compute_dtype,
                                on_nonfinite=args.on_nonfinite, progress=not args.no_progress)
             print(f"merged into {out} in {time.perf_counter() - t0:.1f} s (peak RSS {_peak_rss() / 2**20:.0f} MiB)")

@@ -37,7 +37,7 @@ def dsl_value(v: Any, name: str, tau: float) -> Any:
         return (1 - frac) * v[i0] + frac * v[i1]
     return v
 
-# %% ../nbs/03_config.ipynb #cde551cd
+# %% ../nbs/03_config.ipynb #a19ddde9
 _TOP_KEYS = {"merge_method", "base_model", "models", "slices", "parameters", "dtype", "out_dtype", "tokenizer_source",
              "tokenizer", "chat_template", "name", "truncate_vocab", "seed", "compute_dtype", "on_nonfinite", "postprocess"}
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
@@ -107,8 +107,12 @@ class MergeConfig:
                     for j, src_ in enumerate(s["sources"]):
                         if not isinstance(src_, Mapping) or "model" not in src_ or "layer_range" not in src_:
                             problems.append(f"slices[{i}].sources[{j}] needs 'model' and 'layer_range'"); continue
+                        if not isinstance(src_.get("parameters") or {}, Mapping):
+                            problems.append(f"slices[{i}].sources[{j}].parameters must be a mapping"); continue
                         srcs.append({"model": _rooted(src_["model"], root), "layer_range": src_["layer_range"],
                                      "parameters": dict(src_.get("parameters") or {})})
+                    if not isinstance(s.get("parameters") or {}, Mapping):
+                        problems.append(f"slices[{i}].parameters must be a mapping"); continue
                     out.append({"sources": srcs, "parameters": dict(s.get("parameters") or {})})
                 slices = out
         tok = d.get("tokenizer_source") or (d.get("tokenizer") or {}).get("source") if isinstance(d.get("tokenizer") or {}, Mapping) else None
@@ -121,7 +125,7 @@ class MergeConfig:
         norm_post = []
         for i, p in enumerate(post if isinstance(post, list) else [None]):
             if isinstance(p, str): p = {"method": p}
-            if not isinstance(p, Mapping) or not isinstance(p.get("method"), str):
+            if not isinstance(p, Mapping) or not isinstance(p.get("method"), str) or not isinstance(p.get("parameters") or {}, Mapping):
                 problems.append(f"postprocess[{i}] must be a method name or {{method: NAME, parameters: {{...}}}}"); continue
             norm_post.append({"method": p["method"], "parameters": dict(p.get("parameters") or {})})
         if problems: raise ConfigError(problems)
@@ -150,9 +154,11 @@ def _rooted(ref: Any, root) -> Any:
     parts = str(ref).split("+")
     return "+".join(str(Path(root) / p) if not Path(p).is_absolute() and (Path(root) / p).exists() else p for p in parts)
 
-# %% ../nbs/03_config.ipynb #0333b8bc
+# %% ../nbs/03_config.ipynb #4a7a8ffe
 def open_model(ref: Any) -> Checkpoint:
     "Open a model reference as a lazy `Checkpoint` (headers only)."
+    if not isinstance(ref, (str, os.PathLike, Mapping, torch.nn.Module, Checkpoint)):
+        raise ConfigError(f"cannot open a model from {type(ref).__name__} {ref!r}; give a path, a state dict, an nn.Module or a Checkpoint")
     if not isinstance(ref, (str, os.PathLike)): return Checkpoint.open(ref)
     s = str(ref)
     if "+" in s and not Path(s).exists():
@@ -215,11 +221,19 @@ class Plan:
     seed: int | None = None
     def __repr__(self): return f"Plan({self.method.name}, {len(self.models)} models, {len(self.groups)} tensors)"
 
-# %% ../nbs/03_config.ipynb #27fa9ba5
+# %% ../nbs/03_config.ipynb #ba22e2cc
+def _open_input(ref) -> Checkpoint:
+    "`open_model`, refusing what cannot be merged as a model: a bare LoRA adapter, a checkpoint without tensors."
+    ck = open_model(ref)
+    if isinstance(ck, AdapterCheckpoint):
+        raise ConfigError(f"{ck.name} is a LoRA adapter, not a model; give it with its base as 'BASE+{ck.name}'")
+    if len(ck) == 0: raise ConfigError(f"{ck.name} holds no tensors")
+    return ck
+
 def _open_all(refs: list, problems: list[str], what: str) -> list[Checkpoint | None]:
     out = []
     for i, r in enumerate(refs):
-        try: out.append(open_model(r))
+        try: out.append(_open_input(r))
         except MergelabError as e: problems.append(f"{what}[{i}] {e}"); out.append(None)
     return out
 
@@ -252,7 +266,7 @@ def build_plan(cfg: MergeConfig | Mapping | str | Path, *, seed: int | None = No
     models = _open_all([m["model"] for m in models_cfg], problems, "models")
     base = None
     if cfg.base_model is not None and method.base != "none":
-        try: base = open_model(cfg.base_model)
+        try: base = _open_input(cfg.base_model)
         except MergelabError as e: problems.append(f"base_model: {e}")
     if problems or not models: raise ConfigError(problems or ["no models given"])
     models, base = _check_models(models, base, cfg, problems)
@@ -322,12 +336,12 @@ def _resolve(method: MergeMethod, glob: dict, per_model: list[dict], name: str, 
         problems.extend(p.replace(f" ({name})", "") for p in e.problems if not any(r in p for r in reported))
         return {}
 
-# %% ../nbs/03_config.ipynb #bf327769
+# %% ../nbs/03_config.ipynb #6fac66db
 def _check_models(models, base, cfg: MergeConfig, problems: list[str]):
     cks = ([base] if base is not None else []) + models
     vt = _vocab_tensors(cks, [])
     if vt:
-        sizes = sorted({c.shape(vt[0])[0] for c in cks})
+        sizes = sorted({c.shape(vt[0])[0] for c in cks if vt[0] in c})
         if cfg.tokenizer_source == "base" and base is not None: rows = base.shape(vt[0])[0]
         elif cfg.truncate_vocab: rows = sizes[0]
         else:
@@ -337,7 +351,7 @@ def _check_models(models, base, cfg: MergeConfig, problems: list[str]):
         keys = set(vt)
         base = _rows_view(base, keys, rows, None) if base is not None else None
         models = [_rows_view(m, keys, rows, base) for m in models]
-        if cfg.tokenizer_source == "base" and any(m.shape(vt[0])[0] < rows for m in models) and base is None:
+        if cfg.tokenizer_source == "base" and any(m.shape(vt[0])[0] < rows for m in models if vt[0] in m) and base is None:
             problems.append("tokenizer_source: base needs a base_model")
         cks = ([base] if base is not None else []) + models
     names = ["base_model"] * (base is not None) + [f"models[{i}]" for i in range(len(models))]
@@ -348,7 +362,7 @@ def _check_models(models, base, cfg: MergeConfig, problems: list[str]):
     if problems: raise ConfigError(problems)
     return models, base
 
-# %% ../nbs/03_config.ipynb #d2cb091e
+# %% ../nbs/03_config.ipynb #1a282aa7
 def _key(ref): return str(ref) if isinstance(ref, (str, os.PathLike)) else id(ref)
 def _is_pre(k: str) -> bool: return any(w in k for w in ("embed", "wte", "wpe"))
 
@@ -358,11 +372,11 @@ def _plan_slices(cfg: MergeConfig, method: MergeMethod, seed) -> Plan:
     for sl in cfg.slices:
         for s in sl["sources"]:
             if _key(s["model"]) not in opened:
-                try: opened[_key(s["model"])] = open_model(s["model"])
+                try: opened[_key(s["model"])] = _open_input(s["model"])
                 except MergelabError as e: problems.append(f"slice source {s['model']}: {e}"); opened[_key(s["model"])] = None
     base = None
     if cfg.base_model is not None:
-        try: base = open_model(cfg.base_model)
+        try: base = _open_input(cfg.base_model)
         except MergelabError as e: problems.append(f"base_model: {e}")
     if problems: raise ConfigError(problems)
     slices = []                                             # (sources [(ck, start, params)], base source, length, params)
