@@ -27,7 +27,7 @@ setuptools.setup(
     packages=setuptools.find_packages(include=["mergelab", "mergelab.*"]),
     include_package_data=True,
     install_requires=requirements,
-    extras_require={"dev": dev_requirements},
+    extras_require={"dev": dev_requirements, "dask": ["dask[distributed]"], "smollm2": ["gguf", "accelerate"]},
     dependency_links=cfg.get("dep_links", "").split(),
     python_requires=">=" + cfg["min_python"],
     long_description=open("README.md", encoding="utf-8").read(),
