@@ -48,12 +48,15 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--compute-dtype", default=None, help="override the method's compute dtype")
     m.add_argument("--on-nonfinite", choices=["error", "warn", "ignore"], default="error", help="NaN/inf policy")
     m.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    m.add_argument("--force", action="store_true", help="run even if the estimated peak memory exceeds what is available")
     v = sub.add_parser("validate", help="check a config completely without reading any tensor")
     v.add_argument("config")
     l = sub.add_parser("methods", help="list merge methods, or the parameters of one")
     l.add_argument("name", nargs="?")
-    d = sub.add_parser("demo", help="the main job: generate small checkpoints and merge them")
-    d.add_argument("--dir", default=".mergelab-demo", help="where to write the demo's models (default .mergelab-demo)")
+    d = sub.add_parser("demo", help="the main job: merge the shipped zoo, analyse it, write mergelab-demo/index.html")
+    d.add_argument("--out", default="mergelab-demo", help="report directory, written atomically (default mergelab-demo)")
+    d.add_argument("--quick", action="store_true", help="fewer points and no sweeps (CI)")
+    d.add_argument("--dir", default=".mergelab-demo", help="cache for the demo's tiny Llama checkpoints (default .mergelab-demo)")
     return ap
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,19 +68,23 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             out = merge_config(args.config, args.out, overwrite=args.overwrite, max_shard_bytes=args.max_shard_size,
                                seed=args.seed, threads=args.threads, dtype=args.dtype, compute_dtype=args.compute_dtype,
-                               on_nonfinite=args.on_nonfinite, progress=not args.no_progress)
+                               on_nonfinite=args.on_nonfinite, progress=not args.no_progress, force=args.force)
             print(f"merged into {out} in {time.perf_counter() - t0:.1f} s (peak RSS {_peak_rss() / 2**20:.0f} MiB)")
         elif args.cmd == "validate":
             from mergelab.config import build_plan
-            plan = build_plan(args.config)
-            print(f"ok: {plan.method.name}, {len(plan.models)} model(s), {len(plan.groups)} output tensors")
+            plan = build_plan(args.config, force=True, prepare=False)
+            print(f"ok: {plan.method.name}, {len(plan.models)} model(s), {len(plan.groups)} output tensors; "
+                  f"estimated peak memory {plan.memory} beyond the interpreter")
+            from mergelab.engine import check_memory, InsufficientMemory
+            try: check_memory(plan.memory)
+            except InsufficientMemory as e: print(f"warning: {e}")
         elif args.cmd == "methods":
             import pandas as pd
             with pd.option_context("display.max_colwidth", 60, "display.width", 200):
                 print(method_table(args.name).to_string(index=False))
         elif args.cmd == "demo":
             from mergelab.demo import run_demo
-            run_demo(Path(args.dir))
+            run_demo(args.out, quick=args.quick, cache=args.dir, command=" ".join(["mergelab", *(argv if argv is not None else sys.argv[1:])]))
     except MergelabError as e:
         print(f"mergelab: error: {e}", file=sys.stderr)
         return 2

@@ -47,5 +47,18 @@ def test_docs_preprocess(scratch):
     assert (scratch / "nbs" / "_quarto.yml").is_symlink(), "nbdev replaced the link to the top-level _quarto.yml"
     proc = scratch / "_proc"
     assert (proc / "_quarto.yml").read_text() == (ROOT / "_quarto.yml").read_text()
-    assert (proc / "index.ipynb").exists() and (proc / "00_io.ipynb").exists()
-    assert (scratch / "nbs" / "sidebar.yml").exists()
+    nbs = sorted(p.relative_to(scratch / "nbs").as_posix() for p in (scratch / "nbs").rglob("*.ipynb")
+                 if not any(part.startswith(("_", ".")) for part in p.relative_to(scratch / "nbs").parts))
+    assert len(nbs) >= 10, nbs
+    missing = [n for n in nbs if not (proc / n).exists()]
+    assert not missing, f"proc_nbs did not process {missing}"
+    import yaml
+    side = yaml.safe_load((scratch / "nbs" / "sidebar.yml").read_text())["website"]["sidebar"]["contents"]
+    listed = set()
+    def walk(items):
+        for it in items:
+            if isinstance(it, str): listed.add(it)
+            elif isinstance(it, dict): walk(it.get("contents", []))
+    walk(side)
+    assert sorted(listed) == nbs, f"the docs sidebar does not list exactly the notebooks: {sorted(set(nbs) ^ listed)}"
+    assert side[0] == "index.ipynb", side[:3]            # the landing page first, then the notebooks in file order
