@@ -12,11 +12,13 @@ import torch, yaml
 from .io import (Checkpoint, LazyCheckpoint, AdapterCheckpoint, ShardedWriter, MergelabError, IncompatibleModels,
                          CheckpointNotFound, apply_adapter, check_output_path, parse_size)
 from .engine import (ConfigError, MergeMethod, TensorGroup, get_method, execute, chain, REQUIRED,
-                             layer_index, num_layers, _LAYER_RE)
+                             layer_index, num_layers, _LAYER_RE, MemoryEstimate, estimate_memory,
+                             check_memory, using_client)
 import mergelab.methods, mergelab.masks, mergelab.spectral, mergelab.layerwise  # register the methods
 
 # %% auto #0
-__all__ = ['dsl_value', 'parse_dtype', 'MergeConfig', 'open_model', 'Plan', 'build_plan', 'run_plan', 'merge_config', 'merge']
+__all__ = ['dsl_value', 'parse_dtype', 'MergeConfig', 'open_model', 'Plan', 'build_plan', 'run_plan', 'merge_config', 'merge',
+           'estimate_peak_memory']
 
 # %% ../nbs/03_config.ipynb #a7bf4333
 def _is_gradient(v) -> bool: return isinstance(v, (list, tuple)) and len(v) > 0 and not isinstance(v[0], Mapping)
@@ -188,11 +190,13 @@ def _vocab(ck: Checkpoint) -> int | None:
     return next((cfg[k] for k in _VOCAB_KEYS if isinstance(cfg.get(k), int)), None)
 
 def _vocab_tensors(cks: list[Checkpoint], names: list[str]) -> list[str]:
-    "Tensors whose shapes differ only along dimension 0 across models: the vocabulary axis."
+    """Matrices whose shapes differ only along dimension 0 across models: the vocabulary axis (embeddings, LM head).
+    1-D tensors (norms, biases) differing in size are a width mismatch, not a vocabulary one."""
     out = []
     for k in cks[0].keys():
         shapes = [c.shape(k) for c in cks if k in c]
-        if len(set(shapes)) > 1 and all(len(s) == len(shapes[0]) and s[1:] == shapes[0][1:] for s in shapes): out.append(k)
+        if len(set(shapes)) > 1 and len(shapes[0]) >= 2 and all(len(s) == len(shapes[0]) and s[1:] == shapes[0][1:] for s in shapes):
+            out.append(k)
     return out
 
 def _rows_view(ck: Checkpoint, keys: set[str], rows: int, fill: Checkpoint | None) -> Checkpoint:
@@ -219,6 +223,7 @@ class Plan:
     dtype: torch.dtype | None = None
     out_dtype: torch.dtype | None = None
     seed: int | None = None
+    memory: MemoryEstimate | None = None
     def __repr__(self): return f"Plan({self.method.name}, {len(self.models)} models, {len(self.groups)} tensors)"
 
 # %% ../nbs/03_config.ipynb #ba22e2cc
@@ -243,9 +248,18 @@ def _same_ref(a, b) -> bool:
         return os.path.abspath(str(a)) == os.path.abspath(str(b))
     return False
 
-def build_plan(cfg: MergeConfig | Mapping | str | Path, *, seed: int | None = None, threads: int = 2) -> Plan:
-    "Validate `cfg` completely (no tensor is read) and plan one `TensorGroup` per output tensor."
+def build_plan(cfg: MergeConfig | Mapping | str | Path, *, seed: int | None = None, threads: int = 2,
+               collect: bool = False, max_shard_bytes: int | str = "5GB", compute_dtype: Any = None,
+               force: bool = False, available: int | None = None, prepare: bool = True) -> Plan:
+    """Validate `cfg` completely and plan one `TensorGroup` per output tensor. Before any tensor is read (a model-wide
+    `prepare` pass reads), the memory guard estimates the peak (`estimate_memory`, for `threads`, the writer's
+    `max_shard_bytes`, or the whole result with `collect=True`) and raises `InsufficientMemory` when it exceeds the
+    `available` memory (default: `available_memory()`), unless `force`."""
     cfg = MergeConfig.load(cfg)
+    guard = lambda method, groups, dtype, out_dtype: check_memory(
+        estimate_memory(groups, method, threads=threads, dtype=dtype, out_dtype=out_dtype, collect=collect,
+                        compute_dtype=parse_dtype(compute_dtype), max_shard_bytes=parse_size(max_shard_bytes)),
+        available, force=force)
     problems: list[str] = []
     try:
         method = get_method(cfg.merge_method)
@@ -253,7 +267,7 @@ def build_plan(cfg: MergeConfig | Mapping | str | Path, *, seed: int | None = No
             method = chain(method, *[p["method"] for p in cfg.postprocess])
             cfg = replace(cfg, parameters={**cfg.parameters, **{k: v for p in cfg.postprocess for k, v in p["parameters"].items()}})
     except ConfigError as e: raise ConfigError(e.problems + _quick_ref_problems(cfg)) from None
-    if cfg.slices: return _plan_slices(cfg, method, seed)
+    if cfg.slices: return _plan_slices(cfg, method, seed, guard)
     models_cfg = list(cfg.models)
     if method.base != "none" and cfg.base_model is not None:
         models_cfg = [m for m in models_cfg if not _same_ref(m["model"], cfg.base_model)]
@@ -280,12 +294,13 @@ def build_plan(cfg: MergeConfig | Mapping | str | Path, *, seed: int | None = No
         groups.append(TensorGroup(k, [(c, k) for c in models], (base, k) if base is not None else None,
                                   _resolve(method, cfg.parameters, per_model, k, tau, problems)))
     if problems: raise ConfigError(_dedup(problems))
-    if method.prepare is not None: groups = method.prepare(groups, threads=threads)
+    memory = guard(method, groups, parse_dtype(cfg.dtype), parse_dtype(cfg.out_dtype))
+    if prepare and method.prepare is not None: groups = method.prepare(groups, threads=threads)
     donor = _ref_path(cfg.base_model) if base is not None else _ref_path(models_cfg[0]["model"])
     config = (base or models[0]).config
     return Plan(method, groups, models, base, config, donor if donor and donor.is_dir() else None,
                 [p for p in map(_ref_path, [m["model"] for m in cfg.models] + [cfg.base_model]) if p],
-                parse_dtype(cfg.dtype), parse_dtype(cfg.out_dtype), seed if seed is not None else cfg.parameters.get("seed"))
+                parse_dtype(cfg.dtype), parse_dtype(cfg.out_dtype), seed if seed is not None else cfg.parameters.get("seed"), memory)
 
 def _quick_ref_problems(cfg: MergeConfig) -> list[str]:
     "Path problems worth reporting even when the method name is wrong."
@@ -366,7 +381,7 @@ def _check_models(models, base, cfg: MergeConfig, problems: list[str]):
 def _key(ref): return str(ref) if isinstance(ref, (str, os.PathLike)) else id(ref)
 def _is_pre(k: str) -> bool: return any(w in k for w in ("embed", "wte", "wpe"))
 
-def _plan_slices(cfg: MergeConfig, method: MergeMethod, seed) -> Plan:
+def _plan_slices(cfg: MergeConfig, method: MergeMethod, seed, guard) -> Plan:
     problems: list[str] = []
     opened = {}
     for sl in cfg.slices:
@@ -427,6 +442,7 @@ def _plan_slices(cfg: MergeConfig, method: MergeMethod, seed) -> Plan:
         srcs, sbase, _, sl_params = slices[0] if _is_pre(k) else slices[-1]
         (pre if _is_pre(k) else post).append(group(k, srcs, sbase, same, sl_params, 0.0))
     if problems: raise ConfigError(_dedup(problems))
+    memory = guard(method, pre + mid + post, parse_dtype(cfg.dtype), parse_dtype(cfg.out_dtype))
     config = dict(donor_ck.config or {})
     for key in ("num_hidden_layers", "n_layer", "num_layers"):
         if key in config: config[key] = out_layer
@@ -435,7 +451,7 @@ def _plan_slices(cfg: MergeConfig, method: MergeMethod, seed) -> Plan:
     refs = [s["model"] for sl in cfg.slices for s in sl["sources"]] + [cfg.base_model]
     return Plan(method, pre + mid + post, [c for c in opened.values()], base, config,
                 donor if donor and donor.is_dir() else None, [p for p in map(_ref_path, refs) if p],
-                parse_dtype(cfg.dtype), parse_dtype(cfg.out_dtype), seed if seed is not None else cfg.parameters.get("seed"))
+                parse_dtype(cfg.dtype), parse_dtype(cfg.out_dtype), seed if seed is not None else cfg.parameters.get("seed"), memory)
 
 def _relayer(k: str, i: int) -> str:
     "Rename the block index in `k` to `i`."
@@ -445,48 +461,56 @@ def _relayer(k: str, i: int) -> str:
 # %% ../nbs/03_config.ipynb #22fad8b2
 def run_plan(plan: Plan, out: str | Path | None = None, *, max_shard_bytes: int | str = "5GB", overwrite: bool = False,
              threads: int = 2, progress: bool = True, compute_dtype: torch.dtype | str | None = None,
-             on_nonfinite: str = "error", record: str | None = None) -> dict[str, torch.Tensor] | Path:
-    "Execute a validated plan into a state dict (`out=None`) or an HF directory written atomically."
+             on_nonfinite: str = "error", record: str | None = None, client: Any = None) -> dict[str, torch.Tensor] | Path:
+    """Execute a validated plan into a state dict (`out=None`) or an HF directory written atomically. With `client`
+    (a `dask.distributed.Client`) the workers merge tensor by tensor and this process writes the shards, in order."""
     kw = dict(dtype=plan.dtype, out_dtype=plan.out_dtype, compute_dtype=parse_dtype(compute_dtype), seed=plan.seed,
               on_nonfinite=on_nonfinite)
-    if out is None: return execute(plan.groups, plan.method, threads=threads, progress=progress, **kw)
+    if out is None: return execute(plan.groups, plan.method, threads=threads, progress=progress, client=client, **kw)
     with ShardedWriter(out, max_shard_bytes, overwrite=overwrite, inputs=plan.inputs, config=plan.config,
                        donor=plan.donor, dtype=plan.out_dtype or plan.dtype) as w:
         if record: w.add_file("mergelab_config.yml", record)
-        execute(plan.groups, plan.method, writer=w, threads=threads, progress=progress, **kw)
+        execute(plan.groups, plan.method, writer=w, threads=threads, progress=progress, client=client, **kw)
     return w.out
 
-def _validated(cfg: MergeConfig, out, overwrite: bool, seed, threads) -> Plan:
+def _validated(cfg: MergeConfig, out, overwrite: bool, seed, threads, **guard) -> Plan:
     "Plan, adding output-path problems to the same error."
     out_problem = []
     if out is not None:
         try: check_output_path(out, [p for p in map(_ref_path, [m["model"] for m in cfg.models] + [cfg.base_model] +
                                                     [s["model"] for sl in (cfg.slices or []) for s in sl["sources"]]) if p], overwrite)
         except MergelabError as e: out_problem = [f"output: {e}"]
-    try: plan = build_plan(cfg, seed=seed, threads=threads)
+    try: plan = build_plan(cfg, seed=seed, threads=threads, collect=out is None, **guard)
     except ConfigError as e: raise ConfigError(e.problems + out_problem) from None
     if out_problem: raise ConfigError(out_problem)
     return plan
 
 def merge_config(config: Any, out: str | Path | None = None, *, overwrite: bool = False, max_shard_bytes: int | str = "5GB",
                  seed: int | None = None, threads: int = 2, progress: bool = True, dtype: str | None = None,
-                 compute_dtype: Any = None, on_nonfinite: str = "error") -> dict[str, torch.Tensor] | Path:
-    "Run a mergekit-style config (YAML path, YAML text or dict); returns the state dict, or `out` when given."
+                 compute_dtype: Any = None, on_nonfinite: str = "error", force: bool = False,
+                 client: Any = None) -> dict[str, torch.Tensor] | Path:
+    """Run a mergekit-style config (YAML path, YAML text or dict); returns the state dict, or `out` when given.
+    `force=True` runs even when the memory guard estimates more than is available; `client=` runs the per-tensor
+    map on dask workers (bit-identical output)."""
     cfg = MergeConfig.load(config)
     if dtype is not None: cfg.dtype = dtype
-    plan = _validated(cfg, out, overwrite, seed, threads)
-    return run_plan(plan, out, max_shard_bytes=max_shard_bytes, overwrite=overwrite, threads=threads, progress=progress,
-                    compute_dtype=compute_dtype, on_nonfinite=on_nonfinite, record=cfg.to_yaml())
+    with using_client(client):
+        plan = _validated(cfg, out, overwrite, seed, threads, max_shard_bytes=max_shard_bytes, compute_dtype=compute_dtype, force=force)
+        return run_plan(plan, out, max_shard_bytes=max_shard_bytes, overwrite=overwrite, threads=threads, progress=progress,
+                        compute_dtype=compute_dtype, on_nonfinite=on_nonfinite, record=cfg.to_yaml(), client=client)
 
 def merge(models: Sequence[Any], method: str = "linear", base: Any = None, out: str | Path | None = None, *,
           dtype: Any = None, out_dtype: Any = None, compute_dtype: Any = None, threads: int = 2,
           max_shard_bytes: int | str = "5GB", seed: int | None = None, overwrite: bool = False, progress: bool = True,
           on_nonfinite: str = "error", tokenizer_source: str | None = None, truncate_vocab: bool = False,
-          postprocess: Sequence[str | dict] = (), **params) -> dict[str, torch.Tensor] | Path:
+          postprocess: Sequence[str | dict] = (), force: bool = False, client: Any = None,
+          **params) -> dict[str, torch.Tensor] | Path:
     """Merge `models` (paths, `base+adapter` strings, `Checkpoint`s, state dicts or modules) with a registered `method`.
     Per-model parameters take a scalar (all models) or a list with one value per model; any value may use the
     mergekit DSL (gradients, filtered lists). `postprocess` chains post-processors (e.g. `["lines"]`; their parameters
-    go in `**params` too). Returns a state dict, or writes an HF directory to `out` and returns it."""
+    go in `**params` too). Returns a state dict, or writes an HF directory to `out` and returns it. The memory guard
+    refuses a merge estimated to exceed the available memory (`InsufficientMemory`) unless `force=True`; `client=`
+    (a `dask.distributed.Client`) merges on its workers, tensor by tensor, with bit-identical output."""
     m = chain(method, *[p if isinstance(p, str) else p["method"] for p in postprocess]) if postprocess else get_method(method)
     models = list(models)
     glob, per = {}, [{} for _ in models]
@@ -504,8 +528,18 @@ def merge(models: Sequence[Any], method: str = "linear", base: Any = None, out: 
         d["merge_method"] = get_method(method).name
         d["postprocess"] = [p if isinstance(p, str) else p for p in postprocess]
     cfg = MergeConfig.load({k: v for k, v in d.items() if v is not None})
-    plan = _validated(cfg, out, overwrite, seed, threads)
-    return run_plan(plan, out, max_shard_bytes=max_shard_bytes, overwrite=overwrite, threads=threads, progress=progress,
-                    compute_dtype=compute_dtype, on_nonfinite=on_nonfinite, record=cfg.to_yaml())
+    with using_client(client):
+        plan = _validated(cfg, out, overwrite, seed, threads, max_shard_bytes=max_shard_bytes, compute_dtype=compute_dtype, force=force)
+        return run_plan(plan, out, max_shard_bytes=max_shard_bytes, overwrite=overwrite, threads=threads, progress=progress,
+                        compute_dtype=compute_dtype, on_nonfinite=on_nonfinite, record=cfg.to_yaml(), client=client)
 
 def _dtype_str(d): return None if d is None else str(d).removeprefix("torch.")
+
+def estimate_peak_memory(plan: Plan | MergeConfig | Mapping | str | Path, *, threads: int = 2, collect: bool = False,
+                         max_shard_bytes: int | str = "5GB", compute_dtype: Any = None) -> MemoryEstimate:
+    """The memory guard's estimate for a plan or a config (validated, nothing read): `.peak` (bytes beyond what the
+    process holds), `.peak_rss`, `.parts` and `.table()` (a pandas Series in MiB). `collect=True`: the result is
+    returned as a state dict (`out=None`) rather than streamed to disk."""
+    if not isinstance(plan, Plan): plan = build_plan(plan, threads=threads, force=True, prepare=False)
+    return estimate_memory(plan.groups, plan.method, threads=threads, dtype=plan.dtype, out_dtype=plan.out_dtype,
+                           compute_dtype=parse_dtype(compute_dtype), collect=collect, max_shard_bytes=parse_size(max_shard_bytes))

@@ -4,7 +4,8 @@
 
 # %% ../nbs/01_engine.ipynb #50f1fb50
 from __future__ import annotations
-import difflib, hashlib, inspect, math, os, re, threading
+import contextlib, contextvars, difflib, hashlib, inspect, math, os, re, threading
+import io as pyio
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -15,9 +16,11 @@ import torch
 from .io import Checkpoint, MergelabError, ShardedWriter
 
 # %% auto #0
-__all__ = ['REQUIRED', 'METHODS', 'Source', 'NonFinitePolicy', 'ConfigError', 'NonFiniteTensor', 'Param', 'MergeMethod',
-           'merge_method', 'get_method', 'tensor_generator', 'TensorGroup', 'read_group', 'layer_index', 'num_layers',
-           'layer_prepare', 'chain', 'merge_group', 'run_groups', 'map_reduce', 'execute']
+__all__ = ['REQUIRED', 'METHODS', 'Source', 'NonFinitePolicy', 'WORK_FACTOR', 'DEFAULT_WORK_FACTOR', 'ConfigError',
+           'NonFiniteTensor', 'Param', 'MergeMethod', 'merge_method', 'get_method', 'tensor_generator', 'TensorGroup',
+           'read_group', 'layer_index', 'num_layers', 'layer_prepare', 'chain', 'merge_group', 'MissingDependency',
+           'require_dask', 'using_client', 'open_cached', 'dumps_by_path', 'run_groups', 'map_reduce', 'execute',
+           'InsufficientMemory', 'work_factor', 'available_memory', 'MemoryEstimate', 'estimate_memory', 'check_memory']
 
 # %% ../nbs/01_engine.ipynb #e0e8dad3
 class ConfigError(MergelabError, ValueError):
@@ -283,10 +286,108 @@ def merge_group(g: TensorGroup, method: MergeMethod, *, dtype: torch.dtype | Non
     _finite_check(out, f"merged tensor {g.name!r} ({method.name})", on_nonfinite)
     return out.to(target)
 
+# %% ../nbs/01_engine.ipynb #66b0da22
+class MissingDependency(MergelabError, ImportError):
+    "An optional extra is needed for this call; the message gives the install command."
+
+_CLIENT: contextvars.ContextVar = contextvars.ContextVar("mergelab_client", default=None)
+
+def require_dask():
+    "Import `dask.distributed`, or raise `MissingDependency` with the install command."
+    try:
+        import distributed, cloudpickle
+        return distributed
+    except ImportError:
+        raise MissingDependency('client= needs dask.distributed, an optional extra: pip install "mergelab[dask]"') from None
+
+@contextlib.contextmanager
+def using_client(client: Any = None):
+    """Within the block every engine map (`run_groups`, `map_reduce`, `execute`, and so every streaming statistic and
+    `prepare` pass built on them) runs its per-name work on the workers of `client` (a `dask.distributed.Client`);
+    the reduce stays here. `None` leaves things local."""
+    if client is None: yield None; return
+    require_dask()
+    if not (hasattr(client, "submit") and hasattr(client, "scatter")):
+        raise ConfigError(f"client= must be a dask.distributed.Client, got {type(client).__name__}")
+    tok = _CLIENT.set(client)
+    try: yield client
+    finally: _CLIENT.reset(tok)
+
+_OPENED: dict[tuple, Checkpoint] = {}
+
+def open_cached(path: str) -> Checkpoint:
+    "Open a checkpoint by path once per process (a worker keeps its headers and file handles across tasks)."
+    st = os.stat(path)
+    key = (path, st.st_mtime_ns, st.st_ino)
+    if key not in _OPENED:
+        if len(_OPENED) > 256: _OPENED.clear()
+        _OPENED[key] = Checkpoint.open(Path(path))
+    return _OPENED[key]
+
+def _by_path(ck: Checkpoint):
+    "How a checkpoint travels to a worker: by path (reopened there, headers only), never by value."
+    from mergelab.io import SafetensorsCheckpoint, TorchCheckpoint, StateDictCheckpoint
+    if isinstance(ck, (SafetensorsCheckpoint, TorchCheckpoint)) and getattr(ck, "path", None) is not None:
+        return open_cached, (str(ck.path),)
+    if isinstance(ck, StateDictCheckpoint):
+        raise ConfigError(f"{ck.name}: client= sends checkpoints to the workers by path, and this one is in memory; "
+                          "save it first (`mergelab.io.save_checkpoint`) and pass the folder")
+    return None                                      # a lazy view: pickled with its function, whose checkpoints go by path
+
+_PICKLER = None
+def dumps_by_path(obj: Any) -> bytes:
+    "cloudpickle `obj` (closures included) with every file-backed `Checkpoint` replaced by its path."
+    global _PICKLER
+    if _PICKLER is None:
+        require_dask()
+        import cloudpickle
+        class _PathPickler(cloudpickle.Pickler):
+            def reducer_override(self, o):
+                if isinstance(o, Checkpoint):
+                    r = _by_path(o)
+                    if r is not None: return r
+                return super().reducer_override(o)
+        _PICKLER = _PathPickler
+    buf = pyio.BytesIO()
+    _PICKLER(buf, protocol=5).dump(obj)
+    return buf.getvalue()
+
+_FNS: dict[str, Callable] = {}
+
+def _remote_call(key: str, fn_blob: bytes, item_blob: bytes, torch_threads: int):
+    "Runs on a worker: the map function (unpickled once per process) over one item, at the caller's torch thread count."
+    import pickle
+    fn = _FNS.get(key)
+    if fn is None:
+        if len(_FNS) > 16: _FNS.clear()
+        fn = _FNS[key] = pickle.loads(fn_blob)
+    old = torch.get_num_threads()
+    torch.set_num_threads(torch_threads)
+    try: return fn(pickle.loads(item_blob))
+    finally: torch.set_num_threads(old)
+
+class _Remote:
+    "A `submit(fn, item)` over a dask client with the same interface as a thread pool's."
+    def __init__(self, client, fn: Callable):
+        self.client, blob = client, dumps_by_path(fn)
+        self.key = hashlib.sha1(blob).hexdigest()
+        self.fn_future = client.scatter(blob, broadcast=True, hash=False)
+        self.threads = max(1, sum(client.nthreads().values()))
+        self.torch_threads = torch.get_num_threads()
+    def submit(self, fn, item):
+        return self.client.submit(_remote_call, self.key, self.fn_future, dumps_by_path(item), self.torch_threads, pure=False)
+    def __enter__(self): return self
+    def __exit__(self, *exc): pass
+
 # %% ../nbs/01_engine.ipynb #6f34a39b
 def run_groups(groups: Sequence, fn: Callable, *, threads: int = 2, budget: int | None = None,
-               size: Callable = lambda g: g.read_bytes, progress: bool | str = False) -> Iterable[tuple[Any, Any]]:
-    "Yield `(group, fn(group))` in order, running up to `threads` at once while in-flight `size` stays within `budget`."
+               size: Callable = lambda g: g.read_bytes, progress: bool | str = False,
+               client: Any = None) -> Iterable[tuple[Any, Any]]:
+    """Yield `(group, fn(group))` in order, running up to `threads` at once while in-flight `size` stays within `budget`.
+    With `client` (or inside `using_client`), `fn` runs on the dask workers (`threads` = their thread count, `budget`
+    per worker thread); groups and `fn` travel by checkpoint path (`dumps_by_path`)."""
+    client = client if client is not None else _CLIENT.get()
+    groups = list(groups)
     sizes = [size(g) for g in groups]
     budget = budget or max(sizes, default=1)
     bar = None
@@ -294,15 +395,19 @@ def run_groups(groups: Sequence, fn: Callable, *, threads: int = 2, budget: int 
         from tqdm.auto import tqdm
         bar = tqdm(total=sum(sizes), unit="B", unit_scale=True, unit_divisor=1024,
                    desc=progress if isinstance(progress, str) else "merging", leave=False)
-    if threads <= 1:
+    if client is None and threads <= 1:
         for g, s in zip(groups, sizes):
             r = fn(g)
             if bar: bar.update(s)
             yield g, r
         if bar: bar.close()
         return
+    if client is not None:
+        with using_client(client): pool = _Remote(client, fn)
+        threads = pool.threads; budget *= threads
+    else: pool = ThreadPoolExecutor(threads)
     pending, inflight, i = deque(), 0, 0
-    with ThreadPoolExecutor(threads) as ex:
+    with pool as ex:
         try:
             while i < len(groups) or pending:
                 while i < len(groups) and len(pending) < 2 * threads and (not pending or inflight + sizes[i] <= budget):
@@ -316,19 +421,162 @@ def run_groups(groups: Sequence, fn: Callable, *, threads: int = 2, budget: int 
             if bar: bar.close()
 
 def map_reduce(groups: Sequence, fn: Callable, reduce: Callable, init: Any, *, threads: int = 2,
-               progress: bool | str = False) -> Any:
+               progress: bool | str = False, client: Any = None) -> Any:
     "A streaming statistics pass: fold `reduce(acc, fn(group))` over groups without keeping per-group results."
     acc = init
-    for _, r in run_groups(groups, fn, threads=threads, progress=progress): acc = reduce(acc, r)
+    for _, r in run_groups(groups, fn, threads=threads, progress=progress, client=client): acc = reduce(acc, r)
     return acc
 
 # %% ../nbs/01_engine.ipynb #1bb6db6b
 def execute(groups: Sequence[TensorGroup], method: MergeMethod, *, writer: ShardedWriter | None = None,
-            threads: int = 2, progress: bool = True, **kw) -> dict[str, torch.Tensor] | Path:
-    "Run a plan: merge every group and write it (returns the output path) or collect a state dict."
+            threads: int = 2, progress: bool = True, client: Any = None, **kw) -> dict[str, torch.Tensor] | Path:
+    """Run a plan: merge every group and write it (returns the output path) or collect a state dict. With `client`, the
+    workers merge tensor by tensor and this process writes the shards in plan order (the same bytes as a local run)."""
     sd = {}
     job = lambda g: merge_group(g, method, **kw)
-    for g, t in run_groups(groups, job, threads=threads, progress="merging" if progress else False):
+    for g, t in run_groups(groups, job, threads=threads, progress="merging" if progress else False, client=client):
         if writer is None: sd[g.name] = t
         else: writer.add(g.name, t)
     return sd if writer is None else writer.commit()
+
+# %% ../nbs/01_engine.ipynb #84679e1f
+class InsufficientMemory(MergelabError, MemoryError):
+    "A merge whose estimated peak memory exceeds what the machine (or its cgroup) has available; refused before any read."
+
+# Working memory of one call of each method, as a multiple of its (n + 1) input tensors in the compute dtype:
+# measured peak RSS growth of `method.fn` on 3 × 1024² fp32 inputs (see the cell below), rounded up by ~20 %.
+WORK_FACTOR: dict[str, float] = {
+    "linear": 0.5, "passthrough": 0.5, "layer_swap": 0.5, "lines": 1.0, "model_stock": 1.25, "slerp": 2.0,
+    "nuslerp": 2.5, "nearswap": 2.5, "karcher": 2.5, "multislerp": 4.0, "task_arithmetic": 1.5, "dare_linear": 1.5,
+    "della_linear": 1.5, "breadcrumbs": 1.75, "ties": 3.5, "dare_ties": 3.5, "della": 3.5, "breadcrumbs_ties": 3.5,
+    "sce": 3.25, "consensus": 4.0, "consensus_mask": 4.0, "tall_masks": 2.75, "pcb": 8.0, "ram": 6.0, "star": 3.0,
+    "iso_c": 2.5, "iso_cts": 4.0, "tsv": 5.5}
+DEFAULT_WORK_FACTOR = 4.0
+
+def work_factor(method: MergeMethod) -> float:
+    "`WORK_FACTOR` of a method; a chain costs its dearest step plus the running result."
+    names = method.name.split(" → ")
+    f = [WORK_FACTOR.get(n, DEFAULT_WORK_FACTOR) for n in names]
+    return max(f) + 0.5 * (len(f) > 1)
+
+def _isize(dt: torch.dtype) -> int: return torch.empty((), dtype=dt).element_size()
+def _gib(n: float) -> str:
+    for unit, b in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(n) >= b: return f"{n / b:.2f} {unit}" if unit == "GiB" else f"{n / b:.0f} {unit}"
+    return f"{n:.0f} B"
+
+def available_memory() -> tuple[int, str]:
+    """Bytes this process may still allocate and where the figure comes from: `MemAvailable` of /proc/meminfo, or the
+    cgroup's limit minus its usage when lower; the environment variable `MERGELAB_AVAILABLE_MEMORY` (e.g. `4GB`) overrides."""
+    env = os.environ.get("MERGELAB_AVAILABLE_MEMORY")
+    if env:
+        from mergelab.io import parse_size
+        return parse_size(env), "MERGELAB_AVAILABLE_MEMORY"
+    best, src = None, "unknown"
+    try:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemAvailable:"): best, src = int(line.split()[1]) * 1024, "MemAvailable"
+    except OSError: pass
+    for lim, cur in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                     ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        try:
+            raw = Path(lim).read_text().strip()
+            if raw == "max": continue
+            free = int(raw) - int(Path(cur).read_text().strip())
+            if free < (best if best is not None else 2**62): best, src = max(free, 0), "cgroup limit"
+        except (OSError, ValueError): pass
+    return (best if best is not None else 2**62), src
+
+@dataclass
+class MemoryEstimate:
+    "Estimated peak memory of a merge beyond what the process already holds, with its parts (bytes)."
+    parts: dict[str, int]
+    process: int = 0
+    threads: int = 2
+    knobs: list[str] = field(default_factory=list)
+    @property
+    def peak(self) -> int:
+        "Additional bytes at the peak: the larger of the prepare pass and the merge (working set + output held)."
+        p = self.parts
+        return max(p.get("prepare pass", 0), p.get("working set", 0) + p.get("writer buffer", 0) + p.get("collected output", 0))
+    @property
+    def peak_rss(self) -> int: return self.process + self.peak
+    def table(self):
+        "The breakdown as a pandas Series in MiB."
+        import pandas as pd
+        s = {"process now (already held)": self.process, **self.parts, "peak (additional)": self.peak,
+             "peak RSS predicted": self.peak_rss}
+        return pd.Series({k: round(v / 2**20, 1) for k, v in s.items()}, name="MiB")
+    def __str__(self):
+        parts = ", ".join(f"{k} {_gib(v)}" for k, v in self.parts.items() if v)
+        return f"{_gib(self.peak)} ({parts}; {self.threads} thread(s))"
+
+def _group_work(g: TensorGroup, factor: float, dtype, compute_dtype, out_dtype, fp32: bool) -> tuple[int, int, int]:
+    "(peak bytes while merging g, bytes of its output, compute-dtype bytes of its n + 1 inputs)."
+    srcs = g.inputs + ([g.base] if g.base is not None else [])
+    c0, k0 = g.base or g.inputs[0]
+    stored, e = c0.dtype(k0), math.prod(c0.shape(k0))
+    read = g.read_bytes
+    if not stored.is_floating_point: return read, read // max(len(srcs), 1), 0
+    work_dt = dtype or stored
+    cast = len(srcs) * e * _isize(work_dt) if work_dt != stored else 0
+    cd = compute_dtype or (torch.float32 if fp32 and work_dt != torch.float64 else work_dt)
+    cin = len(srcs) * e * _isize(cd)
+    up = cin if cd != work_dt else 0
+    out = e * _isize(out_dtype or work_dt)
+    return read + cast + up + int(factor * cin) + out, out, cin
+
+def _scheduled_peak(works: list[int], outs: list[int], sizes: list[int], threads: int, budget: int | None) -> int:
+    """Replay `run_groups`' admission rule: the most memory held by the groups in flight at once. glibc gives each
+    thread its own heap arena and keeps what it freed, so every worker thread holds up to the largest group's peak."""
+    budget = budget or max(sizes, default=1)
+    if threads <= 1: return max(works, default=0)
+    arenas = min(threads, len(works)) * max(works, default=0)
+    pending, inflight, i, peak = deque(), 0, 0, 0
+    while i < len(works) or pending:
+        while i < len(works) and len(pending) < 2 * threads and (not pending or inflight + sizes[i] <= budget):
+            pending.append(i); inflight += sizes[i]; i += 1
+        w = sorted((works[j] for j in pending), reverse=True)
+        peak = max(peak, sum(w[:threads]) + sum(outs[j] for j in list(pending)[threads:]))
+        inflight -= sizes[pending.popleft()]
+    return max(peak, arenas)
+
+def estimate_memory(groups: Sequence[TensorGroup], method: MergeMethod, *, threads: int = 2, budget: int | None = None,
+                    dtype: torch.dtype | None = None, compute_dtype: torch.dtype | None = None,
+                    out_dtype: torch.dtype | None = None, collect: bool = False, max_shard_bytes: int | None = None,
+                    process: int | None = None) -> MemoryEstimate:
+    """Peak memory of running `groups` with `method`, from shapes and dtypes only (nothing is read): the groups in
+    flight under `run_groups`' byte budget (inputs read, casts, the method's working copies (`WORK_FACTOR`), the
+    output), a model-wide `prepare` pass (`topk_scope="model"`), and the merged tensors held: the shard buffer of
+    the writer, or the whole state dict with `collect=True`."""
+    from mergelab.io import current_rss
+    f, fp32 = work_factor(method), method.compute == "fp32"
+    rows = [_group_work(g, f, dtype, compute_dtype, out_dtype, fp32) for g in groups]
+    works, outs, cins = [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]
+    sizes = [g.read_bytes for g in groups]
+    parts = {"working set": _scheduled_peak(works, outs, sizes, threads, budget)}
+    knobs = []
+    if any(g.params.get("topk_scope") == "model" for g in groups):
+        pw = [s + 3 * c for s, c in zip(sizes, cins)]
+        n = max((len(g.inputs) for g in groups), default=0)
+        parts["prepare pass"] = _scheduled_peak(pw, [0] * len(pw), sizes, threads, budget) + 4 * n * 65536 * 8
+        knobs.append("topk_scope='tensor' (no model-wide pass)")
+    total_out = sum(outs)
+    if collect:
+        parts["collected output"] = total_out
+        knobs.append("out=DIR (stream to disk instead of returning the state dict)")
+    else:
+        parts["writer buffer"] = min(total_out, max_shard_bytes or total_out)
+        knobs.append("a smaller max_shard_bytes / --max-shard-size (the writer buffers one shard)")
+    if threads > 1: knobs.insert(0, "threads=1 / --threads 1")
+    return MemoryEstimate(parts, current_rss() if process is None else process, threads, knobs)
+
+def check_memory(est: MemoryEstimate, available: int | None = None, *, force: bool = False, what: str = "merge") -> MemoryEstimate:
+    "Raise `InsufficientMemory` (estimate, available memory, knobs to turn) when `est.peak` exceeds `available`, unless `force`."
+    src = "given"
+    if available is None: available, src = available_memory()
+    if est.peak > available and not force:
+        raise InsufficientMemory(f"this {what} needs about {est} beyond the {_gib(est.process)} already in use, but only "
+                                 f"{_gib(available)} is available ({src}). Lower it with: " + "; ".join(est.knobs) +
+                                 "; or pass force=True / --force to run anyway")
+    return est

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from .io import Checkpoint, MergelabError
+from .engine import run_groups
 
 # %% auto #0
 __all__ = ['Build', 'EvaluationError', 'ClassificationTask', 'LMTask', 'evaluate', 'normalized_accuracy', 'merge_gain',
@@ -146,17 +147,19 @@ def summarize(merged: pd.DataFrame, finetuned: pd.DataFrame | pd.Series | Mappin
 
 # %% ../nbs/08_evaluate.ipynb #fecd5ac3
 def sweep(fn: Callable[..., Any], grid: Mapping[str, Sequence] | Sequence[Mapping], *, progress: bool = True,
-          desc: str = "sweep") -> pd.DataFrame:
-    "Call `fn(**params)` for every point of `grid` and stack the results, one column per parameter first."
+          desc: str = "sweep", client: Any = None) -> pd.DataFrame:
+    """Call `fn(**params)` for every point of `grid` and stack the results, one column per parameter first.
+    `client=` (a `dask.distributed.Client`): the points run on its workers (`fn` travels with cloudpickle, checkpoints
+    it holds by path), the results are stacked here in grid order: the same table as a local run."""
     if isinstance(grid, Mapping):
         names = list(grid)
         points = [dict(zip(names, v)) for v in itertools.product(*(list(grid[n]) for n in names))]
     else: points = [dict(p) for p in grid]
-    if not points: raise EvaluationError("sweep: the grid is empty; give e.g. {'weight': [0.1, 0.3, 0.5]}")
+    if not points or (isinstance(grid, Mapping) and not grid): raise EvaluationError("sweep: the grid is empty; give e.g. {'weight': [0.1, 0.3, 0.5]}")
     from tqdm.auto import tqdm
     frames = []
-    for p in tqdm(points, desc=desc, disable=not progress, leave=False):
-        r = fn(**p)
+    runs = run_groups(points, lambda p: fn(**p), threads=1, size=lambda p: 1, client=client)
+    for p, r in tqdm(runs, total=len(points), desc=desc, disable=not progress, leave=False):
         if isinstance(r, pd.DataFrame): r = r.reset_index()
         elif isinstance(r, (Mapping, pd.Series)): r = pd.DataFrame([dict(r)])
         else: r = pd.DataFrame({"value": [r]})

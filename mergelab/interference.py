@@ -11,7 +11,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 from .io import Checkpoint, LazyCheckpoint, MergelabError, TaskVector
-from .engine import TensorGroup, map_reduce, layer_index
+from .engine import TensorGroup, map_reduce, layer_index, using_client
 from .methods import sparsify_magnitude, radix_kth_abs, elect_sign
 from .masks import tall_masks
 from .kinship import DeltaSet, DeltaStats, open_deltas, release_heap, intraop_threads
@@ -262,15 +262,16 @@ class InterferenceStatistics:
 def interference_statistics(models: Any, base: Any = None, *, density: float = 0.2,
                             scope: Literal["tensor", "model"] = "tensor", tall_lambda: float = 0.4,
                             spectral: bool = True, sti_rank: int | None = None, energy: float = 0.95,
-                            threads: int = 2, progress: bool = False) -> InterferenceStatistics:
+                            threads: int = 2, progress: bool = False, client: Any = None) -> InterferenceStatistics:
     """Streaming interference statistics of N models against `base` (or N task vectors with `base=None`): one pass
     over the models (`scope="model"` adds the two radix passes of the model-wide threshold). See the module table for
-    the definitions implemented."""
+    the definitions implemented. `client=` (a `dask.distributed.Client`) runs every pass's per-tensor work on its
+    workers (checkpoints travel by path); the reduce stays here and the result equals the local one."""
     if scope not in ("tensor", "model"): raise MergelabError(f"scope must be 'tensor' or 'model', got {scope!r}")
     if not 0 < density <= 1: raise MergelabError(f"density must be in (0, 1], got {density}")
     ds = _as_deltas(models, base)
     def red(acc, r): acc.append(r); release_heap(); return acc
-    with intraop_threads(1):
+    with intraop_threads(1), using_client(client):
         thr = model_thresholds(ds, density, threads) if scope == "model" else None
         fn = lambda g: _tensor_stats(ds, g, density, thr, tall_lambda, spectral, sti_rank, energy)
         items = map_reduce(ds.groups(), fn, red, [], threads=threads, progress="interference" if progress else False)
@@ -290,7 +291,7 @@ def sign_conflict_rate(task_vectors: Any, density: float = 1.0, scope: Literal["
     return _ratio(c["conflict"], c["multi"])
 
 def norm_at_k(models: Any, base: Any = None, ks: Sequence[float] = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0), *,
-              threads: int = 2) -> pd.DataFrame:
+              threads: int = 2, client: Any = None) -> pd.DataFrame:
     "Norm@k curve per model: ‖per-tensor top-k% of τ‖₂ / ‖τ‖₂ for each k (k = max(1, ⌊k·numel⌋) per tensor), one pass."
     ds = _as_deltas(models, base)
     def fn(g):
@@ -301,7 +302,7 @@ def norm_at_k(models: Any, base: Any = None, ks: Sequence[float] = (0.01, 0.02, 
     def red(a, r): release_heap(); return a[0] + r[0], a[1] + r[1]
     with intraop_threads(1):
         kept, tot = map_reduce(ds.groups(), fn, red, (torch.zeros(len(ds), len(ks), dtype=torch.float64),
-                                                      torch.zeros(len(ds), dtype=torch.float64)), threads=threads)
+                                                      torch.zeros(len(ds), dtype=torch.float64)), threads=threads, client=client)
     r = (kept / tot[:, None]).sqrt()
     return pd.DataFrame([(n, k, float(r[i, j])) for i, n in enumerate(ds.names) for j, k in enumerate(ks)],
                         columns=["model", "k", "norm_kept"])

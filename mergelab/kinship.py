@@ -181,13 +181,16 @@ class DeltaStatistics:
         return dict(sorted(out.items()))
 
 def delta_statistics(models: Sequence[Any] | Mapping[str, Any] | DeltaSet, base: Any = None, *, threads: int = 2,
-                     progress: bool = False) -> DeltaStatistics:
-    "One streaming pass (`engine.map_reduce`): the per-tensor sufficient statistics of the N deltas."
+                     progress: bool = False, client: Any = None) -> DeltaStatistics:
+    """One streaming pass (`engine.map_reduce`): the per-tensor sufficient statistics of the N deltas. With `client`
+    (a `dask.distributed.Client`) the per-tensor statistics are computed on its workers, which open the checkpoints
+    by path; the reduce stays here."""
     ds = open_deltas(models, base)
     fn = lambda g: (g.name, DeltaStats.of(ds.read(g)))
     def red(acc, r): acc[r[0]] = r[1]; release_heap(); return acc
     with intraop_threads(1):
-        tensors = map_reduce(ds.groups(), fn, red, {}, threads=threads, progress="kinship" if progress else False)
+        tensors = map_reduce(ds.groups(), fn, red, {}, threads=threads, progress="kinship" if progress else False,
+                             client=client)
     return DeltaStatistics(ds.names, tensors)
 
 # %% ../nbs/04_kinship.ipynb #61676ade
@@ -201,13 +204,14 @@ def _tidy(names: list[str], items: dict, metric: str, col: str) -> pd.DataFrame:
 
 def kinship_matrix(models: Sequence[Any] | Mapping[str, Any] | DeltaSet | DeltaStatistics, base: Any = None,
                    metric: Metric = "pcc", by: Literal["layer", "tensor"] | None = None, *, threads: int = 2,
-                   progress: bool = False) -> pd.DataFrame:
+                   progress: bool = False, client: Any = None) -> pd.DataFrame:
     """Model kinship (Hu et al. 2024, arXiv:2410.12613) of N models against `base`, exact over all shared parameters,
     from one streaming pass. `metric`: `pcc` (Pearson), `cosine` (signed), `abs_cosine` (|cos|, the reference code's
     CS), `euclidean` (‖δᵢ − δⱼ‖₂, a *distance*). `by=None`: the N × N matrix (index and columns = model names);
-    `by="layer"`/`"tensor"`: a tidy table (layer|tensor, model_a, model_b, metric, value, numel), every ordered pair."""
+    `by="layer"`/`"tensor"`: a tidy table (layer|tensor, model_a, model_b, metric, value, numel), every ordered pair.
+    `client=`: the pass runs on dask workers (see `delta_statistics`), same result."""
     if metric not in METRICS: raise MergelabError(f"unknown kinship metric {metric!r}; choose from {list(METRICS)}")
-    st = models if isinstance(models, DeltaStatistics) else delta_statistics(models, base, threads=threads, progress=progress)
+    st = models if isinstance(models, DeltaStatistics) else delta_statistics(models, base, threads=threads, progress=progress, client=client)
     if by is None:
         df = pd.DataFrame(st.total().metric(metric).numpy(), index=st.names, columns=st.names)
         df.index.name, df.columns.name = "model_a", "model_b"

@@ -13,7 +13,7 @@ from mergelab.config import merge
 EXE = shutil.which("mergelab") or str(Path(sys.executable).parent / "mergelab")
 N_KILLS = 20
 
-def model(seed: int, layers: int = 32, h: int = 448) -> dict[str, torch.Tensor]:
+def model(seed: int, layers: int = 16, h: int = 448) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     sd = {"model.embed_tokens.weight": torch.randn(256, h, generator=g)}
     for i in range(layers):

@@ -263,9 +263,32 @@ def test_fuzz_cli(zoo, size, text, data):
         assert rc in (0, 2), rc
         if rc == 0: assert Checkpoint.open(Path(t) / "out").keys()
 
+# ---------------------------------------------------------------- (e) the documented failure modes (nbs/90_failure_modes)
+from mergelab.failures import FAILURE_CASES, make_fixtures, run_case, error_classes
+
+@pytest.fixture(scope="module")
+def fixtures(tmp_path_factory):
+    d = make_fixtures(tmp_path_factory.mktemp("failures"))
+    sums = tree_checksums(d)
+    yield d
+    after = {k: v for k, v in tree_checksums(d).items() if k in sums}
+    assert after == sums, "a failure case modified its inputs"
+
+@pytest.mark.parametrize("case", FAILURE_CASES, ids=lambda c: c.name)
+def test_failure_catalogue(fixtures, case):
+    "Each case on the Failure modes page raises exactly its class, with the documented phrase, under the time limit."
+    CASES["catalogue"] += 1
+    with time_limit(): run_case(case, fixtures)
+
+def test_catalogue_covers_every_error_class():
+    "Every MergelabError subclass of the modules the page imports has at least one documented case."
+    documented = {c.error for c in FAILURE_CASES}
+    missing = [f"{c.__module__}.{c.__name__}" for c in error_classes() if c not in documented]
+    assert not missing, f"add a FailureCase (nbs/90_failure_modes.ipynb) for {missing}"
+
 def test_fuzz_count():
     "Acceptance 1: at least 500 generated bad inputs per run (only meaningful when the whole module ran)."
-    if len(CASES) < 3: pytest.skip(f"only {dict(CASES)} ran")
+    if len(CASES) < 4: pytest.skip(f"only {dict(CASES)} ran")
     total = sum(CASES.values())
     print(f"\n{total} generated cases: {dict(CASES)}")
     assert total >= 500, CASES

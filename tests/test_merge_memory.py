@@ -2,7 +2,8 @@
 2 GB, for TIES with per-tensor top-k and with the model-wide top-k (`topk_scope: model`, two extra streaming passes).
 The checkpoints are generated tensor by tensor with the benchmark's generator; each merge runs through the installed
 `mergelab` CLI in a fresh process whose peak RSS (ru_maxrss) is measured."""
-import importlib.util, shutil, sys
+import importlib.util, shutil, subprocess, sys
+import pytest
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,8 +22,84 @@ def test_three_170m_bf16_under_2gb(tmp_path):
         m = bench.measured([exe, "merge", str(tmp_path / f"{scope}.yml"), str(tmp_path / scope), "--no-progress",
                             "--max-shard-size", "500MB"])
         rss[scope] = m["rss"]
-        print(f"\nTIES topk_scope={scope} of 3 x 172M bf16 + base: {m['wall']:.1f} s, peak RSS {m['rss'] / 2**30:.2f} GiB")
+        from mergelab.config import estimate_peak_memory
+        est = estimate_peak_memory(tmp_path / f"{scope}.yml", max_shard_bytes="500MB")
+        grew = m["rss"] - _baseline_rss(exe, tmp_path / f"{scope}.yml")
+        print(f"\nTIES topk_scope={scope} of 3 x 172M bf16 + base: {m['wall']:.1f} s, peak RSS {m['rss'] / 2**30:.2f} GiB; "
+              f"memory guard estimate {est} vs measured growth {grew / 2**20:.0f} MiB ({est.peak / grew:.2f}x)")
+        assert 0.9 * grew <= est.peak <= 3.0 * grew
         assert m["rss"] < 2 * 10**9
         assert len(Checkpoint.open(tmp_path / scope)) == len(Checkpoint.open(paths[0]))
     # the model-wide statistic is streamed: no flattened model, so memory stays at the per-tensor bound
     assert rss["model"] < 1.25 * rss["tensor"]
+
+# ---------------------------------------------------------------- the memory guard (issue 13)
+def _baseline_rss(exe: str, cfg: Path) -> int:
+    "Peak RSS of `mergelab validate` on the same config: the interpreter, torch and mergelab, headers opened, no merge."
+    return bench.measured([exe, "validate", str(cfg)])["rss"]
+
+@pytest.fixture(scope="module")
+def family46(tmp_path_factory):
+    "A base and three fine-tunes of a 46M-parameter Llama in bf16, generated once for the estimate checks."
+    d = tmp_path_factory.mktemp("est")
+    return bench.make_models(d, layers=4, hidden=512, inter=1536, vocab=32000, n_ft=3, noise=0.002)
+
+@pytest.mark.parametrize("method,scope,threads", [("ties", "tensor", 2), ("ties", "model", 1), ("linear", "tensor", 2)])
+def test_estimate_tracks_measured_peak(family46, tmp_path, method, scope, threads):
+    "The guard's estimate is within a sane factor of the measured peak-RSS growth of a real merge (never below it)."
+    from mergelab.config import estimate_peak_memory
+    paths = family46
+    exe = shutil.which("mergelab") or str(Path(sys.executable).parent / "mergelab")
+    dens = ", density: 0.5" if method == "ties" else ""
+    models = "".join(f"  - model: {p}\n    parameters: {{weight: 0.33{dens}}}\n" for p in paths[1:])
+    head = f"base_model: {paths[0]}\nparameters: {{topk_scope: {scope}}}\n" if method == "ties" else ""
+    cfg = tmp_path / "c.yml"
+    cfg.write_text(f"merge_method: {method}\n{head}models:\n{models}dtype: bfloat16\n")
+    est = estimate_peak_memory(cfg, threads=threads, max_shard_bytes="100MB")
+    m = bench.measured([exe, "merge", str(cfg), str(tmp_path / "out"), "--no-progress", "--threads", str(threads),
+                        "--max-shard-size", "100MB"])
+    base_rss = _baseline_rss(exe, cfg)
+    grew = m["rss"] - base_rss
+    print(f"\n{method}/{scope}/{threads}t: estimate {est}; measured peak {m['rss'] / 2**20:.0f} MiB, "
+          f"interpreter {base_rss / 2**20:.0f} MiB: growth {grew / 2**20:.0f} MiB vs estimated {est.peak / 2**20:.0f} MiB "
+          f"({est.peak / grew:.2f}x); peak RSS predicted/measured {(base_rss + est.peak) / m['rss']:.2f}")
+    assert est.peak >= 0.9 * grew, "the estimate must not undershoot the real growth"
+    assert est.peak <= 3.0 * grew, "nor be so pessimistic that it refuses merges that fit"
+
+def test_guard_refuses_before_any_read(tmp_path, monkeypatch):
+    "With too little memory available the merge is refused with the estimate and the knobs, before a tensor is read."
+    from mergelab.config import merge_config, estimate_peak_memory
+    from mergelab.engine import InsufficientMemory
+    from mergelab.io import SafetensorsCheckpoint
+    from conftest import make_llama_family, tree_checksums
+    make_llama_family(tmp_path, ("a", "b"))
+    cfg = {"merge_method": "ties", "base_model": str(tmp_path / "base"), "parameters": {"topk_scope": "model"},
+           "models": [{"model": str(tmp_path / n), "parameters": {"weight": 0.5, "density": 0.5}} for n in "ab"]}
+    sums = tree_checksums(tmp_path)
+    est = estimate_peak_memory(cfg)
+    monkeypatch.setenv("MERGELAB_AVAILABLE_MEMORY", str(est.peak // 2))
+    def no_read(self, k): raise AssertionError(f"tensor {k} was read before the memory guard refused")
+    monkeypatch.setattr(SafetensorsCheckpoint, "_read", no_read)
+    with pytest.raises(InsufficientMemory) as e: merge_config(cfg, tmp_path / "out", progress=False)
+    msg = str(e.value)
+    for part in ("needs about", "is available (MERGELAB_AVAILABLE_MEMORY)", "threads=1", "topk_scope='tensor'",
+                 "max_shard_bytes", "force=True"): assert part in msg, (part, msg)
+    assert not (tmp_path / "out").exists()
+    monkeypatch.undo()
+    monkeypatch.setenv("MERGELAB_AVAILABLE_MEMORY", str(est.peak // 2))
+    # the CLI refuses the same way (exit 2), and --force runs it to a complete output
+    exe = shutil.which("mergelab") or str(Path(sys.executable).parent / "mergelab")
+    yml = tmp_path / "c.yml"
+    import yaml; yml.write_text(yaml.safe_dump(cfg))
+    r = subprocess.run([exe, "merge", str(yml), str(tmp_path / "out"), "--no-progress"], capture_output=True, text=True)
+    assert r.returncode == 2 and "force" in r.stderr and not (tmp_path / "out").exists(), r.stderr
+    r = subprocess.run([exe, "merge", str(yml), str(tmp_path / "out"), "--no-progress", "--force"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert len(Checkpoint_open(tmp_path / "out")) == len(Checkpoint_open(tmp_path / "base"))
+    r = subprocess.run([exe, "validate", str(yml)], capture_output=True, text=True)
+    assert r.returncode == 0 and "estimated peak memory" in r.stdout and "warning" in r.stdout, r.stdout
+    assert tree_checksums(tmp_path / "base") == {k: v for k, v in sums.items() if "/base/" in k}
+
+def Checkpoint_open(p):
+    from mergelab.io import Checkpoint
+    return Checkpoint.open(p)
