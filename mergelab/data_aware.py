@@ -318,7 +318,7 @@ def _bar(total: int, desc: str, progress: bool = True):
     from tqdm.auto import tqdm
     return tqdm(total=total, desc=desc, leave=False, disable=not progress)
 
-# %% ../nbs/10_data_aware.ipynb #614cd919
+# %% ../nbs/10_data_aware.ipynb #eb3adbc0
 Estimator = Literal["expected", "sampled", "empirical", "fusionbench"]
 
 def fisher_information(model: Any, task: TaskData, *, build: Callable = build_mlp, estimator: Estimator = "expected",
@@ -363,14 +363,18 @@ def fisher_information(model: Any, task: TaskData, *, build: Callable = build_ml
         else:
             one = lambda ps, xi: logp(ps, xi[None])[0]
             if estimator == "expected":
-                J = torch.func.vmap(torch.func.jacrev(one), in_dims=(None, 0))(params, x)     # (B, C, *shape)
+                C, P = int(logp(params, x[:1]).shape[-1]), sum(v.numel() for v in params.values())
+                chunk = max(1, 2 ** 26 // (C * P))                # per-example Jacobians C × P, ≤ 256 MiB at a time
+                J = torch.func.vmap(torch.func.jacrev(one), in_dims=(None, 0), chunk_size=chunk)(params, x)  # (B, C, *shape)
                 p = torch.func.vmap(one, in_dims=(None, 0))(params, x).exp().detach().double()
                 for k, g in J.items(): fisher[k] += torch.einsum("bc,bc...->...", p, g.double() ** 2)
             else:
                 if estimator == "sampled":
                     with torch.no_grad(): yy = torch.multinomial(logp(params, x).exp(), 1, generator=gen)[:, 0]
                 else: yy = y
-                G = torch.func.vmap(torch.func.grad(lambda ps, xi, yi: one(ps, xi).gather(0, yi[None])[0]), in_dims=(None, 0, 0))(params, x, yy)
+                chunk = max(1, 2 ** 26 // sum(v.numel() for v in params.values()))
+                G = torch.func.vmap(torch.func.grad(lambda ps, xi, yi: one(ps, xi).gather(0, yi[None])[0]),
+                                    in_dims=(None, 0, 0), chunk_size=chunk)(params, x, yy)
                 for k, g in G.items(): fisher[k] += (g.double() ** 2).sum(0)
         n += len(x)
     return {k: (v / n).float() for k, v in fisher.items()}
@@ -521,7 +525,7 @@ def adamerging(models: Sequence[Any], base: Any, data: Any, *, granularity: Lite
         sd[k] = bt if row is None or not bt.is_floating_point() else _ada_combine([c.get(k).float() for c in cks], bt.float(), row).to(bt.dtype)
     return AdaMergingResult(sd, coef, hist)
 
-# %% ../nbs/10_data_aware.ipynb #b115ae75
+# %% ../nbs/10_data_aware.ipynb #5d39e6e7
 DATA_METHODS = {"fisher": "GRAD", "regmean": "ACT", "regmean_pp": "ACT", "adamerging": "TTA"}
 _DEFAULT_SPLIT = {"fisher": "train", "regmean": "train", "regmean_pp": "train", "adamerging": "test"}
 
@@ -577,7 +581,7 @@ class _State:
     def _compute_regmean(self):
         s = self._settings("batch_size", "num_batches")
         self.paths = self._per_model("gram", lambda sd, t: gram_matrices(sd, t, build=self.src.build, **s), s)
-        self.grams = [_load(p)[0] for p in self.paths]
+        self.grams = [_LazyFile(p) for p in self.paths]
     def _compute_regmean_pp(self):
         s = self._settings("batch_size", "num_batches")
         alphas = {k: v["alpha"] for k, v in self.per_tensor.items()}
@@ -595,10 +599,20 @@ class _State:
     def _compute_adamerging(self):
         s = self._settings("granularity", "init", "lr", "steps", "batch_size", "clamp")
         self.coef, self.history = _ada_fit(self.models, self.base, self.tasks, self.src.build, seed=self.src.seed, **s)
-    def fisher(self, i: int, name: str) -> Tensor | None:
+    def fisher(self, i: int, name: str) -> Tensor | None: return _LazyFile(self.paths[i]).get(name)
+
+class _LazyFile:
+    "A cached statistics file read one tensor at a time (`in`, `[]`, `get`), so merging streams."
+    def __init__(self, path: Path):
         from safetensors import safe_open
-        with safe_open(str(self.paths[i]), "pt") as f:
-            return f.get_tensor(name) if name in f.keys() else None
+        self.path = path
+        with safe_open(str(path), "pt") as f: self.keys = set(f.keys())
+    def __contains__(self, k) -> bool: return k in self.keys
+    def get(self, k: str) -> Tensor | None:
+        if k not in self.keys: return None
+        from safetensors import safe_open
+        with safe_open(str(self.path), "pt") as f: return f.get_tensor(k)
+    __getitem__ = get
 
 def regmean_pp_grams(models: Sequence[Checkpoint], tasks: Sequence[TaskData], build: Callable = build_mlp, *,
                      alphas: Mapping[str, float] | float = 0.95, batch_size: int = 32, num_batches: int | None = 8,
