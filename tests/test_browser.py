@@ -101,8 +101,10 @@ def _js_state(page) -> dict:
               running: prompts.filter(p => p.includes('*')).length, errors: errs.map(t => t.slice(0, 600)),
               sliders: document.querySelectorAll('.jp-OutputArea .widget-slider').length,
               images: document.querySelectorAll('.jp-OutputArea-output img').length,
-              widget_errors: [...document.querySelectorAll('.jp-OutputArea-output')].map(e => e.textContent)
-                              .filter(t => t.includes('Error displaying widget')).length};
+              widget_errors: [...document.querySelectorAll('.jp-OutputArea-output')]
+                              .filter(e => e.textContent.includes('Error displaying widget'))
+                              .map(e => ((e.closest('.jp-CodeCell') || {}).querySelector?.('.cm-content')?.textContent || '?').slice(0, 80)
+                                        + ' :: ' + e.textContent.slice(0, 200))};
     }""")
 
 def test_tour_in_jupyterlab(lab):
@@ -111,7 +113,7 @@ def test_tour_in_jupyterlab(lab):
     with pw.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True, timeout=60_000)
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page = browser.new_page(viewport={"width": 1400, "height": 1800})
             page.set_default_timeout(60_000)
             page.goto(f"{lab['url']}/lab/tree/{TOUR.name}?token={lab['token']}&reset", wait_until="domcontentloaded")
             page.wait_for_selector(".jp-Notebook .jp-CodeCell", timeout=90_000)
@@ -141,7 +143,28 @@ def test_tour_in_jupyterlab(lab):
             page.screenshot(path=str(SHOTS / "tour_end.png"))
             assert not st["errors"], f"error output in the tour: {st['errors']}"
             assert st["cells"] and st["done"] == st["cells"], f"Run All did not finish (limit {RUN_TIMEOUT} s, {STALL} s without progress); see {lab['log']}: {st}"
-            assert st["widget_errors"] == 0, "a widget failed to display (widget manager missing?)"
             assert st["images"] >= 4, st
+            cells = {}
+            for name in EXPLORERS:                           # every explorer: its own cell, sliders and a plot, no error
+                cell = page.locator(".jp-CodeCell").filter(has=page.locator(".cm-content", has_text=f"{name}("))
+                assert cell.count() == 1, f"the tour has {cell.count()} cells constructing {name}"
+                out = cell.locator(".jp-Cell-outputArea")
+                out.locator(".widget-slider").first.wait_for(timeout=60_000)
+                out.locator(".widget-output img").first.wait_for(timeout=60_000)
+                out.scroll_into_view_if_needed()
+                out.screenshot(path=str(SHOTS / f"{name}.png"))
+                cells[name] = out
+            mx = cells["MergeExplorer"]
+            rows = lambda: mx.locator("table tr").count()
+            before, text = rows(), mx.locator("table").last.inner_text()
+            mx.locator(".widget-button", has_text="Merge").first.click()
+            t = time.time()
+            while time.time() - t < 90 and rows() <= before: time.sleep(0.5)
+            assert rows() > before, f"clicking Merge did not add a row to the results table ({before} rows):\n{text}"
+            assert not _js_state(page)["errors"], "error output after clicking Merge"
+            mx.scroll_into_view_if_needed()
+            mx.screenshot(path=str(SHOTS / "MergeExplorer_after_click.png"))
+            st = _js_state(page)
+            assert not st["widget_errors"], f"widgets failed to display: {st['widget_errors']}"
         finally:
             browser.close()
