@@ -16,9 +16,9 @@ from .io import Checkpoint, MergelabError, apply_adapter, save_checkpoint
 from .evaluate import ClassificationTask, evaluate
 
 # %% auto #0
-__all__ = ['DIGITS_DOMAINS', 'DIGITS_SPLITS', 'MINILM_INSTALL', 'MINILM_MAX_LEN', 'ZOOS', 'ZooError', 'MLP', 'mlp_arch',
-           'build_mlp', 'digits_data', 'build_digits_zoo', 'zoo_root', 'ZooModel', 'Zoo', 'minilm_path', 'text_tasks',
-           'minilm_features', 'build_minilm', 'build_minilm_zoo', 'load_zoo']
+__all__ = ['DIGITS_DOMAINS', 'DIGITS_SPLITS', 'DIGITS_GENTLE', 'DIGITS_LMC_DEEP', 'MINILM_INSTALL', 'MINILM_MAX_LEN', 'ZOOS',
+           'ZooError', 'MLP', 'mlp_arch', 'build_mlp', 'digits_data', 'build_digits_zoo', 'zoo_root', 'ZooModel', 'Zoo',
+           'minilm_path', 'text_tasks', 'minilm_features', 'build_minilm', 'build_minilm_zoo', 'load_zoo']
 
 # %% ../nbs/09_zoo.ipynb #18be99bf
 class ZooError(MergelabError, ValueError):
@@ -100,9 +100,14 @@ def digits_data(domain: str | None = None, split: str | None = None) -> tuple[to
     return x[idx], y[idx]
 
 # %% ../nbs/09_zoo.ipynb #5d35bbaa
-def _train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int, lr: float, seed: int, bs: int = 64) -> nn.Module:
+def _train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int, lr: float, seed: int, bs: int = 64,
+           sgd: bool = False, head_lr: float | None = None) -> nn.Module:
+    "Adam at `lr`; or (`sgd`) SGD with momentum 0.9 at `lr` for the backbone and `head_lr` for the head."
     g = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    if not sgd: opt = torch.optim.Adam(model.parameters(), lr=lr)
+    else:
+        body = [p for n, p in model.named_parameters() if not n.startswith("head.")]
+        opt = torch.optim.SGD([{"params": body}, {"params": list(model.head.parameters()), "lr": head_lr or lr}], lr=lr, momentum=0.9)
     model.train()
     for _ in range(epochs):
         idx = torch.randperm(len(y), generator=g)
@@ -121,8 +126,27 @@ def _save(sd: dict, out: Path, meta: dict, head: dict | None = None):
                     config={"architecture": "mergelab.zoo.MLP", **mlp_arch(sd), "mergelab_zoo": meta})
     if head is not None: save_file({k: v.contiguous() for k, v in head.items()}, str(out / "head.safetensors"))
 
+DIGITS_GENTLE = dict(epochs=60, lr=0.005, head_lr=0.05, optimizer="SGD, momentum 0.9, batch 64")
+DIGITS_LMC_DEEP = (96,) * 6
+
+def _expert_metrics(base_sd: dict, experts: dict[str, nn.Module], test: dict) -> tuple[dict, dict]:
+    "Expert x task accuracy (each task with its own head) and the base backbone with each task's head."
+    head = lambda e: {k: v for k, v in e.state_dict().items() if k.startswith("head.")}
+    matrix = {}
+    for a, ea in experts.items():
+        matrix[a] = {}
+        for t, et in experts.items():
+            m = MLP(64, (128, 128), n_out=10); m.load_state_dict({**ea.state_dict(), **head(et)})
+            matrix[a][t] = _acc(m, *test[t])
+    base_own = {}
+    for t, et in experts.items():
+        m = MLP(64, (128, 128), n_out=10); m.load_state_dict({**base_sd, **head(et)})
+        base_own[t] = _acc(m, *test[t])
+    return matrix, base_own
+
 def build_digits_zoo(out: str | Path, *, seed: int = 0, progress: bool = True) -> dict:
-    "Train the `digits` and `digits-lmc` zoos into `out` (a new directory); return the manifest it writes."
+    """Train the `digits`, `digits-gentle`, `digits-lmc` and `digits-lmc-deep` zoos into `out` (a new directory);
+    return the manifest it writes. Each part draws its own seeds, so adding a part leaves the others' files unchanged."""
     from tqdm.auto import tqdm
     out, t0 = Path(out), time.time()
     if out.exists() and any(out.iterdir()): raise ZooError(f"{out} exists and is not empty; give a new directory")
@@ -132,7 +156,7 @@ def build_digits_zoo(out: str | Path, *, seed: int = 0, progress: bool = True) -
         tmp = out.parent / f".{out.name}.building"
         shutil.rmtree(tmp, ignore_errors=True); tmp.mkdir(parents=True)
         doms = list(DIGITS_DOMAINS)
-        bar = tqdm(total=2 + len(doms) + 8, desc="digits zoo", disable=not progress)
+        bar = tqdm(total=2 + 2 * len(doms) + 16, desc="digits zoo", disable=not progress)
         # pre-trained backbone + 10-way head on plain digits
         torch.manual_seed(seed)
         net = MLP(64, (128, 128), n_out=10)
@@ -158,16 +182,7 @@ def build_digits_zoo(out: str | Path, *, seed: int = 0, progress: bool = True) -
                   {k.removeprefix("head."): v for k, v in esd.items() if k.startswith("head.")})
             bar.update()
         # metrics: expert x task (each task with its own head), base with each task's head and with the pre-train head
-        matrix = {}
-        for a, ea in experts.items():
-            matrix[a] = {}
-            for t, et in experts.items():
-                m = MLP(64, (128, 128), n_out=10); m.load_state_dict({**ea.state_dict(), **{k: v for k, v in et.state_dict().items() if k.startswith("head.")}})
-                matrix[a][t] = _acc(m, *test[t])
-        base_own = {}
-        for t, et in experts.items():
-            m = MLP(64, (128, 128), n_out=10); m.load_state_dict({**sd, **{k: v for k, v in et.state_dict().items() if k.startswith("head.")}})
-            base_own[t] = _acc(m, *test[t])
+        matrix, base_own = _expert_metrics(sd, experts, test)
         base_zero = {t: _acc(net, *test[t]) for t in doms}
         bar.update()
         # digits-lmc: 4 seeds x {plain, bn} on plain digits (pre-train + fine-tune splits)
@@ -185,6 +200,34 @@ def build_digits_zoo(out: str | Path, *, seed: int = 0, progress: bool = True) -
                            architecture=f"MLP 64-128-128-128-10{' with BatchNorm' if norm else ''} (ReLU)"))
                 lmc[name] = _acc(mdl, xt, yt)
                 bar.update()
+        # digits-gentle: the same 8 domains fine-tuned gently from the same base (SGD, small backbone steps)
+        gentle = {}
+        for i, d in enumerate(doms):
+            e = MLP(64, (128, 128), n_out=10); e.load_state_dict(sd)
+            xf, yf = digits_data(d, "finetune")
+            _train(e, xf, yf, epochs=DIGITS_GENTLE["epochs"], lr=DIGITS_GENTLE["lr"], seed=seed + 1 + i, sgd=True,
+                   head_lr=DIGITS_GENTLE["head_lr"])
+            esd = e.state_dict()
+            gentle[d] = e
+            _save({k: v for k, v in esd.items() if not k.startswith("head.")}, tmp / "experts-gentle" / d,
+                  dict(role="expert", task=d, domain=DIGITS_DOMAINS[d][1], seed=seed + 1 + i, split="finetune",
+                       init="base", architecture=arch, finetune=DIGITS_GENTLE),
+                  {k.removeprefix("head."): v for k, v in esd.items() if k.startswith("head.")})
+            bar.update()
+        gmatrix, gbase_own = _expert_metrics(sd, gentle, test)
+        # digits-lmc-deep: 4 seeds x {plain, bn} of a deeper, narrower MLP (where BN variance collapse shows)
+        deep, hd = {}, "-".join(map(str, DIGITS_LMC_DEEP))
+        for variant, norm in (("plain", None), ("bn", "batchnorm")):
+            for s in range(4):
+                torch.manual_seed(100 + s)
+                mdl = MLP(64, DIGITS_LMC_DEEP, n_out=10, norm=norm)
+                _train(mdl, xl, yl, epochs=30, lr=1e-3, seed=100 + s)
+                name = f"{variant}-s{s}"
+                _save(mdl.state_dict(), tmp / "lmc-deep" / name,
+                      dict(role="lmc", task="plain", variant=variant, seed=100 + s, split="pretrain+finetune",
+                           architecture=f"MLP 64-{hd}-10{' with BatchNorm' if norm else ''} (ReLU)"))
+                deep[name] = _acc(mdl, xt, yt)
+                bar.update()
         bar.close()
         manifest = dict(
             zoo="digits", version=1, built_by="data/zoo/build_digits.py (mergelab.zoo.build_digits_zoo)", seed=seed,
@@ -194,7 +237,9 @@ def build_digits_zoo(out: str | Path, *, seed: int = 0, progress: bool = True) -
             domains={d: DIGITS_DOMAINS[d][1] for d in doms},
             metrics=dict(expert_task_accuracy=matrix, base_own_head_accuracy=base_own,
                          base_pretrain_head_accuracy=base_zero, base_plain_accuracy=_acc(net, xt, yt),
-                         lmc_test_accuracy=lmc),
+                         lmc_test_accuracy=lmc, gentle_expert_task_accuracy=gmatrix,
+                         gentle_base_own_head_accuracy=gbase_own, lmc_deep_test_accuracy=deep),
+            gentle_finetune=DIGITS_GENTLE,
             build_seconds=round(time.time() - t0, 1))
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
         if out.exists(): out.rmdir()
@@ -279,10 +324,11 @@ def _digits_root(root: Path) -> tuple[Path, dict]:
                        "source tree, or point $MERGELAB_ZOO_DIR at a directory holding digits/")
     return d, json.loads((d / "manifest.json").read_text())
 
-def _load_digits(root: Path) -> Zoo:
+def _load_digits(root: Path, sub: str = "experts", name: str = "digits") -> Zoo:
     d, man = _digits_root(root)
     base = ZooModel("base", d / "base", json.loads((d / "base" / "config.json").read_text())["mergelab_zoo"])
-    experts = _models(d / "experts")
+    if not (d / sub).is_dir(): raise ZooError(f"zoo {name!r} not found at {d / sub}; rebuild with `python data/zoo/build_digits.py`")
+    experts = _models(d / sub)
     heads = {t: m.head for t, m in experts.items()} | {"pretrain": base.head}
     tasks, data = {}, {}
     for t in experts:
@@ -293,15 +339,16 @@ def _load_digits(root: Path) -> Zoo:
         data[t] = sp
         tasks[t] = ClassificationTask(t, *sp["test"], head=heads[t], build=build_mlp,
                                       meta=dict(domain=DIGITS_DOMAINS[dom][1]))
-    return Zoo("digits", d, man, base, experts, tasks, heads, data)
+    return Zoo(name, d, man, base, experts, tasks, heads, data)
 
-def _load_digits_lmc(root: Path) -> Zoo:
+def _load_digits_lmc(root: Path, sub: str = "lmc", name: str = "digits-lmc") -> Zoo:
     d, man = _digits_root(root)
+    if not (d / sub).is_dir(): raise ZooError(f"zoo {name!r} not found at {d / sub}; rebuild with `python data/zoo/build_digits.py`")
     x, y = digits_data()
     perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
     tr, te = perm[:DIGITS_SPLITS["finetune"][1]], perm[DIGITS_SPLITS["test"][0]:]
     task = ClassificationTask("digits", x[te], y[te], build=build_mlp, meta=dict(domain="plain digits"))
-    return Zoo("digits-lmc", d / "lmc", man, None, _models(d / "lmc"), {"digits": task},
+    return Zoo(name, d / sub, man, None, _models(d / sub), {"digits": task},
                data={"digits": {"train": (x[tr], y[tr]), "test": (x[te], y[te])}})
 
 # %% ../nbs/09_zoo.ipynb #b0db7254
@@ -504,7 +551,9 @@ def _load_minilm(root: Path) -> Zoo:
                {t: {s: (list(v[s].text), torch.tensor(v[s].label.tolist())) for s in ("train", "test")} for t, v in data.items()},
                build=build_minilm)
 
-ZOOS: dict[str, Callable[[Path], Zoo]] = {"digits": _load_digits, "digits-lmc": _load_digits_lmc, "minilm-text": _load_minilm}
+ZOOS: dict[str, Callable[[Path], Zoo]] = {"digits": _load_digits, "digits-lmc": _load_digits_lmc,
+                                         "digits-gentle": lambda r: _load_digits(r, "experts-gentle", "digits-gentle"),
+                                         "digits-lmc-deep": lambda r: _load_digits_lmc(r, "lmc-deep", "digits-lmc-deep"), "minilm-text": _load_minilm}
 
 def load_zoo(name: str, *, root: str | Path | None = None) -> Zoo:
     "Load zoo `name` (see `ZOOS`) from `root` (default `zoo_root()`)."

@@ -1,5 +1,6 @@
 """The shipped digits zoo is what `data/zoo/build_digits.py` builds: a rebuild (about 30 s on one core) reproduces the
-shipped metrics and tensors. Also checks the zoo's size budget and that loading + evaluating it takes seconds."""
+shipped metrics and tensors (all four digits sets: digits, digits-gentle, digits-lmc,
+digits-lmc-deep). Also checks the zoo's size budget and that loading + evaluating it takes seconds."""
 import json, subprocess, sys, time
 from pathlib import Path
 import pytest
@@ -24,6 +25,14 @@ def test_digits_load_and_evaluate_fast():
     shipped = zoo.manifest["metrics"]["expert_task_accuracy"]
     for e in mat.index:
         for t in mat.columns: assert abs(mat.loc[e, t] - shipped[e][t]) < 0.01, (e, t)
+    t0 = time.time()                                  # the added sets: digits-gentle and digits-lmc-deep
+    gz, dz = load_zoo("digits-gentle"), load_zoo("digits-lmc-deep")
+    gm, gs = gz.expert_matrix(), gz.manifest["metrics"]["gentle_expert_task_accuracy"]
+    for e in gm.index:
+        for t in gm.columns: assert abs(gm.loc[e, t] - gs[e][t]) < 0.01, (e, t)
+    for n, m in dz.experts.items():
+        assert abs(dz.evaluate(m, progress=False).accuracy.item() - dz.manifest["metrics"]["lmc_deep_test_accuracy"][n]) < 0.01, n
+    assert time.time() - t0 < 15, f"loading and evaluating digits-gentle and digits-lmc-deep took {time.time() - t0:.1f} s"
 
 def test_rebuild_reproduces_shipped(tmp_path):
     import torch
@@ -36,6 +45,10 @@ def test_rebuild_reproduces_shipped(tmp_path):
     for e, row in om["expert_task_accuracy"].items():     # accuracies are counts / 497: identical, or one image apart
         for t, v in row.items(): assert abs(nm["expert_task_accuracy"][e][t] - v) <= 0.5, (e, t)
     for k, v in om["lmc_test_accuracy"].items(): assert abs(nm["lmc_test_accuracy"][k] - v) <= 0.5, k
+    # the added sets (built on this project's 2-core dev machine): a deeper net drifts further on other CPUs, so 1 point
+    for e, row in om["gentle_expert_task_accuracy"].items():
+        for t, v in row.items(): assert abs(nm["gentle_expert_task_accuracy"][e][t] - v) <= 1.0, ("gentle", e, t)
+    for k, v in om["lmc_deep_test_accuracy"].items(): assert abs(nm["lmc_deep_test_accuracy"][k] - v) <= 1.0, ("deep", k)
     files = sorted(p.relative_to(ZOO / "digits") for p in (ZOO / "digits").rglob("*.safetensors"))
     assert files == sorted(p.relative_to(out) for p in out.rglob("*.safetensors"))
     # Same machine: the same bytes. Another CPU (its BLAS kernels round differently) drifts along the training
@@ -49,7 +62,7 @@ def test_rebuild_reproduces_shipped(tmp_path):
             if not a[k].is_floating_point(): assert torch.equal(a[k], b[k]), (f, k)
         fl = [k for k in a if a[k].is_floating_point()]
         rel = (sum(float((a[k] - b[k]).pow(2).sum()) for k in fl) / sum(float(a[k].pow(2).sum()) for k in fl)) ** 0.5
-        assert rel < 0.1, (f, rel)
+        assert rel < (0.25 if f.parts[0] == "lmc-deep" else 0.1), (f, rel)   # 6 BN layers: more room to drift
 
 def test_minilm_load_and_evaluate():
     "Acceptance 2 and 4: MiniLM experts beat the majority class by >= 10 points; digits + minilm load and score in < 2 min."

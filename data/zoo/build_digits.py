@@ -1,4 +1,4 @@
-"""Rebuild the `digits` and `digits-lmc` zoos deterministically: `python data/zoo/build_digits.py [OUT]`.
+"""Rebuild the `digits`, `digits-gentle`, `digits-lmc` and `digits-lmc-deep` zoos deterministically: `python data/zoo/build_digits.py [OUT]`.
 
 Without OUT it rebuilds data/zoo/digits in place (the old directory is replaced only after the new one is complete).
 Same code and seed -> same files (bit for bit on one machine; in the last float bits only on other CPUs)."""
@@ -25,3 +25,6 @@ if __name__ == "__main__":
     for t, row in m["expert_task_accuracy"].items():
         print(f"  {t:8s} expert {row[t]:5.1f}  base (own head) {m['base_own_head_accuracy'][t]:5.1f}")
     print("  lmc:", m["lmc_test_accuracy"])
+    for t, row in m["gentle_expert_task_accuracy"].items():
+        print(f"  {t:8s} gentle expert {row[t]:5.1f}  base (own head) {m['gentle_base_own_head_accuracy'][t]:5.1f}")
+    print("  lmc-deep:", m["lmc_deep_test_accuracy"])
