@@ -67,11 +67,14 @@ def _show(out: W.Output, fig: Any) -> Any:
 
 @contextmanager
 def _capturing(out: W.Output):
-    "Send output (progress bars) to `out`, but let exceptions through: `Output` swallows them inside IPython."
+    """Show output (progress bars) in `out` while the block runs, then clear it: tqdm closes its bar widgets when done,
+    and a closed widget left in an `Output` renders as "model not found". Exceptions pass through (inside IPython
+    `Output` would swallow them)."""
     err = None
     with out:
         try: yield
         except BaseException as e: err = e
+    out.clear_output()
     if err is not None: raise err
 
 def _html_table(df: pd.DataFrame, digits: int = 3) -> str:
@@ -358,8 +361,8 @@ class MergeExplorer(_Explorer):
             self.params[k] = w
         self.param_box.children = list(self.params.values())
         doc = (m.doc.splitlines() or [""])[0]
-        self.method_doc.value = (f"<small>{html.escape(doc)}" + (f" — {html.escape(m.paper)}" if m.paper else "") +
-                                 f" · base: {m.base}</small>")
+        self.method_doc.value = (f"<div style='line-height:1.35;font-size:88%;margin:2px 0 6px 0'>{html.escape(doc)}" +
+                                 (f"<br><i>{html.escape(m.paper)}</i>" if m.paper else "") + f" · base: {m.base}</div>")
     def _method_changed(self, change):
         "Carry over the values set away from the old method's defaults (and the required ones); the rest start fresh."
         keep = {k: v for k, v in self.param_values().items() if self.specs[k].required or v != self.specs[k].default}
@@ -511,8 +514,8 @@ class KinshipExplorer(_Explorer):
         self.layer_slider = W.IntSlider(value=self.layers[0], min=self.layers[0], max=self.layers[-1], description="layer",
                                         continuous_update=False, disabled=True)
         self.pair_select = W.Dropdown(description="pair", layout=W.Layout(width="380px"))
-        self.send_button = W.Button(description="send pair to MergeExplorer", icon="share", button_style="info",
-                                    disabled=merge_explorer is None)
+        self.send_button = W.Button(description="send to MergeExplorer", icon="share", button_style="info",
+                                    disabled=merge_explorer is None, layout=W.Layout(width="210px"))
         self.map_select = W.ToggleButtons(options=["pca", "tsne"], value="pca")
         self.heat_out, self.layer_out, self.map_out = W.Output(), W.Output(), W.Output()
         for w in (self.metric_select, self.kind_select, self.view_select, self.layer_slider):
@@ -571,6 +574,8 @@ class KinshipExplorer(_Explorer):
         fig, ax = plt.subplots(figsize=(5.5, 4.6))
         plot_layer_kinship(self.by_layer(metric), ax=ax, legend="auto" if len(self.models) <= 4 else False)
         if self.layer is not None: ax.axvline(self.layer, color="0.3", ls="--")
+        from matplotlib.ticker import MaxNLocator
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(f"per-layer {metric}, every pair")
         fig.tight_layout()
         _show(self.layer_out, fig)
@@ -679,13 +684,14 @@ class LMCExplorer(_Explorer):
         self.curve = self.barriers = self.point = self.b_aligned = None
         self.error: Exception | None = None
         names = list(self.models)
-        self.a_select = W.Dropdown(options=names, value=a or names[0], description="model A")
-        self.b_select = W.Dropdown(options=names, value=b or names[1], description="model B")
-        self.matching_select = W.Dropdown(options=[(v, k) for k, v in MATCHINGS.items()], value=matching, description="matching")
+        self.a_select = W.Dropdown(options=names, value=a or names[0], description="model A", layout=W.Layout(width="300px"))
+        self.b_select = W.Dropdown(options=names, value=b or names[1], description="model B", layout=W.Layout(width="300px"))
+        self.matching_select = W.Dropdown(options=[(v, k) for k, v in MATCHINGS.items()], value=matching, description="matching",
+                                        layout=W.Layout(width="300px"))
         self.correction_select = W.Dropdown(options=[(v, k) for k, v in CORRECTIONS.items()], value=correction,
-                                            description="correction")
+                                            description="correction", layout=W.Layout(width="300px"))
         self.alpha_slider = W.FloatSlider(value=alpha, min=0.0, max=1.0, step=0.05, description="α",
-                                          continuous_update=False, readout_format=".2f")
+                                          continuous_update=False, readout_format=".2f", layout=W.Layout(width="300px"))
         self.compute_button = W.Button(description="Compute curve", icon="line-chart", button_style="primary")
         self.status, self.point_html, self.barrier_html = W.HTML(), W.HTML(), W.HTML()
         self.log, self.curve_out = W.Output(), W.Output()
@@ -694,7 +700,8 @@ class LMCExplorer(_Explorer):
         self.alpha_slider.observe(lambda _: self.update_point(), names="value")
         self.compute_button.on_click(lambda _: self.compute())
         controls = W.VBox([self.a_select, self.b_select, self.matching_select, self.correction_select,
-                           self.alpha_slider, self.compute_button, self.status, self.log])
+                           self.alpha_slider, self.compute_button, self.status, self.log],
+                          layout=W.Layout(width="330px", min_width="330px"))
         self.widget = W.VBox([W.HBox([controls, W.VBox([self.point_html, self.barrier_html])]), self.curve_out])
         self.compute()
 
@@ -712,28 +719,33 @@ class LMCExplorer(_Explorer):
     @property
     def key(self) -> tuple: return (self.a_select.value, self.b_select.value, self.matching_select.value, self.correction_select.value)
 
+    def probe(self, key: tuple) -> tuple[pd.DataFrame, pd.DataFrame, Any]:
+        "`lmc_probe` of (A, B, matching, correction), cached."
+        if key not in self._cache:
+            a, b, matching, correction = key
+            self.status.value = f"⏳ {MATCHINGS[matching]}, {CORRECTIONS[correction]}: computing the curve …"
+            self.compute_button.disabled = True
+            try:
+                with _capturing(self.log):
+                    self._cache[key] = lmc_probe(self.module(a), self.module(b), self.evaluate, matching=matching,
+                                                 correction=correction, data=self.data, spec=self.spec, model=self.model,
+                                                 alphas=self.alphas, seed=self.seed)
+            finally: self.compute_button.disabled = False
+        return self._cache[key]
     def _setting_changed(self, change):
         if self.auto: self.compute()
         else: self.status.value = "setting changed: press Compute curve"
     def compute(self) -> pd.DataFrame | None:
         "The curve and barriers of the current setting (cached), then the point at α; None and `error` if it cannot run."
         k, self.error = self.key, None
-        if k not in self._cache:
-            self.status.value = f"⏳ {MATCHINGS[k[2]]}, {CORRECTIONS[k[3]]}: computing the curve …"
-            self.compute_button.disabled = True
-            t0 = time.time()
-            try:
-                with _capturing(self.log):
-                    self._cache[k] = lmc_probe(self.module(k[0]), self.module(k[1]), self.evaluate, matching=k[2],
-                                               correction=k[3], data=self.data, spec=self.spec, model=self.model,
-                                               alphas=self.alphas, seed=self.seed)
-            except MergelabError as e:
-                self.error, self.status.value = e, _error_html(e)
-                return None
-            finally: self.compute_button.disabled = False
-            self.status.value = f"✓ curve in {time.time() - t0:.1f} s"
-        else: self.status.value = "✓ (cached)"
-        self.curve, self.barriers, self.b_aligned = self._cache[k]
+        t0, cached = time.time(), k in self._cache
+        try:
+            self.curve, self.barriers, self.b_aligned = self.probe(k)
+            if k[2:] != ("none", "none"): self.probe((*k[:2], "none", "none"))     # the naive curve, for reference
+        except MergelabError as e:
+            self.error, self.status.value = e, _error_html(e)
+            return None
+        self.status.value = "✓ (cached)" if cached else f"✓ curve in {time.time() - t0:.1f} s"
         self.barrier_html.value = ("<b>barriers</b> (midpoint: max L(α) − ½(L_A + L_B); linear: max L(α) − "
                                    "((1 − α)L_A + αL_B); accuracy: the worst drop)" +
                                    _html_table(self.barriers.drop(columns=["relative"]), 3))
@@ -749,7 +761,10 @@ class LMCExplorer(_Explorer):
         metrics = [c for c in self.point.columns if c not in ("alpha", "task")]
         rows = self.point.drop(columns="alpha")
         self.point_html.value = f"<b>θ(α = {al:.2f})</b>" + _html_table(rows, 3)
-        fig = plot_curves({f"{MATCHINGS[self.key[2]]}, {CORRECTIONS[corr]}": self.curve}, metrics=[m for m in ("loss", "accuracy") if m in metrics] or metrics[:2])
+        curves = {f"{MATCHINGS[self.key[2]]}, {CORRECTIONS[corr]}": self.curve}
+        naive = (*self.key[:2], "none", "none")
+        if naive != self.key and naive in self._cache: curves = {"naive (none, none)": self._cache[naive][0]} | curves
+        fig = plot_curves(curves, metrics=[m for m in ("loss", "accuracy") if m in metrics] or metrics[:2])
         for ax in fig.axes:
             m = ax.get_ylabel()
             ax.axvline(al, color="0.3", ls="--", lw=1)
@@ -785,7 +800,7 @@ class InterferenceExplorer(_Explorer):
         self.density_slider = W.FloatSlider(value=density, min=0.05, max=1.0, step=0.05, description="TIES k (density)",
                                             continuous_update=False, readout_format=".2f", style={"description_width": "110px"})
         self.scope_select = W.ToggleButtons(options=["tensor", "model"], value=scope, tooltips=["top-k per tensor", "top-k model-wide"])
-        self.layer_select = W.Dropdown(options=[("all layers", None)], value=None, description="layer")
+        self.layer_select = W.Dropdown(options=[("all layers", "all")], value="all", description="layer")
         self.pair_measure = W.Dropdown(options=list(PAIR_MEASURES), value="sign_conflict", description="pairwise")
         self.status, self.summary_html = W.HTML(), W.HTML()
         self.log, self.heat_out, self.pair_out, self.curve_out = W.Output(), W.Output(), W.Output(), W.Output()
@@ -795,7 +810,7 @@ class InterferenceExplorer(_Explorer):
             w.observe(lambda _: self._draw_pairs(), names="value")
         controls = W.VBox([self.experts_select, self.density_slider, self.scope_select, self.layer_select,
                            self.pair_measure, self.status, self.summary_html, self.log])
-        self.widget = W.VBox([W.HBox([controls, self.curve_out]), W.HBox([self.heat_out, self.pair_out])])
+        self.widget = W.VBox([W.HBox([controls, self.curve_out]), self.heat_out, self.pair_out])
         self.compute()
 
     @property
@@ -828,17 +843,17 @@ class InterferenceExplorer(_Explorer):
         self.table = self.statistics.table("layer")
         self.summary = interference_summary(self.statistics)
         layers = sorted(self.table.layer.unique())
-        opts = [("all layers", None)] + [(f"layer {l}", int(l)) for l in layers]
+        opts = [("all layers", "all")] + [(f"layer {l}", int(l)) for l in layers]
         if list(self.layer_select.options) != opts:
             cur = self.layer_select.value
             self.layer_select.options = opts
-            self.layer_select.value = cur if cur in [o[1] for o in opts] else None
+            self.layer_select.value = cur if cur in [o[1] for o in opts] else "all"
         s = self.summary
         self.summary_html.value = (f"<b>at density {s['density']:.2f}</b>: sign-conflict rate <b>{s['sign_conflict_rate']:.3f}</b>, "
                                    f"trimmed fraction <b>{s['trimmed_fraction']:.3f}</b>, norm kept {s['norm_kept']:.3f}")
         import matplotlib.pyplot as plt
-        fig, ax = plt.subplots(figsize=(7.5, max(2.2, 0.45 * len(layers) + 1.6)))
-        plot_interference(self.table, ax=ax)
+        fig, ax = plt.subplots(figsize=(12, max(2.8, 0.4 * len(layers) + 2.4)))
+        plot_interference(self.table, ax=ax, annot_kws={"fontsize": 7})
         fig.tight_layout()
         self.figure = _show(self.heat_out, fig)
         h = self.history
@@ -855,7 +870,7 @@ class InterferenceExplorer(_Explorer):
     def _draw_pairs(self):
         if self.statistics is None: return
         layer = self.layer_select.value
-        if layer is None: self.pairs = self.statistics.pairwise(None)
+        if layer == "all": self.pairs = self.statistics.pairwise(None)
         else:
             p = self.statistics.pairwise("layer")
             self.pairs = p[p.layer == layer].drop(columns="layer").reset_index(drop=True)
@@ -863,6 +878,6 @@ class InterferenceExplorer(_Explorer):
         n = len(self.experts_select.value)
         fig, ax = plt.subplots(figsize=(0.55 * n + 2.6, 0.5 * n + 1.8))
         plot_pairwise(self.pairs, self.pair_measure.value, ax=ax)
-        ax.set_title(f"{self.pair_measure.value}, {'all layers' if layer is None else f'layer {layer}'}, density {self.key[1]}")
+        ax.set_title(f"{self.pair_measure.value}, {'all layers' if layer == 'all' else f'layer {layer}'}, density {self.key[1]}")
         fig.tight_layout()
         self.pair_figure = _show(self.pair_out, fig)
