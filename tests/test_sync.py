@@ -1,7 +1,7 @@
 """Notebooks are the source: `nbdev_export` must not change mergelab/, `nbdev_clean` must not change nbs/, and the
 docs pre-processing step (`nbdev_proc_nbs` minus the Quarto install) must work with the top-level _quarto.yml.
 Each check runs in a scratch copy of the project, so the working tree is never touched."""
-import filecmp, shutil, subprocess, sys
+import filecmp, os, shutil, subprocess, sys
 from pathlib import Path
 import pytest
 
@@ -23,8 +23,8 @@ def diff_trees(a: Path, b: Path) -> list[str]:
     walk(c)
     return out
 
-def run(cmd, cwd):
-    r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=300)
+def run(cmd, cwd, env=None):
+    r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0, f"{cmd} failed:\n{r.stdout}\n{r.stderr}"
     return r
 
@@ -43,7 +43,14 @@ def test_docs_preprocess(scratch):
     code = ("from nbdev.quarto import refresh_quarto_yml, nbdev_sidebar; from nbdev.serve import proc_nbs;"
             "import nbdev.doclinks; refresh_quarto_yml(); nbdev.doclinks._build_modidx(); nbdev_sidebar.__wrapped__();"
             "print(proc_nbs(n_workers=0))")
-    run([sys.executable, "-c", code], scratch)
+    # nbdev executes the export cells and every cell holding an import while pre-processing a notebook with exports (for
+    # show_doc), in a fresh shell, without the other cells: such a cell may load a zoo (hence the zoo path), and must not use
+    # names that only earlier example cells define (move the import into the notebook's import cell instead).
+    r = subprocess.run([sys.executable, "-c", code], cwd=scratch, capture_output=True, text=True, timeout=300,
+                       env=os.environ | {"MERGELAB_ZOO_DIR": str(ROOT / "data" / "zoo")})
+    where = [l for l in (r.stdout + r.stderr).splitlines() if "Error in notebook" in l]
+    assert r.returncode == 0, (f"docs pre-processing failed: {where or '(see below)'}; nbdev runs each cell that holds an "
+                               f"import on its own there, so it must not need earlier example cells\n{r.stderr[-3000:]}")
     assert (scratch / "nbs" / "_quarto.yml").is_symlink(), "nbdev replaced the link to the top-level _quarto.yml"
     proc = scratch / "_proc"
     assert (proc / "_quarto.yml").read_text() == (ROOT / "_quarto.yml").read_text()
