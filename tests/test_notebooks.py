@@ -49,12 +49,22 @@ def error_outputs(nb) -> list[str]:
 
 def render_html(nb, out: Path) -> Path:
     "Render an executed notebook to standalone HTML with nbconvert's lab template."
-    import nbformat
+    import nbformat, yaml
     from nbconvert import HTMLExporter
     node = nbformat.from_dict(nb)
+    join = lambda v: "".join(v) if isinstance(v, list) else v
+    node.cells = [c for c in node.cells if "hide" not in (c.get("directives_") or {})]   # as nbdev's docs drop them
     for c in node.cells:
         c.pop("directives_", None)
-        if c.cell_type == "code": c.setdefault("execution_count", None); c.setdefault("outputs", [])
+        c.source = join(c.source)
+        if c.cell_type == "raw" and c.source.startswith("---"):      # nbdev's front matter: back to a title and summary
+            fm = yaml.safe_load(c.source.strip().strip("-")) or {}
+            c.cell_type, c.source = "markdown", f"# {fm.get('title', '')}\n\n> {fm.get('description', '')}"
+        if c.cell_type == "code":
+            c.setdefault("execution_count", None); c.setdefault("outputs", [])
+            for o in c.outputs:                                         # execnb keeps multi-line values as lists
+                if "text" in o: o["text"] = join(o["text"])
+                for k, v in (o.get("data") or {}).items(): o["data"][k] = join(v)
     body, _ = HTMLExporter(template_name="lab").from_notebook_node(node)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(body, encoding="utf-8")
