@@ -5,7 +5,7 @@ base + small noise), then times `mergelab merge` and, when mergekit is available
 alternating, each in a fresh process whose peak RSS is measured the same way (ru_maxrss of a single child).
 Prints the wall-time ratio, the peak-RSS ratio and the max |difference| of the outputs. Not a test.
 
-    python benchmarks/merge_bench.py [--layers 16] [--repeats 2] [--mergekit /path/to/mergekit-yaml] [--method ties]
+    python benchmarks/merge_bench.py [--layers 16] [--repeats 2] [--mergekit /path/to/mergekit-yaml] [--method ties|dare_ties|linear|slerp]
 """
 from __future__ import annotations
 import argparse, json, os, shutil, subprocess, sys, tempfile, time
@@ -86,8 +86,16 @@ def main():
         for p in paths: shutil.rmtree(p, ignore_errors=True)
         make_models(d, a.layers, a.hidden, a.inter, a.vocab, a.fine_tunes, a.noise)
     w = 1.0 / a.fine_tunes
-    models = "".join(f"  - model: {p}\n    parameters: {{weight: {w}, density: {a.density}}}\n" for p in paths[1:])
-    (d / "config.yml").write_text(f"merge_method: {a.method}\nbase_model: {paths[0]}\nmodels:\n{models}dtype: bfloat16\n")
+    if a.method == "linear":                 # an average of the fine-tunes (no base)
+        models = "".join(f"  - model: {p}\n    parameters: {{weight: {w}}}\n" for p in paths[1:])
+        text = f"merge_method: linear\nmodels:\n{models}dtype: bfloat16\n"
+    elif a.method == "slerp":                # base and the first fine-tune, t = 0.5
+        text = (f"merge_method: slerp\nbase_model: {paths[0]}\nmodels:\n  - model: {paths[0]}\n  - model: {paths[1]}\n"
+                f"parameters: {{t: 0.5}}\ndtype: bfloat16\n")
+    else:
+        models = "".join(f"  - model: {p}\n    parameters: {{weight: {w}, density: {a.density}}}\n" for p in paths[1:])
+        text = f"merge_method: {a.method}\nbase_model: {paths[0]}\nmodels:\n{models}dtype: bfloat16\n"
+    (d / "config.yml").write_text(text)
     # mergelab's default breaks ties at the k-th magnitude by index (linear time); `tie_break: argsort` is mergekit's order
     exact = a.method == "ties"
     if exact: (d / "exact.yml").write_text((d / "config.yml").read_text() + "parameters: {tie_break: argsort}\n")
