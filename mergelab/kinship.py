@@ -38,6 +38,11 @@ class DeltaStats:
         X = X.reshape(X.shape[0], -1).double()
         n = X.shape[1]
         if n == 0: return DeltaStats.zeros(X.shape[0])
+        block = max(1 << 16, (1 << 22) // X.shape[0])                # columns per block: temporaries ≤ 32 MiB
+        if n > block:                                                # exact union of column blocks (`__add__`)
+            out = DeltaStats.zeros(X.shape[0])
+            for i in range(0, n, block): out = out + DeltaStats.of(X[:, i:i + block])
+            return out
         mean = X.mean(1)
         D = torch.stack([(X - x).square_().sum(1) for x in X])      # direct Σ(δᵢ − δⱼ)², no Gram cancellation
         Xc = X - mean[:, None]
