@@ -10,3 +10,5 @@ __all__ = []
 from .io import Checkpoint, task_vector, save_checkpoint, MergelabError
 from .engine import METHODS, get_method, merge_method
 from .config import merge, merge_config, build_plan
+from .data_aware import data_source, DataSource, TaskData, adamerging, AdaMergingResult, DATA_METHODS
+from .search import evolve, Gene, SearchSpace, SearchResult, SearchError
