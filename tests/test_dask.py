@@ -8,7 +8,7 @@ from conftest import make_llama_family, tree_checksums
 from mergelab.engine import dumps_by_path, ConfigError, MissingDependency
 from mergelab.io import Checkpoint
 from mergelab.config import merge, merge_config
-from mergelab.kinship import kinship_matrix, open_deltas
+from mergelab.kinship import kinship_matrix, open_deltas, delta_statistics
 from mergelab.interference import interference_report, norm_at_k
 from mergelab.evaluate import sweep
 
@@ -35,16 +35,20 @@ def files(d: Path) -> dict[str, str]:
 
 def test_kinship_equal(family, client):
     models = [family / n for n in NAMES]
-    for metric in ("pcc", "euclidean"):
-        local = kinship_matrix(models, family / "base", metric)
-        remote = kinship_matrix(models, family / "base", metric, client=client)
-        assert (local - remote).abs().max().max() <= 1e-6, metric
-    by = kinship_matrix(models, family / "base", by="layer", client=client)
-    assert (by["value"] - kinship_matrix(models, family / "base", by="layer")["value"]).abs().max() <= 1e-6
+    local = delta_statistics(models, family / "base")
+    remote = delta_statistics(models, family / "base", client=client)      # one pass on the workers
+    assert list(local.tensors) == list(remote.tensors)
+    for metric in ("pcc", "cosine", "euclidean"):
+        diff = (kinship_matrix(local, metric=metric) - kinship_matrix(remote, metric=metric)).abs().max().max()
+        assert diff <= 1e-6, (metric, diff)
+    by_l, by_r = kinship_matrix(local, by="layer"), kinship_matrix(remote, by="layer")
+    assert (by_l["value"] - by_r["value"]).abs().max() <= 1e-6
+    K = kinship_matrix(models, family / "base", client=client)              # the public call, end to end
+    assert (K - kinship_matrix(local)).abs().max().max() <= 1e-6
 
 def test_interference_equal(family, client):
     models = [family / n for n in NAMES]
-    for scope in ("tensor", "model"):
+    for scope in ("model",):                 # the model scope adds the two radix passes of the threshold: all run remotely
         local = interference_report(models, family / "base", scope=scope, density=0.3)
         remote = interference_report(models, family / "base", scope=scope, density=0.3, client=client)
         pd.testing.assert_frame_equal(local, remote, check_exact=False, rtol=0, atol=1e-9)
