@@ -95,3 +95,15 @@ def test_in_memory_models_refused(family, client):
     sd = Checkpoint.open(family / "a").state_dict()
     with pytest.raises(ConfigError, match="save it first"):
         merge([sd, family / "b"], "linear", weight=0.5, progress=False, client=client)
+
+def test_worker_errors_keep_their_class(family, client, tmp_path):
+    "A NaN found on a worker raises the same NonFiniteTensor here, naming tensor and model; no output is left."
+    from mergelab.engine import NonFiniteTensor
+    from mergelab.io import save_checkpoint
+    sd = Checkpoint.open(family / "a").state_dict()
+    k = next(k for k in sd if k.endswith("mlp.up_proj.weight")); sd[k] = sd[k].clone(); sd[k][0, 0] = float("nan")
+    save_checkpoint(sd, tmp_path / "nan")
+    with pytest.raises(NonFiniteTensor, match="NaN/inf") as e:
+        merge([tmp_path / "nan", family / "b"], "linear", weight=0.5, out=tmp_path / "out", progress=False, client=client)
+    assert k in str(e.value) and str(tmp_path / "nan") in str(e.value)
+    assert not (tmp_path / "out").exists()
