@@ -9,6 +9,6 @@ __all__ = []
 # %% ../nbs/index.ipynb #90ec883f
 from .io import Checkpoint, task_vector, save_checkpoint, MergelabError
 from .engine import METHODS, get_method, merge_method
-from .config import merge, merge_config, build_plan
+from .config import merge, merge_config, build_plan, estimate_peak_memory
 from .data_aware import data_source, DataSource, TaskData, adamerging, AdaMergingResult, DATA_METHODS
 from .search import evolve, Gene, SearchSpace, SearchResult, SearchError
