@@ -16,6 +16,8 @@ from .evaluate import EvaluationError
 from .lmc import CurveError, SpecError, NotEquivalent
 from .zoo import ZooError
 from .activations import ActivationError
+from .data_aware import DataError, data_source
+from .search import SearchError, evolve
 
 # %% auto #0
 __all__ = ['FAILURE_CASES', 'FailureCase', 'make_fixtures', 'run_case', 'error_classes', 'failure_table']
@@ -160,6 +162,12 @@ FAILURE_CASES: list[FailureCase] = [
     FailureCase("unknown zoo domain", ZooError, "a digits domain that the zoo does not have", "use one of the listed domains", _zoo, "unknown digits domain"),
     FailureCase("too few labels", ActivationError, "a silhouette with fewer than two clusters of ≥ 2 models",
                 "label at least two groups of two or more models", _activation, "at least two labels"),
+    FailureCase("data file missing", DataError, "a data-aware method's `data: {path: ...}` naming a file that does not exist",
+                "give an existing .npz/.safetensors/.pt of inputs (keys `<task>` or `<task>.inputs`), or a zoo split",
+                lambda d: data_source({"path": str(d / "missing.npz")}), "does not exist"),
+    FailureCase("bad search bounds", SearchError, "evolve over a parameter range with low ≥ high (checked before any merge)",
+                "give (low, high) with low < high", lambda d: evolve([d / "a", d / "b"], d / "base", lambda sd: 0.0,
+                "task_arithmetic", {"weight": (1, 0)}, budget=5, progress=False), "low < high"),
 ]
 
 def run_case(case: FailureCase, d: Path) -> MergelabError:
