@@ -44,7 +44,9 @@ def zoo(tmp_path_factory):
 
 def test_registry_is_covered():
     from mergelab.engine import METHODS
-    assert sorted(n for n in METHODS if not n.startswith("_")) == sorted(RECIPES)
+    from mergelab.data_aware import DATA_METHODS   # need data and a model builder: Python, YAML and CLI in nbs/10_data_aware
+    assert set(DATA_METHODS) <= set(METHODS)
+    assert sorted(n for n in METHODS if not n.startswith("_") and n not in DATA_METHODS) == sorted(RECIPES)
 
 @pytest.mark.parametrize("method", sorted(RECIPES))
 def test_method_python_yaml_cli(method, zoo, tmp_path):
