@@ -24,7 +24,7 @@ from .lmc import (interpolation_curve, barrier_table, weight_matching, activatio
                           mlp_spec, repair, reset_batchnorm, plot_curves)
 from .interference import interference_statistics, plot_interference, plot_pairwise
 from .evaluate import normalized_accuracy
-from .zoo import Zoo, load_zoo
+from .zoo import Zoo, load_zoo, zoo_delta_activations
 try: import mergelab.data_aware                      # registers fisher, regmean, regmean_pp, adamerging
 except ModuleNotFoundError as e:
     if e.name != "mergelab.data_aware": raise
@@ -33,8 +33,8 @@ except ModuleNotFoundError as e:
 __all__ = ['RANGES', 'META_COLUMNS', 'MATCHINGS', 'CORRECTIONS', 'PAIR_MEASURES', 'ExplorerError', 'explorer_models', 'ParamSpec',
            'param_spec', 'method_specs', 'widget_for', 'widget_value', 'explorer_methods', 'merge_setting_config',
            'save_text', 'scores_of', 'result_row', 'plot_runs', 'MergeExplorer', 'layer_matrix', 'ranked_pairs',
-           'zoo_delta_activations', 'KinshipExplorer', 'lmc_align', 'lmc_prepare', 'lmc_probe', 'zoo_inputs',
-           'LMCExplorer', 'interference_summary', 'InterferenceExplorer']
+           'KinshipExplorer', 'lmc_align', 'lmc_prepare', 'lmc_probe', 'zoo_inputs', 'LMCExplorer',
+           'interference_summary', 'InterferenceExplorer']
 
 # %% ../nbs/15_widgets.ipynb #12a3d45d
 class ExplorerError(MergelabError, ValueError):
@@ -469,27 +469,6 @@ def ranked_pairs(matrix: pd.DataFrame) -> list[tuple[str, str, float]]:
     pairs = [(a, b, float(matrix.loc[a, b])) for i, a in enumerate(names) for b in names[i + 1:]]
     dist = matrix.attrs.get("metric") == "euclidean"
     return sorted(pairs, key=lambda p: (math.isnan(p[2]), p[2] if dist else -p[2]))
-
-def zoo_delta_activations(zoo: Zoo, models: Mapping[str, Any] | None = None, n_probes: int = 16) -> pd.DataFrame:
-    """Delta Activations (Xu et al. 2025, arXiv:2509.04442) of a zoo's models: v(f) = mean over probes x of
-    h_f(x) − h_base(x), h = the output of `zoo.build(model)` (through the task's `features` for text zoos), on one probe
-    set for all models: the first `n_probes` held-out inputs of every task. One row per model, columns d0…"""
-    if zoo.base is None: raise ExplorerError(f"zoo {zoo.name!r} has no base model to take deltas against")
-    models = dict(models if models is not None else zoo.experts)
-    tasks = list(zoo.tasks.values())
-    def h(model):
-        if callable(getattr(model, "checkpoint", None)): model = model.checkpoint().state_dict()   # base+adapter
-        mod = zoo.build(model).eval()
-        with torch.inference_mode():
-            return torch.cat([(t.features(mod, t.inputs[:n_probes]) if t.features is not None else mod(t.inputs[:n_probes])).double()
-                              for t in tasks])
-    hb = h(zoo.base)
-    from tqdm.auto import tqdm
-    V = {n: (h(m) - hb).mean(0) for n, m in tqdm(models.items(), desc="delta activations", leave=False)}
-    df = pd.DataFrame(torch.stack(list(V.values())).numpy(), index=list(V), columns=[f"d{i}" for i in range(len(hb[0]))])
-    df.index.name = "model"
-    df.attrs["protocol"] = dict(h="zoo backbone output", n_probes=n_probes * len(tasks))
-    return df
 
 # %% ../nbs/15_widgets.ipynb #3847adbb
 class KinshipExplorer(_Explorer):

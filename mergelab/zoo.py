@@ -20,7 +20,7 @@ __all__ = ['DIGITS_DOMAINS', 'DIGITS_SPLITS', 'DIGITS_GENTLE', 'DIGITS_LMC_DEEP'
            'SMOLLM2_INSTALL', 'SMOLLM2_GGUF', 'SMOLLM2_DOMAINS', 'SMOLLM2_LORA_TARGETS', 'ZooError', 'MLP', 'mlp_arch',
            'build_mlp', 'digits_data', 'build_digits_zoo', 'zoo_root', 'ZooModel', 'Zoo', 'minilm_path', 'text_tasks',
            'minilm_features', 'build_minilm', 'build_minilm_zoo', 'load_zoo', 'cache_dir', 'smollm2_path',
-           'smollm2_tokenizer', 'build_smollm2', 'smollm2_domains', 'build_smollm2_zoo']
+           'smollm2_tokenizer', 'build_smollm2', 'smollm2_domains', 'build_smollm2_zoo', 'zoo_delta_activations']
 
 # %% ../nbs/09_zoo.ipynb #18be99bf
 class ZooError(MergelabError, ValueError):
@@ -146,6 +146,22 @@ def _expert_metrics(base_sd: dict, experts: dict[str, nn.Module], test: dict) ->
         base_own[t] = _acc(m, *test[t])
     return matrix, base_own
 
+def _build_lmc(out: Path, hidden: tuple[int, ...], x, y, xt, yt, bar) -> dict[str, float]:
+    "4 seeds × {plain, bn} of an MLP 64-`hidden`-10 trained from scratch on (x, y), saved under `out`; test accuracy by name."
+    acc, hd = {}, "-".join(map(str, hidden))
+    for variant, norm in (("plain", None), ("bn", "batchnorm")):
+        for s in range(4):
+            torch.manual_seed(100 + s)
+            mdl = MLP(64, hidden, n_out=10, norm=norm)
+            _train(mdl, x, y, epochs=30, lr=1e-3, seed=100 + s)
+            name = f"{variant}-s{s}"
+            _save(mdl.state_dict(), out / name,
+                  dict(role="lmc", task="plain", variant=variant, seed=100 + s, split="pretrain+finetune",
+                       architecture=f"MLP 64-{hd}-10{' with BatchNorm' if norm else ''} (ReLU)"))
+            acc[name] = _acc(mdl, xt, yt)
+            bar.update()
+    return acc
+
 def build_digits_zoo(out: str | Path, *, seed: int = 0, progress: bool = True) -> dict:
     """Train the `digits`, `digits-gentle`, `digits-lmc` and `digits-lmc-deep` zoos into `out` (a new directory);
     return the manifest it writes. Each part draws its own seeds, so adding a part leaves the others' files unchanged."""
@@ -190,18 +206,7 @@ def build_digits_zoo(out: str | Path, *, seed: int = 0, progress: bool = True) -
         # digits-lmc: 4 seeds x {plain, bn} on plain digits (pre-train + fine-tune splits)
         xl = torch.cat([xp, digits_data(None, "finetune")[0]]); yl = torch.cat([yp, digits_data(None, "finetune")[1]])
         xt, yt = digits_data(None, "test")
-        lmc = {}
-        for variant, norm in (("plain", None), ("bn", "batchnorm")):
-            for s in range(4):
-                torch.manual_seed(100 + s)
-                mdl = MLP(64, (128, 128, 128), n_out=10, norm=norm)
-                _train(mdl, xl, yl, epochs=30, lr=1e-3, seed=100 + s)
-                name = f"{variant}-s{s}"
-                _save(mdl.state_dict(), tmp / "lmc" / name,
-                      dict(role="lmc", task="plain", variant=variant, seed=100 + s, split="pretrain+finetune",
-                           architecture=f"MLP 64-128-128-128-10{' with BatchNorm' if norm else ''} (ReLU)"))
-                lmc[name] = _acc(mdl, xt, yt)
-                bar.update()
+        lmc = _build_lmc(tmp / "lmc", (128, 128, 128), xl, yl, xt, yt, bar)
         # digits-gentle: the same 8 domains fine-tuned gently from the same base (SGD, small backbone steps)
         gentle = {}
         for i, d in enumerate(doms):
@@ -218,18 +223,7 @@ def build_digits_zoo(out: str | Path, *, seed: int = 0, progress: bool = True) -
             bar.update()
         gmatrix, gbase_own = _expert_metrics(sd, gentle, test)
         # digits-lmc-deep: 4 seeds x {plain, bn} of a deeper, narrower MLP (where BN variance collapse shows)
-        deep, hd = {}, "-".join(map(str, DIGITS_LMC_DEEP))
-        for variant, norm in (("plain", None), ("bn", "batchnorm")):
-            for s in range(4):
-                torch.manual_seed(100 + s)
-                mdl = MLP(64, DIGITS_LMC_DEEP, n_out=10, norm=norm)
-                _train(mdl, xl, yl, epochs=30, lr=1e-3, seed=100 + s)
-                name = f"{variant}-s{s}"
-                _save(mdl.state_dict(), tmp / "lmc-deep" / name,
-                      dict(role="lmc", task="plain", variant=variant, seed=100 + s, split="pretrain+finetune",
-                           architecture=f"MLP 64-{hd}-10{' with BatchNorm' if norm else ''} (ReLU)"))
-                deep[name] = _acc(mdl, xt, yt)
-                bar.update()
+        deep = _build_lmc(tmp / "lmc-deep", DIGITS_LMC_DEEP, xl, yl, xt, yt, bar)
         bar.close()
         manifest = dict(
             zoo="digits", version=1, built_by="data/zoo/build_digits.py (mergelab.zoo.build_digits_zoo)", seed=seed,
@@ -858,3 +852,25 @@ def _load_smollm2(root: Path) -> Zoo:
                {k: {"train": v["train"], "eval": v["eval"]} for k, v in data.items()}, build=build_smollm2, extras=extras)
 
 ZOOS["smollm2-domains"] = _load_smollm2
+
+# %% ../nbs/09_zoo.ipynb #4c5b17c1
+def zoo_delta_activations(zoo: Zoo, models: Mapping[str, Any] | None = None, n_probes: int = 16) -> pd.DataFrame:
+    """Delta Activations (Xu et al. 2025, arXiv:2509.04442) of a zoo's models: v(f) = mean over probes x of
+    h_f(x) − h_base(x), h = the output of `zoo.build(model)` (through the task's `features` for text zoos), on one probe
+    set for all models: the first `n_probes` held-out inputs of every task. One row per model, columns d0…"""
+    if zoo.base is None: raise ZooError(f"zoo {zoo.name!r} has no base model to take deltas against")
+    models = dict(models if models is not None else zoo.experts)
+    tasks = list(zoo.tasks.values())
+    def h(model):
+        if callable(getattr(model, "checkpoint", None)): model = model.checkpoint().state_dict()   # base+adapter
+        mod = zoo.build(model).eval()
+        with torch.inference_mode():
+            return torch.cat([(t.features(mod, t.inputs[:n_probes]) if t.features is not None else mod(t.inputs[:n_probes])).double()
+                              for t in tasks])
+    hb = h(zoo.base)
+    from tqdm.auto import tqdm
+    V = {n: (h(m) - hb).mean(0) for n, m in tqdm(models.items(), desc="delta activations", leave=False)}
+    df = pd.DataFrame(torch.stack(list(V.values())).numpy(), index=list(V), columns=[f"d{i}" for i in range(len(hb[0]))])
+    df.index.name = "model"
+    df.attrs["protocol"] = dict(h="zoo backbone output", n_probes=n_probes * len(tasks))
+    return df
