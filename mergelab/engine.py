@@ -560,7 +560,7 @@ def estimate_memory(groups: Sequence[TensorGroup], method: MergeMethod, *, threa
     sizes = [g.read_bytes for g in groups]
     parts = {"working set": _scheduled_peak(works, outs, sizes, threads, budget)}
     knobs = []
-    if any(g.params.get("topk_scope") == "model" for g in groups):
+    if any(g.params.get("topk_scope") == "model" and g.params.get("use_ties", True) for g in groups):
         pw = [s + 3 * c for s, c in zip(sizes, cins)]
         n = max((len(g.inputs) for g in groups), default=0)
         parts["prepare pass"] = _scheduled_peak(pw, [0] * len(pw), sizes, threads, budget) + 4 * n * 65536 * 8

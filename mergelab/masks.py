@@ -4,7 +4,7 @@
 
 # %% ../nbs/02a_masks.ipynb #fcd6ca2d
 from __future__ import annotations
-import json, math
+import dataclasses, json, math
 from pathlib import Path
 from typing import Any, Literal, Sequence
 import numpy as np
@@ -12,22 +12,45 @@ import torch
 from torch import Tensor
 from .io import Checkpoint, LazyCheckpoint, ShardedWriter, check_compatible, MergelabError
 from .engine import ConfigError, merge_method, TensorGroup, read_group, run_groups
-from .methods import gta_merge, sparsify_magnitude, _ranges
+from .methods import gta_merge, sparsify_magnitude, kth_threshold, ties_prepare, _is_float_group, _ranges
 
 # %% auto #0
-__all__ = ['multitask_vector', 'tall_masks', 'mask_fractions', 'consensus', 'tall_masks_method', 'tall_compress',
-           'tall_reconstruct', 'pcb_scores', 'pcb', 'consensus_mask']
+__all__ = ['TALL_TIES_K', 'multitask_vector', 'tall_prepare', 'tall_masks', 'mask_fractions', 'consensus', 'tall_masks_method',
+           'tall_compress', 'tall_reconstruct', 'pcb_scores', 'pcb', 'consensus_mask']
 
 # %% ../nbs/02a_masks.ipynb #1c6d6abf
-def multitask_vector(deltas: Tensor, weight: Sequence[float] | None = None, use_ties: bool = False) -> Tensor:
-    "τ_MTL from stacked task vectors (tasks on dim 0): Σₜ wₜτₜ, or TIES (K = 20 %, unweighted election, disjoint sum)."
+TALL_TIES_K = 0.2   # the reference code's TIES trim for τ_MTL: keep the top 20 % of each task vector
+
+def multitask_vector(deltas: Tensor, weight: Sequence[float] | None = None, use_ties: bool = False,
+                     threshold: Sequence[float | None] | None = None, majority: float | None = None) -> Tensor:
+    """τ_MTL from stacked task vectors (tasks on dim 0): Σₜ wₜτₜ, or TIES (K = 20 %, unweighted election, disjoint sum).
+    TIES trims |τₜ| ≥ `threshold[t]` (the model-wide k-th value from `tall_prepare`, as the reference code, which
+    flattens the model) or, without it, the top 20 % of this tensor; zero sums take `majority` (model-wide) or this
+    tensor's majority sign."""
     n = deltas.shape[0]
     w = list(weight) if weight is not None else [1.0] * n
     zero = torch.zeros_like(deltas[0])
     if not use_ties: return gta_merge(list(deltas), zero, weight=w) - zero
-    trim = lambda i, d: sparsify_magnitude(d, 0.2)
+    thr = list(threshold) if threshold is not None else [None] * n
+    trim = lambda i, d: sparsify_magnitude(d, TALL_TIES_K, threshold=thr[i])
     return gta_merge(list(deltas), zero, weight=w, sparsify=trim, consensus=True, weighted_election=False,
-                     zero_sign="majority", disjoint="sum") - zero
+                     zero_sign="majority", majority=majority, disjoint="sum") - zero
+
+def tall_prepare(groups: Sequence[TensorGroup], threads: int = 2, **kw) -> list[TensorGroup]:
+    """The model-wide pass for a TIES τ_MTL (`use_ties` with `topk_scope="model"`): per task the k-th smallest |τₜ|
+    over the whole model (`_threshold`) and the model-wide majority sign (`_majority`), computed by `ties_prepare`."""
+    groups = list(groups)
+    idx = [j for j, g in enumerate(groups) if g.params.get("use_ties") and g.params.get("topk_scope", "model") == "model"
+           and g.base is not None and _is_float_group(g)]
+    if not idx: return groups
+    T = len(groups[idx[0]].inputs)
+    tp = dict(topk_scope="model", density=[TALL_TIES_K] * T, zero_sign="majority", weighted_election=False, weight=[1.0] * T)
+    stats = ties_prepare([dataclasses.replace(groups[j], params=tp) for j in idx], threads=threads,
+                         **{k: v for k, v in kw.items() if k in ("dtype", "compute_dtype")})[0].params
+    out = list(groups)
+    for j in idx: out[j] = dataclasses.replace(groups[j], params={**groups[j].params, "_threshold": stats["_threshold"],
+                                                                  "_majority": stats["_majority"]})
+    return out
 
 def tall_masks(deltas: Tensor, tau_mtl: Tensor, tall_lambda: Sequence[float] | float = 0.4) -> Tensor:
     "TALL masks mₜ = 1{|τₜ| > λₜ|τ_MTL − τₜ|} (Wang et al. 2024), stacked like `deltas` (bool)."
@@ -44,31 +67,40 @@ def mask_fractions(masks: Tensor) -> dict[str, float]:
 # %% ../nbs/02a_masks.ipynb #67f15117
 def _stack(tensors: Sequence[Tensor], base: Tensor) -> Tensor: return torch.stack([t - base for t in tensors])
 
-@merge_method("consensus", base="required", per_model=("weight", "tall_lambda"), min_models=1,
+def _ties_stats(d: Tensor, use_ties: bool, scope: str, thr: list | None, majority: float | None) -> tuple:
+    "Trim thresholds and zero-sign for `multitask_vector`: from the model-wide pass, else over this tensor alone."
+    if not use_ties or scope == "tensor": return None, None
+    if thr is None: thr = [kth_threshold(x, TALL_TIES_K) for x in d]
+    return thr, majority
+
+@merge_method("consensus", base="required", per_model=("weight", "tall_lambda"), min_models=1, prepare=tall_prepare,
               validate=_ranges(tall_lambda=(0, None), k=(0, None)),
               paper="Wang, Dimitriadis et al. 2024, Localizing Task Information for Improved Model Merging and Compression (arXiv:2405.07813)")
 def consensus(tensors: list[Tensor], base: Tensor, *, weight: float = 1.0, tall_lambda: float = 0.4, k: int = 2,
-              lambda_: float = 1.0, use_ties: bool = False) -> Tensor:
-    "Consensus merging (Wang et al. 2024): θ₀ + λ·(1{Σₜ mₜ ≥ k} ⊙ τ_MTL) with TALL masks mₜ; TA or TIES τ_MTL."
+              lambda_: float = 1.0, use_ties: bool = False, topk_scope: Literal["model", "tensor"] = "model",
+              _threshold: list | None = None, _majority: float | None = None) -> Tensor:
+    """Consensus merging (Wang et al. 2024): θ₀ + λ·(1{Σₜ mₜ ≥ k} ⊙ τ_MTL) with TALL masks mₜ; TA or TIES τ_MTL
+    (TIES trimmed model-wide, as the reference code, or per tensor with `topk_scope="tensor"`)."""
     d = _stack(tensors, base)
-    mtl = multitask_vector(d, weight, use_ties)
+    mtl = multitask_vector(d, weight, use_ties, *_ties_stats(d, use_ties, topk_scope, _threshold, _majority))
     keep = tall_masks(d, mtl, tall_lambda).sum(dim=0) >= k
     return (base + lambda_ * (mtl * keep)).to(base.dtype)
 
-@merge_method("tall_masks", base="required", per_model=("weight", "tall_lambda"), min_models=1,
+@merge_method("tall_masks", base="required", per_model=("weight", "tall_lambda"), min_models=1, prepare=tall_prepare,
               validate=_ranges(tall_lambda=(0, None), task=(0, None)),
               paper="Wang, Dimitriadis et al. 2024, Localizing Task Information for Improved Model Merging and Compression (arXiv:2405.07813)")
 def tall_masks_method(tensors: list[Tensor], base: Tensor, *, task: int, weight: float = 1.0, tall_lambda: float = 0.4,
-                      use_ties: bool = False) -> Tensor:
+                      use_ties: bool = False, topk_scope: Literal["model", "tensor"] = "model",
+                      _threshold: list | None = None, _majority: float | None = None) -> Tensor:
     "One task's model rebuilt from the multi-task vector (Wang et al. 2024): θ₀ + m_task ⊙ τ_MTL."
     if task >= len(tensors): raise ConfigError(f"tall_masks: task {task} but only {len(tensors)} models")
     d = _stack(tensors, base)
-    mtl = multitask_vector(d, weight, use_ties)
+    mtl = multitask_vector(d, weight, use_ties, *_ties_stats(d, use_ties, topk_scope, _threshold, _majority))
     return (base + mtl * tall_masks(d[task:task + 1], mtl, tall_lambda[task])[0]).to(base.dtype)
 
 # %% ../nbs/02a_masks.ipynb #cd81c647
 def tall_compress(models: Sequence[Any], base: Any, out: str | Path, *, tall_lambda: Sequence[float] | float = 0.4,
-                  use_ties: bool = False, names: Sequence[str] | None = None, overwrite: bool = False,
+                  use_ties: bool = False, topk_scope: Literal["model", "tensor"] = "model", names: Sequence[str] | None = None, overwrite: bool = False,
                   threads: int = 2, progress: bool = False) -> dict:
     "Write τ_MTL and the packed TALL masks of `models` to `out`; returns the manifest (with the storage ratio)."
     cks, b = [Checkpoint.open(m) for m in models], Checkpoint.open(base)
@@ -77,11 +109,13 @@ def tall_compress(models: Sequence[Any], base: Any, out: str | Path, *, tall_lam
     lams = [float(tall_lambda)] * T if isinstance(tall_lambda, (int, float)) else [float(x) for x in tall_lambda]
     if len(lams) != T: raise ConfigError(f"tall_compress: {len(lams)} tall_lambda values for {T} models")
     floats = [k for k in keys if b.dtype(k).is_floating_point]
-    groups = [TensorGroup(k, [(c, k) for c in cks], (b, k)) for k in floats]
+    if topk_scope not in ("model", "tensor"): raise ConfigError(f"tall_compress: topk_scope must be 'model' or 'tensor', got {topk_scope!r}")
+    groups = tall_prepare([TensorGroup(k, [(c, k) for c in cks], (b, k), {"use_ties": use_ties, "topk_scope": topk_scope})
+                           for k in floats], threads=threads, dtype=torch.float32)
     def work(g):
         ts, bt = read_group(g, torch.float32)
         d = _stack(ts, bt)
-        mtl = multitask_vector(d, None, use_ties)
+        mtl = multitask_vector(d, None, use_ties, g.params.get("_threshold"), g.params.get("_majority"))
         return mtl, tall_masks(d, mtl, lams)
     dense = packed = 0
     with ShardedWriter(out, "2GB", overwrite=overwrite, inputs=[c.path for c in cks] + [b.path]) as w:
@@ -92,7 +126,7 @@ def tall_compress(models: Sequence[Any], base: Any, out: str | Path, *, tall_lam
             dense += T * mtl.numel() * b.nbytes(g.name) // max(1, b.numel(g.name))
             packed += b.nbytes(g.name) + T * math.ceil(mtl.numel() / 8)
         manifest = {"format": "mergelab-tall-1", "tasks": list(names or [c.name for c in cks]), "tall_lambda": lams,
-                    "use_ties": use_ties, "shapes": {k: list(b.shape(k)) for k in floats},
+                    "use_ties": use_ties, "topk_scope": topk_scope if use_ties else None, "shapes": {k: list(b.shape(k)) for k in floats},
                     "task_vector_bytes": dense, "tall_bytes": packed, "ratio": dense / max(1, packed)}
         w.add_file("tall.json", json.dumps(manifest, indent=1))
     return manifest
