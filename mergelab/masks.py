@@ -22,8 +22,10 @@ __all__ = ['TALL_TIES_K', 'multitask_vector', 'tall_prepare', 'tall_masks', 'mas
 TALL_TIES_K = 0.2   # the reference code's TIES trim for τ_MTL: keep the top 20 % of each task vector
 
 def multitask_vector(deltas: Tensor, weight: Sequence[float] | None = None, use_ties: bool = False,
-                     threshold: Sequence[float | None] | None = None, majority: float | None = None) -> Tensor:
-    """τ_MTL from stacked task vectors (tasks on dim 0): Σₜ wₜτₜ, or TIES (K = 20 %, unweighted election, disjoint sum).
+                     threshold: Sequence[float | None] | None = None, majority: float | None = None,
+                     ties_agg: str = "sum") -> Tensor:
+    """τ_MTL from stacked task vectors (tasks on dim 0): Σₜ wₜτₜ, or TIES (K = 20 %, unweighted election, disjoint sum,
+    or the disjoint mean with `ties_agg="mean"`: the reference code's `ties_agg` option).
     TIES trims |τₜ| ≥ `threshold[t]` (the model-wide k-th value from `tall_prepare`, as the reference code, which
     flattens the model) or, without it, the top 20 % of this tensor; zero sums take `majority` (model-wide) or this
     tensor's majority sign."""
@@ -34,7 +36,7 @@ def multitask_vector(deltas: Tensor, weight: Sequence[float] | None = None, use_
     thr = list(threshold) if threshold is not None else [None] * n
     trim = lambda i, d: sparsify_magnitude(d, TALL_TIES_K, threshold=thr[i])
     return gta_merge(list(deltas), zero, weight=w, sparsify=trim, consensus=True, weighted_election=False,
-                     zero_sign="majority", majority=majority, disjoint="sum") - zero
+                     zero_sign="majority", majority=majority, disjoint=ties_agg) - zero
 
 def tall_prepare(groups: Sequence[TensorGroup], threads: int = 2, **kw) -> list[TensorGroup]:
     """The model-wide pass for a TIES τ_MTL (`use_ties` with `topk_scope="model"`): per task the k-th smallest |τₜ|
@@ -78,11 +80,11 @@ def _ties_stats(d: Tensor, use_ties: bool, scope: str, thr: list | None, majorit
               paper="Wang, Dimitriadis et al. 2024, Localizing Task Information for Improved Model Merging and Compression (arXiv:2405.07813)")
 def consensus(tensors: list[Tensor], base: Tensor, *, weight: float = 1.0, tall_lambda: float = 0.4, k: int = 2,
               lambda_: float = 1.0, use_ties: bool = False, topk_scope: Literal["model", "tensor"] = "model",
-              _threshold: list | None = None, _majority: float | None = None) -> Tensor:
+              ties_agg: Literal["sum", "mean"] = "sum", _threshold: list | None = None, _majority: float | None = None) -> Tensor:
     """Consensus merging (Wang et al. 2024): θ₀ + λ·(1{Σₜ mₜ ≥ k} ⊙ τ_MTL) with TALL masks mₜ; TA or TIES τ_MTL
-    (TIES trimmed model-wide, as the reference code, or per tensor with `topk_scope="tensor"`)."""
+    (TIES trimmed model-wide, as the reference code, or per tensor with `topk_scope="tensor"`; disjoint sum or mean)."""
     d = _stack(tensors, base)
-    mtl = multitask_vector(d, weight, use_ties, *_ties_stats(d, use_ties, topk_scope, _threshold, _majority))
+    mtl = multitask_vector(d, weight, use_ties, *_ties_stats(d, use_ties, topk_scope, _threshold, _majority), ties_agg)
     keep = tall_masks(d, mtl, tall_lambda).sum(dim=0) >= k
     return (base + lambda_ * (mtl * keep)).to(base.dtype)
 
@@ -91,16 +93,17 @@ def consensus(tensors: list[Tensor], base: Tensor, *, weight: float = 1.0, tall_
               paper="Wang, Dimitriadis et al. 2024, Localizing Task Information for Improved Model Merging and Compression (arXiv:2405.07813)")
 def tall_masks_method(tensors: list[Tensor], base: Tensor, *, task: int, weight: float = 1.0, tall_lambda: float = 0.4,
                       use_ties: bool = False, topk_scope: Literal["model", "tensor"] = "model",
-                      _threshold: list | None = None, _majority: float | None = None) -> Tensor:
+                      ties_agg: Literal["sum", "mean"] = "sum", _threshold: list | None = None, _majority: float | None = None) -> Tensor:
     "One task's model rebuilt from the multi-task vector (Wang et al. 2024): θ₀ + m_task ⊙ τ_MTL."
     if task >= len(tensors): raise ConfigError(f"tall_masks: task {task} but only {len(tensors)} models")
     d = _stack(tensors, base)
-    mtl = multitask_vector(d, weight, use_ties, *_ties_stats(d, use_ties, topk_scope, _threshold, _majority))
+    mtl = multitask_vector(d, weight, use_ties, *_ties_stats(d, use_ties, topk_scope, _threshold, _majority), ties_agg)
     return (base + mtl * tall_masks(d[task:task + 1], mtl, tall_lambda[task])[0]).to(base.dtype)
 
 # %% ../nbs/02a_masks.ipynb #cd81c647
 def tall_compress(models: Sequence[Any], base: Any, out: str | Path, *, tall_lambda: Sequence[float] | float = 0.4,
-                  use_ties: bool = False, topk_scope: Literal["model", "tensor"] = "model", names: Sequence[str] | None = None, overwrite: bool = False,
+                  use_ties: bool = False, topk_scope: Literal["model", "tensor"] = "model",
+                  ties_agg: Literal["sum", "mean"] = "sum", names: Sequence[str] | None = None, overwrite: bool = False,
                   threads: int = 2, progress: bool = False) -> dict:
     "Write τ_MTL and the packed TALL masks of `models` to `out`; returns the manifest (with the storage ratio)."
     cks, b = [Checkpoint.open(m) for m in models], Checkpoint.open(base)
@@ -110,12 +113,13 @@ def tall_compress(models: Sequence[Any], base: Any, out: str | Path, *, tall_lam
     if len(lams) != T: raise ConfigError(f"tall_compress: {len(lams)} tall_lambda values for {T} models")
     floats = [k for k in keys if b.dtype(k).is_floating_point]
     if topk_scope not in ("model", "tensor"): raise ConfigError(f"tall_compress: topk_scope must be 'model' or 'tensor', got {topk_scope!r}")
+    if ties_agg not in ("sum", "mean"): raise ConfigError(f"tall_compress: ties_agg must be 'sum' or 'mean', got {ties_agg!r}")
     groups = tall_prepare([TensorGroup(k, [(c, k) for c in cks], (b, k), {"use_ties": use_ties, "topk_scope": topk_scope})
                            for k in floats], threads=threads, dtype=torch.float32)
     def work(g):
         ts, bt = read_group(g, torch.float32)
         d = _stack(ts, bt)
-        mtl = multitask_vector(d, None, use_ties, g.params.get("_threshold"), g.params.get("_majority"))
+        mtl = multitask_vector(d, None, use_ties, g.params.get("_threshold"), g.params.get("_majority"), ties_agg)
         return mtl, tall_masks(d, mtl, lams)
     dense = packed = 0
     with ShardedWriter(out, "2GB", overwrite=overwrite, inputs=[c.path for c in cks] + [b.path]) as w:
@@ -126,7 +130,8 @@ def tall_compress(models: Sequence[Any], base: Any, out: str | Path, *, tall_lam
             dense += T * mtl.numel() * b.nbytes(g.name) // max(1, b.numel(g.name))
             packed += b.nbytes(g.name) + T * math.ceil(mtl.numel() / 8)
         manifest = {"format": "mergelab-tall-1", "tasks": list(names or [c.name for c in cks]), "tall_lambda": lams,
-                    "use_ties": use_ties, "topk_scope": topk_scope if use_ties else None, "shapes": {k: list(b.shape(k)) for k in floats},
+                    "use_ties": use_ties, "topk_scope": topk_scope if use_ties else None,
+                    "ties_agg": ties_agg if use_ties else None, "shapes": {k: list(b.shape(k)) for k in floats},
                     "task_vector_bytes": dense, "tall_bytes": packed, "ratio": dense / max(1, packed)}
         w.add_file("tall.json", json.dumps(manifest, indent=1))
     return manifest
