@@ -18,7 +18,7 @@ About 8 minutes on 2 CPU cores. Prints the per-task table and the task-vector st
 Nothing here is a test: the model code below exists only for this experiment.
 """
 from __future__ import annotations
-import argparse, importlib.util, json, tempfile, time
+import argparse, importlib.util, json, shutil, tempfile, time
 from pathlib import Path
 import pandas as pd
 import torch
@@ -27,6 +27,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from mergelab.io import Checkpoint, save_checkpoint
 from mergelab.evaluate import ClassificationTask, evaluate
+from mergelab.kinship import delta_statistics
 from mergelab.masks import tall_compress, tall_reconstruct
 from mergelab.zoo import DIGITS_DOMAINS, digits_data
 
@@ -115,10 +116,15 @@ def main():
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
     torch.set_num_threads(a.threads); torch.manual_seed(a.seed)
-    t0, doms, tmp = time.time(), list(DIGITS_DOMAINS), Path(tempfile.mkdtemp(prefix="tall-convnet-"))
+    tmp = Path(tempfile.mkdtemp(prefix="tall-convnet-"))   # ~300 MB of checkpoints, removed at the end
+    try: run(a, tmp)
+    finally: shutil.rmtree(tmp, ignore_errors=True)
+
+def run(a: argparse.Namespace, tmp: Path):
+    t0, doms = time.time(), list(DIGITS_DOMAINS)
     net = EfficientNetLite0(); net.load_state_dict(imagenet_backbone(), strict=False)
     fit(net, *images(None, "pretrain", a.res), epochs=a.pre_epochs, lr=a.lr, seed=a.seed)
-    base_sd, base_head = split(net.state_dict())
+    base_sd, _ = split(net.state_dict())
     save_checkpoint(base_sd, tmp / "base")
     heads, tasks, val = {}, {}, {}
     for i, d in enumerate(tqdm(doms, desc="fine-tuning")):
@@ -130,13 +136,12 @@ def main():
         val[d] = ClassificationTask(d, *images(d, "pretrain", a.res), head=heads[d], build=build, batch_size=256)
     score = lambda model, task: float(evaluate(model, [task], progress=False).accuracy.iloc[0])
     experts = [tmp / d for d in doms]
-    # task-vector statistics over the trained floating-point weights (BatchNorm buffers are frozen)
-    keys = [k for k, v in base_sd.items() if v.is_floating_point() and "running_" not in k]
-    tv = torch.stack([torch.cat([(Checkpoint.open(p).get(k) - base_sd[k]).flatten() for k in keys]) for p in experts])
-    cos = F.normalize(tv, dim=1) @ F.normalize(tv, dim=1).T
-    stats = dict(relative_norm=float(tv.norm(dim=1).mean() / torch.cat([base_sd[k].flatten() for k in keys]).norm()),
+    # task-vector statistics in one streaming pass (the frozen BatchNorm buffers have zero deltas)
+    st = delta_statistics(experts, tmp / "base").total()
+    cos = st.metric("cosine")
+    trained = torch.cat([v.flatten() for k, v in base_sd.items() if v.is_floating_point() and "running_" not in k])
+    stats = dict(relative_norm=float(st.norms.mean() / trained.norm()),
                  mean_pairwise_cosine=float(cos[~torch.eye(len(doms), dtype=torch.bool)].mean()))
-    del tv
     rows = {}
     for mtl, use_ties in (("TA", False), ("TIES", True)):
         best = {}
