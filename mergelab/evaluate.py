@@ -5,6 +5,7 @@
 # %% ../nbs/08_evaluate.ipynb #cd6b8c70
 from __future__ import annotations
 import itertools, math
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Sequence
 import pandas as pd
@@ -13,10 +14,11 @@ import torch.nn.functional as F
 from torch import nn
 from .io import Checkpoint, MergelabError
 from .engine import run_groups
+from .masks import tall_compress, tall_reconstruct
 
 # %% auto #0
-__all__ = ['Build', 'EvaluationError', 'ClassificationTask', 'LMTask', 'evaluate', 'normalized_accuracy', 'merge_gain',
-           'summarize', 'sweep']
+__all__ = ['Build', 'TALL_LAMBDAS', 'EvaluationError', 'ClassificationTask', 'LMTask', 'evaluate', 'normalized_accuracy',
+           'merge_gain', 'summarize', 'tall_recovery', 'sweep']
 
 # %% ../nbs/08_evaluate.ipynb #160bc66e
 class EvaluationError(MergelabError, ValueError):
@@ -101,8 +103,7 @@ def evaluate(model: Any, tasks: Sequence | Mapping, *, build: Build | None = Non
     if not isinstance(model, nn.Module):
         unbuildable = [t for t in tasks if build is None and getattr(t, "build", None) is None]
         if unbuildable: _module(model, None, unbuildable[0])
-        if not isinstance(model, Mapping):   # a zoo model knows its own checkpoint (e.g. base + LoRA adapter)
-            model = (model.checkpoint() if callable(getattr(model, "checkpoint", None)) else Checkpoint.open(model)).state_dict()
+        if not isinstance(model, Mapping): model = Checkpoint.open(model).state_dict()   # a zoo model opens as its own checkpoint
     from tqdm.auto import tqdm
     bar = tqdm(total=sum(t.n_batches() for t in tasks), desc=desc, unit="batch", disable=not progress, leave=False)
     built, rows = {}, []
@@ -144,6 +145,37 @@ def summarize(merged: pd.DataFrame, finetuned: pd.DataFrame | pd.Series | Mappin
     if finetuned is not None: out["norm_avg_accuracy"] = float(normalized_accuracy(merged, finetuned).mean())
     if parents: out["merge_gain"] = float(merge_gain(merged, parents).mean())
     return pd.Series(out)
+
+# %% ../nbs/08_evaluate.ipynb #5c7999f6
+TALL_LAMBDAS = (0.2, 0.3, 0.4, 0.5, 0.6)   # the reference code's grid for λₜ
+
+def tall_recovery(experts: Mapping[str, Any], base: Any, val: Mapping[str, Any], test: Mapping[str, Any], out: str | Path, *,
+                  lambdas: Sequence[float] = TALL_LAMBDAS, progress: bool = False, **compress) -> tuple[pd.DataFrame, dict]:
+    """TALL compression measured as in Wang, Dimitriadis et al. 2024: λₜ per task from `lambdas` by `val` accuracy, then
+    per task `λ_t`, `backbone`, `expert`, `reconstruction` (θ₀ + mₜ ⊙ τ_MTL) and `recovered %` on `test`; and the storage
+    manifest. `experts`, `val` and `test` are keyed by task name; `compress` goes to `tall_compress`."""
+    names, out = list(experts), Path(out)
+    for what, d in (("val", val), ("test", test)):
+        missing = [n for n in names if n not in d]
+        if missing: raise EvaluationError(f"tall_recovery: no {what} task for expert(s) {missing}; key {what} by expert name")
+    if not names: raise EvaluationError("tall_recovery: no experts given")
+    if not lambdas: raise EvaluationError("tall_recovery: the λ grid is empty; the paper's is TALL_LAMBDAS")
+    score = lambda model, task: float(evaluate(model, [task], progress=False).accuracy.iloc[0])
+    from tqdm.auto import tqdm
+    models, best = [experts[n] for n in names], {}
+    for lam in tqdm(list(lambdas), desc="TALL λ grid", disable=not progress, leave=False):
+        tall_compress(models, base, out / f"lam{lam}", tall_lambda=lam, names=names, **compress)
+        for n in names:
+            s = score(tall_reconstruct(out / f"lam{lam}", base, n), val[n])
+            if s > best.get(n, (-math.inf, None))[0]: best[n] = (s, lam)
+    lams = [best[n][1] for n in names]
+    man = tall_compress(models, base, out / "chosen", tall_lambda=lams, names=names, **compress)
+    rec = pd.DataFrame({"λ_t": lams, "backbone": [score(base, test[n]) for n in names],
+                        "expert": [score(experts[n], test[n]) for n in names],
+                        "reconstruction": [score(tall_reconstruct(out / "chosen", base, n), test[n]) for n in names]},
+                       index=pd.Index(names, name="task"))
+    rec["recovered %"] = 100 * rec.reconstruction / rec.expert
+    return rec, man
 
 # %% ../nbs/08_evaluate.ipynb #fecd5ac3
 def sweep(fn: Callable[..., Any], grid: Mapping[str, Sequence] | Sequence[Mapping], *, progress: bool = True,

