@@ -17,7 +17,7 @@ scores θ₀ + mₜ ⊙ τ_MTL with the task's head, divided by the expert's acc
 About 4 minutes on 2 CPU cores (most of it scoring MiniLM). Nothing here is a test.
 """
 from __future__ import annotations
-import argparse, json, shutil, tempfile, time
+import argparse, dataclasses, json, shutil, tempfile, time
 from pathlib import Path
 import pandas as pd
 import torch
@@ -31,8 +31,7 @@ def validation_sets(zoo) -> dict[str, ClassificationTask]:
     for t, task in zoo.tasks.items():
         split = "val" if len(zoo.data[t]["val"][1]) else "train"
         if split == "train": print(f"{t}: no held-out texts; λ is chosen on the expert's training texts", flush=True)
-        out[t] = ClassificationTask(t, *zoo.data[t][split], head=task.head, build=task.build, features=task.features,
-                                    batch_size=task.batch_size)
+        out[t] = dataclasses.replace(task, inputs=zoo.data[t][split][0], labels=zoo.data[t][split][1])
     return out
 
 def main():

@@ -865,7 +865,7 @@ def zoo_delta_activations(zoo: Zoo, models: Mapping[str, Any] | None = None, n_p
     models = dict(models if models is not None else zoo.experts)
     tasks = list(zoo.tasks.values())
     def h(model):
-        if callable(getattr(model, "checkpoint", None)): model = model.checkpoint().state_dict()   # base+adapter
+        if not isinstance(model, (Mapping, nn.Module)): model = Checkpoint.open(model).state_dict()   # zoo models: base+adapter
         mod = zoo.build(model).eval()
         with torch.inference_mode():
             return torch.cat([(t.features(mod, t.inputs[:n_probes]) if t.features is not None else mod(t.inputs[:n_probes])).double()
