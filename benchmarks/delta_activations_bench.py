@@ -1,4 +1,4 @@
-"""Delta Activations: batched vs one prompt at a time, on 15 LoRA adapters (issue 7, acceptance 3).
+"""Delta Activations: batched vs one prompt at a time, on 15 LoRA adapters.
 
 Not a test: prints the equivalence (min cosine) and the speed ratio of each batched mode against two one-prompt-at-a-time
 baselines, all measured in the same run: the reference script's loop (per adapter: ΔW merged, then each probe alone

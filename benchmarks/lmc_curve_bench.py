@@ -1,4 +1,4 @@
-"""Cost of a 25-point interpolation curve relative to the 25 evaluations alone (issue 8, acceptance 4).
+"""Cost of a 25-point interpolation curve relative to the 25 evaluations alone.
 
 `mergelab.lmc.interpolation_curve` overwrites one preallocated model in place with `torch.lerp`, so the curve should
 cost about what its evaluations cost. This prints the ratio (target ≤ 1.2) for the digits zoo's MLPs (or random MLPs

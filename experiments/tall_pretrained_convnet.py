@@ -1,4 +1,4 @@
-"""TALL-mask reconstruction with a pre-trained ImageNet backbone on the digits domains (issue 5, acceptance 2).
+"""TALL-mask reconstruction with a pre-trained ImageNet backbone on the digits domains.
 
 Does the digits zoos' shortfall (TALL recovers 97-101 % of each gently fine-tuned MLP expert, not > 99 % on every task)
 come from the MLP being small and its fine-tunes large? This script repeats the experiment in the paper's regime:

@@ -7,8 +7,17 @@ __version__ = "0.1.0"
 __all__ = []
 
 # %% ../nbs/index.ipynb #90ec883f
-from .io import Checkpoint, task_vector, save_checkpoint, MergelabError
-from .engine import METHODS, get_method, merge_method
+from .io import (Checkpoint, task_vector, save_checkpoint, MergelabError, open_model, open_module, open_tokenizer,
+                         model_names, score_table)
+from .engine import METHODS, get_method, merge_method, load_methods
 from .config import merge, merge_config, build_plan, estimate_peak_memory
+from .kinship import kinship_matrix
+from .activations import DeltaActivations, delta_activations
+from .lmc import interpolation_curve, barrier, weight_matching, activation_matching
+from .interference import interference_report
+from .evaluate import evaluate
+from .masks import tall_compress
+from .zoo import load_zoo
 from .data_aware import data_source, DataSource, TaskData, adamerging, AdaMergingResult, DATA_METHODS
-from .search import evolve, Gene, SearchSpace, SearchResult, SearchError
+from .search import evolve, kinship_greedy_merge, Gene, SearchSpace, SearchResult, SearchError
+load_methods()                                       # `import mergelab` leaves the registry complete

@@ -11,9 +11,9 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor, nn
-from .io import Checkpoint, AdapterCheckpoint, MergelabError, IncompatibleModels
-from .config import open_model
-from .kinship import DeltaStats, kinship_matrix, _names, intraop_threads
+from .io import (Checkpoint, AdapterCheckpoint, MergelabError, IncompatibleModels, open_model, open_module,
+                         open_tokenizer, model_names)
+from .kinship import DeltaStats, kinship_matrix, intraop_threads
 
 # %% auto #0
 __all__ = ['PROBE_TEMPLATE', 'PREAMBLES', 'GENERIC_PROBES', 'Pooling', 'ActivationError', 'encode_probes', 'probe_states',
@@ -157,7 +157,7 @@ class _Switcher:
         self.modules = dict(base.named_modules())
 
     def _open(self, m: Any) -> Checkpoint:
-        return m if isinstance(m, Checkpoint) else Checkpoint.open(m) if isinstance(m, (nn.Module, Mapping)) else open_model(m)
+        return open_model(m)
 
     def run(self, m: Any, fn):
         c = self._open(m)
@@ -221,22 +221,16 @@ class _Switcher:
 
 # %% ../nbs/05_activations.ipynb #ec6a03d8
 def _load_base(base: Any, tokenizer: Any) -> tuple[nn.Module, Any]:
-    if isinstance(base, nn.Module): model = base
-    else:
-        from transformers import AutoModelForCausalLM
-        model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32, local_files_only=True)
-    if tokenizer is None:
-        path = getattr(getattr(model, "config", None), "_name_or_path", None) if isinstance(base, nn.Module) else str(base)
-        try:
-            from transformers import AutoTokenizer
-            tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-        except Exception as e:
-            raise ActivationError(f"no tokenizer found for the base ({path}); pass tokenizer=") from e
-    return model.eval(), tokenizer
+    "The base as a module (`open_module`: its `config.json` names the architecture) and its tokenizer (`open_tokenizer`)."
+    model = open_module(base)
+    src = tokenizer if tokenizer is not None else \
+        getattr(getattr(model, "config", None), "_name_or_path", None) if isinstance(base, nn.Module) else base
+    try: return model.eval(), open_tokenizer(src)
+    except MergelabError as e: raise ActivationError(f"no tokenizer for the base from {src!r} ({e}); pass tokenizer= (an object or a folder)") from None
 
 class DeltaActivations:
     """Delta Activations (Xu et al. 2025, arXiv:2509.04442): v(f) = mean over probes of h_f(x) − h_base(x). Defaults
-    are the reference protocol (analysis.md §2.2): `hidden_states[-1]` (after the final norm), last real token, the five
+    are the reference implementation's protocol: `hidden_states[-1]` (after the final norm), last real token, the five
     generic probes, fp32. `fit()` loads the base (an `nn.Module` or a Hugging Face directory) and computes its
     activations once; `transform(models)` embeds fine-tunes: PEFT LoRA adapter directories (switched in place on the
     base) or full checkpoints (paths, `base+adapter`, state dicts, modules), and re-checks that the base's activations
@@ -294,8 +288,7 @@ class DeltaActivations:
     def probe_deltas(self, models: Sequence[Any] | Mapping[str, Any]) -> dict[str, Tensor]:
         "Per-probe deltas h_f(x) − h_base(x) (P × d) of each model, by name."
         if not hasattr(self, "base_states_"): self.fit()
-        if isinstance(models, Mapping): names, models = list(models), list(models.values())
-        else: models = list(models); names = _names(models, None)
+        named = model_names(models, what="probe_deltas"); names, models = list(named), list(named.values())
         sw, P = self._switch, len(self.ids_)
         cks = [m if isinstance(m, Checkpoint) else sw._open(m) for m in models]
         out: dict[str, Tensor] = {}
@@ -356,7 +349,7 @@ def _distance(X: Any, metric: str) -> np.ndarray:
     return pairwise_distances(np.asarray(X, dtype=np.float64), metric=metric)
 
 def silhouette(embeddings: Any, labels: Sequence[Any], metric: str = "cosine", per_sample: bool = False):
-    """Silhouette of `labels` clusters (analysis.md §2.4). `metric="cosine"`: the reference distance
+    """Silhouette of `labels` clusters (Rousseeuw 1987), as the Delta Activations paper scores clusters. `metric="cosine"`: the reference distance
     D = clip(1 − cos, 0, 1) on the embeddings' rows; `"similarity"`: `embeddings` is already an N × N cosine similarity
     (e.g. `weight_similarity`); any other sklearn metric is applied to the rows. Labels with fewer than 2 members are
     dropped, as in the reference. `per_sample=True` returns the `silhouette_samples` Series too."""
@@ -385,17 +378,16 @@ def knn_accuracy(embeddings: Any, labels: Sequence[Any], k: int = 1, metric: str
 # %% ../nbs/05_activations.ipynb #d1fc19e8
 def weight_similarity(models: Sequence[Any] | Mapping[str, Any], base: Any = None,
                       kind: Literal["adapter", "delta"] = "adapter", threads: int = 2) -> pd.DataFrame:
-    """N × N cosine similarity of flattened weights (the baseline of analysis.md §2.5), streamed: `kind="adapter"`
+    """N × N cosine similarity of flattened weights (the weight-space baseline of the Delta Activations paper), streamed: `kind="adapter"`
     concatenates the raw LoRA A/B tensors of PEFT adapters (they must share keys and shapes); `kind="delta"` uses the
     deltas from `base` (dense B·A·α/r for adapters), via `kinship_matrix(metric="cosine")`."""
-    if isinstance(models, Mapping): names, models = list(models), list(models.values())
-    else: models = list(models); names = _names(models, None)
+    named = model_names(models, what="weight_similarity"); names, models = list(named), list(named.values())
     if kind == "delta":
         if base is None: raise ActivationError("kind='delta' needs the base")
         base = base.state_dict() if isinstance(base, nn.Module) else base
         df = kinship_matrix(dict(zip(names, models)), base, metric="cosine", threads=threads)
     elif kind == "adapter":
-        cks = [m if isinstance(m, Checkpoint) else open_model(m) for m in models]
+        cks = [open_model(m) for m in models]
         if not all(isinstance(c, AdapterCheckpoint) for c in cks):
             raise ActivationError("kind='adapter' needs PEFT adapter directories; use kind='delta' for full checkpoints")
         keys = sorted(cks[0].keys())

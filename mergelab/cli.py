@@ -7,23 +7,29 @@ from __future__ import annotations
 import argparse, sys, time, os
 from pathlib import Path
 from .io import MergelabError, parse_size, current_rss
-from .engine import METHODS, get_method, REQUIRED
+from .engine import METHODS, get_method, load_methods, REQUIRED, interval_text
 
 # %% auto #0
 __all__ = ['method_table', 'main']
 
 # %% ../nbs/20_cli.ipynb #d9998699
+def _values(p) -> str:
+    "A parameter's valid values as the table shows them: its choices, or its closed range."
+    return " | ".join(map(str, p.choices)) if p.choices is not None else interval_text(p.range) if p.range else ""
+
 def method_table(name: str | None = None):
-    "The registry as a table: one row per method, or one row per parameter of `name`."
+    """The registry as a table: one row per method (with its data need and memory work factor), or one row per
+    parameter of `name`: its type, default, valid values and one-line doc."""
     import pandas as pd
     if name is None:
         return pd.DataFrame([{"method": m.name, "base": m.base, "models": f"{m.min_models}..{m.max_models or 'N'}",
-                              "compute": m.compute, "parameters": ", ".join(m.params), "paper": m.paper}
-                             for m in sorted(METHODS.values(), key=lambda m: m.name) if not m.name.startswith("_")])
+                              "compute": m.compute, "data": m.data or "", "memory ×": m.work_factor,
+                              "parameters": ", ".join(m.params), "paper": m.paper}
+                             for m in sorted(load_methods().values(), key=lambda m: m.name) if not m.name.startswith("_")])
     m = get_method(name)
-    return pd.DataFrame([{"parameter": p.name, "type": p.type.__name__ if not p.choices else " | ".join(map(str, p.choices)),
-                          "default": "required" if p.required else p.default, "per model": p.per_model, "doc": p.doc}
-                         for p in m.params.values()])
+    return pd.DataFrame([{"parameter": p.name, "type": "choice" if p.choices is not None else p.type.__name__,
+                          "default": "required" if p.required else p.default, "range / choices": _values(p),
+                          "per model": p.per_model, "doc": p.doc} for p in m.params.values()])
 
 # %% ../nbs/20_cli.ipynb #bc2d4782
 def _size(s: str) -> int:
@@ -79,9 +85,9 @@ def main(argv: list[str] | None = None) -> int:
             try: check_memory(plan.memory)
             except InsufficientMemory as e: print(f"warning: {e}")
         elif args.cmd == "methods":
-            import pandas as pd
-            with pd.option_context("display.max_colwidth", 60, "display.width", 200):
-                print(method_table(args.name).to_string(index=False))
+            w = 120 if args.name else 60                        # left-aligned columns, cut at w characters
+            t = method_table(args.name).astype(str).apply(lambda c: c.map(lambda s: s if len(s) <= w else s[:w - 1] + "…"))
+            print(t.to_string(index=False, justify="left", formatters={c: f"{{:<{t[c].str.len().max()}}}".format for c in t}))
         elif args.cmd == "demo":
             from mergelab.demo import run_demo
             run_demo(args.out, quick=args.quick, cache=args.dir, command=" ".join(["mergelab", *(argv if argv is not None else sys.argv[1:])]))

@@ -10,14 +10,14 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 import torch, yaml
 from .io import (Checkpoint, LazyCheckpoint, AdapterCheckpoint, ShardedWriter, MergelabError, IncompatibleModels,
-                         CheckpointNotFound, apply_adapter, check_output_path, parse_size)
+                         CheckpointNotFound, check_output_path, parse_size, open_model, model_names, model_paths,
+                         split_adapter_ref)
 from .engine import (ConfigError, MergeMethod, TensorGroup, get_method, execute, chain, REQUIRED,
-                             layer_index, num_layers, _LAYER_RE, MemoryEstimate, estimate_memory,
+                             layer_index, num_layers, LAYER_RE, MemoryEstimate, estimate_memory,
                              check_memory, using_client)
-import mergelab.methods, mergelab.masks, mergelab.spectral, mergelab.layerwise  # register the methods
 
 # %% auto #0
-__all__ = ['dsl_value', 'parse_dtype', 'MergeConfig', 'open_model', 'Plan', 'build_plan', 'run_plan', 'merge_config', 'merge',
+__all__ = ['dsl_value', 'parse_dtype', 'MergeConfig', 'Plan', 'build_plan', 'run_plan', 'merge_config', 'merge',
            'estimate_peak_memory']
 
 # %% ../nbs/03_config.ipynb #a7bf4333
@@ -152,35 +152,16 @@ class MergeConfig:
         return yaml.safe_dump(d, sort_keys=False)
 
 def _rooted(ref: Any, root) -> Any:
+    "A YAML reference made relative to the config file's folder where it exists there (each side of `BASE+ADAPTER` too)."
     if root is None or not isinstance(ref, (str, os.PathLike)): return ref
-    parts = str(ref).split("+")
-    return "+".join(str(Path(root) / p) if not Path(p).is_absolute() and (Path(root) / p).exists() else p for p in parts)
+    at = lambda p: str(Path(root) / p) if not Path(p).is_absolute() and (Path(root) / p).exists() else p
+    parts = split_adapter_ref(ref, root=root)
+    return "+".join(map(at, parts)) if parts else at(str(ref))
 
 # %% ../nbs/03_config.ipynb #4a7a8ffe
-def open_model(ref: Any) -> Checkpoint:
-    "Open a model reference as a lazy `Checkpoint` (headers only)."
-    if not isinstance(ref, (str, os.PathLike, Mapping, torch.nn.Module, Checkpoint)):
-        raise ConfigError(f"cannot open a model from {type(ref).__name__} {ref!r}; give a path, a state dict, an nn.Module or a Checkpoint")
-    if not isinstance(ref, (str, os.PathLike)): return Checkpoint.open(ref)
-    s = str(ref)
-    if "+" in s and not Path(s).exists():
-        base, adapter = s.split("+", 1)
-        return apply_adapter(open_model(base), open_model(adapter))
-    p = Path(s).expanduser()
-    if not p.exists() and re.fullmatch(r"[\w.-]+/[\w.-]+", s) and not s.startswith((".", "/")):
-        try:
-            from huggingface_hub import snapshot_download
-            p = Path(snapshot_download(s, local_files_only=True))
-        except Exception:
-            raise CheckpointNotFound(f"{s}: not a local path, and not in the local Hugging Face cache; mergelab never "
-                                     "downloads, so fetch it first (e.g. `huggingface-cli download`) and pass the folder") from None
-    return Checkpoint.open(p)
-
 def _ref_path(ref) -> Path | None:
-    if isinstance(ref, (str, os.PathLike)):
-        p = Path(str(ref).split("+")[0]).expanduser()
-        return p if p.exists() else None
-    return getattr(ref, "path", None)
+    "The folder or file a reference stands on (the base's, for `BASE+ADAPTER`), or None for in-memory models."
+    return next(iter(model_paths(ref)), None)
 
 # %% ../nbs/03_config.ipynb #49cdd23e
 _VOCAB_KEYS = ("vocab_size", "n_vocab")
@@ -227,18 +208,18 @@ class Plan:
     def __repr__(self): return f"Plan({self.method.name}, {len(self.models)} models, {len(self.groups)} tensors)"
 
 # %% ../nbs/03_config.ipynb #ba22e2cc
-def _open_input(ref) -> Checkpoint:
-    "`open_model`, refusing what cannot be merged as a model: a bare LoRA adapter, a checkpoint without tensors."
-    ck = open_model(ref)
+def _open_input(ref, base: Checkpoint | None = None) -> Checkpoint:
+    "`open_model` (a bare LoRA adapter applied to `base`), refusing an adapter without a base and a model without tensors."
+    ck = open_model(ref, base=base)
     if isinstance(ck, AdapterCheckpoint):
-        raise ConfigError(f"{ck.name} is a LoRA adapter, not a model; give it with its base as 'BASE+{ck.name}'")
+        raise ConfigError(f"{ck.name} is a LoRA adapter, not a model; give a base_model, or write it as 'BASE+{ck.name}'")
     if len(ck) == 0: raise ConfigError(f"{ck.name} holds no tensors")
     return ck
 
-def _open_all(refs: list, problems: list[str], what: str) -> list[Checkpoint | None]:
+def _open_all(refs: list, problems: list[str], what: str, base: Checkpoint | None = None) -> list[Checkpoint | None]:
     out = []
     for i, r in enumerate(refs):
-        try: out.append(_open_input(r))
+        try: out.append(_open_input(r, base))
         except MergelabError as e: problems.append(f"{what}[{i}] {e}"); out.append(None)
     return out
 
@@ -277,11 +258,12 @@ def build_plan(cfg: MergeConfig | Mapping | str | Path, *, seed: int | None = No
     if n < method.min_models: problems.append(f"{method.name} needs at least {method.min_models} model(s) besides the base, got {n}")
     if method.max_models is not None and n > method.max_models:
         problems.append(f"{method.name} takes at most {method.max_models} model(s) besides the base, got {n}")
-    models = _open_all([m["model"] for m in models_cfg], problems, "models")
     base = None
-    if cfg.base_model is not None and method.base != "none":
+    if cfg.base_model is not None:                       # opened for bare adapters even when the method takes no base
         try: base = _open_input(cfg.base_model)
         except MergelabError as e: problems.append(f"base_model: {e}")
+    models = _open_all([m["model"] for m in models_cfg], problems, "models", base)
+    if method.base == "none": base = None
     if problems or not models: raise ConfigError(problems or ["no models given"])
     models, base = _check_models(models, base, cfg, problems)
     names = base.keys() if base is not None else models[0].keys()
@@ -344,8 +326,8 @@ def _resolve(method: MergeMethod, glob: dict, per_model: list[dict], name: str, 
     bad = [k for layer in sources + per_model for k in layer
            if k not in method.params and k not in ("preset", "seed")]
     for k in dict.fromkeys(bad):
-        from mergelab.engine import _suggest
-        problems.append(f"{method.name}: unknown parameter {k!r}" + _suggest(k, method.params))
+        from mergelab.engine import did_you_mean
+        problems.append(f"{method.name}: unknown parameter {k!r}" + did_you_mean(k, method.params))
     try: return method.resolve(given, len(per_model), where=name)
     except ConfigError as e:
         problems.extend(p.replace(f" ({name})", "") for p in e.problems if not any(r in p for r in reported))
@@ -383,16 +365,15 @@ def _is_pre(k: str) -> bool: return any(w in k for w in ("embed", "wte", "wpe"))
 
 def _plan_slices(cfg: MergeConfig, method: MergeMethod, seed, guard) -> Plan:
     problems: list[str] = []
-    opened = {}
-    for sl in cfg.slices:
-        for s in sl["sources"]:
-            if _key(s["model"]) not in opened:
-                try: opened[_key(s["model"])] = _open_input(s["model"])
-                except MergelabError as e: problems.append(f"slice source {s['model']}: {e}"); opened[_key(s["model"])] = None
-    base = None
+    opened, base = {}, None
     if cfg.base_model is not None:
         try: base = _open_input(cfg.base_model)
         except MergelabError as e: problems.append(f"base_model: {e}")
+    for sl in cfg.slices:
+        for s in sl["sources"]:
+            if _key(s["model"]) not in opened:
+                try: opened[_key(s["model"])] = _open_input(s["model"], base)
+                except MergelabError as e: problems.append(f"slice source {s['model']}: {e}"); opened[_key(s["model"])] = None
     if problems: raise ConfigError(problems)
     slices = []                                             # (sources [(ck, start, params)], base source, length, params)
     for i, sl in enumerate(cfg.slices):
@@ -455,7 +436,7 @@ def _plan_slices(cfg: MergeConfig, method: MergeMethod, seed, guard) -> Plan:
 
 def _relayer(k: str, i: int) -> str:
     "Rename the block index in `k` to `i`."
-    m = _LAYER_RE.search(k)
+    m = LAYER_RE.search(k)
     return k[:m.start(2)] + str(i) + k[m.end(2):]
 
 # %% ../nbs/03_config.ipynb #22fad8b2
@@ -499,20 +480,21 @@ def merge_config(config: Any, out: str | Path | None = None, *, overwrite: bool 
         return run_plan(plan, out, max_shard_bytes=max_shard_bytes, overwrite=overwrite, threads=threads, progress=progress,
                         compute_dtype=compute_dtype, on_nonfinite=on_nonfinite, record=cfg.to_yaml(), client=client)
 
-def merge(models: Sequence[Any], method: str = "linear", base: Any = None, out: str | Path | None = None, *,
+def merge(models: Sequence[Any] | Mapping[str, Any], method: str = "linear", base: Any = None, out: str | Path | None = None, *,
           dtype: Any = None, out_dtype: Any = None, compute_dtype: Any = None, threads: int = 2,
           max_shard_bytes: int | str = "5GB", seed: int | None = None, overwrite: bool = False, progress: bool = True,
           on_nonfinite: str = "error", tokenizer_source: str | None = None, truncate_vocab: bool = False,
           postprocess: Sequence[str | dict] = (), force: bool = False, client: Any = None,
           **params) -> dict[str, torch.Tensor] | Path:
-    """Merge `models` (paths, `base+adapter` strings, `Checkpoint`s, state dicts or modules) with a registered `method`.
+    """Merge `models` (any references `open_model` takes, as a list or a `{name: reference}` mapping; a bare LoRA adapter
+    is applied to `base`) with a registered `method`.
     Per-model parameters take a scalar (all models) or a list with one value per model; any value may use the
     mergekit DSL (gradients, filtered lists). `postprocess` chains post-processors (e.g. `["lines"]`; their parameters
     go in `**params` too). Returns a state dict, or writes an HF directory to `out` and returns it. The memory guard
     refuses a merge estimated to exceed the available memory (`InsufficientMemory`) unless `force=True`; `client=`
     (a `dask.distributed.Client`) merges on its workers, tensor by tensor, with bit-identical output."""
     m = chain(method, *[p if isinstance(p, str) else p["method"] for p in postprocess]) if postprocess else get_method(method)
-    models = list(models)
+    models = list(model_names(models, what="merge").values())
     glob, per = {}, [{} for _ in models]
     for k, v in params.items():
         if k in m.params and m.params[k].per_model and isinstance(v, (list, tuple)) and not _is_conditional(v):

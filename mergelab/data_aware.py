@@ -14,9 +14,8 @@ import pandas as pd
 import torch, yaml
 import torch.nn.functional as F
 from torch import nn, Tensor
-from .io import Checkpoint, MergelabError
+from .io import Checkpoint, MergelabError, open_model, read_safetensors_header
 from .engine import ConfigError, TensorGroup, merge_method, METHODS
-from .config import open_model
 from .zoo import Zoo, load_zoo, build_mlp, cache_dir as user_cache_dir
 
 # %% auto #0
@@ -145,10 +144,7 @@ def _read_file(p: Path) -> dict[str, Tensor]:
     try:
         if p.suffix == ".npz":
             with np.load(p, allow_pickle=False) as z: return {k: torch.from_numpy(z[k]) for k in z.files}
-        if p.suffix == ".safetensors":
-            from safetensors.torch import load_file
-            return load_file(str(p))
-        d = torch.load(p, weights_only=True, map_location="cpu")
+        d = open_model(p).state_dict()                    # safetensors, or a pickle read with weights_only=True
     except DataError: raise
     except Exception as e: raise DataError(f"data file {p} cannot be read: {type(e).__name__}: {e}") from None
     if not isinstance(d, Mapping) or not all(isinstance(v, Tensor) for v in d.values()):
@@ -306,13 +302,9 @@ def _save_atomic(tensors: dict[str, Tensor], path: Path, meta: dict) -> None:
         if tmp.exists(): tmp.unlink()
 
 def _load(path: Path) -> tuple[dict[str, Tensor], dict]:
-    from safetensors import safe_open
-    with safe_open(str(path), "pt") as f:
-        return {k: f.get_tensor(k) for k in f.keys()}, json.loads((f.metadata() or {}).get("mergelab", "{}"))
+    return open_model(path).state_dict(), _meta(path)
 
-def _meta(path: Path) -> dict:
-    from safetensors import safe_open
-    with safe_open(str(path), "pt") as f: return json.loads((f.metadata() or {}).get("mergelab", "{}"))
+def _meta(path: Path) -> dict: return json.loads(read_safetensors_header(path)[1].get("mergelab", "{}"))
 
 def _bar(total: int, desc: str, progress: bool = True):
     from tqdm.auto import tqdm
@@ -526,23 +518,18 @@ def adamerging(models: Sequence[Any], base: Any, data: Any, *, granularity: Lite
     return AdaMergingResult(sd, coef, hist)
 
 # %% ../nbs/10_data_aware.ipynb #5d39e6e7
-DATA_METHODS = {"fisher": "GRAD", "regmean": "ACT", "regmean_pp": "ACT", "adamerging": "TTA"}
-_DEFAULT_SPLIT = {"fisher": "train", "regmean": "train", "regmean_pp": "train", "adamerging": "test"}
+from .engine import ParamInfo
 
 def _validate(name: str, kw: dict) -> None:
     d = kw.get("data")
     if d is None:
         raise ConfigError(f"{name} needs data: set parameters.data, e.g. {{zoo: digits, split: "
-                          f"{'test' if name == 'adamerging' else 'finetune'}, n: 256}} or {{path: inputs.npz}}")
+                          f"{'test' if METHODS[name].data == 'TTA' else 'finetune'}, n: 256}} or {{path: inputs.npz}}")
     if isinstance(d, Mapping) and ("zoo" in d or "path" in d):
         bad = sorted(set(d) - _SPEC_KEYS)
         if bad: raise ConfigError(f"{name}: data spec has unknown key(s) {bad}; known: {sorted(_SPEC_KEYS)}")
         if "path" in d and not Path(str(d["path"])).expanduser().is_file():
             raise ConfigError(f"{name}: data file {d['path']} does not exist")
-    for k in ("batch_size", "num_batches", "steps"):
-        if k in kw and kw[k] < (1 if k == "batch_size" else 0): raise ConfigError(f"{name}: {k} must be ≥ {1 if k == 'batch_size' else 0}, got {kw[k]}")
-    if "alpha" in kw and not 0 <= kw["alpha"] <= 1: raise ConfigError(f"{name}: alpha must be in [0, 1], got {kw['alpha']}")
-    if "epsilon" in kw and kw["epsilon"] < 0: raise ConfigError(f"{name}: epsilon must be ≥ 0, got {kw['epsilon']}")
 
 class _State:
     "Statistics of one planned merge, computed once on first use."
@@ -603,15 +590,9 @@ class _State:
 
 class _LazyFile:
     "A cached statistics file read one tensor at a time (`in`, `[]`, `get`), so merging streams."
-    def __init__(self, path: Path):
-        from safetensors import safe_open
-        self.path = path
-        with safe_open(str(path), "pt") as f: self.keys = set(f.keys())
-    def __contains__(self, k) -> bool: return k in self.keys
-    def get(self, k: str) -> Tensor | None:
-        if k not in self.keys: return None
-        from safetensors import safe_open
-        with safe_open(str(self.path), "pt") as f: return f.get_tensor(k)
+    def __init__(self, path: Path): self.path, self.ck = path, open_model(path)
+    def __contains__(self, k) -> bool: return k in self.ck
+    def get(self, k: str) -> Tensor | None: return self.ck.get(k) if k in self.ck else None
     __getitem__ = get
 
 def regmean_pp_grams(models: Sequence[Checkpoint], tasks: Sequence[TaskData], build: Callable = build_mlp, *,
@@ -658,7 +639,7 @@ def _prepare(kind: str):
         g0 = groups[0]
         models = [c for c, _ in g0.inputs]
         base = g0.base[0] if g0.base is not None else None
-        src = data_source(g0.params["data"], default_split=_DEFAULT_SPLIT[kind])
+        src = data_source(g0.params["data"], default_split=METHODS[kind].data_split)
         tasks = src.pair(models)
         cache = stats_cache(g0.params.get("cache_dir"), models + [base])
         state = _State(kind, models, base, src, tasks, cache, g0.params, {g.name: g.params for g in groups})
@@ -676,16 +657,19 @@ def _mean(tensors, weights=None) -> Tensor:
 
 _DOCS = dict(data="data source: {zoo: NAME, split, n, tasks, seed} or {path: FILE.npz|.safetensors|.pt, build}",
              cache_dir="statistics cache (default: the user cache dir; never an input directory)",
-             batch_size="examples per batch", num_batches="batches per task (0: all)")
+             batch_size=ParamInfo("examples per batch", range=(1, None)),
+             num_batches=ParamInfo("batches per task (0: all)", range=(0, None)))
 
 @merge_method("fisher", base="optional", per_model=("weight",), compute="fp32", prepare=_prepare("fisher"), validate=_validate,
+              data="GRAD", data_split="train", work_factor=4.0,
               paper="Matena & Raffel 2022, Merging Models with Fisher-Weighted Averaging (arXiv:2111.09832)",
               presets={"paper": dict(estimator="expected", floor="max", epsilon=1e-6, normalize=True),
                        "fusionbench": dict(estimator="fusionbench", floor="add", epsilon=1e-6, normalize=True)},
-              docs=_DOCS | dict(weight="per-model coefficient wᵢ", epsilon="Fisher floor ε",
-                                floor="max: max(F, ε) (reference code); add: F + ε (FusionBench)",
-                                normalize="cᵢ ∝ wᵢ/‖Fᵢ‖ (reference code and FusionBench)",
-                                estimator="expected (exact) | sampled | empirical (labels) | fusionbench (batch shortcut)"))
+              params=_DOCS | dict(weight=ParamInfo("per-model coefficient wᵢ", step=0.05, slider=(0, 2), start=1.0),
+                                  epsilon=ParamInfo("Fisher floor ε", range=(0, None)),
+                                  floor="max: max(F, ε) (reference code); add: F + ε (FusionBench)",
+                                  normalize="cᵢ ∝ wᵢ/‖Fᵢ‖ (reference code and FusionBench)",
+                                  estimator="expected (exact) | sampled | empirical (labels) | fusionbench (batch shortcut)"))
 def fisher(tensors: list[Tensor], base: Tensor | None, *, data: object = None, weight: float = 1.0, epsilon: float = 1e-6,
            floor: Literal["max", "add"] = "max", normalize: bool = True,
            estimator: Literal["expected", "sampled", "empirical", "fusionbench"] = "expected", batch_size: int = 32,
@@ -704,16 +688,18 @@ def _regmean_tensor(tensors, name: str, grams: list[dict], alpha: float) -> Tens
         return regmean_solve(tensors, [g[mod] for g in grams], alpha)
     return _mean(tensors)
 
-_RM_DOCS = _DOCS | dict(alpha="off-diagonal scale α of the Grams (FusionBench CLIP default 0.95)")
+_RM_DOCS = _DOCS | dict(alpha=ParamInfo("off-diagonal scale α of the Grams (FusionBench CLIP default 0.95)", range=(0, 1), step=0.05))
 
-@merge_method("regmean", base="optional", compute="fp32", prepare=_prepare("regmean"), validate=_validate, docs=_RM_DOCS,
+@merge_method("regmean", base="optional", compute="fp32", prepare=_prepare("regmean"), validate=_validate, params=_RM_DOCS,
+              data="ACT", data_split="train", work_factor=14.0,
               paper="Jin et al. 2023, Dataless Knowledge Fusion by Merging Weights of Language Models (arXiv:2212.09849)")
 def regmean(tensors: list[Tensor], base: Tensor | None, *, data: object = None, alpha: float = 0.95, batch_size: int = 32,
             num_batches: int = 8, cache_dir: object = None, name: str = "", _state: Any = None) -> Tensor:
     "RegMean (Jin et al. 2023): per linear layer W_Mᵀ = (Σ G̃ᵢ)⁻¹ Σ G̃ᵢ Wᵢᵀ from input Grams; other tensors averaged."
     return _regmean_tensor(tensors, name, _need(_state, "regmean").grams, alpha)
 
-@merge_method("regmean_pp", base="optional", compute="fp32", prepare=_prepare("regmean_pp"), validate=_validate, docs=_RM_DOCS,
+@merge_method("regmean_pp", base="optional", compute="fp32", prepare=_prepare("regmean_pp"), validate=_validate, params=_RM_DOCS,
+              data="ACT", data_split="train", work_factor=12.5,
               paper="RegMean++ (FusionBench regmean_plusplus): RegMean with Grams from the merged lower layers")
 def regmean_pp(tensors: list[Tensor], base: Tensor | None, *, data: object = None, alpha: float = 0.95, batch_size: int = 32,
                num_batches: int = 8, cache_dir: object = None, name: str = "", _state: Any = None) -> Tensor:
@@ -721,10 +707,12 @@ def regmean_pp(tensors: list[Tensor], base: Tensor | None, *, data: object = Non
     return _regmean_tensor(tensors, name, _need(_state, "regmean_pp").grams, alpha)
 
 @merge_method("adamerging", base="required", compute="fp32", prepare=_prepare("adamerging"), validate=_validate,
+              data="TTA", data_split="test", work_factor=2.25,
               paper="Yang et al. 2024, AdaMerging: Adaptive Model Merging for Multi-Task Learning (ICLR 2024)",
-              docs=_DOCS | dict(granularity="task: one λ per task; layer: one per task and tensor", init="initial λ",
-                                lr="Adam learning rate", steps="optimisation steps", clamp="clip λ to [0, 1]",
-                                batch_size="unlabelled examples per task and step"))
+              params=_DOCS | dict(granularity="task: one λ per task; layer: one per task and tensor",
+                                  init=ParamInfo("initial λ", step=0.05, slider=(0, 1)), lr="Adam learning rate",
+                                  steps=ParamInfo("optimisation steps", range=(0, None)), clamp="clip λ to [0, 1]",
+                                  batch_size=ParamInfo("unlabelled examples per task and step", range=(1, None))))
 def adamerging_method(tensors: list[Tensor], base: Tensor, *, data: object = None,
                       granularity: Literal["task", "layer"] = "layer", init: float = 0.3, lr: float = 1e-3,
                       steps: int = 1000, batch_size: int = 16, clamp: bool = False, name: str = "",
@@ -732,3 +720,14 @@ def adamerging_method(tensors: list[Tensor], base: Tensor, *, data: object = Non
     "AdaMerging (Yang et al. 2024): θ₀ + Σₜ λₜ τₜ with λ (task- or layer-wise) learned by test-time entropy minimisation."
     row = _coef_row(_need(_state, "adamerging").coef, name)
     return base.clone() if row is None else _ada_combine(tensors, base, row)
+
+class _DataNeeds(Mapping):
+    "A read-only view of the registry: method name → what it learns from (`MergeMethod.data`), data-aware methods only."
+    def __getitem__(self, k: str) -> str:
+        if k not in METHODS or not METHODS[k].data: raise KeyError(k)
+        return METHODS[k].data
+    def __iter__(self): return (n for n, m in list(METHODS.items()) if m.data)
+    def __len__(self) -> int: return sum(1 for _ in self)
+    def __repr__(self) -> str: return repr(dict(self))
+
+DATA_METHODS: Mapping[str, str] = _DataNeeds()      # derived from the registrations above, never listed by hand

@@ -163,7 +163,7 @@ def kinship_section(zoo, quick: bool = False, lam: float = 0.5) -> Section:
 def activations_section(quick: bool = False) -> Section:
     "Delta Activations of the `minilm-text` LoRA experts and of two merges of them."
     import matplotlib.pyplot as plt
-    from mergelab.zoo import load_zoo, ZooError, _tokenizer
+    from mergelab.zoo import load_zoo, ZooError, minilm_tokenizer
     from mergelab.activations import DeltaActivations, cosine_similarity, plot_distance, plot_embedding
     from mergelab.config import merge
     try: mz = load_zoo("minilm-text")
@@ -174,7 +174,7 @@ def activations_section(quick: bool = False) -> Section:
     experts = list(mz.experts.values())
     models["merge: task arithmetic"] = merge(experts, "task_arithmetic", base=mz.base, weight=1.0, progress=False, **{"lambda": 0.5})
     if not quick: models["merge: TIES"] = merge(experts, "ties", base=mz.base, weight=1.0, density=0.2, progress=False)
-    V = DeltaActivations(base, _tokenizer(), pooling="mean", threads=1).fit().transform(models)
+    V = DeltaActivations(base, minilm_tokenizer(), pooling="mean", threads=1).fit().transform(models)
     C = cosine_similarity(V)
     kinds = ["expert" if n in mz.experts else "merge" for n in V.index]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
@@ -308,7 +308,7 @@ def make_zoo(d: Path) -> dict[str, Path]:
 def llama_section(d: Path = Path(".mergelab-demo"), quick: bool = False) -> Section:
     "Make (or reuse) the tiny Llama zoo under `d`, merge it four ways into sharded HF directories, reload and score them."
     import matplotlib.pyplot as plt
-    from transformers import LlamaForCausalLM
+    from mergelab.io import load_with_transformers
     from mergelab.config import merge
     d = Path(d); d.mkdir(parents=True, exist_ok=True)
     paths = make_zoo(d)
@@ -325,7 +325,7 @@ def llama_section(d: Path = Path(".mergelab-demo"), quick: bool = False) -> Sect
                                         max_shard_bytes=200_000, **r)
     rows = []
     for name, p in models.items():
-        m = LlamaForCausalLM.from_pretrained(p).eval()
+        m = load_with_transformers(p)
         rows.append({"model": name, "count loss": task_loss(m, "count"), "echo loss": task_loss(m, "echo"),
                      "shards": len(list(Path(p).glob("*.safetensors")))})
     df = pd.DataFrame(rows).set_index("model")

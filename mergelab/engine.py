@@ -4,23 +4,24 @@
 
 # %% ../nbs/01_engine.ipynb #50f1fb50
 from __future__ import annotations
-import contextlib, contextvars, difflib, hashlib, inspect, math, os, re, threading
+import contextlib, contextvars, difflib, hashlib, importlib, inspect, math, os, re, threading
 import io as pyio
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Literal, Sequence, get_args, get_origin, Union
 import types
 import torch
-from .io import Checkpoint, MergelabError, ShardedWriter
+from .io import Checkpoint, MergelabError, ShardedWriter, open_model
 
 # %% auto #0
-__all__ = ['REQUIRED', 'METHODS', 'Source', 'NonFinitePolicy', 'WORK_FACTOR', 'DEFAULT_WORK_FACTOR', 'ConfigError',
-           'NonFiniteTensor', 'Param', 'MergeMethod', 'merge_method', 'get_method', 'tensor_generator', 'TensorGroup',
-           'read_group', 'layer_index', 'num_layers', 'layer_prepare', 'chain', 'merge_group', 'MissingDependency',
-           'require_dask', 'using_client', 'open_cached', 'dumps_by_path', 'run_groups', 'map_reduce', 'execute',
-           'InsufficientMemory', 'work_factor', 'available_memory', 'MemoryEstimate', 'estimate_memory', 'check_memory']
+__all__ = ['REQUIRED', 'METHODS', 'METHOD_MODULES', 'Source', 'LAYER_RE', 'NonFinitePolicy', 'ConfigError', 'NonFiniteTensor',
+           'interval_text', 'Param', 'ParamInfo', 'MergeMethod', 'did_you_mean', 'merge_method', 'tensor_generator',
+           'load_methods', 'get_method', 'TensorGroup', 'read_group', 'layer_index', 'num_layers', 'layer_prepare',
+           'chain', 'merge_group', 'MissingDependency', 'require_dask', 'using_client', 'open_cached', 'dumps_by_path',
+           'run_groups', 'map_reduce', 'execute', 'InsufficientMemory', 'work_factor', 'available_memory',
+           'MemoryEstimate', 'estimate_memory', 'check_memory']
 
 # %% ../nbs/01_engine.ipynb #e0e8dad3
 class ConfigError(MergelabError, ValueError):
@@ -36,20 +37,29 @@ class NonFiniteTensor(MergelabError, ValueError):
 # %% ../nbs/01_engine.ipynb #b5eedefc
 REQUIRED = inspect.Parameter.empty
 
+def interval_text(r: tuple) -> str: return f"[{'-inf' if r[0] is None else r[0]}, {'inf' if r[1] is None else r[1]}]"
+
 @dataclass(frozen=True)
 class Param:
-    "A typed method parameter. `per_model` parameters take one value per input model."
+    """A typed method parameter and what its registration declares about it: a one-line `doc`, `choices` (from a
+    `Literal` annotation), the valid closed `range` (`None`: unbounded on that side) and, for widgets, the slider `step`,
+    its bounds where the range does not give them (`slider`) and the `start` of a required parameter (see `ParamInfo`).
+    `per_model` parameters take one value per input model."""
     name: str
     type: type
     default: Any = REQUIRED
     per_model: bool = False
     doc: str = ""
     choices: tuple | None = None
+    range: tuple | None = None
+    step: float | None = None
+    slider: tuple | None = None
+    start: Any = None
     @property
     def required(self) -> bool: return self.default is REQUIRED
 
-    def check(self, v: Any, where: str = "") -> Any:
-        "Validate and convert one scalar value; raise `ConfigError` naming the parameter."
+    def check(self, v: Any, where: str = "", method: str = "") -> Any:
+        "Validate and convert one scalar value (type, choices, range); raise `ConfigError` naming the parameter."
         at = f" ({where})" if where else ""
         if self.choices is not None:
             if v not in self.choices: raise ConfigError(f"parameter {self.name!r}{at}: {v!r} is not one of {list(self.choices)}")
@@ -62,11 +72,26 @@ class Param:
                 raise ConfigError(f"parameter {self.name!r}{at}: expected a number, got {v!r}")
             if not math.isfinite(v): raise ConfigError(f"parameter {self.name!r}{at}: {v!r} is not finite")
             if self.type is int and float(v) != int(v): raise ConfigError(f"parameter {self.name!r}{at}: expected an integer, got {v!r}")
+            lo, hi = self.range or (None, None)
+            if (lo is not None and v < lo) or (hi is not None and v > hi):
+                raise ConfigError(f"{method + ': ' if method else ''}parameter {self.name!r}{at} must be in {interval_text(self.range)}, got {v!r}")
             return self.type(v)
         if self.type is str:
             if not isinstance(v, str): raise ConfigError(f"parameter {self.name!r}{at}: expected a string, got {v!r}")
             return v
         return v
+
+# %% ../nbs/01_engine.ipynb #a1f0c3d3
+@dataclass(frozen=True)
+class ParamInfo:
+    """What a registration declares about one parameter beyond its signature: a one-line `doc`, the valid closed `range`
+    (`(lo, hi)`, `None` for an unbounded side), and for a slider its `step`, its bounds when the range has none or is
+    too wide to slide (`slider`: numbers, or "n_models", "n_models-1", "n_layers") and the `start` of a required one."""
+    doc: str
+    range: tuple | None = None
+    step: float | None = None
+    slider: tuple | None = None
+    start: Any = None
 
 def _param_type(ann) -> tuple[type, tuple | None]:
     if isinstance(ann, str): ann = eval(ann, {"Literal": Literal, "float": float, "int": int, "bool": bool, "str": str})
@@ -79,11 +104,15 @@ def _param_type(ann) -> tuple[type, tuple | None]:
 # %% ../nbs/01_engine.ipynb #ed6a330b
 @dataclass
 class MergeMethod:
-    "A registered merge method: the pure function plus what the planner needs to know about it."
+    """A registered merge method: the pure function plus every fact the planner, the memory guard, the CLI and the
+    widgets read about it. `work_factor`: working memory of one call as a multiple of its n + 1 input tensors in the
+    compute dtype (measured below); `data`: what a data-aware method learns from (`GRAD`: gradients, `ACT`: activations,
+    `TTA`: unlabelled test inputs) and `data_split` the split it reads unless told."""
     name: str
     fn: Callable
     params: dict[str, Param]
     base: Literal["required", "optional", "none"]
+    work_factor: float
     min_models: int = 1
     max_models: int | None = None
     compute: Literal["fp32", "input"] = "input"
@@ -92,6 +121,8 @@ class MergeMethod:
     prepare: Callable | None = None
     wants: frozenset = frozenset()
     validate: Callable[[str, dict], None] | None = None
+    data: Literal["GRAD", "ACT", "TTA"] | None = None
+    data_split: str | None = None
     @property
     def doc(self) -> str: return inspect.getdoc(self.fn) or ""
     def __call__(self, tensors: Sequence[torch.Tensor], base: torch.Tensor | None = None, **params) -> torch.Tensor:
@@ -99,11 +130,11 @@ class MergeMethod:
         kw = self.resolve(params, len(tensors))
         return self.fn(list(tensors), base, **self._extras(kw, params.get("name", ""), params.get("seed", 0)))
     def resolve(self, given: dict, n: int, where: str = "") -> dict:
-        "Fill defaults, apply presets, check types; per-model values become lists of length `n`."
+        "Fill defaults, apply presets, check types and ranges, then `validate`; per-model values become lists of length `n`."
         internal = {k: v for k, v in given.items() if k.startswith("_")}
         given = {k: v for k, v in given.items() if k not in ("name", "seed") and not k.startswith("_")}
-        unknown = [k for k in given if k not in self.params and k != "preset"]
-        problems = [f"{self.name}: unknown parameter {k!r}" + _suggest(k, self.params) for k in unknown]
+        problems = [f"{self.name}: unknown parameter {k!r}" + did_you_mean(k, self.params) for k in given
+                    if k not in self.params and k != "preset"]
         preset = given.get("preset")
         if preset is not None and preset not in self.presets:
             problems.append(f"{self.name}: unknown preset {preset!r}; choose from {sorted(self.presets) or 'none'}")
@@ -118,8 +149,8 @@ class MergeMethod:
                 if p.per_model:
                     vs = list(v) if isinstance(v, (list, tuple)) else [v] * n
                     if len(vs) != n: raise ConfigError(f"{self.name}: parameter {name!r} has {len(vs)} values for {n} models")
-                    out[name] = [p.check(x, where) for x in vs]
-                else: out[name] = p.check(v, where)
+                    out[name] = [p.check(x, where, self.name) for x in vs]
+                else: out[name] = p.check(v, where, self.name)
             except ConfigError as e: problems.extend(e.problems)
         if not problems and self.validate is not None:
             try: self.validate(self.name, out)
@@ -133,46 +164,69 @@ class MergeMethod:
         return kw
     def __repr__(self): return f"MergeMethod({self.name!r}, params={list(self.params)})"
 
+# %% ../nbs/01_engine.ipynb #a1f0c3d4
 METHODS: dict[str, MergeMethod] = {}
 
-def _suggest(name: str, options) -> str:
+def did_you_mean(name: str, options) -> str:
     m = difflib.get_close_matches(name.replace("-", "_"), list(options), n=1, cutoff=0.6)
     return f"; did you mean {m[0]!r}?" if m else ""
 
-def merge_method(name: str, *, base: str = "required", per_model: Sequence[str] = (), min_models: int = 1,
-                 max_models: int | None = None, compute: str = "input", paper: str = "", presets: dict | None = None,
-                 docs: dict[str, str] | None = None, prepare: Callable | None = None,
-                 validate: Callable[[str, dict], None] | None = None):
-    """Register `fn(tensors, base, *, params...)` under `name`; parameter types and defaults come from its signature.
-    `validate(name, resolved)` checks ranges and joint rules when a config is resolved, before any tensor is read."""
+def merge_method(name: str, *, work_factor: float, base: str = "required", per_model: Sequence[str] = (),
+                 min_models: int = 1, max_models: int | None = None, compute: str = "input", paper: str = "",
+                 presets: dict | None = None, params: dict[str, ParamInfo | str] | None = None,
+                 prepare: Callable | None = None, validate: Callable[[str, dict], None] | None = None,
+                 data: str | None = None, data_split: str | None = None):
+    """Register `fn(tensors, base, *, params...)` under `name`: types and defaults come from its signature, each
+    parameter's doc, range and slider from `params` (a `ParamInfo` or just the doc; names not in the signature are
+    ignored, so a family shares one table). `work_factor` is required (see `MergeMethod`). `validate(name, resolved)`
+    checks joint rules across parameters once each value passed its own type and range check."""
+    if isinstance(work_factor, bool) or not isinstance(work_factor, (int, float)) or not work_factor > 0:
+        raise TypeError(f"{name}: work_factor must be a positive number, got {work_factor!r}")
+    if (data is None) != (data_split is None): raise TypeError(f"{name}: a data-aware method declares data and data_split")
     def deco(fn):
-        params, wants = {}, set()
+        ps, wants = {}, set()
         for pname, p in inspect.signature(fn).parameters.items():
             if pname in ("tensors", "base"): continue
             if pname in ("name", "generator"): wants.add(pname); continue
             if pname.startswith("_"): continue            # internal: set by a `prepare` pass, not by users
             public = pname.rstrip("_")
             typ, choices = _param_type(p.annotation)
-            params[public] = Param(public, typ, p.default, public in per_model, (docs or {}).get(public, ""), choices)
-        missing = set(per_model) - set(params)
+            info = (params or {}).get(public, "")
+            info = ParamInfo(info) if isinstance(info, str) else info
+            ps[public] = Param(public, typ, p.default, public in per_model, choices=choices, **asdict(info))
+            if p.default is not REQUIRED and p.default is not None:
+                try: ps[public].check(p.default, method=name)
+                except ConfigError as e: raise TypeError(f"{name}: the default of {public!r} fails its own check: {e}") from None
+        missing = set(per_model) - set(ps)
         if missing: raise TypeError(f"{name}: per-model parameters {missing} are not in the signature")
-        METHODS[name] = MergeMethod(name, fn, params, base, min_models, max_models, compute, paper, presets or {},
-                                    prepare, frozenset(wants), validate)
+        METHODS[name] = MergeMethod(name, fn, ps, base, work_factor, min_models, max_models, compute, paper, presets or {},
+                                    prepare, frozenset(wants), validate, data, data_split)
         return fn
     return deco
 
-def get_method(name: str) -> MergeMethod:
-    "Look up a registered method, suggesting the closest name on a typo (mergekit#527: `dare-ties`)."
-    if isinstance(name, MergeMethod): return name
-    if name not in METHODS:
-        raise ConfigError(f"unknown merge method {name!r}" + _suggest(str(name), METHODS) +
-                          f"; registered: {', '.join(sorted(METHODS))}")
-    return METHODS[name]
-
+# %% ../nbs/01_engine.ipynb #a1f0c3d5
 def tensor_generator(seed: int | None, name: str) -> torch.Generator:
     "A CPU generator seeded from (seed, tensor name): random methods are reproducible and independent of thread order."
     h = hashlib.sha256(f"{seed}:{name}".encode()).digest()
     return torch.Generator().manual_seed(int.from_bytes(h[:8], "little") >> 1)
+
+# %% ../nbs/01_engine.ipynb #a1f0c3d6
+METHOD_MODULES = ("mergelab.methods", "mergelab.masks", "mergelab.spectral", "mergelab.layerwise", "mergelab.data_aware")
+
+def load_methods() -> dict[str, MergeMethod]:
+    """Import every module that registers methods (`METHOD_MODULES`: the one list of them) and return the complete
+    `METHODS`. The imports are lazy, here and not at the top, because those modules import the engine."""
+    for m in METHOD_MODULES: importlib.import_module(m)
+    return METHODS
+
+def get_method(name: str) -> MergeMethod:
+    "Look up a registered method (loading every method module first if needed), suggesting the closest name on a typo."
+    if isinstance(name, MergeMethod): return name
+    if name not in METHODS: load_methods()
+    if name not in METHODS:
+        raise ConfigError(f"unknown merge method {name!r}" + did_you_mean(str(name), METHODS) +
+                          f"; registered: {', '.join(sorted(METHODS))}")
+    return METHODS[name]
 
 # %% ../nbs/01_engine.ipynb #859ad1e6
 Source = tuple[Checkpoint, str]
@@ -202,11 +256,11 @@ def read_group(g: TensorGroup, dtype: torch.dtype | None = None) -> tuple[list[t
     return ts, b
 
 # %% ../nbs/01_engine.ipynb #a4013249
-_LAYER_RE = re.compile(r"(?:^|\.)(layers|h|layer|blocks|block)\.(\d+)\.")
+LAYER_RE = re.compile(r"(?:^|\.)(layers|h|layer|blocks|block)\.(\d+)\.")
 
 def layer_index(name: str) -> int | None:
     "The transformer block index in a tensor name (`model.layers.3.mlp...` → 3), or None outside the stack."
-    m = _LAYER_RE.search(name)
+    m = LAYER_RE.search(name)
     return int(m.group(2)) if m else None
 
 def num_layers(ck: Checkpoint) -> int:
@@ -227,7 +281,8 @@ def layer_prepare(groups: Sequence, threads: int = 2, **_) -> list:
 def _accepts(fn) -> set[str]: return set(inspect.signature(fn).parameters)
 
 def chain(first: MergeMethod | str, *posts: MergeMethod | str) -> MergeMethod:
-    "`first`, then each post-processor applied to the running result (and, if it asks for `_inputs`, the inputs)."
+    """`first`, then each post-processor applied to the running result (and, if it asks for `_inputs`, the inputs). Its
+    work factor is the dearest step's plus 0.5 for the running result."""
     first, posts = get_method(first), [get_method(p) for p in posts]
     params = dict(first.params)
     for p in posts:
@@ -252,9 +307,9 @@ def chain(first: MergeMethod | str, *posts: MergeMethod | str) -> MergeMethod:
         for m in steps:
             if m.validate is not None: m.validate(m.name, {k: v for k, v in kw.items() if k in m.params})
     base = "required" if any(m.base == "required" for m in steps) else first.base
-    return MergeMethod(" → ".join(m.name for m in steps), fn, params, base, first.min_models, first.max_models,
-                       first.compute, "; ".join(m.paper for m in steps if m.paper), {}, prepare,
-                       frozenset().union(*(m.wants for m in steps)), validate)
+    return MergeMethod(" → ".join(m.name for m in steps), fn, params, base, max(m.work_factor for m in steps) + 0.5 * bool(posts),
+                       first.min_models, first.max_models, first.compute, "; ".join(m.paper for m in steps if m.paper), {},
+                       prepare, frozenset().union(*(m.wants for m in steps)), validate, first.data, first.data_split)
 
 # %% ../nbs/01_engine.ipynb #e6ab3548
 NonFinitePolicy = Literal["error", "warn", "ignore"]
@@ -325,7 +380,7 @@ def open_cached(path: str) -> Checkpoint:
     key = (path, st.st_mtime_ns, st.st_ino)
     if key not in _OPENED:
         if len(_OPENED) > 256: _OPENED.clear()
-        _OPENED[key] = Checkpoint.open(Path(path))
+        _OPENED[key] = open_model(Path(path))
     return _OPENED[key]
 
 def _by_path(ck: Checkpoint):
@@ -447,22 +502,12 @@ def execute(groups: Sequence[TensorGroup], method: MergeMethod, *, writer: Shard
 class InsufficientMemory(MergelabError, MemoryError):
     "A merge whose estimated peak memory exceeds what the machine (or its cgroup) has available; refused before any read."
 
-# Working memory of one call of each method, as a multiple of its (n + 1) input tensors in the compute dtype:
-# measured peak RSS growth of `method.fn` on 3 × 1024² fp32 inputs (see the cell below), rounded up by ~20 %.
-WORK_FACTOR: dict[str, float] = {
-    "linear": 0.5, "passthrough": 0.5, "layer_swap": 0.5, "lines": 1.0, "model_stock": 1.25, "slerp": 2.0,
-    "nuslerp": 2.5, "nearswap": 2.5, "karcher": 2.5, "multislerp": 4.0, "task_arithmetic": 1.5, "dare_linear": 1.5,
-    "della_linear": 1.5, "breadcrumbs": 1.75, "ties": 3.5, "dare_ties": 3.5, "della": 3.5, "breadcrumbs_ties": 3.5,
-    "sce": 3.25, "consensus": 4.0, "consensus_mask": 4.0, "tall_masks": 2.75, "pcb": 8.0, "ram": 6.0, "star": 3.0,
-    "iso_c": 2.5, "iso_cts": 4.0, "tsv": 5.5}
-DEFAULT_WORK_FACTOR = 4.0
+def work_factor(method: MergeMethod | str) -> float:
+    """Working memory of one call of `method` as a multiple of its n + 1 input tensors in the compute dtype: the
+    `work_factor` it was registered with (a `chain` costs its dearest step plus 0.5 for the running result)."""
+    return get_method(method).work_factor
 
-def work_factor(method: MergeMethod) -> float:
-    "`WORK_FACTOR` of a method; a chain costs its dearest step plus the running result."
-    names = method.name.split(" → ")
-    f = [WORK_FACTOR.get(n, DEFAULT_WORK_FACTOR) for n in names]
-    return max(f) + 0.5 * (len(f) > 1)
-
+# %% ../nbs/01_engine.ipynb #a1f0c3d9
 def _isize(dt: torch.dtype) -> int: return torch.empty((), dtype=dt).element_size()
 def _gib(n: float) -> str:
     for unit, b in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
@@ -491,6 +536,7 @@ def available_memory() -> tuple[int, str]:
         except (OSError, ValueError): pass
     return (best if best is not None else 2**62), src
 
+# %% ../nbs/01_engine.ipynb #a1f0c3da
 @dataclass
 class MemoryEstimate:
     "Estimated peak memory of a merge beyond what the process already holds, with its parts (bytes)."
@@ -515,6 +561,7 @@ class MemoryEstimate:
         parts = ", ".join(f"{k} {_gib(v)}" for k, v in self.parts.items() if v)
         return f"{_gib(self.peak)} ({parts}; {self.threads} thread(s))"
 
+# %% ../nbs/01_engine.ipynb #a1f0c3db
 def _group_work(g: TensorGroup, factor: float, dtype, compute_dtype, out_dtype, fp32: bool) -> tuple[int, int, int]:
     "(peak bytes while merging g, bytes of its output, compute-dtype bytes of its n + 1 inputs)."
     srcs = g.inputs + ([g.base] if g.base is not None else [])
@@ -545,12 +592,13 @@ def _scheduled_peak(works: list[int], outs: list[int], sizes: list[int], threads
         inflight -= sizes[pending.popleft()]
     return max(peak, arenas)
 
+# %% ../nbs/01_engine.ipynb #a1f0c3dc
 def estimate_memory(groups: Sequence[TensorGroup], method: MergeMethod, *, threads: int = 2, budget: int | None = None,
                     dtype: torch.dtype | None = None, compute_dtype: torch.dtype | None = None,
                     out_dtype: torch.dtype | None = None, collect: bool = False, max_shard_bytes: int | None = None,
                     process: int | None = None) -> MemoryEstimate:
     """Peak memory of running `groups` with `method`, from shapes and dtypes only (nothing is read): the groups in
-    flight under `run_groups`' byte budget (inputs read, casts, the method's working copies (`WORK_FACTOR`), the
+    flight under `run_groups`' byte budget (inputs read, casts, the method's working copies (its `work_factor`), the
     output), a model-wide `prepare` pass (`topk_scope="model"`), and the merged tensors held: the shard buffer of
     the writer, or the whole state dict with `collect=True`."""
     from mergelab.io import current_rss
@@ -575,6 +623,7 @@ def estimate_memory(groups: Sequence[TensorGroup], method: MergeMethod, *, threa
     if threads > 1: knobs.insert(0, "threads=1 / --threads 1")
     return MemoryEstimate(parts, current_rss() if process is None else process, threads, knobs)
 
+# %% ../nbs/01_engine.ipynb #a1f0c3dd
 def check_memory(est: MemoryEstimate, available: int | None = None, *, force: bool = False, what: str = "merge") -> MemoryEstimate:
     "Raise `InsufficientMemory` (estimate, available memory, knobs to turn) when `est.peak` exceeds `available`, unless `force`."
     src = "given"

@@ -12,18 +12,15 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
-from .io import Checkpoint, MergelabError
+from .io import Checkpoint, MergelabError, EvaluationError, open_model, open_module
 from .engine import run_groups
 from .masks import tall_compress, tall_reconstruct
 
 # %% auto #0
-__all__ = ['Build', 'TALL_LAMBDAS', 'EvaluationError', 'ClassificationTask', 'LMTask', 'evaluate', 'normalized_accuracy',
-           'merge_gain', 'summarize', 'tall_recovery', 'sweep']
+__all__ = ['Build', 'TALL_LAMBDAS', 'ClassificationTask', 'LMTask', 'evaluate', 'normalized_accuracy', 'merge_gain', 'summarize',
+           'tall_recovery', 'sweep']
 
 # %% ../nbs/08_evaluate.ipynb #160bc66e
-class EvaluationError(MergelabError, ValueError):
-    "A model or task that cannot be evaluated as given."
-
 Build = Callable[[Any], nn.Module]
 
 def _batches(x: Any, bs: int) -> Iterable[Any]:
@@ -85,34 +82,37 @@ class LMTask:
         return dict(loss=nll / ntok, perplexity=math.exp(nll / ntok), n=ntok)
 
 # %% ../nbs/08_evaluate.ipynb #a4a6e135
-def _module(model: Any, build: Build | None, task) -> nn.Module:
+def _module(model: Any, fn: Build | None, task: str, state: Callable[[], Mapping]) -> nn.Module:
+    "`fn(state dict)` (the argument's or the task's `build`); without one, `open_module` (the architecture of `config.json`)."
     if isinstance(model, nn.Module): return model
-    build = build or getattr(task, "build", None)
-    if build is None:
-        raise EvaluationError(f"task {task.name!r}: got a {type(model).__name__}, not an nn.Module, and neither "
-                              "`build=` nor the task says how to build a module from it; pass build=fn(state_dict) -> "
-                              "nn.Module, or use tasks from `mergelab.zoo.load_zoo(...)`, which carry one")
-    return build(model)
+    if fn is not None: return fn(state())
+    try: return open_module(model)
+    except MergelabError as e:
+        raise EvaluationError(f"task {task!r}: cannot build a module from the {type(model).__name__} ({e}); pass "
+                              "build=fn(state_dict) -> nn.Module, or use tasks from `mergelab.zoo.load_zoo(...)`, which carry one") from None
 
 def evaluate(model: Any, tasks: Sequence | Mapping, *, build: Build | None = None, progress: bool = True,
              desc: str = "evaluate") -> pd.DataFrame:
-    """Score `model` on every task: one row per task (index `task`) with `accuracy` and `loss` for classification, `loss`
-    and `perplexity` for LM tasks, and `n` (examples or tokens). Batched, under `torch.inference_mode`, in eval mode."""
+    """Score `model` (any reference `open_model` takes, or a module) on every task: one row per task (index `task`) with
+    `accuracy` and `loss` for classification, `loss` and `perplexity` for LM tasks, and `n` (examples or tokens).
+    Every module is built before any task is scored. Batched, under `torch.inference_mode`, in eval mode."""
     tasks = list(tasks.values()) if isinstance(tasks, Mapping) else list(tasks)
     if not tasks: raise EvaluationError("evaluate: no tasks given; pass a list (or dict) of tasks")
-    if not isinstance(model, nn.Module):
-        unbuildable = [t for t in tasks if build is None and getattr(t, "build", None) is None]
-        if unbuildable: _module(model, None, unbuildable[0])
-        if not isinstance(model, Mapping): model = Checkpoint.open(model).state_dict()   # a zoo model opens as its own checkpoint
+    sd = {}
+    def state():
+        if not sd: sd["v"] = model if isinstance(model, Mapping) else open_model(model, whole=True).state_dict()
+        return sd["v"]
+    built = {}
+    for t in tasks:
+        fn = build or getattr(t, "build", None)
+        if id(fn) not in built: built[id(fn)] = _module(model, fn, t.name, state)
     from tqdm.auto import tqdm
     bar = tqdm(total=sum(t.n_batches() for t in tasks), desc=desc, unit="batch", disable=not progress, leave=False)
-    built, rows = {}, []
+    rows = []
     try:
         with torch.inference_mode():
             for t in tasks:
-                fn = build or getattr(t, "build", None)
-                if id(fn) not in built: built[id(fn)] = _module(model, build, t)
-                m = built[id(fn)]
+                m = built[id(build or getattr(t, "build", None))]
                 was = m.training; m.eval()
                 rows.append(dict(task=t.name, **t.score(m, bar.update)))
                 m.train(was)
@@ -150,7 +150,7 @@ def summarize(merged: pd.DataFrame, finetuned: pd.DataFrame | pd.Series | Mappin
 TALL_LAMBDAS = (0.2, 0.3, 0.4, 0.5, 0.6)   # the reference code's grid for λₜ
 
 def tall_recovery(experts: Mapping[str, Any], base: Any, val: Mapping[str, Any], test: Mapping[str, Any], out: str | Path, *,
-                  lambdas: Sequence[float] = TALL_LAMBDAS, progress: bool = False, **compress) -> tuple[pd.DataFrame, dict]:
+                  lambdas: Sequence[float] = TALL_LAMBDAS, progress: bool = True, **compress) -> tuple[pd.DataFrame, dict]:
     """TALL compression measured as in Wang, Dimitriadis et al. 2024: λₜ per task from `lambdas` by `val` accuracy, then
     per task `λ_t`, `backbone`, `expert`, `reconstruction` (θ₀ + mₜ ⊙ τ_MTL) and `recovered %` on `test`; and the storage
     manifest. `experts`, `val` and `test` are keyed by task name; `compress` goes to `tall_compress`."""

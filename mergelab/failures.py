@@ -18,6 +18,7 @@ from .zoo import ZooError
 from .activations import ActivationError
 from .data_aware import DataError, data_source
 from .search import SearchError, evolve
+from .widgets import ExplorerError
 
 # %% auto #0
 __all__ = ['FAILURE_CASES', 'FailureCase', 'make_fixtures', 'run_case', 'error_classes', 'failure_table']
@@ -105,6 +106,10 @@ def _kinship_shapes(d):
     from mergelab.kinship import kinship_matrix
     return kinship_matrix([d / "a", d / "wide"], d / "base")
 
+def _explorer(d):
+    from mergelab.widgets import MergeExplorer
+    return MergeExplorer(42)
+
 FAILURE_CASES: list[FailureCase] = [
     FailureCase("unknown method", ConfigError, "a method name that is not registered (a typo)",
                 "use a registered name: `mergelab methods` lists them; the message suggests the closest",
@@ -165,6 +170,9 @@ FAILURE_CASES: list[FailureCase] = [
     FailureCase("data file missing", DataError, "a data-aware method's `data: {path: ...}` naming a file that does not exist",
                 "give an existing .npz/.safetensors/.pt of inputs (keys `<task>` or `<task>.inputs`), or a zoo split",
                 lambda d: data_source({"path": str(d / "missing.npz")}), "does not exist"),
+    FailureCase("explorer without models", ExplorerError, "an explorer given something that is not a zoo or models",
+                "give a zoo name (`MergeExplorer('digits')`), a `Zoo`, a list of models or a mapping {name: model}",
+                _explorer, "give a zoo name"),
     FailureCase("bad search bounds", SearchError, "evolve over a parameter range with low ≥ high (checked before any merge)",
                 "give (low, high) with low < high", lambda d: evolve([d / "a", d / "b"], d / "base", lambda sd: 0.0,
                 "task_arithmetic", {"weight": (1, 0)}, budget=5, progress=False), "low < high"),

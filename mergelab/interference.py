@@ -10,7 +10,7 @@ from typing import Any, Callable, Literal, Mapping, Sequence
 import pandas as pd
 import torch
 from torch import Tensor
-from .io import Checkpoint, LazyCheckpoint, MergelabError, TaskVector
+from .io import Checkpoint, LazyCheckpoint, MergelabError, TaskVector, open_model, model_names
 from .engine import TensorGroup, map_reduce, layer_index, using_client
 from .methods import sparsify_magnitude, radix_kth_abs, elect_sign
 from .masks import tall_masks
@@ -20,7 +20,8 @@ from .kinship import DeltaSet, DeltaStats, open_deltas, release_heap, intraop_th
 __all__ = ['MEASURES', 'trim', 'sign_counts', 'singular_values', 'singular_task_interference', 'energy_rank',
            'subspace_alignment', 'spectral_flatness', 'model_thresholds', 'TensorInterference',
            'InterferenceStatistics', 'interference_statistics', 'interference_report', 'sign_conflict_rate',
-           'norm_at_k', 'weight_disentanglement', 'plot_disentanglement', 'plot_interference', 'plot_pairwise']
+           'norm_at_k', 'weight_disentanglement', 'plot_disentanglement', 'plot_interference', 'plot_pairwise',
+           'interference_summary']
 
 # %% ../nbs/07_interference.ipynb #208d7077
 def trim(X: Tensor, density: float, thresholds: Sequence[float | None] | None = None) -> Tensor:
@@ -107,19 +108,15 @@ def spectral_flatness(S: Tensor, rtol: float = 1e-6) -> tuple[float, float]:
 
 # %% ../nbs/07_interference.ipynb #247e2e2d
 def _as_deltas(models: Any, base: Any) -> DeltaSet:
+    "Models against `base`, or, with no base, task vectors (`TaskVector`s or any references, read as τ) against zero."
     if isinstance(models, DeltaSet) or base is not None: return open_deltas(models, base)
-    names = list(models) if isinstance(models, Mapping) else None
-    tvs = list(models.values()) if isinstance(models, Mapping) else list(models)
-    cks = []
-    for tv in tvs:
-        if isinstance(tv, TaskVector):
-            meta = {k: (tv.shape(k), tv.dtype) for k in tv.keys()}
-            cks.append(LazyCheckpoint(meta, tv.get, name="task_vector"))
-        else: cks.append(Checkpoint.open(tv))
+    named = model_names(models, what="interference")
+    names = list(named) if isinstance(models, Mapping) else [f"tv_{i}" for i in range(len(named))]
+    cks = [open_model(tv) for tv in named.values()]
     ref = cks[0]
     meta = {k: (ref.shape(k), ref.dtype(k)) for k in ref.keys()}
     zero = LazyCheckpoint(meta, lambda k: torch.zeros(ref.shape(k), dtype=ref.dtype(k)), name="zero")
-    return open_deltas(cks, zero, names=names or [f"tv_{i}" for i in range(len(cks))])
+    return open_deltas(cks, zero, names=names)
 
 def _work_dtype(ds: DeltaSet) -> torch.dtype:
     return torch.float64 if any(ds.base.dtype(k) == torch.float64 for k in ds.keys) else torch.float32
@@ -262,7 +259,7 @@ class InterferenceStatistics:
 def interference_statistics(models: Any, base: Any = None, *, density: float = 0.2,
                             scope: Literal["tensor", "model"] = "tensor", tall_lambda: float = 0.4,
                             spectral: bool = True, sti_rank: int | None = None, energy: float = 0.95,
-                            threads: int = 2, progress: bool = False, client: Any = None) -> InterferenceStatistics:
+                            threads: int = 2, progress: bool = True, client: Any = None) -> InterferenceStatistics:
     """Streaming interference statistics of N models against `base` (or N task vectors with `base=None`): one pass
     over the models (`scope="model"` adds the two radix passes of the model-wide threshold). See the module table for
     the definitions implemented. `client=` (a `dask.distributed.Client`) runs every pass's per-tensor work on its
@@ -357,3 +354,10 @@ def plot_pairwise(pairs: pd.DataFrame, measure: str = "sign_conflict", ax=None, 
                      square=True, ax=ax, **kw)
     ax.set_title(measure)
     return ax
+
+# %% ../nbs/07_interference.ipynb #b49e6a33
+def interference_summary(stats: Any) -> dict[str, float]:
+    "The TIES k slider's readout from `InterferenceStatistics`: density, sign-conflict rate, trimmed fraction, norm kept."
+    g = stats.table(None).set_index("measure").value
+    return dict(density=float(stats.params["density"]), sign_conflict_rate=float(g["sign_conflict_rate"]),
+                trimmed_fraction=float(g["redundancy"]), norm_kept=float(g["norm_kept"]))

@@ -4,17 +4,20 @@
 
 # %% ../nbs/00_io.ipynb #7c3c4203
 from __future__ import annotations
-import errno, functools, json, os, re, shutil, struct, uuid, math
+import copy, errno, functools, json, os, re, shutil, struct, uuid, math
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
 import torch
 
 # %% auto #0
-__all__ = ['TOKENIZER_FILES', 'MergelabError', 'CheckpointNotFound', 'CorruptCheckpoint', 'UnsafeCheckpoint',
+__all__ = ['TOKENIZER_FILES', 'LOSS_METRICS', 'MergelabError', 'CheckpointNotFound', 'CorruptCheckpoint', 'UnsafeCheckpoint',
            'IncompatibleModels', 'OutputExists', 'UnsafeOutput', 'OutputNotWritable', 'read_safetensors_header',
            'Checkpoint', 'StateDictCheckpoint', 'LazyCheckpoint', 'SafetensorsCheckpoint', 'TorchCheckpoint',
-           'AdapterCheckpoint', 'apply_adapter', 'parse_size', 'check_output_path', 'clean_stale_temporaries',
-           'ShardedWriter', 'save_checkpoint', 'check_compatible', 'TaskVector', 'task_vector', 'current_rss']
+           'AdapterCheckpoint', 'apply_adapter', 'split_adapter_ref', 'open_model', 'parse_size', 'check_output_path',
+           'clean_stale_temporaries', 'ShardedWriter', 'save_checkpoint', 'check_compatible', 'TaskVector',
+           'task_vector', 'adapter_ref', 'model_name', 'model_paths', 'model_names', 'module_from_config',
+           'open_module', 'load_with_transformers', 'open_tokenizer', 'EvaluationError', 'lower_is_better',
+           'score_table', 'current_rss']
 
 # %% ../nbs/00_io.ipynb #f6fda86f
 class MergelabError(Exception):
@@ -82,7 +85,7 @@ def read_safetensors_header(path: str | Path) -> tuple[dict[str, dict], dict[str
 
 # %% ../nbs/00_io.ipynb #2af21f9d
 class Checkpoint:
-    "A lazy, read-only mapping from tensor names to tensors. Open one with `Checkpoint.open(src)`."
+    "A lazy, read-only mapping from tensor names to tensors. Open one with `open_model(ref)`."
     path: Path | None = None
     config: dict | None = None
     def __init__(self, meta: dict[str, tuple[tuple[int, ...], torch.dtype]], name: str = "checkpoint"):
@@ -116,17 +119,9 @@ class Checkpoint:
         return f"{type(self).__name__}({self.name!r}, {len(self)} tensors, {self.total_bytes / 2**20:.1f} MiB)"
 
     @staticmethod
-    def open(src: Any, *, config: dict | None = None) -> "Checkpoint":
-        """Open `src` (path, state dict, `nn.Module`, `Checkpoint`, or an object with a `.checkpoint()` method, such as a
-        zoo model, whose LoRA experts are base + adapter) as a lazy `Checkpoint`."""
-        if isinstance(src, Checkpoint): return src
-        if callable(getattr(src, "checkpoint", None)): return Checkpoint.open(src.checkpoint())
-        if isinstance(src, torch.nn.Module):
-            cfg = getattr(getattr(src, "config", None), "to_dict", lambda: None)()
-            return StateDictCheckpoint(src.state_dict(), name=type(src).__name__, config=config or cfg)
-        if isinstance(src, Mapping): return StateDictCheckpoint(src, config=config)
-        if isinstance(src, (str, os.PathLike)): return _open_path(Path(src))
-        raise TypeError(f"cannot open a checkpoint from {type(src).__name__}; give a path, a state dict or an nn.Module")
+    def open(src: Any, *, base: Any = None) -> "Checkpoint":
+        "The same as `open_model` (below), the one resolver of model references."
+        return open_model(src, base=base)
 
 # %% ../nbs/00_io.ipynb #d20e6c43
 class StateDictCheckpoint(Checkpoint):
@@ -237,20 +232,31 @@ def _open_index(d: Path, index: Path, config) -> Checkpoint:
     if index.name.startswith("model.safetensors"): return SafetensorsCheckpoint(shards, d, config, index=files)
     return TorchCheckpoint(shards, d, config)
 
+def _open_gguf(p: Path) -> Checkpoint:
+    "A GGUF file, dequantised to fp32 by transformers (packages `gguf`, `accelerate`) and held in memory, with its config."
+    from transformers import AutoModelForCausalLM
+    try: q = AutoModelForCausalLM.from_pretrained(str(p.parent), gguf_file=p.name, dtype=torch.float32,
+                                                  local_files_only=True, trust_remote_code=False)
+    except ImportError as e: raise IncompatibleModels(f"{p}: reading GGUF needs `pip install gguf accelerate` ({e})") from None
+    except (OSError, ValueError, KeyError) as e: raise CorruptCheckpoint(f"{p}: transformers cannot read this GGUF file ({e})") from None
+    cfg = q.config.to_dict(); cfg.pop("quantization_config", None)
+    return StateDictCheckpoint(q.state_dict(), config=cfg)._with(path=p)
+
 def _open_path(p: Path) -> Checkpoint:
     if not p.exists(): raise CheckpointNotFound(f"{p}: no such file or directory")
     if p.is_file():
         if p.suffix == ".safetensors": return SafetensorsCheckpoint([p], p)
         if p.suffix in _PICKLE_SUFFIXES: return TorchCheckpoint([p], p)
+        if p.suffix == ".gguf": return _open_gguf(p)
         raise UnsafeCheckpoint(f"{p}: unknown checkpoint format {p.suffix!r}; mergelab reads .safetensors "
-                               "(and .bin/.pt/.pth with weights_only=True)")
+                               "(and .bin/.pt/.pth with weights_only=True, .gguf dequantised)")
     config = _read_json(p / "config.json") if (p / "config.json").is_file() else None
     if config is not None and not isinstance(config, dict): raise CorruptCheckpoint(f"{p / 'config.json'}: not a JSON object")
     if (p / "adapter_config.json").is_file(): return AdapterCheckpoint(p)
     for name in _INDEXES:
         if (p / name).is_file(): return _open_index(p, p / name, config)
     for name in _SINGLES:
-        if (p / name).is_file(): return Checkpoint.open(p / name)._with(path=p, config=config)
+        if (p / name).is_file(): return _open_path(p / name)._with(path=p, config=config)
     found = sorted(x.name for x in p.iterdir())[:10]
     raise CheckpointNotFound(f"{p}: no model.safetensors, shard index or pytorch_model.bin here (found {found})")
 
@@ -301,7 +307,7 @@ class AdapterCheckpoint(SafetensorsCheckpoint):
 # %% ../nbs/00_io.ipynb #c452b896
 def apply_adapter(base: Any, adapter: Any, scale: float = 1.0) -> Checkpoint:
     "Lazy θ₀ + scale·B·A·(α/r): a LoRA adapter merged into its base one tensor at a time (mergekit's `base+adapter`)."
-    base, ad = Checkpoint.open(base), Checkpoint.open(adapter)
+    base, ad = open_model(base), open_model(adapter)
     if not isinstance(ad, AdapterCheckpoint): raise IncompatibleModels(f"{ad.name} is not a PEFT adapter directory")
     missing = [k for k in ad.delta_keys() if k not in base]
     if missing: raise IncompatibleModels(f"adapter {ad.name} targets {len(missing)} tensors that base {base.name} lacks, "
@@ -314,7 +320,62 @@ def apply_adapter(base: Any, adapter: Any, scale: float = 1.0) -> Checkpoint:
         b = base.get(k)
         return b if k not in targets else (b.float() + scale * ad.delta(k)).to(b.dtype)
     meta = {k: (base.shape(k), base.dtype(k)) for k in base.keys()}
-    return LazyCheckpoint(meta, fn, name=f"{base.name}+{ad.name}", config=base.config, path=base.path)
+    out = LazyCheckpoint(meta, fn, name=f"{base.name}+{ad.name}", config=base.config, path=base.path)
+    out.adapter, out.base = ad, base          # analyses read the low-rank delta directly when their base is this one
+    return out
+
+# %% ../nbs/00_io.ipynb #f7ed15e4
+def _hf_snapshot(s: str) -> Path | None:
+    "The local snapshot folder of Hugging Face model id `org/name`, or None; never downloads."
+    if not re.fullmatch(r"[\w.-]+/[\w.-]+", s) or s.startswith((".", "/")): return None
+    try:
+        from huggingface_hub import snapshot_download
+        return Path(snapshot_download(s, local_files_only=True))
+    except Exception: return None
+
+def split_adapter_ref(ref: str | os.PathLike, root: str | Path | None = None) -> tuple[str, str] | None:
+    """`(base, adapter)` of a mergekit-style `BASE+ADAPTER` reference, or None. A path that exists as written is never
+    split (folder names may hold `+`); otherwise the split is at the first `+` whose two sides both exist (relative
+    paths are looked up under `root` too, a config file's folder)."""
+    s = os.fspath(ref)
+    def found(x: str) -> bool:
+        p = Path(x).expanduser()
+        return bool(x) and (p.exists() or root is not None and not p.is_absolute() and (Path(root) / p).exists()
+                            or _hf_snapshot(x) is not None)
+    if "+" not in s or found(s): return None
+    return next(((s[:i], s[i + 1:]) for i, c in enumerate(s) if c == "+" and found(s[:i]) and found(s[i + 1:])), None)
+
+# %% ../nbs/00_io.ipynb #7e23f80e
+def open_model(ref: Any, *, base: Any = None, whole: bool = False) -> Checkpoint:
+    """Open any model reference of the table above as a lazy `Checkpoint` (headers only): the one resolver of mergelab.
+    A bare PEFT adapter folder is applied to `base` when one is given, and stays an `AdapterCheckpoint` otherwise (with
+    `whole=True`, where a complete model is needed, it is refused, saying how to give its base)."""
+    if isinstance(ref, Checkpoint): ck = ref
+    elif callable(getattr(ref, "checkpoint", None)): ck = open_model(ref.checkpoint())
+    elif isinstance(ref, torch.nn.Module):
+        cfg = getattr(getattr(ref, "config", None), "to_dict", lambda: None)()
+        ck = StateDictCheckpoint(ref.state_dict(), name=type(ref).__name__, config=cfg)
+    elif isinstance(ref, Mapping): ck = StateDictCheckpoint(ref)
+    elif isinstance(ref, (str, os.PathLike)): ck = _open_ref(os.fspath(ref))
+    else: raise IncompatibleModels(f"cannot open a model from a {type(ref).__name__}; give a path, 'BASE+ADAPTER', a "
+                                   "cached Hugging Face id, a state dict, an nn.Module, a Checkpoint or a zoo model")
+    if base is not None and isinstance(ck, AdapterCheckpoint): return apply_adapter(base, ck)
+    if whole and isinstance(ck, AdapterCheckpoint):
+        raise IncompatibleModels(f"{ck.name} is a LoRA adapter, not a whole model: give it with its base, as "
+                                 f"'BASE+{ck.name}' or open_model(adapter, base=BASE)")
+    return ck
+
+def _open_ref(s: str) -> Checkpoint:
+    if not s.strip(): raise CheckpointNotFound("an empty model path; give the folder or file of a model")
+    p = Path(s).expanduser()
+    if p.exists(): return _open_path(p)
+    parts = split_adapter_ref(s)
+    if parts: return apply_adapter(parts[0], parts[1])
+    snap = _hf_snapshot(s)
+    if snap is not None: return _open_path(snap)
+    plus = " (nor a BASE+ADAPTER pair whose two parts exist)" if "+" in s else ""
+    raise CheckpointNotFound(f"{s}: no such file or directory{plus}, and not a model id in the local Hugging Face cache; "
+                             "mergelab never downloads: fetch it first (e.g. `huggingface-cli download`) and pass the folder")
 
 # %% ../nbs/00_io.ipynb #42fe520c
 TOKENIZER_FILES = ("tokenizer_config.json", "special_tokens_map.json", "tokenizer.json", "tokenizer.model",
@@ -479,9 +540,9 @@ class ShardedWriter:
 # %% ../nbs/00_io.ipynb #fb11e31a
 def save_checkpoint(src: Any, out: str | Path, max_shard_bytes: int | str = "5GB", *, overwrite: bool = False,
                     dtype: torch.dtype | None = None, donor: str | Path | None = None, config: dict | None = None,
-                    progress: bool = False) -> Path:
+                    progress: bool = True) -> Path:
     "Write checkpoint `src` to `out` as (sharded) safetensors, tensor by tensor; returns `out`."
-    ck = Checkpoint.open(src)
+    ck = open_model(src)
     donor = donor if donor is not None else (ck.path if ck.path is not None and Path(ck.path).is_dir() else None)
     config = config if config is not None else (None if donor else ck.config)
     with ShardedWriter(out, max_shard_bytes, overwrite=overwrite, inputs=[ck.path], config=config, donor=donor,
@@ -547,7 +608,7 @@ class TaskVector:
         return float(sum(self.get(k).norm(p).double() ** p for k in self._keys) ** (1 / p))
     def apply_to(self, base: Any, scale: float = 1.0, dtype: torch.dtype | None = None) -> Checkpoint:
         "Lazy θ₀ + scale·τ, in the base's dtypes unless `dtype` is given."
-        base = Checkpoint.open(base)
+        base = open_model(base)
         check_compatible([self.terms[0][2], base], names=["task vector", base.name], keys="subset")
         keys = set(self._keys)
         def fn(k):
@@ -556,13 +617,217 @@ class TaskVector:
             return (b.to(self.dtype) + scale * self.get(k)).to(dtype or b.dtype)
         meta = {k: (base.shape(k), dtype if dtype and k in keys else base.dtype(k)) for k in base.keys()}
         return LazyCheckpoint(meta, fn, name=f"{base.name}+{scale}·τ", config=base.config, path=base.path)
+    def checkpoint(self) -> Checkpoint:
+        "τ itself as a lazy `Checkpoint`, so a task vector goes wherever a model reference does."
+        return LazyCheckpoint({k: (self.shape(k), self.dtype) for k in self._keys}, self.get, name="task_vector")
     def __repr__(self): return f"TaskVector({len(self.terms)} terms, {len(self._keys)} tensors)"
 
 def task_vector(finetuned: Any, base: Any, dtype: torch.dtype = torch.float32) -> TaskVector:
     "τ = θ_ft − θ₀, lazy per tensor; keys and shapes are checked now."
-    ft, b = Checkpoint.open(finetuned), Checkpoint.open(base)
+    ft, b = open_model(finetuned), open_model(base)
     check_compatible([b, ft])
     return TaskVector([(1.0, ft, b)], dtype)
+
+# %% ../nbs/00_io.ipynb #e3fa41eb
+def adapter_ref(ref: Any, base: Any) -> Any:
+    """`ref` itself, or, for a bare PEFT adapter folder and a `base`, that adapter on the base: `BASE+ADAPTER` when both
+    are paths (so it still writes as mergekit YAML), else the applied lazy `Checkpoint`."""
+    if base is None or not isinstance(ref, (str, os.PathLike)) or callable(getattr(ref, "checkpoint", None)): return ref
+    p = Path(os.fspath(ref)).expanduser()
+    if not (p / "adapter_config.json").is_file(): return ref
+    if isinstance(base, (str, os.PathLike)) and not callable(getattr(base, "checkpoint", None)): return f"{os.fspath(base)}+{p}"
+    return open_model(ref, base=base)
+
+# %% ../nbs/00_io.ipynb #51ba6c92
+_GENERIC = {"model", "pytorch_model", "adapter_model", "consolidated"}
+
+def model_name(ref: Any, default: str = "model") -> str:
+    """The one naming rule: a named object's `name` (zoo models); for a path, its folder's name (the adapter's for
+    `BASE+ADAPTER`; a file's stem, or its folder's name for `model.safetensors`-like files); else `default`."""
+    n = getattr(ref, "name", None)
+    if isinstance(ref, Checkpoint):
+        ad = getattr(ref, "adapter", None)
+        ref = ad.path if ad is not None else ref.path
+    elif isinstance(n, str) and n and not isinstance(ref, (str, Path)): return n
+    if not isinstance(ref, (str, os.PathLike)) or not str(ref).strip(): return default
+    s = os.fspath(ref)
+    parts = split_adapter_ref(s)
+    p = Path(parts[1] if parts else s.rstrip("/"))
+    if p.suffix in (".safetensors", ".bin", ".pt", ".pth"):
+        return p.parent.name if p.stem in _GENERIC and p.parent.name else p.stem
+    return p.name or default
+
+# %% ../nbs/00_io.ipynb #ab92dc3b
+def model_paths(ref: Any) -> list[Path]:
+    """Every existing file-system path a model reference stands on, base first (`BASE+ADAPTER`: both; a zoo LoRA expert:
+    its base and adapter; a checkpoint: its folder and its adapter's): what an output must never overwrite."""
+    if isinstance(ref, (str, os.PathLike)) and not callable(getattr(ref, "checkpoint", None)):
+        s = os.fspath(ref)
+        if not s.strip(): return []
+        cands = split_adapter_ref(s) or (s,)
+    else:
+        try: ck = open_model(ref)
+        except MergelabError: return []
+        cands = [p for p in (ck.path, getattr(getattr(ck, "adapter", None), "path", None)) if p is not None]
+    return [Path(p).expanduser() for p in cands if Path(p).expanduser().exists()]
+
+# %% ../nbs/00_io.ipynb #2bea11e8
+def model_names(models: Any, names: Iterable[str] | None = None, *, what: str = "models") -> dict[str, Any]:
+    """`{name: reference}` from a list of references (named by `model_name`; a repeated name gets `#i`, i its position)
+    or from a mapping `{name: reference}` (its keys). A single state dict or reference is refused: wrap it in a list."""
+    if isinstance(models, Mapping):
+        if models and all(isinstance(v, torch.Tensor) for v in models.values()):
+            raise IncompatibleModels(f"{what}: got one state dict; give a list of models or a mapping {{name: model}}")
+        out = {str(k): v for k, v in models.items()}
+    elif models is None or isinstance(models, (str, os.PathLike, torch.nn.Module, Checkpoint)) or not isinstance(models, Iterable):
+        raise IncompatibleModels(f"{what}: expected a list of models or a mapping {{name: model}}, got a {type(models).__name__}")
+    else:
+        refs = list(models)
+        auto = [model_name(m, f"m{i}") for i, m in enumerate(refs)]
+        auto = [n if auto.count(n) == 1 else f"{n}#{i}" for i, n in enumerate(auto)]
+        out = dict(zip(auto, refs))
+    if names is not None:
+        names = [str(n) for n in names]
+        if len(names) != len(out): raise IncompatibleModels(f"{what}: {len(names)} names for {len(out)} models")
+        if len(set(names)) != len(names): raise IncompatibleModels(f"{what}: names must be unique, got {names}")
+        out = dict(zip(names, out.values()))
+    if not out: raise IncompatibleModels(f"{what}: no models given")
+    return out
+
+# %% ../nbs/00_io.ipynb #30793fcf
+def _no_init():
+    try: from transformers.initialization import no_init_weights
+    except ImportError: from transformers.modeling_utils import no_init_weights
+    return no_init_weights()
+
+def module_from_config(config: Mapping, keys: Iterable[str] = ()) -> torch.nn.Module:
+    """An untrained module of the architecture a Hugging Face `config.json` names (its `architectures`, else a causal LM
+    when `keys` hold `lm_head.weight`, else the bare `AutoModel`), built by transformers with `trust_remote_code=False`."""
+    import transformers
+    cfg = dict(config)
+    arch = (cfg.get("architectures") or [None])[0]
+    cls = getattr(transformers, arch, None) if isinstance(arch, str) else None
+    if cls is None and (arch is not None or "auto_map" in cfg):
+        raise UnsafeCheckpoint(f"architecture {arch or cfg.get('auto_map')!r} is not part of transformers (custom code); "
+                               "mergelab never runs a model's own Python (trust_remote_code=False): pass the module you trust")
+    if not isinstance(cfg.get("model_type"), str): raise IncompatibleModels("config.json has no 'model_type'; pass the module itself")
+    try: hf = transformers.AutoConfig.for_model(cfg.pop("model_type"), **cfg)
+    except (ValueError, KeyError, TypeError) as e: raise IncompatibleModels(f"config.json cannot be read by transformers ({e})") from None
+    auto = transformers.AutoModelForCausalLM if "lm_head.weight" in set(keys) else transformers.AutoModel
+    with _no_init():
+        return cls(hf) if cls is not None else auto.from_config(hf, trust_remote_code=False)
+
+# %% ../nbs/00_io.ipynb #141cbeec
+def _load_into(m: torch.nn.Module, sd: Mapping[str, torch.Tensor], what: str) -> torch.nn.Module:
+    "Load `sd` into `m` (adding or stripping the base-model prefix where the checkpoint's keys need it), ties, checks."
+    own, pre = set(m.state_dict()), getattr(m, "base_model_prefix", "") or ""
+    if pre and not set(sd) & own:
+        alt = {f"{pre}.{k}": v for k, v in sd.items()} if any(k.startswith(pre + ".") for k in own) else \
+              {k.removeprefix(pre + "."): v for k, v in sd.items()}
+        if len(set(alt) & own) > len(set(sd) & own): sd = alt
+    r = m.load_state_dict(dict(sd), strict=False)
+    if hasattr(m, "tie_weights"): m.tie_weights()
+    loaded = {p.data_ptr() for k, p in m.state_dict().items() if k in sd}
+    missing = [k for k in r.missing_keys if m.state_dict()[k].data_ptr() not in loaded]
+    if missing or r.unexpected_keys:
+        raise IncompatibleModels(f"{what}: the checkpoint does not fit the module: missing {missing[:4]} "
+                                 f"({len(missing)}), unexpected {r.unexpected_keys[:4]} ({len(r.unexpected_keys)})")
+    return m
+
+def open_module(ref: Any, *, model: torch.nn.Module | None = None, config: Mapping | None = None, base: Any = None,
+                dtype: torch.dtype | None = torch.float32) -> torch.nn.Module:
+    """`ref` as a runnable module in eval mode: itself if it is an `nn.Module`; an object's own `.module()`; else the
+    tensors of `open_model(ref, base=base)` loaded into a copy of the template `model` or, with no template, into the
+    architecture that `config` (default: the model's `config.json`) names (`module_from_config`). Floating tensors are
+    cast to `dtype`."""
+    if isinstance(ref, torch.nn.Module): return ref
+    if callable(getattr(ref, "module", None)): return ref.module()
+    ck = open_model(ref, base=base, whole=True)
+    if model is not None: m = copy.deepcopy(model)
+    elif isinstance(config if config is not None else ck.config, Mapping):
+        m = module_from_config(config if config is not None else ck.config, ck.keys())
+    else: raise IncompatibleModels(f"{ck.name} has no config.json: pass `model=` (a module of the same architecture) to run it")
+    sd = ck.state_dict()
+    if dtype is not None: sd = {k: v.to(dtype) if v.is_floating_point() else v for k, v in sd.items()}
+    m = _load_into(m, sd, model_name(ck))
+    if dtype is not None: m.to(dtype)
+    return m.eval()
+
+# %% ../nbs/00_io.ipynb #a1cc8a7f
+def load_with_transformers(path: str | os.PathLike) -> torch.nn.Module:
+    """A saved model folder loaded by transformers' own `from_pretrained` (the class its `config.json` names; offline,
+    `trust_remote_code=False`), in eval mode: the loader users run, to check that an output loads with it."""
+    import transformers
+    p = Path(path)
+    cfg = _read_json(p / "config.json") if (p / "config.json").is_file() else None
+    if not isinstance(cfg, dict): raise CheckpointNotFound(f"{p}: no config.json; not a Hugging Face model folder")
+    arch = (cfg.get("architectures") or [None])[0]
+    cls = getattr(transformers, arch, None) if isinstance(arch, str) else transformers.AutoModel
+    if cls is None: raise UnsafeCheckpoint(f"{p}: architecture {arch!r} is not part of transformers (custom code is never run)")
+    return cls.from_pretrained(str(p), local_files_only=True, trust_remote_code=False).eval()
+
+# %% ../nbs/00_io.ipynb #23cedee5
+def open_tokenizer(ref: Any) -> Any:
+    """A tokenizer: `ref` itself when it is one (callable); else transformers' `AutoTokenizer` from the folder of the
+    model reference `ref` (an adapter folder's own files first, then its base's; a GGUF file's own vocabulary), offline,
+    `trust_remote_code=False`."""
+    if callable(ref) and not isinstance(ref, (str, os.PathLike)): return ref
+    from transformers import AutoTokenizer
+    folders = []
+    if isinstance(ref, (str, os.PathLike)) and not hasattr(ref, "checkpoint"):
+        parts = split_adapter_ref(ref)
+        folders = [Path(p) for p in reversed(parts)] if parts else [Path(os.fspath(ref)).expanduser()]
+        if not parts and not folders[0].exists() and _hf_snapshot(os.fspath(ref)): folders = [_hf_snapshot(os.fspath(ref))]
+    else:
+        ck = open_model(ref)
+        folders = [p for p in (getattr(getattr(ck, "adapter", None), "path", None), ck.path) if p is not None]
+    if len(folders) == 1 and folders[0].suffix == ".gguf" and folders[0].is_file():
+        return AutoTokenizer.from_pretrained(str(folders[0].parent), gguf_file=folders[0].name, local_files_only=True)
+    folders = [f if f.is_dir() else f.parent for f in folders]
+    for f in folders:
+        if any((f / n).is_file() for n in TOKENIZER_FILES[:5] + ("vocab.txt", "vocab.json")):
+            try: return AutoTokenizer.from_pretrained(str(f), local_files_only=True, trust_remote_code=False)
+            except (OSError, ValueError) as e: raise IncompatibleModels(f"{f}: the tokenizer cannot be loaded ({e})") from None
+    raise CheckpointNotFound(f"no tokenizer files in {[str(f) for f in folders] or 'the model'}; pass `tokenizer=` (an object or a folder)")
+
+# %% ../nbs/00_io.ipynb #87afd0a8
+class EvaluationError(MergelabError, ValueError):
+    "A model or task that cannot be evaluated as given, or an evaluator whose answer is not a score."
+
+LOSS_METRICS = ("loss", "perplexity", "ppl", "nll", "error", "err", "bpb", "bits_per_byte", "cross_entropy", "mse", "mae", "rmse")
+
+def lower_is_better(metric: str) -> bool:
+    "True for loss-like metrics (`loss`, `perplexity`, `nll`, `error`, ... and `*_loss`-style names); accuracy-like otherwise."
+    m = str(metric).lower()
+    return any(m == x or m.endswith(("_" + x, "-" + x)) for x in LOSS_METRICS)
+
+# %% ../nbs/00_io.ipynb #548cd106
+def _number(v: Any, where: str) -> float:
+    if isinstance(v, torch.Tensor) and v.numel() == 1: v = v.item()
+    if isinstance(v, bool) or not isinstance(v, (int, float)) and not hasattr(v, "__float__"):
+        raise EvaluationError(f"the evaluator returned {type(v).__name__} for {where}; expected a number")
+    return float(v)
+
+def score_table(result: Any, metric: str = "score") -> "pd.DataFrame":
+    """An evaluator's answer as the per-task DataFrame (index `task`; one float column per metric; a count column `n`
+    is kept). A bare number becomes column `metric`; a flat mapping or Series is one task, `"all"`."""
+    import pandas as pd
+    if isinstance(result, pd.DataFrame):
+        if result.empty: raise EvaluationError("the evaluator returned an empty table")
+        df = result.copy()
+        if df.index.name != "task" and "task" in df.columns: df = df.set_index("task")
+        df.index = df.index.map(str).rename("task")
+        bad = [c for c in df.columns if not pd.api.types.is_numeric_dtype(df[c])]
+        if bad: raise EvaluationError(f"the evaluator's table has non-numeric columns {bad}")
+        return df.astype(float)
+    if isinstance(result, pd.Series): result = result.to_dict()
+    if isinstance(result, Mapping):
+        if not result: raise EvaluationError("the evaluator returned an empty mapping")
+        if all(isinstance(v, (Mapping, pd.Series)) for v in result.values()):
+            rows = {str(t): {str(m): _number(x, f"{t}/{m}") for m, x in dict(v).items()} for t, v in result.items()}
+        else: rows = {"all": {str(m): _number(x, str(m)) for m, x in result.items()}}
+        return pd.DataFrame.from_dict(rows, orient="index").rename_axis("task")
+    return pd.DataFrame({metric: [_number(result, "its score")]}, index=pd.Index(["all"], name="task"))
 
 # %% ../nbs/00_io.ipynb #c6df1370
 def current_rss() -> int:

@@ -10,14 +10,13 @@ from typing import Any, Callable, Literal, Mapping, Sequence
 import pandas as pd
 import torch
 from torch import Tensor
-from .io import Checkpoint, AdapterCheckpoint, IncompatibleModels, MergelabError, apply_adapter
-from .engine import TensorGroup, map_reduce, get_method, layer_index
-from .config import open_model, merge
+from .io import Checkpoint, AdapterCheckpoint, IncompatibleModels, MergelabError, open_model, model_names
+from .engine import TensorGroup, map_reduce, layer_index
 
 # %% auto #0
 __all__ = ['Metric', 'METRICS', 'DeltaStats', 'DeltaSet', 'open_deltas', 'release_heap', 'intraop_threads', 'DeltaStatistics',
-           'delta_statistics', 'kinship_matrix', 'kinship', 'plot_kinship', 'plot_layer_kinship',
-           'kinship_greedy_merge']
+           'delta_statistics', 'kinship_matrix', 'kinship', 'plot_kinship', 'plot_layer_kinship', 'layer_matrix',
+           'ranked_pairs']
 
 # %% ../nbs/04_kinship.ipynb #e6a435b2
 Metric = Literal["pcc", "cosine", "abs_cosine", "euclidean"]
@@ -80,14 +79,6 @@ class DeltaStats:
         return out.abs() if metric == "abs_cosine" else out
 
 # %% ../nbs/04_kinship.ipynb #640a9730
-def _names(models: Sequence[Any], given: Sequence[str] | None) -> list[str]:
-    if given is not None: return list(given)
-    out = []
-    for i, m in enumerate(models):
-        n = str(m) if isinstance(m, (str,)) or hasattr(m, "__fspath__") else getattr(m, "name", None)
-        out.append(n if isinstance(n, str) and n not in out and len(n) < 200 else f"model_{i}")
-    return out
-
 @dataclass
 class DeltaSet:
     "N models seen as deltas against one base, tensor name by tensor name."
@@ -121,21 +112,13 @@ class DeltaSet:
 
 def open_deltas(models: Sequence[Any] | Mapping[str, Any] | DeltaSet, base: Any = None, *,
                 names: Sequence[str] | None = None) -> DeltaSet:
-    "Open `models` (paths, `base+adapter`, checkpoints, state dicts, adapters; a dict gives names) against `base`."
+    "Open `models` (any references `open_model` takes, bare adapters applied to `base`; a dict gives names) against `base`."
     if isinstance(models, DeltaSet): return models
-    if isinstance(models, Mapping): names, models = list(models), list(models.values())
-    models = list(models)
     if base is None: raise MergelabError("kinship and interference need the common base model θ₀ (`base=`)")
-    if len(models) < 1: raise MergelabError("give at least one model")
-    names = _names(models, names)
-    if len(set(names)) != len(names): raise MergelabError(f"model names must be unique, got {names}")
+    named = model_names(models, names)
     b = open_model(base)
-    views, adapters = [], []
-    for m in models:
-        c = m if isinstance(m, Checkpoint) else open_model(m)
-        if isinstance(c, AdapterCheckpoint):
-            adapters.append(c); views.append(apply_adapter(b, c))
-        else: adapters.append(None); views.append(c)
+    views = [open_model(m, base=b) for m in named.values()]
+    adapters = [getattr(v, "adapter", None) if getattr(v, "base", None) is b else None for v in views]
     keys, skipped, bad = [], [], []
     for k in b.keys():
         if not b.dtype(k).is_floating_point: continue
@@ -145,7 +128,7 @@ def open_deltas(models: Sequence[Any] | Mapping[str, Any] | DeltaSet, base: Any 
     if bad: raise IncompatibleModels(f"{len(bad)} tensors differ in shape from the base, first {bad[:3]}; "
                                      "kinship needs fine-tunes of the same architecture")
     if not keys: raise IncompatibleModels("the models share no floating-point tensor with the base")
-    return DeltaSet(names, views, b, adapters, keys, skipped)
+    return DeltaSet(list(named), views, b, adapters, keys, skipped)
 
 # %% ../nbs/04_kinship.ipynb #cef1fa6a
 _LIBC: Any = None
@@ -186,7 +169,7 @@ class DeltaStatistics:
         return dict(sorted(out.items()))
 
 def delta_statistics(models: Sequence[Any] | Mapping[str, Any] | DeltaSet, base: Any = None, *, threads: int = 2,
-                     progress: bool = False, client: Any = None) -> DeltaStatistics:
+                     progress: bool = True, client: Any = None) -> DeltaStatistics:
     """One streaming pass (`engine.map_reduce`): the per-tensor sufficient statistics of the N deltas. With `client`
     (a `dask.distributed.Client`) the per-tensor statistics are computed on its workers, which open the checkpoints
     by path; the reduce stays here."""
@@ -209,7 +192,7 @@ def _tidy(names: list[str], items: dict, metric: str, col: str) -> pd.DataFrame:
 
 def kinship_matrix(models: Sequence[Any] | Mapping[str, Any] | DeltaSet | DeltaStatistics, base: Any = None,
                    metric: Metric = "pcc", by: Literal["layer", "tensor"] | None = None, *, threads: int = 2,
-                   progress: bool = False, client: Any = None) -> pd.DataFrame:
+                   progress: bool = True, client: Any = None) -> pd.DataFrame:
     """Model kinship (Hu et al. 2024, arXiv:2410.12613) of N models against `base`, exact over all shared parameters,
     from one streaming pass. `metric`: `pcc` (Pearson), `cosine` (signed), `abs_cosine` (|cos|, the reference code's
     CS), `euclidean` (‖δᵢ − δⱼ‖₂, a *distance*). `by=None`: the N × N matrix (index and columns = model names);
@@ -254,60 +237,20 @@ def plot_layer_kinship(table: pd.DataFrame, ax=None, **kw):
     ax.set_ylabel(t.metric.iloc[0] if len(t) else "kinship")
     return ax
 
-# %% ../nbs/04_kinship.ipynb #b08125bd
-def _merge_pair(a: Any, b: Any, base: Any, method: str, t: float, params: dict) -> dict[str, Tensor]:
-    m = get_method(method)
-    if m.name == "slerp": return merge([b], "slerp", base=a, t=t, progress=False, **params)
-    return merge([a, b], m.name, base=base if m.base != "none" else None, progress=False, **params)
+# %% ../nbs/04_kinship.ipynb #ac755553
+def layer_matrix(table: pd.DataFrame, layer: Any) -> pd.DataFrame:
+    "The N × N matrix of one `layer` from a tidy `kinship_matrix(by='layer')` table (model order kept)."
+    t = table[table.layer == layer]
+    if not len(t): raise MergelabError(f"no layer {layer!r}; layers: {sorted(table.layer.unique())}")
+    order = list(dict.fromkeys(t.model_a))
+    M = t.pivot(index="model_a", columns="model_b", values="value").loc[order, order]
+    M.attrs["metric"] = t.metric.iloc[0]
+    return M
 
-def kinship_greedy_merge(pool: Mapping[str, Any] | Sequence[Any], base: Any, evaluate: Callable[[Any], float], *,
-                         k: int = 3, threshold: float = 0.9, method: str = "slerp", metric: Metric = "pcc",
-                         t: float = 0.5, explore: bool = True, patience: int = 1, max_generations: int = 5,
-                         threads: int = 2, **params) -> pd.DataFrame:
-    """Top-k Greedy Merging with Model Kinship (Hu et al. 2024, arXiv:2410.12613), as in reference methods.md §9.19:
-    each generation merges the unordered pairs of the top-`k` models not merged before whose kinship (`metric`, against
-    `base`) is below `threshold`, plus (with `explore`) the best model with its lowest-kinship partner; children join the
-    pool. Stops when no pair is left, the best score has not improved for `patience` generations, or after
-    `max_generations`. `method="slerp"` merges a→b at `t` (mergekit slerp); other methods get `[a, b]` and `base`.
-    `evaluate(state_dict_or_model) -> float`, higher is better. Returns the history: one row per model (generation 0:
-    the initial pool) and per considered pair (status `merged`, `saturated` or `seen`) with parents, kinship, scores
-    and merge gain (vs the parents' mean and vs the better parent)."""
-    if not isinstance(pool, Mapping): pool = dict(zip(_names(list(pool), None), pool))
-    if len(pool) < 2: raise MergelabError("kinship_greedy_merge needs at least two models in the pool")
-    models, scores = dict(pool), {n: float(evaluate(m)) for n, m in pool.items()}
-    rows = [dict(generation=0, model=n, parent_a=None, parent_b=None, kind="initial", status="initial", kinship=math.nan,
-                 score_a=math.nan, score_b=math.nan, score=s, gain=math.nan, gain_vs_max=math.nan) for n, s in scores.items()]
-    seen, best, stall = set(), max(scores.values()), 0
-    for gen in range(1, max_generations + 1):
-        K = kinship_matrix(models, base, metric, threads=threads)
-        top = sorted(scores, key=scores.get, reverse=True)[:k]
-        cands = [(a, b, "top-k") for a, b in itertools.combinations(top, 2)]
-        if explore:
-            b0 = top[0]
-            others = K.loc[b0].drop(b0)
-            partner = others.idxmax() if metric == "euclidean" else others.idxmin()
-            if frozenset((b0, partner)) not in {frozenset(c[:2]) for c in cands}: cands.append((b0, partner, "exploration"))
-        todo = []
-        for a, b, kind in cands:
-            kin = float(K.loc[a, b])
-            row = dict(generation=gen, model=None, parent_a=a, parent_b=b, kind=kind, kinship=kin,
-                       score_a=scores[a], score_b=scores[b], score=math.nan, gain=math.nan, gain_vs_max=math.nan)
-            if frozenset((a, b)) in seen: rows.append(row | dict(status="seen")); continue
-            saturated = kin <= threshold if metric == "euclidean" else kin >= threshold
-            if kind == "top-k" and saturated: rows.append(row | dict(status="saturated")); continue
-            todo.append(row)
-        if not todo: break
-        for j, row in enumerate(todo):
-            a, b = row["parent_a"], row["parent_b"]
-            seen.add(frozenset((a, b)))
-            child = _merge_pair(models[a], models[b], base, method, t, params)
-            name = f"g{gen}.{j}"
-            s = float(evaluate(child))
-            models[name], scores[name] = child, s
-            rows.append(row | dict(model=name, status="merged", score=s, gain=s - (row["score_a"] + row["score_b"]) / 2,
-                                   gain_vs_max=s - max(row["score_a"], row["score_b"])))
-        new_best = max(scores.values())
-        stall = 0 if new_best > best else stall + 1
-        best = max(best, new_best)
-        if stall >= patience: break
-    return pd.DataFrame(rows)
+# %% ../nbs/04_kinship.ipynb #fdd271d4
+def ranked_pairs(matrix: pd.DataFrame) -> list[tuple[str, str, float]]:
+    "Unordered pairs (a, b, value) of an N × N kinship matrix, most related first (smallest first for a distance)."
+    names = list(matrix.index)
+    pairs = [(a, b, float(matrix.loc[a, b])) for i, a in enumerate(names) for b in names[i + 1:]]
+    dist = matrix.attrs.get("metric") == "euclidean"
+    return sorted(pairs, key=lambda p: (math.isnan(p[2]), p[2] if dist else -p[2]))

@@ -6,8 +6,7 @@
 from __future__ import annotations
 import torch
 from torch import Tensor
-from .engine import ConfigError, merge_method, layer_prepare
-from .methods import _ranges
+from .engine import ConfigError, ParamInfo, merge_method, layer_prepare
 
 # %% auto #0
 __all__ = ['lines_scale', 'lines', 'layer_swap']
@@ -18,7 +17,10 @@ def lines_scale(layer: int | None, num_layers: int, alpha: float, beta: float) -
     if layer is None or num_layers <= 1: return alpha
     return alpha + beta * layer / (num_layers - 1)
 
-@merge_method("lines", base="required", min_models=1, prepare=layer_prepare,
+@merge_method("lines", base="required", min_models=1, prepare=layer_prepare, work_factor=1.0,
+              params={"alpha": ParamInfo("scale α of the summed task vectors outside the blocks and at the first block",
+                                         step=0.05, slider=(0, 2), start=1.0),
+                      "beta": ParamInfo("increase β of the scale from the first block to the last", step=0.05, slider=(0, 2))},
               paper="Wang et al. 2025, LiNeS: Post-training Layer Scaling Prevents Forgetting and Enhances Model Merging (arXiv:2410.17146)")
 def lines(tensors: list[Tensor], base: Tensor, *, alpha: float, beta: float = 0.0, _layer: int | None = None,
           _num_layers: int = 0) -> Tensor:
@@ -26,8 +28,9 @@ def lines(tensors: list[Tensor], base: Tensor, *, alpha: float, beta: float = 0.
     lam = lines_scale(_layer, _num_layers, alpha, beta)
     return (base + lam * sum(t - base for t in tensors)).to(base.dtype)
 
-@merge_method("layer_swap", base="none", min_models=2, max_models=2, prepare=layer_prepare,
-              validate=_ranges(bottom=(0, None), top=(0, None)),
+@merge_method("layer_swap", base="none", min_models=2, max_models=2, prepare=layer_prepare, work_factor=0.5,
+              params={"bottom": ParamInfo("number of lowest blocks taken from model 2", range=(0, None), slider=(0, "n_layers")),
+                      "top": ParamInfo("number of highest blocks taken from model 2", range=(0, None), slider=(0, "n_layers"))},
               paper="Bandarkar et al. 2025, Layer Swapping for Zero-Shot Cross-Lingual Transfer in Large Language Models (arXiv:2410.01335)")
 def layer_swap(tensors: list[Tensor], base: Tensor | None, *, bottom: int = 0, top: int = 0, _layer: int | None = None,
                _num_layers: int = 0) -> Tensor:

@@ -13,39 +13,36 @@ import torch
 from torch import Tensor, nn
 from scipy.optimize import linear_sum_assignment
 from tqdm.auto import tqdm
-from .io import Checkpoint, MergelabError, IncompatibleModels
+from .io import Checkpoint, MergelabError, IncompatibleModels, open_model, open_module, score_table, lower_is_better
 from .methods import slerp_tensors
 
 # %% auto #0
-__all__ = ['HF_DECODER_NAMES', 'SpecError', 'CurveError', 'NotEquivalent', 'interpolation_curve', 'task_vector_curve', 'barrier',
-           'barrier_table', 'plane', 'plot_plane', 'plot_curves', 'HeadGroup', 'PermutationSpec', 'apply_permutation',
-           'check_equivalent', 'mlp_spec', 'transformer_spec', 'Permutations', 'weight_matching', 'activation_matching',
-           'reset_batchnorm', 'repair', 'l2_distance', 'subspace_overlap']
+__all__ = ['HF_DECODER_NAMES', 'MATCHINGS', 'CORRECTIONS', 'SpecError', 'CurveError', 'NotEquivalent', 'interpolation_curve',
+           'task_vector_curve', 'barrier', 'barrier_table', 'plane', 'plot_plane', 'plot_curves', 'HeadGroup',
+           'PermutationSpec', 'apply_permutation', 'check_equivalent', 'mlp_spec', 'transformer_spec', 'Permutations',
+           'weight_matching', 'activation_matching', 'reset_batchnorm', 'repair', 'l2_distance', 'subspace_overlap',
+           'lmc_align', 'lmc_prepare', 'lmc_probe']
 
 # %% ../nbs/06_lmc.ipynb #3bab904f
 class SpecError(MergelabError, ValueError):
     "A permutation spec that does not fit the model: unlisted or unknown tensors, size mismatches, unsupported layouts."
 
 class CurveError(MergelabError, ValueError):
-    "A curve that cannot give a barrier: no endpoint at alpha 0 or 1, or no such metric."
+    "A curve that cannot be computed as asked (unknown alignment or correction, missing data) or cannot give a barrier."
 
 class NotEquivalent(MergelabError, AssertionError):
     "A permuted model does not compute the same function as the original: the spec is wrong for this model."
 
 # %% ../nbs/06_lmc.ipynb #c5e4ffc0
 def _state(src: Any) -> dict[str, Tensor]:
-    "All tensors of `src` (module, state dict, path or `Checkpoint`) as a detached CPU state dict."
+    "All tensors of any model reference as a detached CPU state dict."
     if isinstance(src, nn.Module): return {k: v.detach() for k, v in src.state_dict().items()}
-    return Checkpoint.open(src).state_dict()
+    return open_model(src, whole=True).state_dict()
 
 def _as_model(src: Any, model: nn.Module | None, what: str = "model") -> nn.Module:
-    "`src` as a module: itself if it is one, else `src` loaded into a copy of the template `model`."
-    if isinstance(src, nn.Module): return src
-    if model is None:
-        raise IncompatibleModels(f"{what} is a state dict or a path: pass `model=` (a module of the same architecture) to run it")
-    m = copy.deepcopy(model)
-    m.load_state_dict(_state(src))
-    return m
+    "`src` as a module (`open_module`: itself, its `config.json`'s architecture, or a copy of the template `model`)."
+    try: return open_module(src, model=model, dtype=None)
+    except IncompatibleModels as e: raise IncompatibleModels(f"{what}: {e}") from None
 
 def _inputs(data: Any) -> Iterable[Tensor]:
     "The input tensors of `data`: a tensor, an `(x, y)` pair, or an iterable of tensors or `(x, ...)` batches."
@@ -63,28 +60,17 @@ def _output(out: Any) -> Tensor:
 def _is_stat(k: str) -> bool: return k.endswith(("running_mean", "running_var", "num_batches_tracked"))
 
 # %% ../nbs/06_lmc.ipynb #472a49cf
-def _metrics(r: Any) -> dict[Any, dict[str, float]]:
-    "An `evaluate` result as `{task: {metric: value}}` (task `None` when there is one)."
-    if isinstance(r, pd.Series): r = r.to_dict()
-    if isinstance(r, pd.DataFrame):                  # one row per task, as `mergelab.evaluate.evaluate` returns
-        cols = [c for c in r.columns if c != "n" and pd.api.types.is_numeric_dtype(r.dtypes[c])]
-        vals = [r[c].to_numpy(dtype=float) for c in cols]
-        rows = {t: {c: float(v[i]) for c, v in zip(cols, vals)} for i, t in enumerate(r.index)}
-        return {None: next(iter(rows.values()))} if len(rows) == 1 else rows
-    if isinstance(r, Mapping):
-        if r and all(isinstance(v, Mapping) for v in r.values()):
-            return {t: {m: float(x) for m, x in v.items()} for t, v in r.items()}
-        return {None: {m: float(x) for m, x in r.items()}}
-    return {None: {"loss": float(r)}}
-
 def _rows(res: Any, **coords) -> list[dict]:
-    return [{**coords, **({} if t is None else {"task": t}), **m} for t, m in _metrics(res).items()]
+    "Curve rows from an evaluator's answer (`score_table`; a bare number is a loss); a task column only for several tasks."
+    t = score_table(res, metric="loss").drop(columns="n", errors="ignore")
+    one = len(t) == 1 and (t.index[0] == "all" or isinstance(res, pd.DataFrame))
+    return [{**coords, **({} if one else {"task": task}), **row.dropna().to_dict()} for task, row in t.iterrows()]
 
 class _Interpolator:
     "One preallocated working model whose float tensors are overwritten in place by combinations of fixed endpoints."
     def __init__(self, ends: Sequence[Any], model: nn.Module | None):
         tmpl = next((e for e in ends if isinstance(e, nn.Module)), model)
-        if tmpl is None: raise IncompatibleModels("no endpoint is a module: pass `model=` (a module of the same architecture)")
+        if tmpl is None: tmpl = _as_model(ends[0], None, "endpoint 0")
         self.model = copy.deepcopy(tmpl)
         self.live = self.model.state_dict(keep_vars=True)
         states = [_state(e) for e in ends]
@@ -128,7 +114,7 @@ def _run(evaluate, model, prepare, *args):
 # %% ../nbs/06_lmc.ipynb #bab773d0
 def interpolation_curve(a: Any, b: Any, evaluate: Callable[[nn.Module], Any], alphas: int | Sequence[float] = 25,
                         path: Literal["linear", "slerp"] = "linear", *, model: nn.Module | None = None,
-                        prepare: Callable[[nn.Module, float], Any] | None = None, progress: bool = False) -> pd.DataFrame:
+                        prepare: Callable[[nn.Module, float], Any] | None = None, progress: bool = True) -> pd.DataFrame:
     """Evaluate θ(α) = (1 − α)·θ_A + α·θ_B along the path between two models (Frankle et al. 2020; Ainsworth et al.
     2023 use 25 points in [0, 1]). All float tensors are interpolated, BN running statistics included; pass
     `prepare=lambda m, alpha: reset_batchnorm(m, data)` to recompute them at each α.
@@ -144,21 +130,19 @@ def interpolation_curve(a: Any, b: Any, evaluate: Callable[[nn.Module], Any], al
         rows += _rows(_run(evaluate, ip.lerp(al, path), prepare, float(al)), alpha=float(al))
     return pd.DataFrame(rows)
 
-def task_vector_curve(base: Any, finetuned: Any, evaluate: Callable[[nn.Module], Any],
+def task_vector_curve(finetuned: Any, base: Any, evaluate: Callable[[nn.Module], Any],
                       lambdas: Sequence[float] = tuple(np.linspace(0, 1.5, 16)), **kw) -> pd.DataFrame:
     """The scaling curve θ₀ + λ·τ with τ = θ − θ₀ (Ilharco et al. 2023): the path from a base to a fine-tune or a
     merged model, extrapolated past λ = 1. A frame with columns `lambda`, (`task`,) and the metrics."""
     return interpolation_curve(base, finetuned, evaluate, alphas=lambdas, **kw).rename(columns={"alpha": "lambda"})
 
 # %% ../nbs/06_lmc.ipynb #884a4560
-def _higher_is_better(metric: str) -> bool: return metric.lower().startswith(("acc", "f1", "auc", "exact", "score"))
-
 def _barrier_one(d: pd.DataFrame, kind: str, metric: str, hib: bool | None) -> tuple[float, float]:
     if metric not in d: raise CurveError(f"the curve has no column {metric!r}; it has {list(d.columns)}")
     d = d[(d.alpha >= 0) & (d.alpha <= 1)].sort_values("alpha")
     al, v = d.alpha.to_numpy(float), d[metric].to_numpy(float)
     if not len(al) or al[0] != 0 or al[-1] != 1: raise CurveError("a barrier needs the endpoints alpha = 0 and alpha = 1 on the curve")
-    s = -1.0 if (_higher_is_better(metric) if hib is None else hib) else 1.0
+    s = -1.0 if (not lower_is_better(metric) if hib is None else hib) else 1.0
     va, vb = v[0], v[-1]
     if kind == "midpoint": ref = np.full_like(v, (va + vb) / 2)
     elif kind == "linear": ref = (1 - al) * va + al * vb
@@ -179,7 +163,7 @@ def barrier(curve: pd.DataFrame, kind: Literal["midpoint", "linear", "at_half"] 
     - `kind="linear"`: max_α L(α) − ((1 − α)·L_A + α·L_B) (Frankle et al. 2020; Entezari et al. 2022), 0 at the endpoints;
     - `kind="at_half"`: L(½) − ½(L_A + L_B).
 
-    For metrics where higher is better (accuracy: names starting with "acc", or `higher_is_better=True`) the sign
+    For metrics where higher is better (`mergelab.io.lower_is_better` is false: accuracy; or `higher_is_better=True`) the sign
     flips: the worst *drop* below the reference. One float, or a Series per task."""
     if "task" in curve:
         return pd.Series({t: _barrier_one(d, kind, metric, higher_is_better)[0] for t, d in curve.groupby("task", sort=False)},
@@ -205,7 +189,7 @@ def barrier_table(curve: pd.DataFrame, metrics: Sequence[str] | None = None, **l
 # %% ../nbs/06_lmc.ipynb #9cd3cdcf
 def plane(a: Any, b: Any, c: Any, evaluate: Callable[[nn.Module], Any], n: int = 11, *, margin: float = 0.2,
           model: nn.Module | None = None, prepare: Callable[[nn.Module, float, float], Any] | None = None,
-          progress: bool = False) -> pd.DataFrame:
+          progress: bool = True) -> pd.DataFrame:
     """Evaluate the plane θ(x, y) = θ_A + x·(θ_B − θ_A) + y·(θ_C − θ_A) through three models (Garipov et al. 2018)
     on an n × n grid over [−margin, 1 + margin]²: A is at (0, 0), B at (1, 0), C at (0, 1). With a base and two
     fine-tunes this is θ₀ + x·τ₁ + y·τ₂. One working model is overwritten in place. Tidy frame: `x`, `y`, (`task`,), metrics."""
@@ -223,7 +207,7 @@ def plot_plane(df: pd.DataFrame, metric: str = "loss", ax=None, levels: int | Se
     if "task" in df: df = df[df.task == (task if task is not None else df.task.iloc[0])]
     g = df.pivot(index="y", columns="x", values=metric)
     ax = ax or plt.subplots(figsize=(5, 4))[1]
-    cs = ax.contourf(g.columns, g.index, g.values, levels=levels, cmap="viridis_r" if not _higher_is_better(metric) else "viridis")
+    cs = ax.contourf(g.columns, g.index, g.values, levels=levels, cmap="viridis_r" if lower_is_better(metric) else "viridis")
     ax.figure.colorbar(cs, ax=ax, label=metric)
     for (px, py), name in zip([(0, 0), (1, 0), (0, 1)], labels):
         ax.plot(px, py, "o", color="white", mec="black"); ax.annotate(name, (px, py), xytext=(4, 4), textcoords="offset points", color="white")
@@ -277,7 +261,7 @@ class PermutationSpec:
 
     def sizes(self, params: Any) -> dict[str, int]:
         "The size of every permutation, checking that the spec fits `params` (see `check`)."
-        ck = params if isinstance(params, Mapping) else Checkpoint.open(params)
+        ck = params if isinstance(params, Mapping) else open_model(params)
         shape = (lambda k: tuple(ck[k].shape)) if isinstance(ck, Mapping) else ck.shape
         keys = set(ck.keys())
         problems, sizes = [], {}
@@ -364,7 +348,7 @@ def check_equivalent(model: nn.Module, permuted: Any, data: Any, atol: float = 1
 # %% ../nbs/06_lmc.ipynb #7e059843
 def _shapes(src: Any) -> dict[str, tuple[int, ...]]:
     if isinstance(src, nn.Module): return {k: tuple(v.shape) for k, v in src.state_dict().items()}
-    ck = Checkpoint.open(src)
+    ck = open_model(src)
     return {k: tuple(ck.shape(k)) for k in ck.keys()}
 
 def _modules(shapes: Mapping[str, tuple[int, ...]]) -> dict[str, dict[str, tuple[int, ...]]]:
@@ -520,7 +504,7 @@ def _solve_heads(g: HeadGroup, Cs: Sequence[np.ndarray]) -> list[np.ndarray]:
     return [np.concatenate([pi[i] * d + inner[t, i, pi[i]] for i in range(h)]) for t, d in enumerate(ds)]
 
 def weight_matching(spec: PermutationSpec, a: Any, b: Any, max_iter: int = 100, seed: int = 0,
-                    init: Mapping[str, Tensor] | None = None, progress: bool = False, restarts: int = 1) -> Permutations:
+                    init: Mapping[str, Tensor] | None = None, progress: bool = True, restarts: int = 1) -> Permutations:
     """Git Re-Basin weight matching (Ainsworth, Hayase & Srinivasa, ICLR 2023, Algorithm 1): maximise
     Σ_ℓ ⟨W_ℓ^A, P_ℓ W_ℓ^B P_{ℓ−1}ᵀ⟩ by coordinate descent. Each sweep visits the permutations in a random order
     (seeded per sweep); with the others fixed, one permutation is a linear assignment problem solved exactly with
@@ -696,3 +680,42 @@ def subspace_overlap(a: Any, b: Any, k: int = 5, keys: Sequence[str] | None = No
         for side, x, y in (("left", ua[:, :kk], ub[:, :kk]), ("right", vha[:kk].T, vhb[:kk].T)):
             rows.append(dict(param=n, side=side, k=kk, overlap=float((x.T @ y).pow(2).sum() / kk)))
     return pd.DataFrame(rows)
+
+# %% ../nbs/06_lmc.ipynb #8c50a380
+MATCHINGS = {"none": "none", "weight": "weight matching", "activation": "activation matching"}
+CORRECTIONS = {"none": "none", "repair": "REPAIR", "bn_reset": "BN reset"}
+
+def lmc_align(a: Any, b: Any, matching: str = "none", *, spec: PermutationSpec | None = None, data: Any = None,
+              model: nn.Module | None = None, seed: int = 0) -> Any:
+    "B with its hidden units permuted onto A's: as is (`none`), by `weight_matching` or by `activation_matching` on `data`."
+    if matching not in MATCHINGS: raise CurveError(f"matching must be one of {list(MATCHINGS)}, not {matching!r}")
+    if matching == "none": return b
+    spec = spec or mlp_spec(a if isinstance(a, nn.Module) else (model if model is not None else a))
+    if matching == "weight": perms = weight_matching(spec, a, b, seed=seed, progress=False)
+    else:
+        if data is None: raise CurveError("activation matching needs `data` (inputs to measure the units on)")
+        perms = activation_matching(spec, a, b, data, model=model)
+    return apply_permutation(spec, perms, b)
+
+# %% ../nbs/06_lmc.ipynb #7985718f
+def lmc_prepare(a: Any, b: Any, correction: str = "none", *, data: Any = None, spec: PermutationSpec | None = None,
+                model: nn.Module | None = None) -> Callable[[nn.Module, float], Any] | None:
+    "The `prepare(model, alpha)` of `interpolation_curve` for a correction: None, BN reset or REPAIR on `data`."
+    if correction not in CORRECTIONS: raise CurveError(f"correction must be one of {list(CORRECTIONS)}, not {correction!r}")
+    if correction == "none": return None
+    if data is None: raise CurveError(f"{CORRECTIONS[correction]} needs `data` (inputs to measure the statistics on)")
+    if correction == "bn_reset": return lambda m, alpha: reset_batchnorm(m, data)
+    def prep(m: nn.Module, alpha: float):
+        m.load_state_dict(repair(a, b, alpha, data, spec=spec, model=model).state_dict())
+    return prep
+
+# %% ../nbs/06_lmc.ipynb #c4b3265a
+def lmc_probe(a: Any, b: Any, evaluate: Callable[[nn.Module], Any], *, matching: str = "none", correction: str = "none",
+              data: Any = None, spec: PermutationSpec | None = None, model: nn.Module | None = None,
+              alphas: int | Sequence[float] = 11, seed: int = 0, progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame, Any]:
+    "(curve, barriers of both definitions, aligned B) of the path from A to B aligned by `matching` and corrected by `correction`."
+    b2 = lmc_align(a, b, matching, spec=spec, data=data, model=model, seed=seed)
+    curve = interpolation_curve(a, b2, evaluate, alphas=alphas, model=model, progress=progress,
+                                prepare=lmc_prepare(a, b2, correction, data=data, spec=spec, model=model))
+    bars = barrier_table(curve)
+    return curve, bars[bars.kind.isin(["midpoint", "linear"])].reset_index(drop=True), b2

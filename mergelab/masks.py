@@ -10,9 +10,10 @@ from typing import Any, Literal, Sequence
 import numpy as np
 import torch
 from torch import Tensor
-from .io import Checkpoint, LazyCheckpoint, ShardedWriter, check_compatible, MergelabError
-from .engine import ConfigError, merge_method, TensorGroup, read_group, run_groups
-from .methods import gta_merge, sparsify_magnitude, kth_threshold, ties_prepare, _is_float_group, _ranges
+from .io import (Checkpoint, LazyCheckpoint, ShardedWriter, check_compatible, MergelabError, open_model,
+                         model_names, model_paths)
+from .engine import ConfigError, ParamInfo, merge_method, TensorGroup, read_group, run_groups
+from .methods import gta_merge, sparsify_magnitude, kth_threshold, ties_prepare, is_float_group, PARAM_INFO
 
 # %% auto #0
 __all__ = ['TALL_TIES_K', 'multitask_vector', 'tall_prepare', 'tall_masks', 'mask_fractions', 'consensus', 'tall_masks_method',
@@ -43,7 +44,7 @@ def tall_prepare(groups: Sequence[TensorGroup], threads: int = 2, **kw) -> list[
     over the whole model (`_threshold`) and the model-wide majority sign (`_majority`), computed by `ties_prepare`."""
     groups = list(groups)
     idx = [j for j, g in enumerate(groups) if g.params.get("use_ties") and g.params.get("topk_scope", "model") == "model"
-           and g.base is not None and _is_float_group(g)]
+           and g.base is not None and is_float_group(g)]
     if not idx: return groups
     T = len(groups[idx[0]].inputs)
     tp = dict(topk_scope="model", density=[TALL_TIES_K] * T, zero_sign="majority", weighted_election=False, weight=[1.0] * T)
@@ -75,8 +76,19 @@ def _ties_stats(d: Tensor, use_ties: bool, scope: str, thr: list | None, majorit
     if thr is None: thr = [kth_threshold(x, TALL_TIES_K) for x in d]
     return thr, majority
 
+_TALL_INFO = PARAM_INFO | {    # the TALL-mask methods' parameters
+    "weight": ParamInfo("per-task weight wₜ in τ_MTL", step=0.05, slider=(0, 2), start=1.0),
+    "tall_lambda": ParamInfo("mask threshold λₜ: task t keeps entries with |τₜ| > λₜ·|τ_MTL − τₜ|", range=(0, None),
+                             step=0.05, slider=(0, 1), start=0.4),
+    "k": ParamInfo("keep entries that at least k task masks keep", range=(0, None), slider=(1, "n_models")),
+    "task": ParamInfo("index of the task rebuilt", range=(0, None), slider=(0, "n_models-1")),
+    "use_ties": ParamInfo("build τ_MTL with TIES (keep 20 %, unweighted election) instead of task arithmetic"),
+    "topk_scope": ParamInfo("TIES trim of τ_MTL by one threshold over the whole model (reference code) or per tensor"),
+    "ties_agg": ParamInfo("TIES disjoint sum (reference code's default) or mean for τ_MTL"),
+}
+
 @merge_method("consensus", base="required", per_model=("weight", "tall_lambda"), min_models=1, prepare=tall_prepare,
-              validate=_ranges(tall_lambda=(0, None), k=(0, None)),
+              work_factor=4.0, params=_TALL_INFO,
               paper="Wang, Dimitriadis et al. 2024, Localizing Task Information for Improved Model Merging and Compression (arXiv:2405.07813)")
 def consensus(tensors: list[Tensor], base: Tensor, *, weight: float = 1.0, tall_lambda: float = 0.4, k: int = 2,
               lambda_: float = 1.0, use_ties: bool = False, topk_scope: Literal["model", "tensor"] = "model",
@@ -89,7 +101,7 @@ def consensus(tensors: list[Tensor], base: Tensor, *, weight: float = 1.0, tall_
     return (base + lambda_ * (mtl * keep)).to(base.dtype)
 
 @merge_method("tall_masks", base="required", per_model=("weight", "tall_lambda"), min_models=1, prepare=tall_prepare,
-              validate=_ranges(tall_lambda=(0, None), task=(0, None)),
+              work_factor=2.75, params=_TALL_INFO,
               paper="Wang, Dimitriadis et al. 2024, Localizing Task Information for Improved Model Merging and Compression (arXiv:2405.07813)")
 def tall_masks_method(tensors: list[Tensor], base: Tensor, *, task: int, weight: float = 1.0, tall_lambda: float = 0.4,
                       use_ties: bool = False, topk_scope: Literal["model", "tensor"] = "model",
@@ -104,9 +116,11 @@ def tall_masks_method(tensors: list[Tensor], base: Tensor, *, task: int, weight:
 def tall_compress(models: Sequence[Any], base: Any, out: str | Path, *, tall_lambda: Sequence[float] | float = 0.4,
                   use_ties: bool = False, topk_scope: Literal["model", "tensor"] = "model",
                   ties_agg: Literal["sum", "mean"] = "sum", names: Sequence[str] | None = None, overwrite: bool = False,
-                  threads: int = 2, progress: bool = False) -> dict:
+                  threads: int = 2, progress: bool = True) -> dict:
     "Write τ_MTL and the packed TALL masks of `models` to `out`; returns the manifest (with the storage ratio)."
-    cks, b = [Checkpoint.open(m) for m in models], Checkpoint.open(base)
+    named = model_names(models, names, what="tall_compress")
+    b = open_model(base, whole=True)
+    cks = [open_model(m, base=b, whole=True) for m in named.values()]
     keys = check_compatible([b, *cks])
     T = len(cks)
     lams = [float(tall_lambda)] * T if isinstance(tall_lambda, (int, float)) else [float(x) for x in tall_lambda]
@@ -122,14 +136,14 @@ def tall_compress(models: Sequence[Any], base: Any, out: str | Path, *, tall_lam
         mtl = multitask_vector(d, None, use_ties, g.params.get("_threshold"), g.params.get("_majority"), ties_agg)
         return mtl, tall_masks(d, mtl, lams)
     dense = packed = 0
-    with ShardedWriter(out, "2GB", overwrite=overwrite, inputs=[c.path for c in cks] + [b.path]) as w:
+    with ShardedWriter(out, "2GB", overwrite=overwrite, inputs=[p for m in [*named.values(), base] for p in model_paths(m)]) as w:
         for g, (mtl, masks) in run_groups(groups, work, threads=threads, progress="compressing" if progress else False):
             w.add(f"tau_mtl::{g.name}", mtl.to(b.dtype(g.name)))
             for t in range(T):
                 w.add(f"mask::{t}::{g.name}", torch.from_numpy(np.packbits(masks[t].reshape(-1).numpy())))
             dense += T * mtl.numel() * b.nbytes(g.name) // max(1, b.numel(g.name))
             packed += b.nbytes(g.name) + T * math.ceil(mtl.numel() / 8)
-        manifest = {"format": "mergelab-tall-1", "tasks": list(names or [c.name for c in cks]), "tall_lambda": lams,
+        manifest = {"format": "mergelab-tall-1", "tasks": list(named), "tall_lambda": lams,
                     "use_ties": use_ties, "topk_scope": topk_scope if use_ties else None,
                     "ties_agg": ties_agg if use_ties else None, "shapes": {k: list(b.shape(k)) for k in floats},
                     "task_vector_bytes": dense, "tall_bytes": packed, "ratio": dense / max(1, packed)}
@@ -140,7 +154,7 @@ def tall_reconstruct(compressed: str | Path, base: Any, task: int | str) -> Chec
     "Task `task` (index or name) rebuilt lazily from a `tall_compress` directory: θ₀ + mₜ ⊙ τ_MTL."
     compressed = Path(compressed)
     if not (compressed / "tall.json").is_file(): raise MergelabError(f"{compressed}: no tall.json; not a tall_compress output")
-    man, store, b = json.loads((compressed / "tall.json").read_text()), Checkpoint.open(compressed), Checkpoint.open(base)
+    man, store, b = json.loads((compressed / "tall.json").read_text()), open_model(compressed), open_model(base)
     t = man["tasks"].index(task) if isinstance(task, str) else int(task)
     if not 0 <= t < len(man["tasks"]): raise MergelabError(f"task {task} not in {man['tasks']}")
     def fn(k):
@@ -176,7 +190,9 @@ def pcb_scores(X: Tensor, pcb_ratio: float = 0.1) -> tuple[Tensor, Tensor]:
     cut = _row_quantile(beta, 1 - pcb_ratio)
     return Xc, _minmax(torch.maximum(beta, cut))
 
-@merge_method("pcb", base="required", min_models=2, validate=_ranges(pcb_ratio=(0, 1)),
+@merge_method("pcb", base="required", min_models=2, work_factor=8.0,
+              params=PARAM_INFO | {"pcb_ratio": ParamInfo("fraction of entries kept by the balanced scores β̂", range=(0, 1),
+                                                          step=0.01, slider=(0.01, 1))},
               paper="Du et al. 2024, Parameter Competition Balancing for Model Merging (arXiv:2410.02396)")
 def pcb(tensors: list[Tensor], base: Tensor, *, pcb_ratio: float = 0.1, lambda_: float = 1.0) -> Tensor:
     "PCB-merging (Du et al. 2024), the released code's exp/tanh balances, per tensor: θ₀ + λ·Σβ̂ᵢX̃ᵢ/Σβ̂ᵢ."
@@ -187,8 +203,8 @@ def pcb(tensors: list[Tensor], base: Tensor, *, pcb_ratio: float = 0.1, lambda_:
     return (base + lambda_ * tau.reshape(base.shape)).to(base.dtype)
 
 # %% ../nbs/02a_masks.ipynb #b88b29ed
-@merge_method("consensus_mask", base="required", per_model=("tall_lambda",), min_models=1,
-              validate=_ranges(tall_lambda=(0, None), k=(0, None)),
+@merge_method("consensus_mask", base="required", per_model=("tall_lambda",), min_models=1, work_factor=4.0,
+              params=_TALL_INFO,
               paper="Wang, Dimitriadis et al. 2024, Localizing Task Information for Improved Model Merging and Compression (arXiv:2405.07813)")
 def consensus_mask(tensors: list[Tensor], base: Tensor, *, tall_lambda: float = 0.4, k: int = 2,
                    _inputs: list[Tensor] | None = None) -> Tensor:

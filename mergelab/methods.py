@@ -4,29 +4,39 @@
 
 # %% ../nbs/02_methods.ipynb #72ae8a58
 from __future__ import annotations
-import dataclasses, math
+import dataclasses, inspect, math
 from typing import Callable, Literal, Sequence
 import torch
 from torch import Tensor
 from .io import MergelabError
-from .engine import ConfigError, TensorGroup, map_reduce, merge_method, read_group
+from .engine import ConfigError, ParamInfo, TensorGroup, map_reduce, merge_method, read_group
 
 # %% auto #0
-__all__ = ['rescale_masked', 'kth_threshold', 'topk_mask', 'sparsify_magnitude', 'sparsify_random', 'sparsify_outliers',
-           'sparsify_della', 'elect_sign', 'gta_merge', 'radix_kth_abs', 'ties_prepare', 'task_arithmetic', 'ties',
-           'dare_ties', 'dare_linear', 'breadcrumbs', 'breadcrumbs_ties', 'della', 'della_linear', 'linear',
-           'slerp_tensors', 'slerp', 'nuslerp', 'multislerp', 'karcher', 'model_stock_t', 'model_stock', 'sce',
-           'nearswap', 'ram', 'passthrough']
+__all__ = ['PARAM_INFO', 'GTA_FAMILY', 'task_arithmetic', 'ties', 'dare_ties', 'dare_linear', 'breadcrumbs', 'breadcrumbs_ties',
+           'della', 'della_linear', 'rescale_masked', 'kth_threshold', 'topk_mask', 'sparsify_magnitude',
+           'sparsify_random', 'sparsify_outliers', 'sparsify_della', 'elect_sign', 'gta_merge', 'is_float_group',
+           'radix_kth_abs', 'ties_prepare', 'GTAMember', 'gta_method', 'linear', 'slerp_tensors', 'slerp', 'nuslerp',
+           'multislerp', 'karcher', 'model_stock_t', 'model_stock', 'sce', 'nearswap', 'ram', 'passthrough']
 
 # %% ../nbs/02_methods.ipynb #c927d91e
-def _check_range(method: str, name: str, values, lo: float | None = None, hi: float | None = None,
-                 lo_open: bool = False, hi_open: bool = False):
-    "Raise `ConfigError` naming `name` unless every value lies in the interval."
-    for v in (values if isinstance(values, (list, tuple)) else [values]):
-        if v is None: continue
-        if (lo is not None and (v <= lo if lo_open else v < lo)) or (hi is not None and (v >= hi if hi_open else v > hi)):
-            rng = f"{'(' if lo_open else '['}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}{')' if hi_open else ']'}"
-            raise ConfigError(f"{method}: parameter {name!r} must be in {rng}, got {v!r}")
+PARAM_INFO: dict[str, ParamInfo] = {    # parameters several methods share; a registration adds or overrides its own
+    "weight": ParamInfo("per-model coefficient wᵢ", step=0.05, slider=(0, 2), start=1.0),
+    "density": ParamInfo("fraction ρ of each task vector kept (1: no sparsification)", range=(0, 1), step=0.01,
+                         slider=(0.01, 1)),
+    "gamma": ParamInfo("fraction γ of each task vector's largest magnitudes dropped as outliers", range=(0, 1),
+                       step=0.005, slider=(0, 0.5)),
+    "epsilon": ParamInfo("half-width ε of the keep probabilities ρ ± ε, assigned by magnitude rank", range=(0, None),
+                         step=0.01, slider=(0, 0.5)),
+    "lambda": ParamInfo("scale λ of the merged task vector", step=0.05, slider=(0, 2), start=1.0),
+    "normalize": ParamInfo("divide by Σwᵢ: a weighted mean instead of a weighted sum"),
+    "rescale": ParamInfo("rescale kept entries: l1 or true (δ's L1 norm, mergekit), inverse_p (÷ keep probability), none or false"),
+    "weighted_election": ParamInfo("elect each sign from Σwᵢδ̂ᵢ (mergekit) instead of Σδ̂ᵢ (FusionBench, paper)"),
+    "zero_sign": ParamInfo("sign where the votes sum to 0: positive (mergekit) or the majority sign (FusionBench, paper)"),
+    "disjoint": ParamInfo("merge of the sign-agreeing entries: mean or sum; auto follows normalize (mergekit)"),
+    "topk_scope": ParamInfo("trim by top-k per tensor (mergekit) or by one threshold over the whole model (FusionBench, paper)"),
+    "tie_break": ParamInfo("entries tied at the k-th magnitude: index order (fast) or argsort (bit-exact with mergekit)"),
+    "int8_mask": ParamInfo("accepted for mergekit YAML compatibility; changes nothing numerically"),
+}
 
 # %% ../nbs/02_methods.ipynb #ff583755
 def _rescale_mode(r) -> str:
@@ -144,7 +154,7 @@ def gta_merge(tensors: Sequence[Tensor], base: Tensor, *, weight: Sequence[float
               sparsify: Callable[[int, Tensor], Tensor] | None = None, consensus: bool = False,
               normalize: bool = False, lambda_: float = 1.0, weighted_election: bool = True,
               zero_sign: str = "positive", majority: float | None = None, disjoint: str = "auto") -> Tensor:
-    """Generalized task arithmetic (mergekit's GTA, methods.md §2.2): θ₀ + λ·Σᵢ aᵢwᵢδ̂ᵢ [/ Σᵢ aᵢwᵢ], with aᵢ the
+    """Generalized task arithmetic (mergekit's GTA): θ₀ + λ·Σᵢ aᵢwᵢδ̂ᵢ [/ Σᵢ aᵢwᵢ], with aᵢ the
     sign-agreement mask when `consensus` (TIES, Yadav et al. 2023) and aᵢ = 1 otherwise (Task Arithmetic)."""
     if not tensors: return base
     n = len(tensors)
@@ -183,7 +193,7 @@ def _abs_bits(d: Tensor, wide: bool) -> Tensor:
     a = d.abs().reshape(-1)
     return a.double().view(torch.int64) if wide else a.float().view(torch.int32).to(torch.int64)
 
-def _is_float_group(g: TensorGroup) -> bool:
+def is_float_group(g: TensorGroup) -> bool:
     c, k = g.base or g.inputs[0]
     return c.dtype(k).is_floating_point
 
@@ -191,7 +201,7 @@ def radix_kth_abs(groups: Sequence[TensorGroup], ks: Sequence[int | None], *, th
                   dtype: torch.dtype | None = None, compute_dtype: torch.dtype | None = None) -> list[float | None]:
     """Exact k-th smallest |θᵢ − θ₀| (1-indexed `ks[i]`; `None` skips model i) over all tensors of all groups, per model,
     by a streaming 16-bit radix select on the float bit patterns (never materialises a flattened model)."""
-    groups = [g for g in groups if _is_float_group(g)]
+    groups = [g for g in groups if is_float_group(g)]
     n = len(ks)
     wide = any(c.dtype(k) == torch.float64 for g in groups for c, k in [*g.inputs, g.base])
     nbits = 64 if wide else 32
@@ -228,28 +238,15 @@ _TIES_PAPER = dict(topk_scope="model", weighted_election=False, zero_sign="major
                    weight=1.0, **{"lambda": 1.0})
 _MK = lambda **kw: {k.rstrip("_"): v for k, v in kw.items()}
 _MKP = {"mergekit": {}}       # every method accepts preset="mergekit" (its defaults)
-
-def _check_common(method: str, density=None, gamma=None, epsilon=None):
-    _check_range(method, "density", density, 0, 1)
-    _check_range(method, "gamma", gamma, 0, 1)
-    _check_range(method, "epsilon", epsilon, 0, None)
-
-def _ranges(**bounds):
-    "A registry `validate` hook: each named parameter (scalar or per-model list) must lie in its closed interval."
-    def validate(method: str, kw: dict):
-        for n, (lo, hi) in bounds.items():
-            if n in kw: _check_range(method, n, kw[n], lo, hi)
-    return validate
-
-_validate_gta = _ranges(density=(0, 1), gamma=(0, 1), epsilon=(0, None))
+_PAPER_DARE = {"rescale": "inverse_p"}
 
 def _validate_della(method: str, kw: dict):
     "DELLA's joint rule, at config time: 0 < ρ − ε and ρ + ε < 1 wherever it sparsifies (0 < ρ < 1)."
-    _validate_gta(method, kw)
     for d, e in zip(kw["density"], kw["epsilon"]):
         if 0 < d < 1 and not (d - e > 0 and d + e < 1):
             raise ConfigError(f"{method}: parameters 'density' ± 'epsilon' must lie in (0, 1); got density={d}, epsilon={e}")
 
+# %% ../nbs/02_methods.ipynb #b2e4a6c1
 def ties_prepare(groups: Sequence[TensorGroup], threads: int = 2, *, dtype: torch.dtype | None = None,
                  compute_dtype: torch.dtype | None = None) -> list[TensorGroup]:
     """Model-wide statistics for `topk_scope="model"` (FusionBench / TIES paper): per model the exact k-th smallest
@@ -257,7 +254,7 @@ def ties_prepare(groups: Sequence[TensorGroup], threads: int = 2, *, dtype: torc
     Groups with `topk_scope="tensor"` are returned unchanged."""
     groups = list(groups)
     idx = [j for j, g in enumerate(groups)
-           if g.params.get("topk_scope") == "model" and g.base is not None and _is_float_group(g)]
+           if g.params.get("topk_scope") == "model" and g.base is not None and is_float_group(g)]
     if not idx: return groups
     sel = [groups[j] for j in idx]
     p0 = sel[0].params
@@ -266,7 +263,6 @@ def ties_prepare(groups: Sequence[TensorGroup], threads: int = 2, *, dtype: torc
         if list(g.params["density"]) != dens:
             raise ConfigError(f"ties: topk_scope='model' needs one 'density' per model for the whole model; "
                               f"{g.name!r} has {g.params['density']} but {sel[0].name!r} has {dens}")
-    _check_common("ties", density=dens)
     total = sum(math.prod(g.shape) for g in sel)
     ks = [total - int(total * r) if 0 < r < 1 else None for r in dens]
     thr = [None] * len(ks)
@@ -288,122 +284,108 @@ def ties_prepare(groups: Sequence[TensorGroup], threads: int = 2, *, dtype: torc
     return out
 
 # %% ../nbs/02_methods.ipynb #f835daec
-@merge_method("task_arithmetic", base="required", validate=_validate_gta, per_model=("weight",),
-              paper="Ilharco et al. 2023, Editing Models with Task Arithmetic (arXiv:2212.04089)",
-              presets={"mergekit": _MK(lambda_=1.0, normalize=False), "fusionbench": _MK(lambda_=0.3, normalize=False, weight=1.0)})
-def task_arithmetic(tensors: list[Tensor], base: Tensor, *, weight: float, lambda_: float = 1.0,
-                    normalize: bool = False, int8_mask: bool = False) -> Tensor:
-    "Task arithmetic (Ilharco et al. 2023): θ₀ + λ·Σ wᵢδᵢ, divided by Σwᵢ with `normalize` (mergekit `task_arithmetic`)."
-    return gta_merge(tensors, base, weight=weight, normalize=normalize, lambda_=lambda_)
+@dataclasses.dataclass(frozen=True)
+class GTAMember:
+    """One method of the generalized task-arithmetic family (`gta_merge`): its sparsifier (None, `magnitude`: the TIES
+    trim, `random`: DARE, `outliers`: Breadcrumbs, `della`: DELLA), sign consensus or not, mergekit's defaults of
+    `normalize` and `rescale`, and the rest of its registration."""
+    name: str
+    sparsifier: Literal["magnitude", "random", "outliers", "della"] | None
+    consensus: bool
+    normalize: bool
+    rescale: bool | None
+    work_factor: float
+    paper: str
+    doc: str
+    presets: dict = dataclasses.field(default_factory=lambda: _MKP)
 
-@merge_method("ties", base="required", validate=_validate_gta, per_model=("weight", "density"), prepare=ties_prepare,
-              paper="Yadav et al. 2023, TIES-Merging: Resolving Interference When Merging Models (arXiv:2306.01708)",
-              presets={"mergekit": _MK(topk_scope="tensor", weighted_election=True, zero_sign="positive", disjoint="auto",
-                                       normalize=True, lambda_=1.0, tie_break="argsort"),
-                       "fusionbench": _TIES_FB, "paper": _TIES_PAPER})
-def ties(tensors: list[Tensor], base: Tensor, *, weight: float, density: float = 1.0, lambda_: float = 1.0,
-         normalize: bool = True, rescale: Literal["l1", "inverse_p", "none", True, False] = False,
-         topk_scope: Literal["tensor", "model"] = "tensor", weighted_election: bool = True,
-         zero_sign: Literal["positive", "majority"] = "positive", disjoint: Literal["auto", "mean", "sum"] = "auto",
-         tie_break: Literal["index", "argsort"] = "index",
-         int8_mask: bool = False, _threshold: list | None = None, _majority: float | None = None) -> Tensor:
-    """TIES-Merging (Yadav et al. 2023): trim → elect sign → disjoint merge. Default: mergekit `ties` (per-tensor top-k,
-    weighted election, Σ = 0 → +, weighted disjoint mean). `topk_scope="model"` uses the paper's model-wide k-th value
-    threshold (from `ties_prepare`; without it, computed over this tensor alone)."""
-    _check_common("ties", density=density)
-    thr = list(_threshold) if _threshold is not None else [None] * len(tensors)
+# %% ../nbs/02_methods.ipynb #b2e4a6c2
+_DARE = "Yu et al. 2024, Language Models are Super Mario"
+_BC = "Davari & Belilovsky 2024, Model Breadcrumbs"
+GTA_FAMILY: tuple[GTAMember, ...] = (
+    GTAMember("task_arithmetic", None, False, False, None, 1.5, "Ilharco et al. 2023, Editing Models with Task Arithmetic (arXiv:2212.04089)",
+              "Task arithmetic (Ilharco et al. 2023): θ₀ + λ·Σ wᵢδᵢ, divided by Σwᵢ with `normalize` (mergekit `task_arithmetic`).",
+              {"mergekit": _MK(lambda_=1.0, normalize=False), "fusionbench": _MK(lambda_=0.3, normalize=False, weight=1.0)}),
+    GTAMember("ties", "magnitude", True, True, False, 3.5, "Yadav et al. 2023, TIES-Merging: Resolving Interference When Merging Models (arXiv:2306.01708)",
+              "TIES-Merging (Yadav et al. 2023): trim → elect sign → disjoint merge. Default: mergekit `ties` (per-tensor top-k, weighted "
+              "election, Σ = 0 → +, weighted disjoint mean). `topk_scope=\"model\"` uses the paper's model-wide k-th value threshold "
+              "(from `ties_prepare`; without it, computed over this tensor alone).",
+              {"mergekit": _MK(topk_scope="tensor", weighted_election=True, zero_sign="positive", disjoint="auto", normalize=True,
+                               lambda_=1.0, tie_break="argsort"), "fusionbench": _TIES_FB, "paper": _TIES_PAPER}),
+    GTAMember("dare_ties", "random", True, False, True, 3.5, f"{_DARE}: Absorbing Abilities from Homologous Models as a Free Lunch (arXiv:2311.03099)",
+              "DARE (Yu et al. 2024) + TIES sign consensus, mergekit `dare_ties`: Bernoulli(ρ) keep mask, L1 rescale, weighted election, "
+              "weighted disjoint **sum** (`normalize: false`). `rescale=\"inverse_p\"` is the paper's 1/ρ.",
+              {"mergekit": _MK(rescale=True, normalize=False, weighted_election=True, zero_sign="positive", lambda_=1.0),
+               "fusionbench": _MK(density=0.5, rescale="inverse_p", weighted_election=False, zero_sign="majority", disjoint="sum",
+                                  lambda_=0.5, weight=1.0), "paper": _PAPER_DARE}),
+    GTAMember("dare_linear", "random", False, False, True, 1.5, f"{_DARE} (arXiv:2311.03099)",
+              "DARE (Yu et al. 2024) with task arithmetic, mergekit `dare_linear`: θ₀ + λ·Σ wᵢ·DARE(δᵢ) (÷ Σwᵢ with `normalize`).",
+              {"mergekit": _MK(rescale=True, normalize=False, lambda_=1.0), "paper": _PAPER_DARE}),
+    GTAMember("breadcrumbs", "outliers", False, False, False, 1.75, f"{_BC}: Scaling Multi-Task Model Merging with Sparse Masks (arXiv:2312.06795)",
+              "Model Breadcrumbs (Davari & Belilovsky 2024), mergekit `breadcrumbs`: whole-tensor outlier + small-tail removal, then task arithmetic."),
+    GTAMember("breadcrumbs_ties", "outliers", True, False, False, 3.5, f"{_BC} (arXiv:2312.06795)",
+              "Model Breadcrumbs sparsification with TIES sign consensus, mergekit `breadcrumbs_ties` (disjoint sum by default)."),
+    GTAMember("della", "della", True, True, True, 3.5,
+              "Deep et al. 2024, DELLA-Merging: Reducing Interference in Model Merging through Magnitude-Based Sampling (arXiv:2406.11617)",
+              "DELLA (Deep et al. 2024), mergekit `della`: per-row magnitude-ranked keep probabilities (ρ ± ε), L1 rescale, TIES sign "
+              "consensus, weighted disjoint mean. ρ ≥ 1 (the default) skips sparsification and the ε check."),
+    GTAMember("della_linear", "della", False, False, True, 1.5, "Deep et al. 2024, DELLA-Merging (arXiv:2406.11617)",
+              "DELLA sparsification with task arithmetic, mergekit `della_linear`."),
+)
+
+# %% ../nbs/02_methods.ipynb #b2e4a6c3
+_RESCALE = Literal["l1", "inverse_p", "none", True, False]
+
+def _gta_signature(m: GTAMember) -> inspect.Signature:
+    "The member's parameters, in mergekit's order: which ones it has follows from its sparsifier and consensus."
+    s, c, P = m.sparsifier, m.consensus, inspect.Parameter
+    ps = [("weight", float, P.empty), s and ("density", float, 1.0), s == "outliers" and ("gamma", float, 0.01),
+          s == "della" and ("epsilon", float, 0.15), ("lambda_", float, 1.0), ("normalize", bool, m.normalize),
+          s and ("rescale", _RESCALE, m.rescale), s == "magnitude" and ("topk_scope", Literal["tensor", "model"], "tensor"),
+          c and ("weighted_election", bool, True), c and ("zero_sign", Literal["positive", "majority"], "positive"),
+          c and ("disjoint", Literal["auto", "mean", "sum"], "auto"),
+          s == "magnitude" and ("tie_break", Literal["index", "argsort"], "index"), ("int8_mask", bool, False),
+          s in ("random", "della") and ("generator", torch.Generator | None, None),
+          s == "magnitude" and ("_threshold", list | None, None), s == "magnitude" and ("_majority", float | None, None)]
+    return inspect.Signature([P("tensors", P.POSITIONAL_OR_KEYWORD, annotation=list[Tensor]),
+                              P("base", P.POSITIONAL_OR_KEYWORD, annotation=Tensor),
+                              *(P(n, P.KEYWORD_ONLY, default=d, annotation=t) for n, t, d in filter(None, ps))])
+
+def _sparsifier(m: GTAMember, p: dict, n: int) -> Callable[[int, Tensor], Tensor] | None:
+    "The member's sparsifier `(i, δᵢ) → δ̂ᵢ` with the resolved parameters `p` of a merge of `n` models."
+    s, rho = m.sparsifier, p.get("density")
+    if s == "random": return lambda i, d: sparsify_random(d, rho[i], p["rescale"], p["generator"])
+    if s == "outliers": return lambda i, d: sparsify_outliers(d, rho[i], p["gamma"][i], p["rescale"])
+    if s == "della": return lambda i, d: sparsify_della(d, rho[i], p["epsilon"][i], p["rescale"], p["generator"], m.name)
+    if s != "magnitude": return None
+    thr, model = list(p["_threshold"]) if p["_threshold"] is not None else [None] * n, p["topk_scope"] == "model"
     def trim(i, d):
         t = thr[i]
-        if topk_scope == "model" and t is None and 0 < density[i] < 1: t = kth_threshold(d, density[i])
-        return sparsify_magnitude(d, density[i], rescale, t if topk_scope == "model" else None, tie_break)
-    return gta_merge(tensors, base, weight=weight, sparsify=trim, consensus=True, normalize=normalize, lambda_=lambda_,
-                     weighted_election=weighted_election, zero_sign=zero_sign,
-                     majority=_majority if topk_scope == "model" else None, disjoint=disjoint)
+        if model and t is None and 0 < rho[i] < 1: t = kth_threshold(d, rho[i])
+        return sparsify_magnitude(d, rho[i], p["rescale"], t if model else None, p["tie_break"])
+    return trim
 
-# %% ../nbs/02_methods.ipynb #744b721a
-_PAPER_DARE = {"rescale": "inverse_p"}
+# %% ../nbs/02_methods.ipynb #b2e4a6c4
+def gta_method(m: GTAMember) -> Callable:
+    "Register member `m` of the family (`gta_merge` with its sparsifier and consensus) and return its function."
+    sig = _gta_signature(m)
+    def fn(tensors, base, **kw):
+        a = sig.bind(tensors, base, **kw); a.apply_defaults(); p = a.arguments
+        model = p.get("topk_scope") == "model"
+        return gta_merge(tensors, base, weight=p["weight"], sparsify=_sparsifier(m, p, len(tensors)), consensus=m.consensus,
+                         normalize=p["normalize"], lambda_=p["lambda_"], weighted_election=p.get("weighted_election", True),
+                         zero_sign=p.get("zero_sign", "positive"), majority=p["_majority"] if model else None,
+                         disjoint=p.get("disjoint", "auto"))
+    fn.__signature__, fn.__name__, fn.__qualname__, fn.__doc__ = sig, m.name, m.name, m.doc
+    per_model = tuple(k for k in ("weight", "density", "gamma", "epsilon") if k in sig.parameters)
+    return merge_method(m.name, base="required", work_factor=m.work_factor, per_model=per_model, paper=m.paper,
+                        presets=m.presets, params=PARAM_INFO, prepare=ties_prepare if m.sparsifier == "magnitude" else None,
+                        validate=_validate_della if m.sparsifier == "della" else None)(fn)
 
-@merge_method("dare_ties", base="required", validate=_validate_gta, per_model=("weight", "density"),
-              paper="Yu et al. 2024, Language Models are Super Mario: Absorbing Abilities from Homologous Models as a Free Lunch (arXiv:2311.03099)",
-              presets={"mergekit": _MK(rescale=True, normalize=False, weighted_election=True, zero_sign="positive", lambda_=1.0),
-                       "fusionbench": _MK(density=0.5, rescale="inverse_p", weighted_election=False, zero_sign="majority",
-                                          disjoint="sum", lambda_=0.5, weight=1.0),
-                       "paper": _PAPER_DARE})
-def dare_ties(tensors: list[Tensor], base: Tensor, *, weight: float, density: float = 1.0, lambda_: float = 1.0,
-              normalize: bool = False, rescale: Literal["l1", "inverse_p", "none", True, False] = True,
-              weighted_election: bool = True, zero_sign: Literal["positive", "majority"] = "positive",
-              disjoint: Literal["auto", "mean", "sum"] = "auto", int8_mask: bool = False,
-              generator: torch.Generator | None = None) -> Tensor:
-    """DARE (Yu et al. 2024) + TIES sign consensus, mergekit `dare_ties`: Bernoulli(ρ) keep mask, L1 rescale, weighted
-    election, weighted disjoint **sum** (`normalize: false`). `rescale="inverse_p"` is the paper's 1/ρ."""
-    _check_common("dare_ties", density=density)
-    return gta_merge(tensors, base, weight=weight, sparsify=lambda i, d: sparsify_random(d, density[i], rescale, generator),
-                     consensus=True, normalize=normalize, lambda_=lambda_, weighted_election=weighted_election,
-                     zero_sign=zero_sign, disjoint=disjoint)
-
-@merge_method("dare_linear", base="required", validate=_validate_gta, per_model=("weight", "density"),
-              paper="Yu et al. 2024, Language Models are Super Mario (arXiv:2311.03099)",
-              presets={"mergekit": _MK(rescale=True, normalize=False, lambda_=1.0), "paper": _PAPER_DARE})
-def dare_linear(tensors: list[Tensor], base: Tensor, *, weight: float, density: float = 1.0, lambda_: float = 1.0,
-                normalize: bool = False, rescale: Literal["l1", "inverse_p", "none", True, False] = True,
-                int8_mask: bool = False, generator: torch.Generator | None = None) -> Tensor:
-    "DARE (Yu et al. 2024) with task arithmetic, mergekit `dare_linear`: θ₀ + λ·Σ wᵢ·DARE(δᵢ) (÷ Σwᵢ with `normalize`)."
-    _check_common("dare_linear", density=density)
-    return gta_merge(tensors, base, weight=weight, sparsify=lambda i, d: sparsify_random(d, density[i], rescale, generator),
-                     normalize=normalize, lambda_=lambda_)
-
-@merge_method("breadcrumbs", base="required", validate=_validate_gta, per_model=("weight", "density", "gamma"),
-              paper="Davari & Belilovsky 2024, Model Breadcrumbs: Scaling Multi-Task Model Merging with Sparse Masks (arXiv:2312.06795)", presets=_MKP)
-def breadcrumbs(tensors: list[Tensor], base: Tensor, *, weight: float, density: float = 1.0, gamma: float = 0.01,
-                lambda_: float = 1.0, normalize: bool = False,
-                rescale: Literal["l1", "inverse_p", "none", True, False] = False, int8_mask: bool = False) -> Tensor:
-    "Model Breadcrumbs (Davari & Belilovsky 2024), mergekit `breadcrumbs`: whole-tensor outlier + small-tail removal, then task arithmetic."
-    _check_common("breadcrumbs", density=density, gamma=gamma)
-    return gta_merge(tensors, base, weight=weight, sparsify=lambda i, d: sparsify_outliers(d, density[i], gamma[i], rescale),
-                     normalize=normalize, lambda_=lambda_)
-
-@merge_method("breadcrumbs_ties", base="required", validate=_validate_gta, per_model=("weight", "density", "gamma"),
-              paper="Davari & Belilovsky 2024, Model Breadcrumbs (arXiv:2312.06795)", presets=_MKP)
-def breadcrumbs_ties(tensors: list[Tensor], base: Tensor, *, weight: float, density: float = 1.0, gamma: float = 0.01,
-                     lambda_: float = 1.0, normalize: bool = False,
-                     rescale: Literal["l1", "inverse_p", "none", True, False] = False,
-                     weighted_election: bool = True, zero_sign: Literal["positive", "majority"] = "positive",
-                     disjoint: Literal["auto", "mean", "sum"] = "auto", int8_mask: bool = False) -> Tensor:
-    "Model Breadcrumbs sparsification with TIES sign consensus, mergekit `breadcrumbs_ties` (disjoint sum by default)."
-    _check_common("breadcrumbs_ties", density=density, gamma=gamma)
-    return gta_merge(tensors, base, weight=weight, sparsify=lambda i, d: sparsify_outliers(d, density[i], gamma[i], rescale),
-                     consensus=True, normalize=normalize, lambda_=lambda_, weighted_election=weighted_election,
-                     zero_sign=zero_sign, disjoint=disjoint)
-
-@merge_method("della", base="required", validate=_validate_della, per_model=("weight", "density", "epsilon"),
-              paper="Deep et al. 2024, DELLA-Merging: Reducing Interference in Model Merging through Magnitude-Based Sampling (arXiv:2406.11617)", presets=_MKP)
-def della(tensors: list[Tensor], base: Tensor, *, weight: float, density: float = 1.0, epsilon: float = 0.15,
-          lambda_: float = 1.0, normalize: bool = True, rescale: Literal["l1", "inverse_p", "none", True, False] = True,
-          weighted_election: bool = True, zero_sign: Literal["positive", "majority"] = "positive",
-          disjoint: Literal["auto", "mean", "sum"] = "auto", int8_mask: bool = False,
-          generator: torch.Generator | None = None) -> Tensor:
-    """DELLA (Deep et al. 2024), mergekit `della`: per-row magnitude-ranked keep probabilities (ρ ± ε), L1 rescale, TIES
-    sign consensus, weighted disjoint mean. ρ ≥ 1 (the default) skips sparsification and the ε check."""
-    _check_common("della", density=density, epsilon=epsilon)
-    return gta_merge(tensors, base, weight=weight,
-                     sparsify=lambda i, d: sparsify_della(d, density[i], epsilon[i], rescale, generator, "della"),
-                     consensus=True, normalize=normalize, lambda_=lambda_, weighted_election=weighted_election,
-                     zero_sign=zero_sign, disjoint=disjoint)
-
-@merge_method("della_linear", base="required", validate=_validate_della, per_model=("weight", "density", "epsilon"),
-              paper="Deep et al. 2024, DELLA-Merging (arXiv:2406.11617)", presets=_MKP)
-def della_linear(tensors: list[Tensor], base: Tensor, *, weight: float, density: float = 1.0, epsilon: float = 0.15,
-                 lambda_: float = 1.0, normalize: bool = False,
-                 rescale: Literal["l1", "inverse_p", "none", True, False] = True, int8_mask: bool = False,
-                 generator: torch.Generator | None = None) -> Tensor:
-    "DELLA sparsification with task arithmetic, mergekit `della_linear`."
-    _check_common("della_linear", density=density, epsilon=epsilon)
-    return gta_merge(tensors, base, weight=weight,
-                     sparsify=lambda i, d: sparsify_della(d, density[i], epsilon[i], rescale, generator, "della_linear"),
-                     normalize=normalize, lambda_=lambda_)
+task_arithmetic, ties, dare_ties, dare_linear, breadcrumbs, breadcrumbs_ties, della, della_linear = map(gta_method, GTA_FAMILY)
 
 # %% ../nbs/02_methods.ipynb #87d85294
-@merge_method("linear", base="none", per_model=("weight",), compute="fp32",
+@merge_method("linear", base="none", per_model=("weight",), compute="fp32", work_factor=0.5, params=PARAM_INFO,
               paper="Wortsman et al. 2022, Model soups (arXiv:2203.05482)", presets=_MKP)
 def linear(tensors: list[Tensor], base: Tensor | None, *, weight: float, normalize: bool = True) -> Tensor:
     "Weighted average Σwᵢθᵢ / Σwᵢ (Wortsman et al. 2022), mergekit `linear`: accumulated in fp32 (fp64 stays fp64)."
@@ -440,7 +422,8 @@ def slerp_tensors(t: float, v0: Tensor, v1: Tensor, dot_threshold: float = 0.999
     for s in starts: out[:, s:s + _CHUNK] = ca * chunk(a, s) + cb * chunk(b, s)
     return out.reshape(v0.shape)
 
-@merge_method("slerp", base="required", min_models=1, max_models=1, compute="fp32",
+@merge_method("slerp", base="required", min_models=1, max_models=1, compute="fp32", work_factor=2.0,
+              params={"t": ParamInfo("position on the arc: 0 the base, 1 the other model", step=0.05, slider=(0, 1), start=0.5)},
               paper="Shoemake 1985, Animating rotation with quaternion curves (SIGGRAPH)", presets=_MKP)
 def slerp(tensors: list[Tensor], base: Tensor, *, t: float) -> Tensor:
     "SLERP from the base (t = 0) to the other model (t = 1), mergekit `slerp` (lerp fallback when |cos| > 0.9995)."
@@ -460,7 +443,10 @@ def _nuslerp(t: float, v0: Tensor, v1: Tensor, dim: int = -1, eps: float = 1e-8,
     if dim != -1 and not flatten: res = res.transpose(dim, -1)
     return res.reshape(shape)
 
-@merge_method("nuslerp", base="optional", per_model=("weight",), min_models=2, max_models=2,
+@merge_method("nuslerp", base="optional", per_model=("weight",), min_models=2, max_models=2, work_factor=2.5,
+              params=PARAM_INFO | {"weight": ParamInfo("per-model weight; t = w₂/(w₁ + w₂)", step=0.05, slider=(0, 2), start=1.0),
+                                   "nuslerp_row_wise": "without nuslerp_flatten: SLERP vectors along dim 0 instead of the last dim",
+                                   "nuslerp_flatten": "SLERP the whole tensor as one flat vector"},
               paper="mergekit NuSLERP (Goddard et al. 2024, Arcee's MergeKit, arXiv:2403.13257)", presets=_MKP)
 def nuslerp(tensors: list[Tensor], base: Tensor | None, *, weight: float, nuslerp_row_wise: bool = False,
             nuslerp_flatten: bool = True) -> Tensor:
@@ -471,7 +457,9 @@ def nuslerp(tensors: list[Tensor], base: Tensor | None, *, weight: float, nusler
     if base is not None: return base + _nuslerp(t, tensors[0] - base, tensors[1] - base, dim=dim, flatten=nuslerp_flatten)
     return _nuslerp(t, tensors[0], tensors[1], dim=dim, flatten=nuslerp_flatten)
 
-@merge_method("multislerp", base="optional", per_model=("weight",), min_models=1,
+@merge_method("multislerp", base="optional", per_model=("weight",), min_models=1, work_factor=4.0,
+              params=PARAM_INFO | {"normalize_weights": "divide the weights by their sum",
+                                   "eps": "ε added to norms against division by zero"},
               paper="Goddard 2025, Multi-SLERP (goddard.blog/posts/multislerp-wow-what-a-cool-idea)", presets=_MKP)
 def multislerp(tensors: list[Tensor], base: Tensor | None, *, weight: float, normalize_weights: bool = True,
                eps: float = 1e-8) -> Tensor:
@@ -500,11 +488,12 @@ def multislerp(tensors: list[Tensor], base: Tensor | None, *, weight: float, nor
     res = (res * (norms.squeeze(-1) * w).sum()).view(x.shape[1:])
     return res + base if base is not None else res
 
-@merge_method("karcher", base="none", validate=_ranges(max_iter=(0, None), tol=(0, None)), min_models=1,
+@merge_method("karcher", base="none", min_models=1, work_factor=2.5,
+              params={"max_iter": ParamInfo("iterations of the Karcher-mean fixed point", range=(0, None)),
+                      "tol": ParamInfo("convergence tolerance; norms below it count as zero", range=(0, None))},
               paper="Karcher 1977, Riemannian center of mass; mergekit `karcher` (arXiv:2603.04972)", presets=_MKP)
 def karcher(tensors: list[Tensor], base: Tensor | None, *, max_iter: int = 10, tol: float = 1e-5) -> Tensor:
     "mergekit `karcher`: equal-weight Karcher mean of the unit directions on the hypersphere, scaled by the mean norm."
-    _check_range("karcher", "max_iter", max_iter, 0, None); _check_range("karcher", "tol", tol, 0, None)
     if len(tensors) == 1: return tensors[0]
     alphas = [1.0 / len(tensors)] * len(tensors)
     dt = torch.float64 if tensors[0].dtype == torch.float64 else torch.float32
@@ -555,7 +544,9 @@ def model_stock_t(tensors: Sequence[Tensor], base: Tensor, filter_wise: bool = F
     singular = den.abs() < 1e-6
     return torch.where(singular, torch.zeros_like(c), (n * c) / torch.where(singular, torch.ones_like(den), den))
 
-@merge_method("model_stock", base="required", min_models=2,
+@merge_method("model_stock", base="required", min_models=2, work_factor=1.25,
+              params={"filter_wise": "one ratio t per row (output filter) instead of one per tensor",
+                      "average": "c̄: the mean pairwise cosine (mergekit) or the cosine of the mean angle (FusionBench)"},
               paper="Jang et al. 2024, Model Stock: All we need is just a few fine-tuned models (arXiv:2403.19522)",
               presets={"mergekit": {"average": "cosine"}, "fusionbench": {"average": "angle"}})
 def model_stock(tensors: list[Tensor], base: Tensor, *, filter_wise: bool = False,
@@ -575,11 +566,12 @@ def _sce_mask(tvs: Tensor, density: float) -> Tensor:
     if k: mask.view(-1)[torch.topk(var.abs().view(-1), k=k, largest=True).indices] = 1
     return mask
 
-@merge_method("sce", base="required", validate=_ranges(select_topk=(0, 1)), min_models=1,
+@merge_method("sce", base="required", min_models=1, work_factor=3.25,
+              params=PARAM_INFO | {"select_topk": ParamInfo("fraction of entries kept, by the variance of the task vectors across models",
+                                                            range=(0, 1), step=0.01, slider=(0.01, 1))},
               paper="Wan et al. 2024, FuseChat: Knowledge Fusion of Chat Models (arXiv:2408.07990)", presets=_MKP)
 def sce(tensors: list[Tensor], base: Tensor, *, select_topk: float = 1.0, int8_mask: bool = False) -> Tensor:
     "SCE (Wan et al. 2024), mergekit `sce`: variance top-k select, weights ∝ mean(δᵢ²), TIES sign erase, weighted mean."
-    _check_range("sce", "select_topk", select_topk, 0, 1)
     if not tensors: return base
     tv = torch.stack([t - base for t in tensors], dim=0)
     if select_topk < 1: tv = tv * _sce_mask(tv, select_topk).unsqueeze(0)
@@ -590,20 +582,21 @@ def sce(tensors: list[Tensor], base: Tensor, *, select_topk: float = 1.0, int8_m
     w = w.reshape(-1, *([1] * base.dim())) * erase
     return base + (tv * w).sum(dim=0) / torch.sum(w, dim=0).clamp(min=1e-6)
 
-@merge_method("nearswap", base="required", validate=_ranges(t=(0, None)), min_models=1, max_models=1,
+@merge_method("nearswap", base="required", min_models=1, max_models=1, work_factor=2.5,
+              params={"t": ParamInfo("distance scale: the model's value where |θ₁ − θ₀| ≤ t, a step t/|θ₁ − θ₀| towards it elsewhere",
+                                     range=(0, None), step=0.05, slider=(0, 1), start=0.5)},
               paper="alchemonaut 2024, NearSwap (huggingface.co/alchemonaut/QuartetAnemoi-70B-t0.0001)", presets=_MKP)
 def nearswap(tensors: list[Tensor], base: Tensor, *, t: float) -> Tensor:
     "mergekit `nearswap`: w = clamp(t/|a − b|, 0, 1), θ = w·b + (1 − w)·a with a the base."
-    _check_range("nearswap", "t", t, 0, None)
     a, b = base, tensors[0]
     w = (t / torch.abs(a - b).clamp(min=1e-6)).clamp(min=0, max=1)
     return w * b + (1 - w) * a
 
-@merge_method("ram", base="required", validate=_ranges(epsilon=(0, None)), min_models=1,
+@merge_method("ram", base="required", min_models=1, work_factor=6.0,
+              params={"epsilon": ParamInfo("|δ| above which an entry counts as changed by a model", range=(0, None))},
               paper="Reinforced Agent Merging (arXiv:2601.13572); mergekit `ram`", presets=_MKP)
 def ram(tensors: list[Tensor], base: Tensor, *, epsilon: float = 1e-5) -> Tensor:
     "mergekit `ram`: entries changed (|δ| > ε) by one model are summed, entries changed by several are averaged over them."
-    _check_range("ram", "epsilon", epsilon, 0, None)
     if not tensors: return base
     tv = torch.stack([t - base for t in tensors], dim=0).view(len(tensors), -1)
     changed = tv.abs() > epsilon
@@ -612,7 +605,8 @@ def ram(tensors: list[Tensor], base: Tensor, *, epsilon: float = 1e-5) -> Tensor
     merged = ((z * (counts == 1)) + (z * (counts > 1) / counts.clamp(min=1))).sum(dim=0, keepdim=True)
     return base + merged.reshape_as(base)
 
-@merge_method("passthrough", base="none", per_model=("scale",), min_models=1, max_models=1,
+@merge_method("passthrough", base="none", per_model=("scale",), min_models=1, max_models=1, work_factor=0.5,
+              params={"scale": ParamInfo("multiplier of the copied tensor", step=0.05, slider=(0, 2), start=1.0)},
               paper="mergekit `passthrough` (Goddard et al. 2024, arXiv:2403.13257)", presets=_MKP)
 def passthrough(tensors: list[Tensor], base: Tensor | None, *, scale: float = 1.0) -> Tensor:
     "Copy the single input tensor, multiplied by `scale` (mergekit `passthrough`; frankenmerges select tensors by slice)."

@@ -4,19 +4,20 @@
 
 # %% ../nbs/11_search.ipynb #18c830a4
 from __future__ import annotations
-import difflib, inspect, math, os, time
+import difflib, inspect, itertools, math, os, time
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal, Mapping, Sequence
 import numpy as np
 import pandas as pd
-from .io import MergelabError
-from .engine import ConfigError, get_method
-from .config import MergeConfig, build_plan, merge_config
+from .io import MergelabError, EvaluationError, model_names, score_table, lower_is_better
+from .engine import ConfigError, get_method, did_you_mean
+from .config import MergeConfig, build_plan, merge_config, merge
+from .kinship import Metric, kinship_matrix
 
 # %% auto #0
-__all__ = ['SearchError', 'Gene', 'SearchSpace', 'Candidate', 'SearchResult', 'evolve']
+__all__ = ['SearchError', 'Gene', 'SearchSpace', 'Candidate', 'SearchResult', 'evolve', 'kinship_greedy_merge']
 
 # %% ../nbs/11_search.ipynb #55856f60
 class SearchError(MergelabError, ValueError):
@@ -35,10 +36,6 @@ class Gene:
     per_model: bool | None = None
     blocks: int = 1
     filters: tuple[str, ...] = ()
-
-def _suggest(name: str, options) -> str:
-    m = difflib.get_close_matches(name, list(options), n=1, cutoff=0.6)
-    return f"; did you mean {m[0]!r}?" if m else ""
 
 def _joined(ps: Sequence[str]) -> str:
     ps = list(dict.fromkeys(ps))
@@ -87,7 +84,7 @@ class SearchSpace:
             if g.name in seen: problems.append(f"parameter {g.name!r} appears twice in the space"); continue
             seen.add(g.name)
             if g.name not in m.params:
-                problems.append(f"{m.name}: unknown parameter {g.name!r}{_suggest(g.name, m.params)}; "
+                problems.append(f"{m.name}: unknown parameter {g.name!r}{did_you_mean(g.name, m.params)}; "
                                 f"it has {sorted(m.params)}"); continue
             p = m.params[g.name]
             if p.type not in (float, int) or p.choices is not None:
@@ -103,7 +100,7 @@ class SearchSpace:
                 if g.blocks != 1: problems.append(f"parameter {g.name!r} is an integer; it cannot vary over layer blocks")
             if not all(isinstance(f, str) and f for f in g.filters): problems.append(f"parameter {g.name!r}: filters must be non-empty strings")
         unknown_fixed = [k for k in fixed if k not in m.params and k not in ("preset", "seed")]
-        problems += [f"{m.name}: unknown fixed parameter {k!r}{_suggest(k, m.params)}" for k in unknown_fixed]
+        problems += [f"{m.name}: unknown fixed parameter {k!r}{did_you_mean(k, m.params)}" for k in unknown_fixed]
         if problems: raise SearchError(_joined(problems))
         genes = [Gene(g.name, float(g.low), float(g.high), m.params[g.name].per_model if g.per_model is None else g.per_model,
                       g.blocks, tuple(g.filters)) for g in genes]
@@ -157,34 +154,27 @@ class SearchSpace:
         return d
 
 # %% ../nbs/11_search.ipynb #fa188254
-def _model_names(pool: Sequence[Any]) -> list[str]:
-    names = []
-    for i, m in enumerate(pool):
-        n = getattr(m, "name", None) if not isinstance(m, (str, os.PathLike)) or hasattr(m, "meta") else None
-        if not isinstance(n, str) or not n:
-            n = Path(str(m).split("+")[-1]).name if isinstance(m, (str, os.PathLike)) else f"m{i}"
-        names.append(n)
-    return [n if names.count(n) == 1 else f"{n}#{i}" for i, n in enumerate(names)]
-
-def _metrics(r: Any) -> dict[str, float]:
-    if isinstance(r, Mapping) or isinstance(r, pd.Series):
-        r = dict(r)
-        if "score" not in r: raise SearchError(f"evaluate returned a mapping without a 'score' entry (keys {sorted(r)[:6]})")
-        return {k: float(v) for k, v in r.items()}
-    if _num(r) or isinstance(r, float): return {"score": float(r)}   # NaN and ±inf too: a non-finite score ranks last
-    if hasattr(r, "item") and getattr(r, "numel", lambda: 2)() == 1: return {"score": float(r.item())}
-    raise SearchError(f"evaluate must return a number or a mapping with a 'score' entry, got {type(r).__name__}")
+def _metrics(r: Any, metric: str = "score") -> dict[str, float]:
+    """An evaluator's answer (read by `score_table`: a number is the `score`) as each metric's mean over tasks, with
+    `score` (what search maximises) set to `metric`'s mean, negated when `metric` is loss-like (`lower_is_better`)."""
+    try: t = score_table(r, metric="score").drop(columns="n", errors="ignore")
+    except EvaluationError as e: raise SearchError(f"evaluate: {e}") from None
+    m = {str(k): float(v) for k, v in t.mean(skipna=False).items()}
+    if metric not in m: raise SearchError(f"evaluate returned no {metric!r} (metrics {sorted(m)[:6]}); pass metric= naming one")
+    if metric != "score": m["score"] = -m[metric] if lower_is_better(metric) else m[metric]
+    return m
 
 class Candidate:
     "One fitness evaluation, picklable for an executor: decode `x` → config → `merge_config` in memory → `evaluate`."
     def __init__(self, space: SearchSpace, pool: Sequence[Any], base: Any, evaluate: Callable[[dict], Any],
-                 seed: int | None, merge_kw: Mapping):
+                 seed: int | None, merge_kw: Mapping, metric: str = "score"):
         self.space, self.pool, self.base, self.evaluate, self.seed, self.merge_kw = space, list(pool), base, evaluate, seed, dict(merge_kw)
+        self.metric = metric
     def __call__(self, x) -> tuple[dict[str, float], float, float]:
         t0 = time.perf_counter()
         sd = merge_config(self.space.config(x, self.pool, self.base), seed=self.seed, progress=False, **self.merge_kw)
         t1 = time.perf_counter()
-        m = _metrics(self.evaluate(sd))
+        m = _metrics(self.evaluate(sd), self.metric)
         if not math.isfinite(m["score"]): m["score"] = -math.inf
         return m, t1 - t0, time.perf_counter() - t1
 
@@ -281,9 +271,10 @@ def evolve(pool: Sequence[Any] | Mapping[str, Any], base: Any, evaluate: Callabl
            space: Mapping | Sequence[Gene] | SearchSpace | None = None, budget: int = 100, seed: int = 0, *,
            fixed: Mapping | None = None, blocks: int = 1, filters: Sequence[str] = (), optimizer: Literal["de", "random"] = "de",
            popsize: int | None = None, x0: Mapping[str, float] | Sequence[float] | None = None, de_kw: Mapping | None = None,
-           executor: Executor | None = None, client: Any = None, progress: bool = True, **merge_kw) -> SearchResult:
-    """Search merge parameters of `method` for the best `evaluate(state_dict)` (a number, or a mapping with `score`,
-    higher is better), as mergekit-evolve / Sakana's parameter-space search (Akiba et al. 2024), with scipy's
+           executor: Executor | None = None, client: Any = None, progress: bool = True, metric: str = "score",
+           **merge_kw) -> SearchResult:
+    """Search merge parameters of `method` for the best `evaluate(state_dict)`: any evaluator answer (`score_table`),
+    summarised by `metric`'s mean over tasks (a bare number is the `score`; a loss-like metric is minimised), as mergekit-evolve / Sakana's parameter-space search (Akiba et al. 2024), with scipy's
     differential evolution (`optimizer="de"`, Storn & Price 1997: `best1bin`, deferred updating, no polishing) or a
     Latin-hypercube random search (`"random"`). At most `budget` merges: populations of `popsize` candidates, the first
     a Latin hypercube (with `x0` as its first member), then `budget // popsize - 1` generations (`de_kw`: scipy's
@@ -294,9 +285,8 @@ def evolve(pool: Sequence[Any] | Mapping[str, Any], base: Any, evaluate: Callabl
     from scipy.optimize import differential_evolution
     from scipy.stats import qmc
     from tqdm.auto import tqdm
-    if isinstance(pool, Mapping): names, pool = list(pool), list(pool.values())
-    else: pool = list(pool); names = _model_names(pool)
-    if not pool: raise SearchError("evolve: the pool of models is empty; give at least one model to merge")
+    if not isinstance(pool, Mapping) and not list(pool): raise SearchError("evolve: the pool of models is empty; give at least one model to merge")
+    named = model_names(pool, what="evolve"); names, pool = list(named), list(named.values())
     sp = SearchSpace.build(method, {"weight": (0.0, 1.0)} if space is None else space, names, fixed=fixed, blocks=blocks, filters=filters)
     m = get_method(sp.method)
     if m.base == "required" and base is None: raise SearchError(f"{m.name} needs a base model; pass base=")
@@ -322,7 +312,7 @@ def evolve(pool: Sequence[Any] | Mapping[str, Any], base: Any, evaluate: Callabl
     else: n_eval = budget
     init = qmc.scale(qmc.LatinHypercube(d=sp.dim, rng=np.random.default_rng(seed)).random(S if optimizer == "de" else n_eval), lo, hi)
     if x0 is not None: init[0] = v0
-    cand = Candidate(sp, pool, base, evaluate, seed, merge_kw)
+    cand = Candidate(sp, pool, base, evaluate, seed, merge_kw, metric)
     bar = tqdm(total=n_eval, desc=f"evolve {sp.method}", unit="merge", disable=not progress, leave=False)
     run = _Runner(cand, ex, bar, n_eval)
     res = None
@@ -343,3 +333,60 @@ def evolve(pool: Sequence[Any] | Mapping[str, Any], base: Any, evaluate: Callabl
     cfg = sp.config(best_x, pool, base)
     if seed is not None: cfg["parameters"]["seed"] = seed
     return SearchResult(sp, hist, best_x, float(hist.score.iloc[best]), cfg, seed, res)
+
+# %% ../nbs/11_search.ipynb #e727ad5c
+def _merge_pair(a: Any, b: Any, base: Any, method: str, t: float, params: dict) -> dict:
+    m = get_method(method)
+    if m.name == "slerp": return merge([b], "slerp", base=a, t=t, progress=False, **params)
+    return merge([a, b], m.name, base=base if m.base != "none" else None, progress=False, **params)
+
+def _greedy_pairs(K: pd.DataFrame, scores: dict, k: int, explore: bool, metric: str) -> list[tuple[str, str, str]]:
+    "The generation's candidate pairs: the top-`k` models' pairs, plus the best model with its least-kin partner."
+    top = sorted(scores, key=scores.get, reverse=True)[:k]
+    cands = [(a, b, "top-k") for a, b in itertools.combinations(top, 2)]
+    if explore:
+        others = K.loc[top[0]].drop(top[0])
+        partner = others.idxmax() if metric == "euclidean" else others.idxmin()
+        if frozenset((top[0], partner)) not in {frozenset(c[:2]) for c in cands}: cands.append((top[0], partner, "exploration"))
+    return cands
+
+# %% ../nbs/11_search.ipynb #64adafef
+def kinship_greedy_merge(pool: Mapping[str, Any] | Sequence[Any], base: Any, evaluate: Callable[[Any], Any], *,
+                         k: int = 3, threshold: float = 0.9, method: str = "slerp", metric: Metric = "pcc",
+                         t: float = 0.5, explore: bool = True, patience: int = 1, max_generations: int = 5,
+                         score_metric: str = "score", threads: int = 2, **params) -> pd.DataFrame:
+    """Top-k Greedy Merging with Model Kinship (Hu et al. 2024, arXiv:2410.12613): each generation merges the unordered
+    pairs of the top-`k` models not merged before whose kinship (`metric`, against `base`) is below `threshold`, plus
+    (with `explore`) the best model with its lowest-kinship partner; children join the pool. Stops when no pair is left,
+    the best score has not improved for `patience` generations, or after `max_generations`. `method="slerp"` merges
+    a→b at `t`; other methods get `[a, b]` and `base`. `evaluate` answers in the evaluation protocol (`score_table`;
+    `score_metric` as in `evolve`). Returns the history: one row per model (generation 0: the initial pool) and per
+    considered pair (status `merged`, `saturated` or `seen`) with parents, kinship, scores and merge gains."""
+    pool = model_names(pool, what="kinship_greedy_merge")
+    if len(pool) < 2: raise SearchError("kinship_greedy_merge needs at least two models in the pool")
+    score = lambda m: _metrics(evaluate(m), score_metric)["score"]
+    models, scores = dict(pool), {n: score(m) for n, m in pool.items()}
+    nan = dict(parent_a=None, parent_b=None, kinship=math.nan, score_a=math.nan, score_b=math.nan, gain=math.nan, gain_vs_max=math.nan)
+    rows = [dict(generation=0, model=n, kind="initial", status="initial", score=s, **nan) for n, s in scores.items()]
+    seen, best, stall = set(), max(scores.values()), 0
+    for gen in range(1, max_generations + 1):
+        K, todo = kinship_matrix(models, base, metric, threads=threads), []
+        for a, b, kind in _greedy_pairs(K, scores, k, explore, metric):
+            row = dict(nan, generation=gen, model=None, parent_a=a, parent_b=b, kind=kind, kinship=float(K.loc[a, b]),
+                       score_a=scores[a], score_b=scores[b], score=math.nan)
+            saturated = row["kinship"] <= threshold if metric == "euclidean" else row["kinship"] >= threshold
+            if frozenset((a, b)) in seen: rows.append(row | dict(status="seen"))
+            elif kind == "top-k" and saturated: rows.append(row | dict(status="saturated"))
+            else: todo.append(row)
+        if not todo: break
+        for j, row in enumerate(todo):
+            a, b, name = row["parent_a"], row["parent_b"], f"g{gen}.{j}"
+            seen.add(frozenset((a, b)))
+            models[name] = _merge_pair(models[a], models[b], base, method, t, params)
+            s = scores[name] = score(models[name])
+            rows.append(row | dict(model=name, status="merged", score=s, gain=s - (row["score_a"] + row["score_b"]) / 2,
+                                   gain_vs_max=s - max(row["score_a"], row["score_b"])))
+        stall = 0 if max(scores.values()) > best else stall + 1
+        best = max(best, *scores.values())
+        if stall >= patience: break
+    return pd.DataFrame(rows)

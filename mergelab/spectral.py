@@ -7,8 +7,8 @@ from __future__ import annotations
 from typing import Literal, Sequence
 import torch
 from torch import Tensor
-from .engine import merge_method
-from .methods import _ranges
+from .engine import ParamInfo, merge_method
+from .methods import PARAM_INFO
 
 # %% auto #0
 __all__ = ['top_svd', 'polar', 'star_truncate', 'star', 'tsv', 'iso_c', 'iso_cts']
@@ -48,7 +48,8 @@ def star_truncate(D: Tensor, eta: float = 40.0) -> Tensor:
     r = int(torch.searchsorted(torch.cumsum(S, 0), eta / 100 * total).clamp(max=len(S) - 1)) + 1
     return (U[:, :r] * (S[:r] * (total / S[:r].sum()))) @ Vh[:r]
 
-@merge_method("star", base="required", min_models=1, validate=_ranges(eta=(0, 100)),
+@merge_method("star", base="required", min_models=1, work_factor=3.0,
+              params=PARAM_INFO | {"eta": ParamInfo("percentage η of each task vector's nuclear norm kept", range=(0, 100), step=1)},
               paper="Lee et al. 2025, STAR: Spectral Truncation and Rescale for Model Merging (arXiv:2502.10339)")
 def star(tensors: list[Tensor], base: Tensor, *, eta: float = 40.0, lambda_: float = 1.0) -> Tensor:
     "STAR (Lee et al. 2025): per task keep η % of the nuclear norm, rescale it to the full norm, average; 1-D averaged."
@@ -57,7 +58,7 @@ def star(tensors: list[Tensor], base: Tensor, *, eta: float = 40.0, lambda_: flo
     return (base.float() + lambda_ * upd).to(base.dtype)
 
 # %% ../nbs/02b_spectral.ipynb #8e6b62ae
-@merge_method("tsv", base="required", min_models=1,
+@merge_method("tsv", base="required", min_models=1, work_factor=5.5, params=PARAM_INFO,
               paper="Gargiulo et al. 2025, Task Singular Vectors: Reducing Task Interference in Model Merging (arXiv:2412.00081)")
 def tsv(tensors: list[Tensor], base: Tensor, *, lambda_: float = 1.0) -> Tensor:
     "TSV-M (Gargiulo et al. 2025): top ⌊r/T⌋ triplets per task, U and V orthogonalised, θ₀ + α·U⊥ΣV⊥ᵀ; 1-D averaged."
@@ -70,7 +71,7 @@ def tsv(tensors: list[Tensor], base: Tensor, *, lambda_: float = 1.0) -> Tensor:
     return (base.float() + lambda_ * upd).to(base.dtype)
 
 # %% ../nbs/02b_spectral.ipynb #6b96b818
-@merge_method("iso_c", base="required", min_models=1,
+@merge_method("iso_c", base="required", min_models=1, work_factor=2.5, params=PARAM_INFO,
               paper="Marczak et al. 2025, No Task Left Behind: Isotropic Model Merging with Common and Task-Specific Subspaces (arXiv:2502.04959)")
 def iso_c(tensors: list[Tensor], base: Tensor, *, lambda_: float = 1.0) -> Tensor:
     "Iso-C (Marczak et al. 2025): θ₀ + α·σ̄·UVᵀ for the task-arithmetic sum UΣVᵀ; 1-D averaged."
@@ -78,7 +79,9 @@ def iso_c(tensors: list[Tensor], base: Tensor, *, lambda_: float = 1.0) -> Tenso
     U, S, Vh = torch.linalg.svd(sum(_deltas(tensors, base)), full_matrices=False)
     return (base.float() + lambda_ * S.mean() * (U @ Vh)).to(base.dtype)
 
-@merge_method("iso_cts", base="required", min_models=1, validate=_ranges(common_space_fraction=(0, 1)),
+@merge_method("iso_cts", base="required", min_models=1, work_factor=4.0,
+              params=PARAM_INFO | {"common_space_fraction": ParamInfo("fraction of the rank given to the common subspace",
+                                                                      range=(0, 1), step=0.05)},
               paper="Marczak et al. 2025, No Task Left Behind: Isotropic Model Merging with Common and Task-Specific Subspaces (arXiv:2502.04959)")
 def iso_cts(tensors: list[Tensor], base: Tensor, *, common_space_fraction: float = 0.8, lambda_: float = 1.0) -> Tensor:
     "Iso-CTS (Marczak et al. 2025): common + task-specific subspaces, orthogonalised, flat spectrum; 1-D averaged."

@@ -15,26 +15,20 @@ import torch
 from torch import nn
 import ipywidgets as W
 from IPython.display import HTML, display, clear_output
-from .io import MergelabError
+from .io import MergelabError, EvaluationError, adapter_ref, model_names, open_model, open_module, score_table
 from .engine import METHODS, Param, get_method
 from .config import MergeConfig, merge
-from .kinship import METRICS, delta_statistics, kinship_matrix, plot_kinship, plot_layer_kinship, _names
+from .kinship import METRICS, delta_statistics, kinship_matrix, plot_kinship, plot_layer_kinship, layer_matrix, ranked_pairs
 from .activations import plot_embedding
-from .lmc import (interpolation_curve, barrier_table, weight_matching, activation_matching, apply_permutation,
-                          mlp_spec, repair, reset_batchnorm, plot_curves)
-from .interference import interference_statistics, plot_interference, plot_pairwise
+from .lmc import interpolation_curve, plot_curves, lmc_probe, lmc_prepare, MATCHINGS, CORRECTIONS
+from .interference import interference_statistics, plot_interference, plot_pairwise, interference_summary
 from .evaluate import normalized_accuracy
-from .zoo import Zoo, load_zoo, zoo_delta_activations
-try: import mergelab.data_aware                      # registers fisher, regmean, regmean_pp, adamerging
-except ModuleNotFoundError as e:
-    if e.name != "mergelab.data_aware": raise
+from .zoo import Zoo, load_zoo, zoo_delta_activations, zoo_inputs
 
 # %% auto #0
-__all__ = ['RANGES', 'META_COLUMNS', 'MATCHINGS', 'CORRECTIONS', 'PAIR_MEASURES', 'ExplorerError', 'explorer_models', 'ParamSpec',
-           'param_spec', 'method_specs', 'widget_for', 'widget_value', 'explorer_methods', 'merge_setting_config',
-           'save_text', 'scores_of', 'result_row', 'plot_runs', 'MergeExplorer', 'layer_matrix', 'ranked_pairs',
-           'KinshipExplorer', 'lmc_align', 'lmc_prepare', 'lmc_probe', 'zoo_inputs', 'LMCExplorer',
-           'interference_summary', 'InterferenceExplorer']
+__all__ = ['META_COLUMNS', 'PAIR_MEASURES', 'ExplorerError', 'explorer_models', 'ParamSpec', 'param_spec', 'method_specs',
+           'widget_for', 'widget_value', 'explorer_methods', 'merge_setting_config', 'save_text', 'scores_of',
+           'result_row', 'plot_runs', 'MergeExplorer', 'KinshipExplorer', 'LMCExplorer', 'InterferenceExplorer']
 
 # %% ../nbs/15_widgets.ipynb #12a3d45d
 class ExplorerError(MergelabError, ValueError):
@@ -46,11 +40,8 @@ def explorer_models(zoo_or_models: Any, base: Any = None) -> tuple[Zoo | None, d
     if isinstance(zoo_or_models, Zoo):
         z = zoo_or_models
         return z, dict(z.experts), base if base is not None else z.base
-    if isinstance(zoo_or_models, Mapping): models = dict(zoo_or_models)
-    elif isinstance(zoo_or_models, Sequence): ms = list(zoo_or_models); models = dict(zip(_names(ms, None), ms))
-    else: raise ExplorerError(f"give a zoo name, a Zoo, a {{name: model}} dict or a list of models, not {type(zoo_or_models).__name__}")
-    if not models: raise ExplorerError("no models given")
-    return None, models, base
+    try: return None, {n: adapter_ref(m, base) for n, m in model_names(zoo_or_models, what="explorer").items()}, base
+    except MergelabError as e: raise ExplorerError(f"give a zoo name, a Zoo, a {{name: model}} dict or a list of models: {e}") from None
 
 def _show(out: W.Output, fig: Any) -> Any:
     "Draw a matplotlib figure (or anything with `.figure`) into `out`, replacing what was there; return the figure."
@@ -105,40 +96,33 @@ class ParamSpec:
     default: Any = None
     doc: str = ""
 
-RANGES: dict[str, tuple[float, float, float, float]] = {    # name: (min, max, step, start when required)
-    "weight": (0.0, 2.0, 0.05, 1.0), "lambda": (0.0, 2.0, 0.05, 1.0), "density": (0.01, 1.0, 0.01, 1.0),
-    "t": (0.0, 1.0, 0.05, 0.5), "epsilon": (0.0, 0.5, 0.01, 0.15), "gamma": (0.0, 0.5, 0.005, 0.01),
-    "select_topk": (0.01, 1.0, 0.01, 1.0), "pcb_ratio": (0.01, 1.0, 0.01, 0.1), "tall_lambda": (0.0, 1.0, 0.05, 0.4),
-    "common_space_fraction": (0.0, 1.0, 0.05, 0.8), "alpha": (0.0, 2.0, 0.05, 1.0), "beta": (0.0, 2.0, 0.05, 0.0),
-    "eta": (0.0, 100.0, 1.0, 40.0), "scale": (0.0, 2.0, 0.05, 1.0)}
-
 def _on_grid(v: float, lo: float, hi: float, step: float) -> bool:
     return lo - 1e-12 <= v <= hi + 1e-12 and abs((v - lo) / step - round((v - lo) / step)) < 1e-6
 
+def _bound(b, n_models: int, n_layers: int | None):
+    "A slider bound as the registry declares it: a number, or the size it names (None when unknown)."
+    return {"n_models": n_models, "n_models-1": n_models - 1, "n_layers": n_layers}[b] if isinstance(b, str) else b
+
 def param_spec(p: Param, n_models: int = 2, n_layers: int | None = None) -> ParamSpec:
-    "The widget spec of registry parameter `p` for a merge of `n_models` models with `n_layers` blocks."
+    """The widget spec of registry parameter `p` for a merge of `n_models` models with `n_layers` blocks, read from its
+    registration: a slider from its `slider` bounds (else its `range`) and `step` (1 for an integer), else a number box."""
     default = None if p.required else p.default
     kw = dict(per_model=p.per_model, required=p.required, default=default, doc=p.doc)
     if p.choices is not None:
         return ParamSpec(p.name, "dropdown", default if default is not None else p.choices[0], options=tuple(p.choices), **kw)
     if p.type is bool: return ParamSpec(p.name, "checkbox", bool(default) if default is not None else False, **kw)
-    if p.type is float:
-        if p.name in RANGES:
-            lo, hi, step, start = RANGES[p.name]
-            v = start if default is None else float(default)
-            if _on_grid(v, lo, hi, step): return ParamSpec(p.name, "float_slider", v, lo, hi, step, **kw)
-        elif default is not None and _on_grid(float(default), 0.0, 1.0, 0.05):
-            return ParamSpec(p.name, "float_slider", float(default), 0.0, max(1.0, 2 * float(default)), 0.05, **kw)
-        return ParamSpec(p.name, "float_text", 0.0 if default is None else float(default), **kw)
-    if p.type is int:
-        hi = {"k": n_models, "task": n_models - 1, "bottom": n_layers, "top": n_layers}.get(p.name)
-        if hi is not None:
-            lo = 1 if p.name == "k" else 0
-            v = lo if default is None else min(max(int(default), lo), max(hi, lo))
-            return ParamSpec(p.name, "int_slider", v, lo, max(hi, lo), 1, **kw)
-        return ParamSpec(p.name, "int_text", 0 if default is None else int(default), **kw)
     if p.type is str: return ParamSpec(p.name, "text", "" if default is None else default, **kw)
-    return ParamSpec(p.name, "unsupported", default, **kw)
+    if p.type not in (float, int): return ParamSpec(p.name, "unsupported", default, **kw)
+    lo, hi = (_bound(b, n_models, n_layers) for b in (p.slider or p.range or (None, None)))
+    step, v = p.step or (1 if p.type is int else None), default if default is not None else p.start
+    if p.type is float:
+        v = lo if v is None else float(v)
+        if None not in (lo, hi, step, v) and _on_grid(v, lo, hi, step):
+            return ParamSpec(p.name, "float_slider", v, float(lo), float(hi), step, **kw)
+        return ParamSpec(p.name, "float_text", 0.0 if v is None else v, **kw)
+    if lo is not None and hi is not None:
+        return ParamSpec(p.name, "int_slider", lo if v is None else min(max(int(v), lo), max(hi, lo)), lo, max(hi, lo), step, **kw)
+    return ParamSpec(p.name, "int_text", 0 if v is None else int(v), **kw)
 
 def method_specs(method: Any, n_models: int = 2, n_layers: int | None = None) -> dict[str, ParamSpec]:
     "Widget specs of every parameter of a registered method a widget can set (others keep their defaults)."
@@ -174,8 +158,9 @@ def widget_value(spec: ParamSpec, w: W.Widget) -> Any:
 def explorer_methods(has_base: bool = True, data: Any = None) -> list[str]:
     """Registry methods a `MergeExplorer` can run: every required parameter has a widget (or is the `data` it was
     given), and the method gets the base it requires."""
+    from mergelab.engine import load_methods
     out = []
-    for name, m in METHODS.items():
+    for name, m in load_methods().items():
         if m.base == "required" and not has_base: continue
         if "data" in m.params and data is None: continue
         if any(param_spec(p).kind == "unsupported" and p.required and k != "data" for k, p in m.params.items()): continue
@@ -205,15 +190,12 @@ def save_text(text: str, path: str | Path) -> Path:
 
 # %% ../nbs/15_widgets.ipynb #49678a22
 def scores_of(result: Any, metric: str | None = None) -> pd.Series:
-    "Per-task scores from an evaluation: a frame indexed by task (`metric`, default accuracy/perplexity/loss), a mapping or a number."
-    if isinstance(result, pd.DataFrame):
-        col = metric or next((c for c in ("accuracy", "perplexity", "loss") if c in result), None)
-        if col is None or col not in result: raise ExplorerError(f"no score column {metric!r} in {list(result.columns)}")
-        s = result[col]
-    elif isinstance(result, pd.Series): s = result
-    elif isinstance(result, Mapping): s = pd.Series(dict(result), dtype=float)
-    else: s = pd.Series({"score": float(result)})
-    return s.astype(float)
+    "Per-task scores of an evaluator's answer (`score_table`): `metric`, default accuracy, else perplexity, loss or score."
+    try: t = score_table(result)
+    except EvaluationError as e: raise ExplorerError(str(e)) from None
+    col = metric or next((c for c in ("accuracy", "perplexity", "loss", "score") if c in t), None)
+    if col is None or col not in t: raise ExplorerError(f"no score column {metric!r} in {list(t.columns)}")
+    return t[col].astype(float)
 
 META_COLUMNS = ("run", "method", "experts", "params")
 
@@ -343,7 +325,6 @@ class MergeExplorer(_Explorer):
     # --- reactions -------------------------------------------------------------------------------------------------
     def _n_layers(self) -> int | None:
         from mergelab.engine import num_layers
-        from mergelab.config import open_model
         try: return num_layers(open_model(next(iter(self.models.values()))))
         except Exception: return None
     def _build_params(self, keep: dict):
@@ -426,9 +407,10 @@ class MergeExplorer(_Explorer):
                            seed=self.seed, progress=self.progress, **extra, **params)
                 self.status.value = "⏳ evaluating …"
                 scores = self.score(sd, names)
-        except MergelabError as e:
+        except Exception as e:                           # the status never stays at "evaluating"
             self.error = e
             self.status.value = _error_html(e)
+            if not isinstance(e, MergelabError): raise
             return None
         finally: self.merge_button.disabled = False
         ref = self.reference(names, list(scores.index)) if len(scores) else None
@@ -452,23 +434,6 @@ class MergeExplorer(_Explorer):
         with self.table_out:
             clear_output(wait=True)
             if len(self.results): display(HTML(_html_table(self.results.tail(12), 2)))
-
-# %% ../nbs/15_widgets.ipynb #1a4bafa7
-def layer_matrix(table: pd.DataFrame, layer: Any) -> pd.DataFrame:
-    "The N × N matrix of one `layer` from a tidy `kinship_matrix(by='layer')` table (model order kept)."
-    t = table[table.layer == layer]
-    if not len(t): raise ExplorerError(f"no layer {layer!r}; layers: {sorted(table.layer.unique())}")
-    order = list(dict.fromkeys(t.model_a))
-    M = t.pivot(index="model_a", columns="model_b", values="value").loc[order, order]
-    M.attrs["metric"] = t.metric.iloc[0]
-    return M
-
-def ranked_pairs(matrix: pd.DataFrame) -> list[tuple[str, str, float]]:
-    "Unordered pairs (a, b, value) of an N × N kinship matrix, most related first (smallest first for a distance)."
-    names = list(matrix.index)
-    pairs = [(a, b, float(matrix.loc[a, b])) for i, a in enumerate(names) for b in names[i + 1:]]
-    dist = matrix.attrs.get("metric") == "euclidean"
-    return sorted(pairs, key=lambda p: (math.isnan(p[2]), p[2] if dist else -p[2]))
 
 # %% ../nbs/15_widgets.ipynb #3847adbb
 class KinshipExplorer(_Explorer):
@@ -598,50 +563,6 @@ class KinshipExplorer(_Explorer):
         self.status.value = f"sent {' + '.join(pair)} to the MergeExplorer"
         return explorer
 
-# %% ../nbs/15_widgets.ipynb #cb3c3cc3
-MATCHINGS = {"none": "none", "weight": "weight matching", "activation": "activation matching"}
-CORRECTIONS = {"none": "none", "repair": "REPAIR", "bn_reset": "BN reset"}
-
-def lmc_align(a: Any, b: Any, matching: str = "none", *, spec: Any = None, data: Any = None,
-              model: nn.Module | None = None, seed: int = 0) -> Any:
-    "B with its hidden units permuted onto A's: as is (`none`), by `weight_matching` or by `activation_matching` on `data`."
-    if matching not in MATCHINGS: raise ExplorerError(f"matching must be one of {list(MATCHINGS)}, not {matching!r}")
-    if matching == "none": return b
-    spec = spec or mlp_spec(a if isinstance(a, nn.Module) else (model if model is not None else a))
-    if matching == "weight": perms = weight_matching(spec, a, b, seed=seed)
-    else:
-        if data is None: raise ExplorerError("activation matching needs `data` (inputs to measure the units on)")
-        perms = activation_matching(spec, a, b, data, model=model)
-    return apply_permutation(spec, perms, b)
-
-def lmc_prepare(a: Any, b: Any, correction: str = "none", *, data: Any = None, spec: Any = None,
-                model: nn.Module | None = None) -> Callable[[nn.Module, float], Any] | None:
-    "The `prepare(model, alpha)` of `interpolation_curve` for a correction: None, BN reset or REPAIR on `data`."
-    if correction not in CORRECTIONS: raise ExplorerError(f"correction must be one of {list(CORRECTIONS)}, not {correction!r}")
-    if correction == "none": return None
-    if data is None: raise ExplorerError(f"{CORRECTIONS[correction]} needs `data` (inputs to measure the statistics on)")
-    if correction == "bn_reset": return lambda m, alpha: reset_batchnorm(m, data)
-    def prep(m: nn.Module, alpha: float):
-        m.load_state_dict(repair(a, b, alpha, data, spec=spec, model=model).state_dict())
-    return prep
-
-def lmc_probe(a: Any, b: Any, evaluate: Callable[[nn.Module], Any], *, matching: str = "none", correction: str = "none",
-              data: Any = None, spec: Any = None, model: nn.Module | None = None, alphas: int | Sequence[float] = 11,
-              seed: int = 0, progress: bool = False) -> tuple[pd.DataFrame, pd.DataFrame, Any]:
-    "(curve, barriers of both definitions, aligned B) of the path from A to B aligned by `matching` and corrected by `correction`."
-    b2 = lmc_align(a, b, matching, spec=spec, data=data, model=model, seed=seed)
-    curve = interpolation_curve(a, b2, evaluate, alphas=alphas, model=model, progress=progress,
-                                prepare=lmc_prepare(a, b2, correction, data=data, spec=spec, model=model))
-    bars = barrier_table(curve)
-    return curve, bars[bars.kind.isin(["midpoint", "linear"])].reset_index(drop=True), b2
-
-def zoo_inputs(zoo: Zoo, task: str | None = None) -> Any:
-    "Training inputs of a zoo task (default the first) for activation statistics: its `train`, `finetune` or `pretrain` split."
-    t = task or next(iter(zoo.data), None)
-    for split in ("train", "finetune", "pretrain"):
-        if t is not None and split in zoo.data.get(t, {}): return zoo.data[t][split][0]
-    raise ExplorerError(f"zoo {zoo.name!r} ships no training inputs; pass `data=`")
-
 # %% ../nbs/15_widgets.ipynb #bb66d9f7
 class LMCExplorer(_Explorer):
     """Linear mode connectivity between two models: pick A and B, the alignment (none / weight / activation matching)
@@ -658,7 +579,7 @@ class LMCExplorer(_Explorer):
         self._evaluate, self.model, self.spec, self.alphas, self.seed, self.auto = evaluate, model, spec, alphas, seed, auto
         if data is None and self.zoo is not None:
             try: data = zoo_inputs(self.zoo)
-            except ExplorerError: data = None
+            except MergelabError: data = None
         self.data = data
         self._modules, self._cache = {}, {}
         self.curve = self.barriers = self.point = self.b_aligned = None
@@ -686,10 +607,8 @@ class LMCExplorer(_Explorer):
         self.compute()
 
     def module(self, name: str) -> Any:
-        "Model `name` as a module (built once from the zoo), or as given."
-        if name not in self._modules:
-            m = self.models[name]
-            self._modules[name] = self.zoo.build(m) if self.zoo is not None and not isinstance(m, nn.Module) else m
+        "Model `name` as a module (`open_module`, built once)."
+        if name not in self._modules: self._modules[name] = open_module(self.models[name], model=self.model, dtype=None)
         return self._modules[name]
     def evaluate(self, m: nn.Module) -> Any:
         "Your `evaluate`, or the zoo's on the tasks of A and B (all tasks if neither names one)."
@@ -736,7 +655,7 @@ class LMCExplorer(_Explorer):
         if self.curve is None: return None
         al, (a, _, _, corr) = float(self.alpha_slider.value), self.key
         A = self.module(a)
-        self.point = interpolation_curve(A, self.b_aligned, self.evaluate, alphas=[al], model=self.model,
+        self.point = interpolation_curve(A, self.b_aligned, self.evaluate, alphas=[al], model=self.model, progress=False,
                                          prepare=lmc_prepare(A, self.b_aligned, corr, data=self.data, spec=self.spec, model=self.model))
         metrics = [c for c in self.point.columns if c not in ("alpha", "task")]
         rows = self.point.drop(columns="alpha")
@@ -754,12 +673,6 @@ class LMCExplorer(_Explorer):
         return self.point
 
 # %% ../nbs/15_widgets.ipynb #a6c0c485
-def interference_summary(stats: Any) -> dict[str, float]:
-    "The TIES k slider's readout from `InterferenceStatistics`: density, sign-conflict rate, trimmed fraction, norm kept."
-    g = stats.table(None).set_index("measure").value
-    return dict(density=float(stats.params["density"]), sign_conflict_rate=float(g["sign_conflict_rate"]),
-                trimmed_fraction=float(g["redundancy"]), norm_kept=float(g["norm_kept"]))
-
 PAIR_MEASURES = ("sign_conflict", "cosine", "jaccard")
 
 class InterferenceExplorer(_Explorer):

