@@ -83,7 +83,7 @@ def main():
             t0 = time.perf_counter()
             if job == "raw": moved[job] = raw_job(paths, out, out_bytes)
             elif job == "copy": moved[job] = copy_job(paths, out, a.threads, a.shard)
-            else: merge_config(cfgs[job], out, threads=a.threads, max_shard_bytes=a.shard, progress=False, overwrite=True)
+            else: merge_config(cfgs[job], out, threads=a.threads, max_shard_size=a.shard, progress=False, overwrite=True)
             times[job].append(time.perf_counter() - t0)
     best = {k: min(v) for k, v in times.items()}
     gb = moved["copy"] / 1e9

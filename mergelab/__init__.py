@@ -11,13 +11,18 @@ from .io import (Checkpoint, task_vector, save_checkpoint, MergelabError, open_m
                          model_names, score_table)
 from .engine import METHODS, get_method, merge_method, load_methods
 from .config import merge, merge_config, build_plan, estimate_peak_memory
-from .kinship import kinship_matrix
-from .activations import DeltaActivations, delta_activations
-from .lmc import interpolation_curve, barrier, weight_matching, activation_matching
-from .interference import interference_report
-from .evaluate import evaluate
-from .masks import tall_compress
-from .zoo import load_zoo
 from .data_aware import data_source, DataSource, TaskData, adamerging, AdaMergingResult, DATA_METHODS
 from .search import evolve, kinship_greedy_merge, Gene, SearchSpace, SearchResult, SearchError
 load_methods()                                       # `import mergelab` leaves the registry complete
+
+# Each pillar's entry point, imported on first use (PEP 562) so that `import mergelab` (and the CLI) stays light.
+_PILLARS = {"kinship_matrix": "kinship", "DeltaActivations": "activations", "delta_activations": "activations",
+            "interpolation_curve": "lmc", "barrier": "lmc", "weight_matching": "lmc", "activation_matching": "lmc",
+            "lmc_probe": "lmc", "interference_report": "interference", "tall_compress": "masks",
+            "load_zoo": "zoo"}
+
+def __getattr__(name: str):
+    if name in _PILLARS:
+        import importlib
+        return getattr(importlib.import_module(f"mergelab.{_PILLARS[name]}"), name)
+    raise AttributeError(f"module 'mergelab' has no attribute {name!r}")

@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "merge":
             from mergelab.config import merge_config
             t0 = time.perf_counter()
-            out = merge_config(args.config, args.out, overwrite=args.overwrite, max_shard_bytes=args.max_shard_size,
+            out = merge_config(args.config, args.out, overwrite=args.overwrite, max_shard_size=args.max_shard_size,
                                seed=args.seed, threads=args.threads, dtype=args.dtype, compute_dtype=args.compute_dtype,
                                on_nonfinite=args.on_nonfinite, progress=not args.no_progress, force=args.force)
             print(f"merged into {out} in {time.perf_counter() - t0:.1f} s (peak RSS {_peak_rss() / 2**20:.0f} MiB)")

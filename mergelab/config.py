@@ -18,7 +18,7 @@ from .engine import (ConfigError, MergeMethod, TensorGroup, get_method, execute,
 
 # %% auto #0
 __all__ = ['dsl_value', 'parse_dtype', 'MergeConfig', 'Plan', 'build_plan', 'run_plan', 'merge_config', 'merge',
-           'estimate_peak_memory']
+           'estimate_peak_memory', 'merge_setting_config']
 
 # %% ../nbs/03_config.ipynb #a7bf4333
 def _is_gradient(v) -> bool: return isinstance(v, (list, tuple)) and len(v) > 0 and not isinstance(v[0], Mapping)
@@ -230,16 +230,16 @@ def _same_ref(a, b) -> bool:
     return False
 
 def build_plan(cfg: MergeConfig | Mapping | str | Path, *, seed: int | None = None, threads: int = 2,
-               collect: bool = False, max_shard_bytes: int | str = "5GB", compute_dtype: Any = None,
+               collect: bool = False, max_shard_size: int | str = "5GB", compute_dtype: Any = None,
                force: bool = False, available: int | None = None, prepare: bool = True) -> Plan:
     """Validate `cfg` completely and plan one `TensorGroup` per output tensor. Before any tensor is read (a model-wide
     `prepare` pass reads), the memory guard estimates the peak (`estimate_memory`, for `threads`, the writer's
-    `max_shard_bytes`, or the whole result with `collect=True`) and raises `InsufficientMemory` when it exceeds the
+    `max_shard_size`, or the whole result with `collect=True`) and raises `InsufficientMemory` when it exceeds the
     `available` memory (default: `available_memory()`), unless `force`."""
     cfg = MergeConfig.load(cfg)
     guard = lambda method, groups, dtype, out_dtype: check_memory(
         estimate_memory(groups, method, threads=threads, dtype=dtype, out_dtype=out_dtype, collect=collect,
-                        compute_dtype=parse_dtype(compute_dtype), max_shard_bytes=parse_size(max_shard_bytes)),
+                        compute_dtype=parse_dtype(compute_dtype), max_shard_size=parse_size(max_shard_size)),
         available, force=force)
     problems: list[str] = []
     try:
@@ -440,7 +440,7 @@ def _relayer(k: str, i: int) -> str:
     return k[:m.start(2)] + str(i) + k[m.end(2):]
 
 # %% ../nbs/03_config.ipynb #22fad8b2
-def run_plan(plan: Plan, out: str | Path | None = None, *, max_shard_bytes: int | str = "5GB", overwrite: bool = False,
+def run_plan(plan: Plan, out: str | Path | None = None, *, max_shard_size: int | str = "5GB", overwrite: bool = False,
              threads: int = 2, progress: bool = True, compute_dtype: torch.dtype | str | None = None,
              on_nonfinite: str = "error", record: str | None = None, client: Any = None) -> dict[str, torch.Tensor] | Path:
     """Execute a validated plan into a state dict (`out=None`) or an HF directory written atomically. With `client`
@@ -448,7 +448,7 @@ def run_plan(plan: Plan, out: str | Path | None = None, *, max_shard_bytes: int 
     kw = dict(dtype=plan.dtype, out_dtype=plan.out_dtype, compute_dtype=parse_dtype(compute_dtype), seed=plan.seed,
               on_nonfinite=on_nonfinite)
     if out is None: return execute(plan.groups, plan.method, threads=threads, progress=progress, client=client, **kw)
-    with ShardedWriter(out, max_shard_bytes, overwrite=overwrite, inputs=plan.inputs, config=plan.config,
+    with ShardedWriter(out, max_shard_size, overwrite=overwrite, inputs=plan.inputs, config=plan.config,
                        donor=plan.donor, dtype=plan.out_dtype or plan.dtype) as w:
         if record: w.add_file("mergelab_config.yml", record)
         execute(plan.groups, plan.method, writer=w, threads=threads, progress=progress, client=client, **kw)
@@ -466,7 +466,7 @@ def _validated(cfg: MergeConfig, out, overwrite: bool, seed, threads, **guard) -
     if out_problem: raise ConfigError(out_problem)
     return plan
 
-def merge_config(config: Any, out: str | Path | None = None, *, overwrite: bool = False, max_shard_bytes: int | str = "5GB",
+def merge_config(config: Any, out: str | Path | None = None, *, overwrite: bool = False, max_shard_size: int | str = "5GB",
                  seed: int | None = None, threads: int = 2, progress: bool = True, dtype: str | None = None,
                  compute_dtype: Any = None, on_nonfinite: str = "error", force: bool = False,
                  client: Any = None) -> dict[str, torch.Tensor] | Path:
@@ -476,13 +476,13 @@ def merge_config(config: Any, out: str | Path | None = None, *, overwrite: bool 
     cfg = MergeConfig.load(config)
     if dtype is not None: cfg.dtype = dtype
     with using_client(client):
-        plan = _validated(cfg, out, overwrite, seed, threads, max_shard_bytes=max_shard_bytes, compute_dtype=compute_dtype, force=force)
-        return run_plan(plan, out, max_shard_bytes=max_shard_bytes, overwrite=overwrite, threads=threads, progress=progress,
+        plan = _validated(cfg, out, overwrite, seed, threads, max_shard_size=max_shard_size, compute_dtype=compute_dtype, force=force)
+        return run_plan(plan, out, max_shard_size=max_shard_size, overwrite=overwrite, threads=threads, progress=progress,
                         compute_dtype=compute_dtype, on_nonfinite=on_nonfinite, record=cfg.to_yaml(), client=client)
 
 def merge(models: Sequence[Any] | Mapping[str, Any], method: str = "linear", base: Any = None, out: str | Path | None = None, *,
           dtype: Any = None, out_dtype: Any = None, compute_dtype: Any = None, threads: int = 2,
-          max_shard_bytes: int | str = "5GB", seed: int | None = None, overwrite: bool = False, progress: bool = True,
+          max_shard_size: int | str = "5GB", seed: int | None = None, overwrite: bool = False, progress: bool = True,
           on_nonfinite: str = "error", tokenizer_source: str | None = None, truncate_vocab: bool = False,
           postprocess: Sequence[str | dict] = (), force: bool = False, client: Any = None,
           **params) -> dict[str, torch.Tensor] | Path:
@@ -511,17 +511,26 @@ def merge(models: Sequence[Any] | Mapping[str, Any], method: str = "linear", bas
         d["postprocess"] = [p if isinstance(p, str) else p for p in postprocess]
     cfg = MergeConfig.load({k: v for k, v in d.items() if v is not None})
     with using_client(client):
-        plan = _validated(cfg, out, overwrite, seed, threads, max_shard_bytes=max_shard_bytes, compute_dtype=compute_dtype, force=force)
-        return run_plan(plan, out, max_shard_bytes=max_shard_bytes, overwrite=overwrite, threads=threads, progress=progress,
+        plan = _validated(cfg, out, overwrite, seed, threads, max_shard_size=max_shard_size, compute_dtype=compute_dtype, force=force)
+        return run_plan(plan, out, max_shard_size=max_shard_size, overwrite=overwrite, threads=threads, progress=progress,
                         compute_dtype=compute_dtype, on_nonfinite=on_nonfinite, record=cfg.to_yaml(), client=client)
 
 def _dtype_str(d): return None if d is None else str(d).removeprefix("torch.")
 
 def estimate_peak_memory(plan: Plan | MergeConfig | Mapping | str | Path, *, threads: int = 2, collect: bool = False,
-                         max_shard_bytes: int | str = "5GB", compute_dtype: Any = None) -> MemoryEstimate:
+                         max_shard_size: int | str = "5GB", compute_dtype: Any = None) -> MemoryEstimate:
     """The memory guard's estimate for a plan or a config (validated, nothing read): `.peak` (bytes beyond what the
     process holds), `.peak_rss`, `.parts` and `.table()` (a pandas Series in MiB). `collect=True`: the result is
     returned as a state dict (`out=None`) rather than streamed to disk."""
     if not isinstance(plan, Plan): plan = build_plan(plan, threads=threads, force=True, prepare=False)
     return estimate_memory(plan.groups, plan.method, threads=threads, dtype=plan.dtype, out_dtype=plan.out_dtype,
-                           compute_dtype=parse_dtype(compute_dtype), collect=collect, max_shard_bytes=parse_size(max_shard_bytes))
+                           compute_dtype=parse_dtype(compute_dtype), collect=collect, max_shard_size=parse_size(max_shard_size))
+
+# %% ../nbs/03_config.ipynb #8a99e331
+def merge_setting_config(models: Sequence[Any], method: str, params: Mapping[str, Any], base: Any = None) -> MergeConfig:
+    "The `MergeConfig` of a merge setting; parameters equal to the registry default are left out, the base only if used."
+    m = get_method(method)
+    keep = {k: v for k, v in params.items() if k in m.params and (m.params[k].required or v != m.params[k].default)}
+    d = {"merge_method": m.name, "models": [{"model": x} for x in models], "parameters": keep}
+    if base is not None and m.base != "none": d["base_model"] = base
+    return MergeConfig.load(d)

@@ -194,37 +194,34 @@ def activations_section(quick: bool = False) -> Section:
 
 # %% ../nbs/21_demo.ipynb #a8644c2e
 def lmc_section(quick: bool = False, a: str = "plain-s0", b: str = "plain-s1") -> Section:
-    "Naive vs weight-matched (and, in the full run, activation-matched) interpolation curves of two digits-lmc models."
-    from mergelab.zoo import load_zoo
-    from mergelab.lmc import (mlp_spec, weight_matching, activation_matching, apply_permutation, check_equivalent,
-                              interpolation_curve, barrier_table, plot_curves, repair)
+    "Naive vs weight-matched (and, in the full run, activation-matched and REPAIRed) curves of two digits-lmc models."
+    from mergelab.zoo import load_zoo, zoo_inputs
+    from mergelab.lmc import lmc_probe, check_equivalent, plot_curves
     lz = load_zoo("digits-lmc")
-    xtr, _ = lz.data["digits"]["train"]; xte, _ = lz.data["digits"]["test"]
+    xtr, xte = zoo_inputs(lz), lz.data["digits"]["test"][0]
     ev = lambda m: lz.evaluate(m, progress=False)
     A, B = lz.build(lz.experts[a]), lz.build(lz.experts[b])
-    spec = mlp_spec(A)
-    wm = weight_matching(spec, A, B, seed=0)
-    aligned = {"weight matching": apply_permutation(spec, wm, B)}
-    if not quick: aligned["activation matching"] = apply_permutation(spec, activation_matching(spec, A, B, xtr), B)
-    for m in aligned.values(): check_equivalent(B, m, xte)           # same function as B, different weights
     n = 11 if quick else 25
-    curves = {"naive": interpolation_curve(A, B, ev, alphas=n)} | {k: interpolation_curve(A, m, ev, alphas=n) for k, m in aligned.items()}
-    bt = pd.concat([barrier_table(c, alignment=k) for k, c in curves.items()])
+    settings = {"naive": "none", "weight matching": "weight"} | ({} if quick else {"activation matching": "activation"})
+    probes = {k: lmc_probe(A, B, ev, matching=m, data=xtr, alphas=n, progress=False) for k, m in settings.items()}
+    for _, _, aligned in probes.values(): check_equivalent(B, aligned, xte)       # same function as B, other weights
+    curves = {k: curve for k, (curve, _, _) in probes.items()}
+    bt = pd.concat([bars.assign(alignment=k) for k, (_, bars, _) in probes.items()])
     bt = bt[bt.kind == "midpoint"].pivot(index="alignment", columns="metric", values="barrier").loc[list(curves)]
     bt.columns = [f"{c} barrier" + (" (points)" if c == "accuracy" else "") for c in bt.columns]
     tables = {"barriers (midpoint definition)": bt.round(3)}
     if not quick:
+        rep = lmc_probe(A, B, ev, matching="weight", correction="repair", data=xtr, alphas=[0.5], progress=False)[0]
         mid = pd.Series({"endpoints (mean)": (ev(A).accuracy.item() + ev(B).accuracy.item()) / 2,
                          "naive midpoint": curves["naive"].accuracy.iloc[n // 2],
                          "weight-matched midpoint": curves["weight matching"].accuracy.iloc[n // 2],
-                         "weight-matched + REPAIR": ev(repair(A, aligned["weight matching"], 0.5, xtr, spec=spec)).accuracy.item()},
-                        name="accuracy (%)")
+                         "weight-matched + REPAIR": rep.accuracy.item()}, name="accuracy (%)")
         tables["midpoint accuracy"] = mid.round(2).to_frame()
     fig = plot_curves(curves)
     nb, wb = bt.loc["naive", "loss barrier"], bt.loc["weight matching", "loss barrier"]
     text = (f"{a} and {b}, {n} points α ∈ [0, 1]. The naive path has a loss barrier of {nb:.3f} "
             f"(accuracy drops by {bt.loc['naive', 'accuracy barrier (points)']:.1f} points at the worst point); after weight "
-            f"matching ({wm.iterations} sweeps) the barrier is {wb:.3f}, {100 * wb / nb:.0f} % of the naive one.")
+            f"matching the barrier is {wb:.3f}, {100 * wb / nb:.0f} % of the naive one.")
     return Section("lmc", "Linear mode connectivity", text, tables=tables,
                    figures={"Loss and accuracy along the straight line from A to B, before and after aligning B to A.": figure_png(fig)},
                    results=dict(curves=curves, barriers=bt))
@@ -322,7 +319,7 @@ def llama_section(d: Path = Path(".mergelab-demo"), quick: bool = False) -> Sect
         r = dict(r); method = r.pop("method")
         ins = [paths["ft_echo"]] if name == "slerp" else fts
         models[f"merge:{name}"] = merge(ins, method, out=d / "merged" / name, overwrite=True, progress=False,
-                                        max_shard_bytes=200_000, **r)
+                                        max_shard_size=200_000, **r)
     rows = []
     for name, p in models.items():
         m = load_with_transformers(p)

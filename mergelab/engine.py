@@ -595,7 +595,7 @@ def _scheduled_peak(works: list[int], outs: list[int], sizes: list[int], threads
 # %% ../nbs/01_engine.ipynb #a1f0c3dc
 def estimate_memory(groups: Sequence[TensorGroup], method: MergeMethod, *, threads: int = 2, budget: int | None = None,
                     dtype: torch.dtype | None = None, compute_dtype: torch.dtype | None = None,
-                    out_dtype: torch.dtype | None = None, collect: bool = False, max_shard_bytes: int | None = None,
+                    out_dtype: torch.dtype | None = None, collect: bool = False, max_shard_size: int | None = None,
                     process: int | None = None) -> MemoryEstimate:
     """Peak memory of running `groups` with `method`, from shapes and dtypes only (nothing is read): the groups in
     flight under `run_groups`' byte budget (inputs read, casts, the method's working copies (its `work_factor`), the
@@ -618,8 +618,8 @@ def estimate_memory(groups: Sequence[TensorGroup], method: MergeMethod, *, threa
         parts["collected output"] = total_out
         knobs.append("out=DIR (stream to disk instead of returning the state dict)")
     else:
-        parts["writer buffer"] = min(total_out, max_shard_bytes or total_out)
-        knobs.append("a smaller max_shard_bytes / --max-shard-size (the writer buffers one shard)")
+        parts["writer buffer"] = min(total_out, max_shard_size or total_out)
+        knobs.append("a smaller max_shard_size / --max-shard-size (the writer buffers one shard)")
     if threads > 1: knobs.insert(0, "threads=1 / --threads 1")
     return MemoryEstimate(parts, current_rss() if process is None else process, threads, knobs)
 

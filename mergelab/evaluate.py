@@ -17,8 +17,8 @@ from .engine import run_groups
 from .masks import tall_compress, tall_reconstruct
 
 # %% auto #0
-__all__ = ['Build', 'TALL_LAMBDAS', 'ClassificationTask', 'LMTask', 'evaluate', 'normalized_accuracy', 'merge_gain', 'summarize',
-           'tall_recovery', 'sweep']
+__all__ = ['Build', 'TALL_LAMBDAS', 'META_COLUMNS', 'ClassificationTask', 'LMTask', 'evaluate', 'normalized_accuracy',
+           'merge_gain', 'summarize', 'tall_recovery', 'sweep', 'result_row', 'plot_runs']
 
 # %% ../nbs/08_evaluate.ipynb #160bc66e
 Build = Callable[[Any], nn.Module]
@@ -197,3 +197,36 @@ def sweep(fn: Callable[..., Any], grid: Mapping[str, Sequence] | Sequence[Mappin
         else: r = pd.DataFrame({"value": [r]})
         frames.append(r.assign(**{k: [v] * len(r) for k, v in p.items()})[[*p, *r.columns]])
     return pd.concat(frames, ignore_index=True)
+
+# %% ../nbs/08_evaluate.ipynb #3e497200
+META_COLUMNS = ("run", "method", "experts", "params")
+
+def result_row(run: int, method: str, experts: Sequence[str], params: Mapping[str, Any], scores: pd.Series,
+               reference: pd.Series | None = None) -> dict:
+    "One row of a runs table: run number, method, experts, the parameters set, per-task scores, `avg` and `norm_avg`."
+    row = dict(run=run, method=method, experts="+".join(experts), params=", ".join(f"{k}={v}" for k, v in params.items()))
+    row |= {str(t): float(v) for t, v in scores.items()}
+    row["avg"] = float(scores.mean()) if len(scores) else math.nan
+    if reference is not None and len(scores) and set(scores.index) <= set(reference.index):
+        row["norm_avg"] = float(normalized_accuracy(pd.DataFrame({"accuracy": scores}), reference).mean())
+    return row
+
+# %% ../nbs/08_evaluate.ipynb #d762a723
+def plot_runs(results: pd.DataFrame, reference: pd.Series | None = None, last: int = 4, ax=None, metric: str = "accuracy"):
+    "Grouped bars per task: the experts' scores (`reference`) and the last `last` runs of a runs table."
+    import matplotlib.pyplot as plt, seaborn as sns
+    meta = set(META_COLUMNS) | {"avg", "norm_avg"}
+    rows = results.tail(last)
+    tasks = [c for c in results.columns if c not in meta and rows[c].notna().any()] if len(rows) else list(reference.index if reference is not None else [])
+    long = []
+    if reference is not None: long += [dict(task=t, value=float(reference[t]), run="experts") for t in tasks if t in reference]
+    for _, r in rows.iterrows():
+        long += [dict(task=t, value=float(r[t]), run=f"#{r['run']} {r['method']}") for t in tasks if pd.notna(r[t])]
+    ax = ax or plt.subplots(figsize=(max(4.5, 0.9 * len(tasks) + 3), 3.2))[1]
+    if long:
+        sns.barplot(pd.DataFrame(long), x="task", y="value", hue="run", ax=ax,
+                    palette=["0.55"] * (reference is not None) + sns.color_palette("tab10", len(rows)))
+        ax.legend(fontsize=7, loc="lower right")
+    ax.set(ylabel=metric, xlabel="", title="merged models vs the experts, per task")
+    ax.figure.tight_layout()
+    return ax

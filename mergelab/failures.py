@@ -48,7 +48,7 @@ def make_fixtures(d: str | Path) -> Path:
     d = Path(d)
     for name, sd in {"base": _tiny(0), "a": _tiny(1), "b": _tiny(2), "wide": _tiny(3, h=6)}.items(): save_checkpoint(sd, d / name)
     nan = _tiny(4); nan["model.layers.1.mlp.weight"][0, 0] = float("nan"); save_checkpoint(nan, d / "nan")
-    save_checkpoint(_tiny(5), d / "sharded", max_shard_bytes=200)
+    save_checkpoint(_tiny(5), d / "sharded", max_shard_size=200)
     raw = (d / "a" / "model.safetensors").read_bytes()
     (d / "truncated.safetensors").write_bytes(raw[: len(raw) // 2])
     class Payload:                                                # a pickle that would run code on load
@@ -152,7 +152,7 @@ FAILURE_CASES: list[FailureCase] = [
                 "fix the checkpoint, or pass on_nonfinite='warn'/'ignore'",
                 lambda d: merge([d / "nan", d / "b"], "linear", weight=0.5, progress=False), "NaN/inf"),
     FailureCase("not enough memory", InsufficientMemory, "an estimated peak above the available memory (checked before any read)",
-                "threads=1, a smaller max_shard_bytes, out= instead of a state dict, topk_scope='tensor', or force=True",
+                "threads=1, a smaller max_shard_size, out= instead of a state dict, topk_scope='tensor', or force=True",
                 lambda d: build_plan({"merge_method": "linear", "models": [str(d / "a"), str(d / "b")],
                                       "parameters": {"weight": 0.5}}, available=1024), "force=True"),
     FailureCase("dask not installed", MissingDependency, "client= without the optional dask extra",

@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_io.ipynb #7c3c4203
 from __future__ import annotations
-import copy, errno, functools, json, os, re, shutil, struct, uuid, math
+import copy, errno, functools, json, os, re, shutil, struct, tempfile, uuid, math
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
 import torch
@@ -14,8 +14,8 @@ __all__ = ['TOKENIZER_FILES', 'LOSS_METRICS', 'MergelabError', 'CheckpointNotFou
            'IncompatibleModels', 'OutputExists', 'UnsafeOutput', 'OutputNotWritable', 'read_safetensors_header',
            'Checkpoint', 'StateDictCheckpoint', 'LazyCheckpoint', 'SafetensorsCheckpoint', 'TorchCheckpoint',
            'AdapterCheckpoint', 'apply_adapter', 'split_adapter_ref', 'open_model', 'parse_size', 'check_output_path',
-           'clean_stale_temporaries', 'ShardedWriter', 'save_checkpoint', 'check_compatible', 'TaskVector',
-           'task_vector', 'adapter_ref', 'model_name', 'model_paths', 'model_names', 'module_from_config',
+           'clean_stale_temporaries', 'ShardedWriter', 'save_checkpoint', 'write_text_atomic', 'check_compatible',
+           'TaskVector', 'task_vector', 'adapter_ref', 'model_name', 'model_paths', 'model_names', 'module_from_config',
            'open_module', 'load_with_transformers', 'open_tokenizer', 'EvaluationError', 'lower_is_better',
            'score_table', 'current_rss']
 
@@ -441,12 +441,12 @@ def _writes(f):
 
 class ShardedWriter:
     "Stream tensors into byte-bounded safetensors shards in a temporary directory; `commit()` moves it into place."
-    def __init__(self, out: str | Path, max_shard_bytes: int | str = "5GB", *, overwrite: bool = False,
+    def __init__(self, out: str | Path, max_shard_size: int | str = "5GB", *, overwrite: bool = False,
                  inputs: Iterable = (), config: dict | None = None, donor: str | Path | None = None,
                  dtype: torch.dtype | None = None, metadata: dict[str, str] | None = None):
         self.out = check_output_path(out, inputs, overwrite)
-        self.max_shard_bytes, self.overwrite = parse_size(max_shard_bytes), overwrite
-        if self.max_shard_bytes <= 0: raise ValueError("max_shard_bytes must be positive")
+        self.max_shard_size, self.overwrite = parse_size(max_shard_size), overwrite
+        if self.max_shard_size <= 0: raise ValueError("max_shard_size must be positive")
         self.config, self.donor, self.dtype = config, Path(donor) if donor else None, dtype
         self.metadata = {"format": "pt", **(metadata or {})}
         self.tmp = self.out.parent / f".{self.out.name}{_TMP_TAG}{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -467,7 +467,7 @@ class ShardedWriter:
         if self.dtype is not None and t.is_floating_point(): t = t.to(self.dtype)
         if not t.is_contiguous() or t.untyped_storage().nbytes() != t.nbytes: t = t.contiguous().clone()
         n = t.nbytes
-        if self._buf and self._buf_bytes + n > self.max_shard_bytes: self.flush()
+        if self._buf and self._buf_bytes + n > self.max_shard_size: self.flush()
         self._buf[name], self._buf_bytes = t, self._buf_bytes + n
         self._names.add(name); self.total_bytes += n
 
@@ -538,14 +538,14 @@ class ShardedWriter:
         elif typ is not None: self.abort()
 
 # %% ../nbs/00_io.ipynb #fb11e31a
-def save_checkpoint(src: Any, out: str | Path, max_shard_bytes: int | str = "5GB", *, overwrite: bool = False,
+def save_checkpoint(src: Any, out: str | Path, max_shard_size: int | str = "5GB", *, overwrite: bool = False,
                     dtype: torch.dtype | None = None, donor: str | Path | None = None, config: dict | None = None,
                     progress: bool = True) -> Path:
     "Write checkpoint `src` to `out` as (sharded) safetensors, tensor by tensor; returns `out`."
     ck = open_model(src)
     donor = donor if donor is not None else (ck.path if ck.path is not None and Path(ck.path).is_dir() else None)
     config = config if config is not None else (None if donor else ck.config)
-    with ShardedWriter(out, max_shard_bytes, overwrite=overwrite, inputs=[ck.path], config=config, donor=donor,
+    with ShardedWriter(out, max_shard_size, overwrite=overwrite, inputs=[ck.path], config=config, donor=donor,
                        dtype=dtype) as w:
         keys = ck.keys()
         if progress:
@@ -553,6 +553,19 @@ def save_checkpoint(src: Any, out: str | Path, max_shard_bytes: int | str = "5GB
             keys = tqdm(keys, desc=f"saving {Path(out).name}", unit="tensor")
         for k in keys: w.add(k, ck.get(k))
     return w.out
+
+# %% ../nbs/00_io.ipynb #bf78df56
+def write_text_atomic(text: str, path: str | Path) -> Path:
+    "Write `text` to `path` atomically (a temporary file in the same folder, then `os.replace`)."
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f: f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True); raise
+    return path
 
 # %% ../nbs/00_io.ipynb #1be28757
 def check_compatible(checkpoints: list[Checkpoint], *, names: list[str] | None = None, keys: str = "equal",

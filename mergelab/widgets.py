@@ -15,20 +15,21 @@ import torch
 from torch import nn
 import ipywidgets as W
 from IPython.display import HTML, display, clear_output
-from .io import MergelabError, EvaluationError, adapter_ref, model_names, open_model, open_module, score_table
+from .io import (MergelabError, EvaluationError, adapter_ref, model_names, open_model, open_module, score_table,
+                         write_text_atomic)
 from .engine import METHODS, Param, get_method
-from .config import MergeConfig, merge
+from .config import MergeConfig, merge, merge_setting_config
 from .kinship import METRICS, delta_statistics, kinship_matrix, plot_kinship, plot_layer_kinship, layer_matrix, ranked_pairs
 from .activations import plot_embedding
 from .lmc import interpolation_curve, plot_curves, lmc_probe, lmc_prepare, MATCHINGS, CORRECTIONS
 from .interference import interference_statistics, plot_interference, plot_pairwise, interference_summary
-from .evaluate import normalized_accuracy
+from .evaluate import normalized_accuracy, result_row, plot_runs, META_COLUMNS
 from .zoo import Zoo, load_zoo, zoo_delta_activations, zoo_inputs
 
 # %% auto #0
-__all__ = ['META_COLUMNS', 'PAIR_MEASURES', 'ExplorerError', 'explorer_models', 'ParamSpec', 'param_spec', 'method_specs',
-           'widget_for', 'widget_value', 'explorer_methods', 'merge_setting_config', 'save_text', 'scores_of',
-           'result_row', 'plot_runs', 'MergeExplorer', 'KinshipExplorer', 'LMCExplorer', 'InterferenceExplorer']
+__all__ = ['PAIR_MEASURES', 'ExplorerError', 'explorer_models', 'ParamSpec', 'param_spec', 'method_specs', 'widget_for',
+           'widget_value', 'explorer_methods', 'scores_of', 'MergeExplorer', 'KinshipExplorer', 'LMCExplorer',
+           'InterferenceExplorer']
 
 # %% ../nbs/15_widgets.ipynb #12a3d45d
 class ExplorerError(MergelabError, ValueError):
@@ -167,27 +168,6 @@ def explorer_methods(has_base: bool = True, data: Any = None) -> list[str]:
         out.append(name)
     return out
 
-# %% ../nbs/15_widgets.ipynb #d715201a
-def merge_setting_config(models: Sequence[Any], method: str, params: Mapping[str, Any], base: Any = None) -> MergeConfig:
-    "The `MergeConfig` of a merge setting; parameters equal to the registry default are left out, the base only if used."
-    m = get_method(method)
-    keep = {k: v for k, v in params.items() if k in m.params and (m.params[k].required or v != m.params[k].default)}
-    d = {"merge_method": m.name, "models": [{"model": x} for x in models], "parameters": keep}
-    if base is not None and m.base != "none": d["base_model"] = base
-    return MergeConfig.load(d)
-
-def save_text(text: str, path: str | Path) -> Path:
-    "Write `text` to `path` atomically (a temporary file in the same folder, then `os.replace`)."
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f: f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True); raise
-    return path
-
 # %% ../nbs/15_widgets.ipynb #49678a22
 def scores_of(result: Any, metric: str | None = None) -> pd.Series:
     "Per-task scores of an evaluator's answer (`score_table`): `metric`, default accuracy, else perplexity, loss or score."
@@ -196,37 +176,6 @@ def scores_of(result: Any, metric: str | None = None) -> pd.Series:
     col = metric or next((c for c in ("accuracy", "perplexity", "loss", "score") if c in t), None)
     if col is None or col not in t: raise ExplorerError(f"no score column {metric!r} in {list(t.columns)}")
     return t[col].astype(float)
-
-META_COLUMNS = ("run", "method", "experts", "params")
-
-def result_row(run: int, method: str, experts: Sequence[str], params: Mapping[str, Any], scores: pd.Series,
-               reference: pd.Series | None = None) -> dict:
-    "One row of a runs table: run number, method, experts, the parameters set, per-task scores, `avg` and `norm_avg`."
-    row = dict(run=run, method=method, experts="+".join(experts), params=", ".join(f"{k}={v}" for k, v in params.items()))
-    row |= {str(t): float(v) for t, v in scores.items()}
-    row["avg"] = float(scores.mean()) if len(scores) else math.nan
-    if reference is not None and len(scores) and set(scores.index) <= set(reference.index):
-        row["norm_avg"] = float(normalized_accuracy(pd.DataFrame({"accuracy": scores}), reference).mean())
-    return row
-
-def plot_runs(results: pd.DataFrame, reference: pd.Series | None = None, last: int = 4, ax=None, metric: str = "accuracy"):
-    "Grouped bars per task: the experts' scores (`reference`) and the last `last` runs of a runs table."
-    import matplotlib.pyplot as plt, seaborn as sns
-    meta = set(META_COLUMNS) | {"avg", "norm_avg"}
-    rows = results.tail(last)
-    tasks = [c for c in results.columns if c not in meta and rows[c].notna().any()] if len(rows) else list(reference.index if reference is not None else [])
-    long = []
-    if reference is not None: long += [dict(task=t, value=float(reference[t]), run="experts") for t in tasks if t in reference]
-    for _, r in rows.iterrows():
-        long += [dict(task=t, value=float(r[t]), run=f"#{r['run']} {r['method']}") for t in tasks if pd.notna(r[t])]
-    ax = ax or plt.subplots(figsize=(max(4.5, 0.9 * len(tasks) + 3), 3.2))[1]
-    if long:
-        sns.barplot(pd.DataFrame(long), x="task", y="value", hue="run", ax=ax,
-                    palette=["0.55"] * (reference is not None) + sns.color_palette("tab10", len(rows)))
-        ax.legend(fontsize=7, loc="lower right")
-    ax.set(ylabel=metric, xlabel="", title="merged models vs the experts, per task")
-    ax.figure.tight_layout()
-    return ax
 
 # %% ../nbs/15_widgets.ipynb #c455eb86
 class MergeExplorer(_Explorer):
@@ -318,7 +267,7 @@ class MergeExplorer(_Explorer):
         return self.config().to_yaml()
     def save_yaml(self, path: str | Path | None = None) -> Path:
         "Write `to_yaml()` atomically to `path` (default: the file box)."
-        p = save_text(self.to_yaml(), path or self.path_text.value)
+        p = write_text_atomic(self.to_yaml(), path or self.path_text.value)
         self.status.value = f"saved <code>{html.escape(str(p))}</code>"
         return p
 

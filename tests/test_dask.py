@@ -60,8 +60,8 @@ def test_interference_equal(family, client):
 def test_merge_bit_identical(family, client, tmp_path, method, params):
     base = family / "base" if method != "linear" else None
     models = [family / n for n in NAMES]
-    local = merge(models, method, base=base, out=tmp_path / "local", progress=False, max_shard_bytes="40KB", **params)
-    remote = merge(models, method, base=base, out=tmp_path / "remote", progress=False, max_shard_bytes="40KB",
+    local = merge(models, method, base=base, out=tmp_path / "local", progress=False, max_shard_size="40KB", **params)
+    remote = merge(models, method, base=base, out=tmp_path / "remote", progress=False, max_shard_size="40KB",
                    client=client, **params)
     assert len(list(remote.glob("*.safetensors"))) > 1                   # several shards, written in order
     assert files(local) == files(remote)

@@ -57,7 +57,7 @@ def zoo(tmp_path_factory):
     for name, sd in {"base": tiny_sd(0), "a": tiny_sd(1), "b": tiny_sd(2), "wide": tiny_sd(3, h=6),
                      "deep": tiny_sd(4, layers=5), "vocab": tiny_sd(5, vocab=12)}.items():
         save_checkpoint(sd, d / name)
-    save_checkpoint(tiny_sd(6), d / "sharded", max_shard_bytes=200)       # several shards and an index
+    save_checkpoint(tiny_sd(6), d / "sharded", max_shard_size=200)       # several shards and an index
     write_adapter(d / "lora", "model.layers.0.mlp", (H, H), "base")
     write_adapter(d / "lora_other", "model.layers.0.mlp", (6, 6), "wide")
     write_adapter(d / "lora_absent", "model.layers.7.attn", (H, H), "elsewhere")

@@ -23,7 +23,7 @@ def test_three_170m_bf16_under_2gb(tmp_path):
                             "--max-shard-size", "500MB"])
         rss[scope] = m["rss"]
         from mergelab.config import estimate_peak_memory
-        est = estimate_peak_memory(tmp_path / f"{scope}.yml", max_shard_bytes="500MB")
+        est = estimate_peak_memory(tmp_path / f"{scope}.yml", max_shard_size="500MB")
         grew = m["rss"] - _baseline_rss(exe, tmp_path / f"{scope}.yml")
         print(f"\nTIES topk_scope={scope} of 3 x 172M bf16 + base: {m['wall']:.1f} s, peak RSS {m['rss'] / 2**30:.2f} GiB; "
               f"memory guard estimate {est} vs measured growth {grew / 2**20:.0f} MiB ({est.peak / grew:.2f}x)")
@@ -55,7 +55,7 @@ def test_estimate_tracks_measured_peak(family46, tmp_path, method, scope, thread
     head = f"base_model: {paths[0]}\nparameters: {{topk_scope: {scope}}}\n" if method == "ties" else ""
     cfg = tmp_path / "c.yml"
     cfg.write_text(f"merge_method: {method}\n{head}models:\n{models}dtype: bfloat16\n")
-    est = estimate_peak_memory(cfg, threads=threads, max_shard_bytes="100MB")
+    est = estimate_peak_memory(cfg, threads=threads, max_shard_size="100MB")
     m = bench.measured([exe, "merge", str(cfg), str(tmp_path / "out"), "--no-progress", "--threads", str(threads),
                         "--max-shard-size", "100MB"])
     base_rss = _baseline_rss(exe, cfg)
@@ -83,7 +83,7 @@ def test_guard_refuses_before_any_read(tmp_path, monkeypatch):
     with pytest.raises(InsufficientMemory) as e: merge_config(cfg, tmp_path / "out", progress=False)
     msg = str(e.value)
     for part in ("needs about", "is available (MERGELAB_AVAILABLE_MEMORY)", "threads=1", "topk_scope='tensor'",
-                 "max_shard_bytes", "force=True"): assert part in msg, (part, msg)
+                 "max_shard_size", "force=True"): assert part in msg, (part, msg)
     assert not (tmp_path / "out").exists()
     monkeypatch.undo()
     monkeypatch.setenv("MERGELAB_AVAILABLE_MEMORY", str(est.peak // 2))

@@ -65,7 +65,7 @@ def test_method_python_yaml_cli(method, zoo, tmp_path):
     if post: cfg["postprocess"] = [post]
     (tmp_path / "c.yml").write_text(yaml.safe_dump(cfg))
     py = merge(models, method, base=base, seed=0, progress=False, postprocess=[post] if post else (), **glob, **per)
-    out = merge_config(tmp_path / "c.yml", tmp_path / "yaml_out", seed=0, progress=False, max_shard_bytes=40_000)
+    out = merge_config(tmp_path / "c.yml", tmp_path / "yaml_out", seed=0, progress=False, max_shard_size=40_000)
     with contextlib.redirect_stdout(io.StringIO()):
         assert main(["merge", str(tmp_path / "c.yml"), str(tmp_path / "cli_out"), "--seed", "0", "--no-progress"]) == 0
     y, c = Checkpoint.open(out), Checkpoint.open(tmp_path / "cli_out")
