@@ -42,6 +42,7 @@ def encode_probes(tokenizer: Any, probes: Sequence[str], max_length: int = 256) 
     "Token ids of each probe, tokenised one by one (default special tokens, `truncation=True`, `max_length`)."
     return [list(tokenizer(p, truncation=True, max_length=max_length)["input_ids"]) for p in probes]
 
+# %% ../nbs/05_activations.ipynb #0f41fb66
 def _decoder_layers(model: nn.Module) -> nn.Module:
     for path in ("model.layers", "model.decoder.layers", "transformer.h", "gpt_neox.layers", "layers"):
         m = model
@@ -109,6 +110,7 @@ def first_layer(keys: Sequence[str]) -> int:
     idx = [_LAYER_KEY.match(k) for k in keys]
     return min(int(m.group(1)) for m in idx) if idx and all(idx) else 0
 
+# %% ../nbs/05_activations.ipynb #9f76b861
 class _Stop(Exception): pass
 
 def layer_inputs(model: nn.Module, ids: Sequence[Sequence[int]], lo: int, *, batch_size: int = 32,
@@ -135,6 +137,7 @@ def layer_inputs(model: nn.Module, ids: Sequence[Sequence[int]], lo: int, *, bat
     finally: h.remove()
     return torch.cat(out)
 
+# %% ../nbs/05_activations.ipynb #f1a796d5
 @contextmanager
 def from_layer(model: nn.Module, lo: int):
     """Within the block, `model` (a Llama-family causal LM) runs only decoder layers `lo`.. on `inputs_embeds` = the
@@ -324,6 +327,7 @@ class DeltaActivations:
     def fit_transform(self, models: Sequence[Any] | Mapping[str, Any], y: Any = None) -> pd.DataFrame:
         return self.fit(models).transform(models)
 
+# %% ../nbs/05_activations.ipynb #d661b30c
 def delta_activations(models: Sequence[Any] | Mapping[str, Any], base: Any, probes: Sequence[str] | None = None, *,
                       tokenizer: Any = None, layer: int | Literal["pre_norm"] = -1, token: int = -1,
                       pooling: Pooling = "last", batch_size: int = 32, max_length: int = 256,
@@ -342,6 +346,7 @@ def cosine_similarity(embeddings: Any) -> pd.DataFrame:
     idx = embeddings.index if isinstance(embeddings, pd.DataFrame) else None
     return pd.DataFrame(np.clip(Xn @ Xn.T, -1, 1), index=idx, columns=idx)
 
+# %% ../nbs/05_activations.ipynb #ae81c527
 def _distance(X: Any, metric: str) -> np.ndarray:
     if metric == "cosine": return np.clip(1 - cosine_similarity(X).values, 0, 1)
     if metric == "similarity": return np.clip(1 - np.asarray(X, dtype=np.float64), 0, 1)
@@ -364,6 +369,7 @@ def silhouette(embeddings: Any, labels: Sequence[Any], metric: str = "cosine", p
     idx = np.asarray(embeddings.index)[keep] if isinstance(embeddings, pd.DataFrame) else np.flatnonzero(keep)
     return s, pd.Series(silhouette_samples(D, labels[keep], metric="precomputed"), index=idx, name="silhouette")
 
+# %% ../nbs/05_activations.ipynb #5fff40e6
 def knn_accuracy(embeddings: Any, labels: Sequence[Any], k: int = 1, metric: str = "cosine") -> float:
     "Leave-one-out k-NN retrieval accuracy: the share of models whose k nearest others' majority label is their own."
     D, labels = _distance(embeddings, metric), np.asarray(labels)

@@ -99,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     return 0
 
+# %% ../nbs/20_cli.ipynb #dc08fcf3
 def _peak_rss() -> int:
     import resource
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

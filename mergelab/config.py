@@ -51,6 +51,7 @@ def parse_dtype(v: Any) -> torch.dtype | None:
     if str(v).removeprefix("torch.") in _DTYPES: return _DTYPES[str(v).removeprefix("torch.")]
     raise ConfigError(f"unknown dtype {v!r}; use one of {sorted(set(_DTYPES))}")
 
+# %% ../nbs/03_config.ipynb #5872aec5
 @dataclass
 class MergeConfig:
     "A merge request in mergekit's schema; in-memory models are allowed wherever a path is."
@@ -151,6 +152,7 @@ class MergeConfig:
         if self.postprocess: d["postprocess"] = self.postprocess
         return yaml.safe_dump(d, sort_keys=False)
 
+# %% ../nbs/03_config.ipynb #52847cd3
 def _rooted(ref: Any, root) -> Any:
     "A YAML reference made relative to the config file's folder where it exists there (each side of `BASE+ADAPTER` too)."
     if root is None or not isinstance(ref, (str, os.PathLike)): return ref
@@ -284,6 +286,7 @@ def build_plan(cfg: MergeConfig | Mapping | str | Path, *, seed: int | None = No
                 [p for p in map(_ref_path, [m["model"] for m in cfg.models] + [cfg.base_model]) if p],
                 parse_dtype(cfg.dtype), parse_dtype(cfg.out_dtype), seed if seed is not None else cfg.parameters.get("seed"), memory)
 
+# %% ../nbs/03_config.ipynb #326e103e
 def _quick_ref_problems(cfg: MergeConfig) -> list[str]:
     "Path problems worth reporting even when the method name is wrong."
     refs = [m["model"] for m in cfg.models] + ([cfg.base_model] if cfg.base_model is not None else [])
@@ -454,6 +457,7 @@ def run_plan(plan: Plan, out: str | Path | None = None, *, max_shard_size: int |
         execute(plan.groups, plan.method, writer=w, threads=threads, progress=progress, client=client, **kw)
     return w.out
 
+# %% ../nbs/03_config.ipynb #f7034e94
 def _validated(cfg: MergeConfig, out, overwrite: bool, seed, threads, **guard) -> Plan:
     "Plan, adding output-path problems to the same error."
     out_problem = []
@@ -480,6 +484,7 @@ def merge_config(config: Any, out: str | Path | None = None, *, overwrite: bool 
         return run_plan(plan, out, max_shard_size=max_shard_size, overwrite=overwrite, threads=threads, progress=progress,
                         compute_dtype=compute_dtype, on_nonfinite=on_nonfinite, record=cfg.to_yaml(), client=client)
 
+# %% ../nbs/03_config.ipynb #26d7d2df
 def merge(models: Sequence[Any] | Mapping[str, Any], method: str = "linear", base: Any = None, out: str | Path | None = None, *,
           dtype: Any = None, out_dtype: Any = None, compute_dtype: Any = None, threads: int = 2,
           max_shard_size: int | str = "5GB", seed: int | None = None, overwrite: bool = False, progress: bool = True,
@@ -515,6 +520,7 @@ def merge(models: Sequence[Any] | Mapping[str, Any], method: str = "linear", bas
         return run_plan(plan, out, max_shard_size=max_shard_size, overwrite=overwrite, threads=threads, progress=progress,
                         compute_dtype=compute_dtype, on_nonfinite=on_nonfinite, record=cfg.to_yaml(), client=client)
 
+# %% ../nbs/03_config.ipynb #deae5ee3
 def _dtype_str(d): return None if d is None else str(d).removeprefix("torch.")
 
 def estimate_peak_memory(plan: Plan | MergeConfig | Mapping | str | Path, *, threads: int = 2, collect: bool = False,

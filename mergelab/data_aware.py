@@ -27,6 +27,7 @@ __all__ = ['STATS', 'Estimator', 'DATA_METHODS', 'DataError', 'TaskData', 'DataS
 class DataError(ConfigError):
     "Data for a data-aware merge that is missing, malformed or does not fit the models; raised before heavy work."
 
+# %% ../nbs/10_data_aware.ipynb #cb3c4018
 def _bytes(t: Tensor) -> bytes:
     t = t.detach().cpu().contiguous().reshape(-1)
     return t.view(torch.uint8).numpy().tobytes() if t.numel() else b""
@@ -58,6 +59,7 @@ class TaskData:
         h.update(getattr(self.features, "__qualname__", "none").encode())
         return h.hexdigest()[:24]
 
+# %% ../nbs/10_data_aware.ipynb #45637ab8
 @dataclass
 class DataSource:
     "Per-task data for data-aware merging, the backbone `build` function, the sampling `seed`, and the `spec` it came from."
@@ -93,6 +95,7 @@ class DataSource:
     def __repr__(self):
         return f"DataSource({', '.join(f'{k}: {len(v)}' for k, v in self.tasks.items())}; {self.spec or 'in memory'})"
 
+# %% ../nbs/10_data_aware.ipynb #ab57834f
 def _model_name(c: Checkpoint) -> str:
     p = getattr(c, "path", None)
     return Path(p).name if p is not None else str(c.name)
@@ -273,6 +276,7 @@ def model_hash(ck: Checkpoint) -> str:
     if memo is not None: _HASHES[memo] = out
     return out
 
+# %% ../nbs/10_data_aware.ipynb #47a9dfab
 def _key(**parts) -> str: return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 def _input_dirs(cks: Sequence[Checkpoint | None]) -> list[Path]:
@@ -291,6 +295,7 @@ def stats_cache(cache_dir: str | os.PathLike | None, inputs: Sequence[Checkpoint
                             "inputs: choose another cache_dir (default: the user cache directory)")
     return root
 
+# %% ../nbs/10_data_aware.ipynb #2a917b80
 def _save_atomic(tensors: dict[str, Tensor], path: Path, meta: dict) -> None:
     from safetensors.torch import save_file
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -371,6 +376,7 @@ def fisher_information(model: Any, task: TaskData, *, build: Callable = build_ml
         n += len(x)
     return {k: (v / n).float() for k, v in fisher.items()}
 
+# %% ../nbs/10_data_aware.ipynb #c3c4098d
 def fisher_average(tensors: Sequence[Tensor], fishers: Sequence[Tensor], weights: Sequence[float] | None = None,
                    epsilon: float = 1e-6, floor: Literal["max", "add"] = "max") -> Tensor:
     "Fisher-weighted average Σ cᵢ φ(Fᵢ) θᵢ / Σ cᵢ φ(Fᵢ), φ(F) = max(F, ε) (`floor=\"max\"`) or F + ε (`\"add\"`)."
@@ -422,6 +428,7 @@ def gram_matrices(model: Any, task: TaskData, *, build: Callable = build_mlp, ba
     finally: hooks.remove()
     return hooks.grams()
 
+# %% ../nbs/10_data_aware.ipynb #654a1a48
 def _shrink(G: Tensor, alpha: float) -> Tensor:
     return alpha * G + (1 - alpha) * torch.diag_embed(torch.diagonal(G)) if alpha != 1 else G
 
@@ -446,6 +453,7 @@ class AdaMergingResult:
     coefficients: pd.DataFrame
     history: pd.DataFrame
 
+# %% ../nbs/10_data_aware.ipynb #59e2fd55
 def _ada_fit(models: Sequence[Checkpoint], base: Checkpoint, tasks: Sequence[TaskData], build: Callable, *,
              granularity: str = "layer", init: float = 0.3, lr: float = 1e-3, steps: int = 1000, batch_size: int = 16,
              clamp: bool = False, seed: int = 0, progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -632,6 +640,7 @@ def regmean_pp_grams(models: Sequence[Checkpoint], tasks: Sequence[TaskData], bu
     bar.close()
     return grams
 
+# %% ../nbs/10_data_aware.ipynb #afe139e5
 def _prepare(kind: str):
     def prepare(groups: Sequence[TensorGroup], threads: int = 2, **_) -> list[TensorGroup]:
         groups = list(groups)
@@ -682,6 +691,7 @@ def fisher(tensors: list[Tensor], base: Tensor | None, *, data: object = None, w
     c = [x / sum(c) for x in c]
     return fisher_average(tensors, Fs, c, epsilon, floor)
 
+# %% ../nbs/10_data_aware.ipynb #2f9ac9c0
 def _regmean_tensor(tensors, name: str, grams: list[dict], alpha: float) -> Tensor:
     mod = name[:-len(".weight")] if name.endswith(".weight") else "" if name == "weight" else None
     if mod is not None and tensors[0].ndim == 2 and all(mod in g for g in grams):
@@ -698,6 +708,7 @@ def regmean(tensors: list[Tensor], base: Tensor | None, *, data: object = None, 
     "RegMean (Jin et al. 2023): per linear layer W_Mᵀ = (Σ G̃ᵢ)⁻¹ Σ G̃ᵢ Wᵢᵀ from input Grams; other tensors averaged."
     return _regmean_tensor(tensors, name, _need(_state, "regmean").grams, alpha)
 
+# %% ../nbs/10_data_aware.ipynb #14e75219
 @merge_method("regmean_pp", base="optional", compute="fp32", prepare=_prepare("regmean_pp"), validate=_validate, params=_RM_DOCS,
               data="ACT", data_split="train", work_factor=12.5,
               paper="RegMean++ (FusionBench regmean_plusplus): RegMean with Grams from the merged lower layers")
@@ -706,6 +717,7 @@ def regmean_pp(tensors: list[Tensor], base: Tensor | None, *, data: object = Non
     "RegMean++: RegMean's closed form with each layer's Grams collected through the already-merged layers below it."
     return _regmean_tensor(tensors, name, _need(_state, "regmean_pp").grams, alpha)
 
+# %% ../nbs/10_data_aware.ipynb #c6502617
 @merge_method("adamerging", base="required", compute="fp32", prepare=_prepare("adamerging"), validate=_validate,
               data="TTA", data_split="test", work_factor=2.25,
               paper="Yang et al. 2024, AdaMerging: Adaptive Model Merging for Multi-Task Learning (ICLR 2024)",
@@ -721,6 +733,7 @@ def adamerging_method(tensors: list[Tensor], base: Tensor, *, data: object = Non
     row = _coef_row(_need(_state, "adamerging").coef, name)
     return base.clone() if row is None else _ada_combine(tensors, base, row)
 
+# %% ../nbs/10_data_aware.ipynb #7a419d9c
 class _DataNeeds(Mapping):
     "A read-only view of the registry: method name → what it learns from (`MergeMethod.data`), data-aware methods only."
     def __getitem__(self, k: str) -> str:

@@ -302,6 +302,7 @@ def make_zoo(d: Path) -> dict[str, Path]:
         train(ft, [task], 80, seed=seed).save_pretrained(paths[f"ft_{task}"])
     return paths
 
+# %% ../nbs/21_demo.ipynb #d18d408c
 def llama_section(d: Path = Path(".mergelab-demo"), quick: bool = False) -> Section:
     "Make (or reuse) the tiny Llama zoo under `d`, merge it four ways into sharded HF directories, reload and score them."
     import matplotlib.pyplot as plt
@@ -375,6 +376,7 @@ def render_html(report: Report) -> str:
     parts.append("</body></html>")
     return "\n".join(parts)
 
+# %% ../nbs/21_demo.ipynb #88e438dd
 _STAMP = "report.json"
 
 def write_report(report: Report, out: str | Path) -> Path:

@@ -39,6 +39,7 @@ REQUIRED = inspect.Parameter.empty
 
 def interval_text(r: tuple) -> str: return f"[{'-inf' if r[0] is None else r[0]}, {'inf' if r[1] is None else r[1]}]"
 
+# %% ../nbs/01_engine.ipynb #1ecaff91
 @dataclass(frozen=True)
 class Param:
     """A typed method parameter and what its registration declares about it: a one-line `doc`, `choices` (from a
@@ -349,6 +350,7 @@ def merge_group(g: TensorGroup, method: MergeMethod, *, dtype: torch.dtype | Non
 class MissingDependency(MergelabError, ImportError):
     "An optional extra is needed for this call; the message gives the install command."
 
+# %% ../nbs/01_engine.ipynb #fc943f96
 _CLIENT: contextvars.ContextVar = contextvars.ContextVar("mergelab_client", default=None)
 
 def require_dask():
@@ -359,6 +361,7 @@ def require_dask():
     except ImportError:
         raise MissingDependency('client= needs dask.distributed, an optional extra: pip install "mergelab[dask]"') from None
 
+# %% ../nbs/01_engine.ipynb #f26ba38a
 @contextlib.contextmanager
 def using_client(client: Any = None):
     """Within the block every engine map (`run_groups`, `map_reduce`, `execute`, and so every streaming statistic and
@@ -372,6 +375,7 @@ def using_client(client: Any = None):
     try: yield client
     finally: _CLIENT.reset(tok)
 
+# %% ../nbs/01_engine.ipynb #1da61bb4
 _OPENED: dict[tuple, Checkpoint] = {}
 
 def open_cached(path: str) -> Checkpoint:
@@ -383,6 +387,7 @@ def open_cached(path: str) -> Checkpoint:
         _OPENED[key] = open_model(Path(path))
     return _OPENED[key]
 
+# %% ../nbs/01_engine.ipynb #a3c4e759
 def _by_path(ck: Checkpoint):
     "How a checkpoint travels to a worker: by path (reopened there, headers only), never by value."
     from mergelab.io import SafetensorsCheckpoint, TorchCheckpoint, StateDictCheckpoint
@@ -411,6 +416,7 @@ def dumps_by_path(obj: Any) -> bytes:
     _PICKLER(buf, protocol=5).dump(obj)
     return buf.getvalue()
 
+# %% ../nbs/01_engine.ipynb #a10454bb
 _FNS: dict[str, Callable] = {}
 
 def _remote_call(key: str, fn_blob: bytes, item_blob: bytes, torch_threads: int):
@@ -479,6 +485,7 @@ def run_groups(groups: Sequence, fn: Callable, *, threads: int = 2, budget: int 
             for _, _, f in pending: f.cancel()
             if bar: bar.close()
 
+# %% ../nbs/01_engine.ipynb #e4bd7cfb
 def map_reduce(groups: Sequence, fn: Callable, reduce: Callable, init: Any, *, threads: int = 2,
                progress: bool | str = False, client: Any = None) -> Any:
     "A streaming statistics pass: fold `reduce(acc, fn(group))` over groups without keeping per-group results."

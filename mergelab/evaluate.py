@@ -54,6 +54,7 @@ class ClassificationTask:
             step()
         return dict(accuracy=100 * correct / len(self), loss=loss / len(self), n=len(self))
 
+# %% ../nbs/08_evaluate.ipynb #80b1b6b4
 @dataclass
 class LMTask:
     """Held-out text of one domain as `input_ids` (N × L, with an optional `attention_mask`), scored by the

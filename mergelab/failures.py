@@ -34,6 +34,7 @@ class FailureCase:
     run: Callable[[Path], Any]
     expect: str = ""                       # a phrase the message must contain
 
+# %% ../nbs/90_failure_modes.ipynb #a4099e09
 def _tiny(seed: int, h: int = 4, layers: int = 2, vocab: int = 10) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     sd = {"model.embed_tokens.weight": torch.randn(vocab, h, generator=g)}
@@ -57,6 +58,7 @@ def make_fixtures(d: str | Path) -> Path:
     (d / "notadir").write_text("a file where a folder should be")
     return d
 
+# %% ../nbs/90_failure_modes.ipynb #b34cfacb
 def _no_dask(d):
     "client= when dask.distributed is not installed (simulated by hiding the module)."
     import sys
@@ -187,6 +189,7 @@ def run_case(case: FailureCase, d: Path) -> MergelabError:
         return e
     raise AssertionError(f"{case.name}: no error (returned {type(r).__name__})")
 
+# %% ../nbs/90_failure_modes.ipynb #9ae9236c
 def error_classes() -> list[type]:
     "Every `MergelabError` subclass defined by the loaded mergelab modules."
     out, todo = [], [MergelabError]
@@ -196,6 +199,7 @@ def error_classes() -> list[type]:
             if s.__module__.startswith("mergelab") and s not in out: out.append(s); todo.append(s)
     return sorted(out, key=lambda c: (c.__module__, c.__name__))
 
+# %% ../nbs/90_failure_modes.ipynb #b5c47761
 def failure_table(d: str | Path, cases: Sequence[FailureCase] = FAILURE_CASES) -> pd.DataFrame:
     "Run every case on `make_fixtures(d)`: one row per case with the error class, trigger, real message and fix."
     d = make_fixtures(d)

@@ -66,6 +66,7 @@ def singular_values(A: Tensor) -> Tensor:
     "Singular values of a 2-D tensor (float64, descending)."
     return _svd(A)[1]
 
+# %% ../nbs/07_interference.ipynb #44e64ab6
 def singular_task_interference(mats: Sequence[Tensor], rank: int | None = None) -> float:
     """Singular task interference (Gargiulo et al. 2025, TSV): ‖(UᵀU − I) Σ (VᵀV − I)‖₁, entry-wise 1-norm, with each
     task's SVD truncated to `rank` (default max(1, ⌊min(m, n)/T⌋)) and the factors stacked column-wise."""
@@ -80,12 +81,14 @@ def singular_task_interference(mats: Sequence[Tensor], rank: int | None = None) 
     I = torch.eye(U.shape[1], dtype=U.dtype)
     return float((((U.T @ U - I) * S) @ (V.T @ V - I)).abs().sum())
 
+# %% ../nbs/07_interference.ipynb #7f72cc00
 def energy_rank(S: Tensor, energy: float = 0.95) -> int:
     "Smallest k with √(Σ_{i≤k} σᵢ² / Σ σᵢ²) ≥ `energy` (Iso-merging's rank)."
     e = S.double().square()
     if float(e.sum()) == 0: return 0
     return int(torch.searchsorted((e.cumsum(0) / e.sum()).sqrt(), torch.tensor(energy, dtype=torch.float64) - 1e-12)) + 1
 
+# %% ../nbs/07_interference.ipynb #d430f8c0
 def subspace_alignment(mats: Sequence[Tensor], energy: float = 0.95) -> tuple[list[float], int]:
     """Subspace alignment ratio (Marczak et al. 2025, Iso-merging): SARₜ = ‖U_k U_kᵀ τₜ‖_F / ‖τₜ‖_F with U_k the top-k
     left singular vectors of τ_M = Σₜ τₜ and k = `energy_rank(σ(τ_M), energy)`. Returns ([SARₜ], k)."""
@@ -98,6 +101,7 @@ def subspace_alignment(mats: Sequence[Tensor], energy: float = 0.95) -> tuple[li
         out.append(float((Uk @ (Uk.T @ A)).norm()) / nrm if nrm > 0 else math.nan)
     return out, k
 
+# %% ../nbs/07_interference.ipynb #290fde94
 def spectral_flatness(S: Tensor, rtol: float = 1e-6) -> tuple[float, float]:
     "(geometric / arithmetic mean of the non-zero singular values, effective rank exp(H(σ/Σσ)))."
     S = S.double()
@@ -128,6 +132,7 @@ def model_thresholds(ds: DeltaSet, density: float, threads: int = 2) -> list[flo
     return radix_kth_abs(ds.groups(), [total - int(total * density)] * len(ds), threads=threads,
                          compute_dtype=_work_dtype(ds))
 
+# %% ../nbs/07_interference.ipynb #431bb412
 @dataclass
 class TensorInterference:
     "The additive statistics of one tensor (see `interference_statistics`)."
@@ -144,6 +149,7 @@ class TensorInterference:
     tall_density: Tensor
     spectral: dict[str, float] = field(default_factory=dict)
 
+# %% ../nbs/07_interference.ipynb #8863bfa5
 def _tensor_stats(ds: DeltaSet, g: TensorGroup, density: float, thr, lam: float, spectral: bool,
                   sti_rank: int | None, energy: float) -> TensorInterference:
     X = ds.read(g, _work_dtype(ds))
@@ -256,6 +262,7 @@ class InterferenceStatistics:
                      (nm, "sar", sum(sars) / len(sars) if sars else math.nan)]
         return pd.DataFrame(rows, columns=["model", "measure", "value"])
 
+# %% ../nbs/07_interference.ipynb #e9b237dd
 def interference_statistics(models: Any, base: Any = None, *, density: float = 0.2,
                             scope: Literal["tensor", "model"] = "tensor", tall_lambda: float = 0.4,
                             spectral: bool = True, sti_rank: int | None = None, energy: float = 0.95,
@@ -274,11 +281,13 @@ def interference_statistics(models: Any, base: Any = None, *, density: float = 0
         items = map_reduce(ds.groups(), fn, red, [], threads=threads, progress="interference" if progress else False)
     return InterferenceStatistics(ds.names, items, dict(density=density, scope=scope, tall_lambda=tall_lambda))
 
+# %% ../nbs/07_interference.ipynb #5cd9e671
 def interference_report(models: Any, base: Any = None, *, by: Literal["layer", "tensor"] | None = "layer",
                         **kw) -> pd.DataFrame:
     "All measures as a tidy DataFrame (layer|tensor, measure, value); `by=None` for the global values. See `interference_statistics`."
     return interference_statistics(models, base, **kw).table(by)
 
+# %% ../nbs/07_interference.ipynb #490a8c5a
 def sign_conflict_rate(task_vectors: Any, density: float = 1.0, scope: Literal["tensor", "model"] = "tensor", *,
                        base: Any = None, threads: int = 2) -> float:
     """Global TIES sign-conflict rate after top-k trimming: #{p: two trimmed task vectors have opposite signs at p} /
@@ -287,6 +296,7 @@ def sign_conflict_rate(task_vectors: Any, density: float = 1.0, scope: Literal["
     c = {k: sum(t.counts[k] for t in st.tensors) for k in ("conflict", "multi")}
     return _ratio(c["conflict"], c["multi"])
 
+# %% ../nbs/07_interference.ipynb #409ea811
 def norm_at_k(models: Any, base: Any = None, ks: Sequence[float] = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0), *,
               threads: int = 2, client: Any = None) -> pd.DataFrame:
     "Norm@k curve per model: ‖per-tensor top-k% of τ‖₂ / ‖τ‖₂ for each k (k = max(1, ⌊k·numel⌋) per tensor), one pass."

@@ -390,6 +390,7 @@ def parse_size(s: int | float | str) -> int:
     if not m: raise ValueError(f"cannot read {s!r} as a size; use e.g. 2GB, 500MB, 1GiB or a number of bytes")
     return int(float(m.group(1)) * (1024 if m.group(3) else 1000) ** " kmgt".index(m.group(2) or " "))
 
+# %% ../nbs/00_io.ipynb #72103f01
 def _inside(a: Path, b: Path) -> bool: return a == b or b in a.parents
 
 def check_output_path(out: str | Path, inputs: Iterable[str | Path | None] = (), overwrite: bool = False) -> Path:
@@ -407,6 +408,7 @@ def check_output_path(out: str | Path, inputs: Iterable[str | Path | None] = (),
             raise OutputExists(f"{out} exists and is not empty; pass overwrite=True (CLI: --overwrite) or choose another path")
     return out
 
+# %% ../nbs/00_io.ipynb #d61eb19e
 def clean_stale_temporaries(out: str | Path) -> list[Path]:
     "Remove temporary siblings of `out` left by writers whose process is gone (e.g. after a SIGKILL)."
     out, removed = Path(out).resolve(), []
@@ -420,6 +422,7 @@ def clean_stale_temporaries(out: str | Path) -> list[Path]:
         if not alive: shutil.rmtree(p, ignore_errors=True); removed.append(p)
     return removed
 
+# %% ../nbs/00_io.ipynb #25b08983
 def _dtype_name(dtype: torch.dtype) -> str: return str(dtype).removeprefix("torch.")
 
 # %% ../nbs/00_io.ipynb #370fba48
@@ -635,6 +638,7 @@ class TaskVector:
         return LazyCheckpoint({k: (self.shape(k), self.dtype) for k in self._keys}, self.get, name="task_vector")
     def __repr__(self): return f"TaskVector({len(self.terms)} terms, {len(self._keys)} tensors)"
 
+# %% ../nbs/00_io.ipynb #329cf8cf
 def task_vector(finetuned: Any, base: Any, dtype: torch.dtype = torch.float32) -> TaskVector:
     "τ = θ_ft − θ₀, lazy per tensor; keys and shapes are checked now."
     ft, b = open_model(finetuned), open_model(base)

@@ -110,6 +110,7 @@ class DeltaSet:
             X[i] -= b
         return X
 
+# %% ../nbs/04_kinship.ipynb #0d06eabf
 def open_deltas(models: Sequence[Any] | Mapping[str, Any] | DeltaSet, base: Any = None, *,
                 names: Sequence[str] | None = None) -> DeltaSet:
     "Open `models` (any references `open_model` takes, bare adapters applied to `base`; a dict gives names) against `base`."

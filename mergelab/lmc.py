@@ -170,6 +170,7 @@ def barrier(curve: pd.DataFrame, kind: Literal["midpoint", "linear", "at_half"] 
                          name=f"{kind} {metric} barrier")
     return _barrier_one(curve, kind, metric, higher_is_better)[0]
 
+# %% ../nbs/06_lmc.ipynb #ba6b3f7a
 def barrier_table(curve: pd.DataFrame, metrics: Sequence[str] | None = None, **labels) -> pd.DataFrame:
     """Every barrier of a curve as a tidy frame: one row per (task,) metric and kind, with the barrier, the α where it
     is reached, and the barrier relative to the mean endpoint value. Extra keyword arguments become constant columns."""
@@ -236,6 +237,7 @@ class HeadGroup:
     n_heads: int
     within: tuple[bool, ...]
 
+# %% ../nbs/06_lmc.ipynb #bc22f524
 @dataclass
 class PermutationSpec:
     """A permutation symmetry as data, as git-re-basin's `PermutationSpec` (Ainsworth et al. 2023): `axes_to_perm`
@@ -471,6 +473,7 @@ class Permutations(dict):
     history: list[float]
     iterations: int = 0
 
+# %% ../nbs/06_lmc.ipynb #b4470ab2
 def _objective(spec: PermutationSpec, A: Mapping[str, Tensor], B: Mapping[str, Tensor], perms) -> float:
     return float(sum((A[k].double() * _permute(B[k], ax, perms).double()).sum() for k, ax in spec.axes_to_perm.items()
                      if not _is_stat(k)))
@@ -614,6 +617,7 @@ def reset_batchnorm(model: nn.Module, data: Any) -> nn.Module:
     for m, mom in zip(bns, moms): m.momentum = mom
     return model.eval()
 
+# %% ../nbs/06_lmc.ipynb #90d9e4ce
 def _weight_sites(model: nn.Module, spec: PermutationSpec | None) -> list[str]:
     "The Linear/Conv modules whose outputs are hidden units: permuted on the output axis in `spec`, else all but the last."
     names = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))]

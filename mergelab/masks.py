@@ -39,6 +39,7 @@ def multitask_vector(deltas: Tensor, weight: Sequence[float] | None = None, use_
     return gta_merge(list(deltas), zero, weight=w, sparsify=trim, consensus=True, weighted_election=False,
                      zero_sign="majority", majority=majority, disjoint=ties_agg) - zero
 
+# %% ../nbs/02a_masks.ipynb #4a3bb6d7
 def tall_prepare(groups: Sequence[TensorGroup], threads: int = 2, **kw) -> list[TensorGroup]:
     """The model-wide pass for a TIES τ_MTL (`use_ties` with `topk_scope="model"`): per task the k-th smallest |τₜ|
     over the whole model (`_threshold`) and the model-wide majority sign (`_majority`), computed by `ties_prepare`."""
@@ -55,11 +56,13 @@ def tall_prepare(groups: Sequence[TensorGroup], threads: int = 2, **kw) -> list[
                                                                   "_majority": stats["_majority"]})
     return out
 
+# %% ../nbs/02a_masks.ipynb #0bf60a8d
 def tall_masks(deltas: Tensor, tau_mtl: Tensor, tall_lambda: Sequence[float] | float = 0.4) -> Tensor:
     "TALL masks mₜ = 1{|τₜ| > λₜ|τ_MTL − τₜ|} (Wang et al. 2024), stacked like `deltas` (bool)."
     lam = torch.as_tensor(tall_lambda, dtype=deltas.dtype).reshape(-1, *([1] * (deltas.dim() - 1)))
     return deltas.abs() > lam * (tau_mtl.unsqueeze(0) - deltas).abs()
 
+# %% ../nbs/02a_masks.ipynb #21a102a9
 def mask_fractions(masks: Tensor) -> dict[str, float]:
     "Fractions of entries used by no task (catastrophic), exactly one (selfish), and ≥ 2 (consensus)."
     c = masks.sum(dim=0)
@@ -100,6 +103,7 @@ def consensus(tensors: list[Tensor], base: Tensor, *, weight: float = 1.0, tall_
     keep = tall_masks(d, mtl, tall_lambda).sum(dim=0) >= k
     return (base + lambda_ * (mtl * keep)).to(base.dtype)
 
+# %% ../nbs/02a_masks.ipynb #20f93887
 @merge_method("tall_masks", base="required", per_model=("weight", "tall_lambda"), min_models=1, prepare=tall_prepare,
               work_factor=2.75, params=_TALL_INFO,
               paper="Wang, Dimitriadis et al. 2024, Localizing Task Information for Improved Model Merging and Compression (arXiv:2405.07813)")
@@ -150,6 +154,7 @@ def tall_compress(models: Sequence[Any], base: Any, out: str | Path, *, tall_lam
         w.add_file("tall.json", json.dumps(manifest, indent=1))
     return manifest
 
+# %% ../nbs/02a_masks.ipynb #e880a15a
 def tall_reconstruct(compressed: str | Path, base: Any, task: int | str) -> Checkpoint:
     "Task `task` (index or name) rebuilt lazily from a `tall_compress` directory: θ₀ + mₜ ⊙ τ_MTL."
     compressed = Path(compressed)

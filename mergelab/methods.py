@@ -53,6 +53,7 @@ def rescale_masked(delta: Tensor, mask: Tensor, rescale="none", p: float | Tenso
     if before < 1e-7 or after < 1e-7: return masked
     return masked * (before / after)
 
+# %% ../nbs/02_methods.ipynb #492d9653
 def _exceeds(delta: Tensor, threshold: float) -> Tensor:
     "|δ| ≥ threshold, compared exactly even when `threshold` is not representable in δ's dtype."
     a = delta.abs()
@@ -66,6 +67,7 @@ def kth_threshold(delta: Tensor, density: float) -> float:
     a = a.double() if a.dtype == torch.float64 else a.float()
     return float(a.kthvalue(d - int(d * density)).values)
 
+# %% ../nbs/02_methods.ipynb #518a4914
 def topk_mask(w: Tensor, k: int, tie_break: str = "index") -> Tensor:
     """Boolean mask of exactly `k` largest entries of the 1-D `w`. `index`: entries tied at the k-th value are taken in
     index order (a linear-time selection, deterministic everywhere); `argsort`: mergekit's `argsort(descending)[:k]`,
@@ -80,6 +82,7 @@ def topk_mask(w: Tensor, k: int, tie_break: str = "index") -> Tensor:
     if need > 0: mask[(w == v).nonzero().squeeze(1)[:need]] = True
     return mask
 
+# %% ../nbs/02_methods.ipynb #2ef6a1ee
 def sparsify_magnitude(delta: Tensor, density: float, rescale="none", threshold: float | None = None,
                        tie_break: str = "index") -> Tensor:
     """TIES trim (Yadav et al. 2023). Without `threshold`: mergekit's per-tensor top-k, exactly k = max(1, ⌊ρ·numel⌋)
@@ -95,6 +98,7 @@ def sparsify_magnitude(delta: Tensor, density: float, rescale="none", threshold:
         mask = topk_mask(w, k, tie_break).to(delta.dtype).reshape_as(delta)
     return rescale_masked(delta, mask, rescale, density)
 
+# %% ../nbs/02_methods.ipynb #85bdc7c4
 def _work_dtype(t: Tensor) -> torch.dtype:
     "mergekit's dtype for Bernoulli draws: bf16 (and any accelerator dtype) stays, other CPU dtypes draw in fp32."
     return t.dtype if t.device.type != "cpu" or t.dtype == torch.bfloat16 else torch.float32
@@ -107,6 +111,7 @@ def sparsify_random(delta: Tensor, density: float, rescale="l1", generator: torc
     if density <= 0: return torch.zeros_like(delta)   # after the draw, so later models see the same random stream
     return rescale_masked(delta.to(work), mask, rescale, density).to(delta.dtype)
 
+# %% ../nbs/02_methods.ipynb #7c9f36d6
 def sparsify_outliers(delta: Tensor, density: float, gamma: float = 0.01, rescale="none") -> Tensor:
     """Model Breadcrumbs (Davari & Belilovsky 2024), mergekit's whole-tensor variant: sort |δ|, keep the slice
     [n_bot, n_bot + ⌊ρN⌋) with n_bot = max(0, N − ⌊ρN⌋ − ⌊γN⌋): the small tail and the top-γ outliers are dropped."""
@@ -120,6 +125,7 @@ def sparsify_outliers(delta: Tensor, density: float, gamma: float = 0.01, rescal
     mask[torch.sort(w).indices[n_bot:n_bot + target]] = 1
     return rescale_masked(delta, mask.reshape_as(delta), rescale, density)
 
+# %% ../nbs/02_methods.ipynb #5c9b6336
 def sparsify_della(delta: Tensor, density: float, epsilon: float = 0.15, rescale="l1",
                    generator: torch.Generator | None = None, method: str = "della") -> Tensor:
     """DELLA MagPrune (Deep et al. 2024), mergekit's variant: within each row (dim 1; 1-D = one row) the keep probability
@@ -150,6 +156,7 @@ def elect_sign(votes: Tensor, zero_sign: str = "positive", majority: float | Non
     s[s == 0] = m if m != 0 else -1
     return s
 
+# %% ../nbs/02_methods.ipynb #c2dadf56
 def gta_merge(tensors: Sequence[Tensor], base: Tensor, *, weight: Sequence[float],
               sparsify: Callable[[int, Tensor], Tensor] | None = None, consensus: bool = False,
               normalize: bool = False, lambda_: float = 1.0, weighted_election: bool = True,
@@ -197,6 +204,7 @@ def is_float_group(g: TensorGroup) -> bool:
     c, k = g.base or g.inputs[0]
     return c.dtype(k).is_floating_point
 
+# %% ../nbs/02_methods.ipynb #e80b4d43
 def radix_kth_abs(groups: Sequence[TensorGroup], ks: Sequence[int | None], *, threads: int = 2,
                   dtype: torch.dtype | None = None, compute_dtype: torch.dtype | None = None) -> list[float | None]:
     """Exact k-th smallest |θᵢ − θ₀| (1-indexed `ks[i]`; `None` skips model i) over all tensors of all groups, per model,
@@ -398,6 +406,7 @@ def linear(tensors: list[Tensor], base: Tensor | None, *, weight: float, normali
     if normalize: out.div_(w.sum())
     return out
 
+# %% ../nbs/02_methods.ipynb #796a4e49
 _CHUNK = 1 << 20
 
 def slerp_tensors(t: float, v0: Tensor, v1: Tensor, dot_threshold: float = 0.9995, eps: float = 1e-8) -> Tensor:
@@ -422,6 +431,7 @@ def slerp_tensors(t: float, v0: Tensor, v1: Tensor, dot_threshold: float = 0.999
     for s in starts: out[:, s:s + _CHUNK] = ca * chunk(a, s) + cb * chunk(b, s)
     return out.reshape(v0.shape)
 
+# %% ../nbs/02_methods.ipynb #7ab5d4e9
 @merge_method("slerp", base="required", min_models=1, max_models=1, compute="fp32", work_factor=2.0,
               params={"t": ParamInfo("position on the arc: 0 the base, 1 the other model", step=0.05, slider=(0, 1), start=0.5)},
               paper="Shoemake 1985, Animating rotation with quaternion curves (SIGGRAPH)", presets=_MKP)
@@ -457,6 +467,7 @@ def nuslerp(tensors: list[Tensor], base: Tensor | None, *, weight: float, nusler
     if base is not None: return base + _nuslerp(t, tensors[0] - base, tensors[1] - base, dim=dim, flatten=nuslerp_flatten)
     return _nuslerp(t, tensors[0], tensors[1], dim=dim, flatten=nuslerp_flatten)
 
+# %% ../nbs/02_methods.ipynb #ab147ddf
 @merge_method("multislerp", base="optional", per_model=("weight",), min_models=1, work_factor=4.0,
               params=PARAM_INFO | {"normalize_weights": "divide the weights by their sum",
                                    "eps": "ε added to norms against division by zero"},
@@ -488,6 +499,7 @@ def multislerp(tensors: list[Tensor], base: Tensor | None, *, weight: float, nor
     res = (res * (norms.squeeze(-1) * w).sum()).view(x.shape[1:])
     return res + base if base is not None else res
 
+# %% ../nbs/02_methods.ipynb #5a1741b7
 @merge_method("karcher", base="none", min_models=1, work_factor=2.5,
               params={"max_iter": ParamInfo("iterations of the Karcher-mean fixed point", range=(0, None)),
                       "tol": ParamInfo("convergence tolerance; norms below it count as zero", range=(0, None))},
@@ -544,6 +556,7 @@ def model_stock_t(tensors: Sequence[Tensor], base: Tensor, filter_wise: bool = F
     singular = den.abs() < 1e-6
     return torch.where(singular, torch.zeros_like(c), (n * c) / torch.where(singular, torch.ones_like(den), den))
 
+# %% ../nbs/02_methods.ipynb #ea1f4285
 @merge_method("model_stock", base="required", min_models=2, work_factor=1.25,
               params={"filter_wise": "one ratio t per row (output filter) instead of one per tensor",
                       "average": "c̄: the mean pairwise cosine (mergekit) or the cosine of the mean angle (FusionBench)"},
@@ -557,6 +570,7 @@ def model_stock(tensors: list[Tensor], base: Tensor, *, filter_wise: bool = Fals
     t = model_stock_t(tensors, base, filter_wise, average)
     return (t * (sum(ws) / len(ws)) + (1 - t) * w0).reshape(base.shape)
 
+# %% ../nbs/02_methods.ipynb #a8cf56e7
 def _sce_mask(tvs: Tensor, density: float) -> Tensor:
     if density <= 0: return torch.zeros_like(tvs[0])
     if density >= 1: return torch.ones_like(tvs[0])
@@ -582,6 +596,7 @@ def sce(tensors: list[Tensor], base: Tensor, *, select_topk: float = 1.0, int8_m
     w = w.reshape(-1, *([1] * base.dim())) * erase
     return base + (tv * w).sum(dim=0) / torch.sum(w, dim=0).clamp(min=1e-6)
 
+# %% ../nbs/02_methods.ipynb #ac9edba2
 @merge_method("nearswap", base="required", min_models=1, max_models=1, work_factor=2.5,
               params={"t": ParamInfo("distance scale: the model's value where |θ₁ − θ₀| ≤ t, a step t/|θ₁ − θ₀| towards it elsewhere",
                                      range=(0, None), step=0.05, slider=(0, 1), start=0.5)},
@@ -592,6 +607,7 @@ def nearswap(tensors: list[Tensor], base: Tensor, *, t: float) -> Tensor:
     w = (t / torch.abs(a - b).clamp(min=1e-6)).clamp(min=0, max=1)
     return w * b + (1 - w) * a
 
+# %% ../nbs/02_methods.ipynb #e3bd3c36
 @merge_method("ram", base="required", min_models=1, work_factor=6.0,
               params={"epsilon": ParamInfo("|δ| above which an entry counts as changed by a model", range=(0, None))},
               paper="Reinforced Agent Merging (arXiv:2601.13572); mergekit `ram`", presets=_MKP)
@@ -605,6 +621,7 @@ def ram(tensors: list[Tensor], base: Tensor, *, epsilon: float = 1e-5) -> Tensor
     merged = ((z * (counts == 1)) + (z * (counts > 1) / counts.clamp(min=1))).sum(dim=0, keepdim=True)
     return base + merged.reshape_as(base)
 
+# %% ../nbs/02_methods.ipynb #92d59d10
 @merge_method("passthrough", base="none", per_model=("scale",), min_models=1, max_models=1, work_factor=0.5,
               params={"scale": ParamInfo("multiplier of the copied tensor", step=0.05, slider=(0, 2), start=1.0)},
               paper="mergekit `passthrough` (Goddard et al. 2024, arXiv:2403.13257)", presets=_MKP)

