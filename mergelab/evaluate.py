@@ -12,13 +12,13 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
-from .io import Checkpoint, MergelabError, EvaluationError, open_model, open_module
+from .io import Checkpoint, MergelabError, EvaluationError, open_model, open_module, lower_is_better
 from .engine import run_groups
 from .masks import tall_compress, tall_reconstruct
 
 # %% auto #0
 __all__ = ['Build', 'TALL_LAMBDAS', 'META_COLUMNS', 'ClassificationTask', 'LMTask', 'evaluate', 'normalized_accuracy',
-           'merge_gain', 'summarize', 'tall_recovery', 'sweep', 'result_row', 'plot_runs']
+           'merge_gain', 'summarize', 'tall_recovery', 'sweep', 'result_row', 'plot_runs', 'expert_reference']
 
 # %% ../nbs/08_evaluate.ipynb #160bc66e
 Build = Callable[[Any], nn.Module]
@@ -231,3 +231,15 @@ def plot_runs(results: pd.DataFrame, reference: pd.Series | None = None, last: i
     ax.set(ylabel=metric, xlabel="", title="merged models vs the experts, per task")
     ax.figure.tight_layout()
     return ax
+
+# %% ../nbs/08_evaluate.ipynb #635204ba
+def expert_reference(scores: Callable[[str], pd.Series], experts: Sequence[str], tasks: Sequence[str],
+                     metric: str = "accuracy") -> pd.Series:
+    "Per task: `scores(expert)[task]` of the expert named like the task if it is in `experts`, else the best expert's."
+    lower, out = lower_is_better(metric), {}
+    for t in tasks:
+        if t in experts and t in scores(t): out[t] = float(scores(t)[t])
+        else:
+            vals = [float(scores(n)[t]) for n in experts if t in scores(n)]
+            if vals: out[t] = min(vals) if lower else max(vals)
+    return pd.Series(out, dtype=float)

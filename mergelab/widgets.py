@@ -23,7 +23,7 @@ from .kinship import METRICS, delta_statistics, kinship_matrix, plot_kinship, pl
 from .activations import plot_embedding
 from .lmc import interpolation_curve, plot_curves, lmc_probe, lmc_prepare, MATCHINGS, CORRECTIONS
 from .interference import interference_statistics, plot_interference, plot_pairwise, interference_summary
-from .evaluate import normalized_accuracy, result_row, plot_runs, META_COLUMNS
+from .evaluate import normalized_accuracy, result_row, plot_runs, META_COLUMNS, expert_reference
 from .zoo import Zoo, load_zoo, zoo_delta_activations, zoo_inputs
 
 # %% auto #0
@@ -337,15 +337,8 @@ class MergeExplorer(_Explorer):
             self._expert_scores[name] = s
         return self._expert_scores[name]
     def reference(self, names: Sequence[str], tasks: Sequence[str]) -> pd.Series:
-        "Per task: the expert named like the task if selected, else the best selected expert."
-        lower = (self.metric or "accuracy") in ("loss", "perplexity")
-        out = {}
-        for t in tasks:
-            if t in names and t in self.expert_scores(t): out[t] = float(self.expert_scores(t)[t])
-            else:
-                vals = [float(self.expert_scores(n)[t]) for n in names if t in self.expert_scores(n)]
-                if vals: out[t] = min(vals) if lower else max(vals)
-        return pd.Series(out, dtype=float)
+        "Per task: the expert named like the task if selected, else the best selected expert (`expert_reference`)."
+        return expert_reference(self.expert_scores, names, tasks, self.metric or "accuracy")
     def run(self, *_) -> dict | None:
         "Merge the current setting in memory, evaluate it and append a row to `results` (None and `error` if invalid)."
         self._pending = None
