@@ -165,12 +165,12 @@ def tall_recovery(experts: Mapping[str, Any], base: Any, val: Mapping[str, Any],
     from tqdm.auto import tqdm
     models, best = [experts[n] for n in names], {}
     for lam in tqdm(list(lambdas), desc="TALL λ grid", disable=not progress, leave=False):
-        tall_compress(models, base, out / f"lam{lam}", tall_lambda=lam, names=names, **compress)
+        tall_compress(models, base, out / f"lam{lam}", tall_lambda=lam, names=names, **({"progress": False} | compress))
         for n in names:
             s = score(tall_reconstruct(out / f"lam{lam}", base, n), val[n])
             if s > best.get(n, (-math.inf, None))[0]: best[n] = (s, lam)
     lams = [best[n][1] for n in names]
-    man = tall_compress(models, base, out / "chosen", tall_lambda=lams, names=names, **compress)
+    man = tall_compress(models, base, out / "chosen", tall_lambda=lams, names=names, **({"progress": False} | compress))
     rec = pd.DataFrame({"λ_t": lams, "backbone": [score(base, test[n]) for n in names],
                         "expert": [score(experts[n], test[n]) for n in names],
                         "reconstruction": [score(tall_reconstruct(out / "chosen", base, n), test[n]) for n in names]},

@@ -47,9 +47,9 @@ def _tiny(seed: int, h: int = 4, layers: int = 2, vocab: int = 10) -> dict[str, 
 def make_fixtures(d: str | Path) -> Path:
     "The small inputs the cases damage or misuse: a base, two fine-tunes, a wider model, a NaN model, a sharded copy."
     d = Path(d)
-    for name, sd in {"base": _tiny(0), "a": _tiny(1), "b": _tiny(2), "wide": _tiny(3, h=6)}.items(): save_checkpoint(sd, d / name)
-    nan = _tiny(4); nan["model.layers.1.mlp.weight"][0, 0] = float("nan"); save_checkpoint(nan, d / "nan")
-    save_checkpoint(_tiny(5), d / "sharded", max_shard_size=200)
+    for name, sd in {"base": _tiny(0), "a": _tiny(1), "b": _tiny(2), "wide": _tiny(3, h=6)}.items(): save_checkpoint(sd, d / name, progress=False)
+    nan = _tiny(4); nan["model.layers.1.mlp.weight"][0, 0] = float("nan"); save_checkpoint(nan, d / "nan", progress=False)
+    save_checkpoint(_tiny(5), d / "sharded", max_shard_size=200, progress=False)
     raw = (d / "a" / "model.safetensors").read_bytes()
     (d / "truncated.safetensors").write_bytes(raw[: len(raw) // 2])
     class Payload:                                                # a pickle that would run code on load
@@ -107,6 +107,30 @@ def _activation(d):
 def _kinship_shapes(d):
     from mergelab.kinship import kinship_matrix
     return kinship_matrix([d / "a", d / "wide"], d / "base")
+
+def _bare_adapter(d):
+    "A PEFT adapter folder where a whole model is needed (an LMC endpoint), with no base to apply it to."
+    from safetensors.torch import save_file
+    from mergelab.lmc import interpolation_curve
+    ad = d / "adapter"; ad.mkdir(exist_ok=True)
+    (ad / "adapter_config.json").write_text('{"peft_type": "LORA", "r": 1, "lora_alpha": 1}')
+    save_file({"base_model.model.model.layers.0.mlp.lora_A.weight": torch.zeros(1, 4),
+               "base_model.model.model.layers.0.mlp.lora_B.weight": torch.zeros(4, 1)}, str(ad / "adapter_model.safetensors"))
+    return interpolation_curve(ad, d / "a", lambda m: 0.0)
+
+def _custom_code(d):
+    "A folder whose config.json names an architecture that only its own Python defines."
+    import json, shutil
+    c = d / "custom"; shutil.copytree(d / "a", c, dirs_exist_ok=True)
+    (c / "config.json").write_text(json.dumps({"model_type": "llama", "architectures": ["MyLlama"],
+                                               "auto_map": {"AutoModelForCausalLM": "modeling_my.MyLlama"}}))
+    from mergelab.io import open_module
+    return open_module(c)
+
+def _not_a_score(d):
+    from mergelab.lmc import interpolation_curve
+    a, b = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    return interpolation_curve(a, b, lambda m: "good", alphas=2)
 
 def _explorer(d):
     from mergelab.widgets import MergeExplorer
@@ -172,6 +196,13 @@ FAILURE_CASES: list[FailureCase] = [
     FailureCase("data file missing", DataError, "a data-aware method's `data: {path: ...}` naming a file that does not exist",
                 "give an existing .npz/.safetensors/.pt of inputs (keys `<task>` or `<task>.inputs`), or a zoo split",
                 lambda d: data_source({"path": str(d / "missing.npz")}), "does not exist"),
+    FailureCase("adapter without its base", IncompatibleModels, "a bare PEFT adapter folder where a whole model must run (LMC, evaluate)",
+                "give it with its base: 'BASE+ADAPTER', or open_model(adapter, base=BASE)", _bare_adapter, "not a whole model"),
+    FailureCase("custom-code architecture", UnsafeCheckpoint, "a config.json naming an architecture transformers does not have (auto_map)",
+                "mergelab never runs a model's own Python (trust_remote_code=False): build the module yourself and pass it",
+                _custom_code, "trust_remote_code=False"),
+    FailureCase("evaluator answer not a score", EvaluationError, "an evaluate(model) that returns something other than a number, {metric: value}, {task: {metric: value}} or a table",
+                "return a number (a loss on LMC curves), a dict of metrics, or mergelab.evaluate.evaluate's table", _not_a_score, "returned str"),
     FailureCase("explorer without models", ExplorerError, "an explorer given something that is not a zoo or models",
                 "give a zoo name (`MergeExplorer('digits')`), a `Zoo`, a list of models or a mapping {name: model}",
                 _explorer, "give a zoo name"),

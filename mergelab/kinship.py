@@ -210,10 +210,10 @@ def kinship_matrix(models: Sequence[Any] | Mapping[str, Any] | DeltaSet | DeltaS
     if by == "tensor": return _tidy(st.names, st.tensors, metric, "tensor")
     raise MergelabError(f"by must be None, 'layer' or 'tensor', got {by!r}")
 
-def kinship(a: Any, b: Any, base: Any, metric: Metric = "pcc", *, threads: int = 2) -> float:
+def kinship(a: Any, b: Any, base: Any, metric: Metric = "pcc", *, threads: int = 2, progress: bool = True) -> float:
     "Kinship of two models against `base` (one pass over both); see `kinship_matrix`."
     ds = open_deltas([a, b], base, names=["a", "b"])
-    return float(kinship_matrix(ds, metric=metric, threads=threads).iloc[0, 1])
+    return float(kinship_matrix(ds, metric=metric, threads=threads, progress=progress).iloc[0, 1])
 
 # %% ../nbs/04_kinship.ipynb #8328aa56
 def plot_kinship(matrix: pd.DataFrame, kind: Literal["heatmap", "clustermap"] = "heatmap", ax=None, **kw):
