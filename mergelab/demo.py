@@ -77,7 +77,7 @@ def merges_section(zoo, quick: bool = False, recipes: dict[str, dict] | None = N
     import matplotlib.pyplot as plt, seaborn as sns
     from mergelab.evaluate import summarize, sweep
     recipes = recipes or DIGITS_RECIPES
-    mat = zoo.expert_matrix()
+    mat = zoo.expert_matrix(progress=False)
     own = pd.Series(np.diag(mat.loc[list(mat.columns)].values), index=mat.columns)
     parents = [mat.loc[e].rename("accuracy").to_frame() for e in mat.index]
     experts = list(zoo.experts.values())
@@ -136,7 +136,7 @@ def kinship_section(zoo, quick: bool = False, lam: float = 0.5) -> Section:
     from mergelab.kinship import kinship_matrix, plot_kinship
     from mergelab.evaluate import normalized_accuracy
     from mergelab.config import merge
-    K = kinship_matrix(zoo.experts, zoo.base, "pcc")
+    K = kinship_matrix(zoo.experts, zoo.base, "pcc", progress=False)
     own = pd.Series({t: float(zoo.evaluate(m, tasks=[t], progress=False).accuracy[t]) for t, m in zoo.experts.items()})
     rows = []
     for a, b in itertools.combinations(zoo.experts, 2):
@@ -231,7 +231,7 @@ def interference_section(zoo, quick: bool = False, density: float = 0.2) -> Sect
     "The interference report of the zoo's experts: model-level measures, the layer × measure heatmap, pairwise sign conflicts."
     import matplotlib.pyplot as plt
     from mergelab.interference import interference_statistics, plot_interference, plot_pairwise
-    st = interference_statistics(zoo.experts, zoo.base, density=density)
+    st = interference_statistics(zoo.experts, zoo.base, density=density, progress=False)
     model = st.table(None).set_index("measure")[["value"]]
     layer = st.table("layer")
     fig, ax = plt.subplots(figsize=(15, 1.1 * layer.layer.nunique() + 2.2))
