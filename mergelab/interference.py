@@ -10,7 +10,7 @@ from typing import Any, Callable, Literal, Mapping, Sequence
 import pandas as pd
 import torch
 from torch import Tensor
-from .io import Checkpoint, LazyCheckpoint, MergelabError, TaskVector, open_model, model_names
+from .io import LazyCheckpoint, MergelabError, open_model, model_names
 from .engine import TensorGroup, map_reduce, layer_index, using_client
 from .methods import sparsify_magnitude, radix_kth_abs, elect_sign
 from .masks import tall_masks

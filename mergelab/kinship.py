@@ -6,7 +6,7 @@
 from __future__ import annotations
 import contextlib, ctypes, ctypes.util, itertools, math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal, Mapping, Sequence
+from typing import Any, Literal, Mapping, Sequence
 import pandas as pd
 import torch
 from torch import Tensor

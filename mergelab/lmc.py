@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 from scipy.optimize import linear_sum_assignment
 from tqdm.auto import tqdm
-from .io import Checkpoint, MergelabError, IncompatibleModels, open_model, open_module, score_table, lower_is_better
+from .io import MergelabError, IncompatibleModels, open_model, open_module, score_table, lower_is_better
 from .methods import slerp_tensors
 
 # %% auto #0

@@ -4,7 +4,7 @@
 
 # %% ../nbs/11_search.ipynb #18c830a4
 from __future__ import annotations
-import difflib, inspect, itertools, math, os, time
+import inspect, itertools, math, os, time
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -4,7 +4,7 @@
 
 # %% ../nbs/15_widgets.ipynb #f56617f2
 from __future__ import annotations
-import asyncio, html, itertools, math, os, tempfile, time
+import asyncio, html, itertools, math, time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +23,7 @@ from .kinship import METRICS, delta_statistics, kinship_matrix, plot_kinship, pl
 from .activations import plot_embedding
 from .lmc import interpolation_curve, plot_curves, lmc_probe, lmc_prepare, MATCHINGS, CORRECTIONS
 from .interference import interference_statistics, plot_interference, plot_pairwise, interference_summary
-from .evaluate import normalized_accuracy, result_row, plot_runs, META_COLUMNS, expert_reference
+from .evaluate import result_row, plot_runs, META_COLUMNS, expert_reference
 from .zoo import Zoo, load_zoo, zoo_delta_activations, zoo_inputs
 
 # %% auto #0

