@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor, nn
+from fastcore.basics import patch
 from .io import (Checkpoint, AdapterCheckpoint, MergelabError, IncompatibleModels, open_model, open_module,
                          open_tokenizer, model_names)
 from .kinship import DeltaStats, kinship_matrix, intraop_threads
@@ -58,6 +59,18 @@ def _keep_last(model: nn.Module) -> dict:
     try: return dict(logits_to_keep=1) if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
     except (TypeError, ValueError): return {}
 
+# %% ../nbs/05_activations.ipynb #19f21b11
+def _probe_lengths(ids: Sequence[Sequence[int]], token: int, pooling: Pooling, batch_size: int) -> Tensor:
+    "The length of each tokenised probe, after checking the pooling options of `probe_states` against them."
+    if pooling not in ("last", "mean"): raise ActivationError(f"pooling must be 'last' or 'mean', got {pooling!r}")
+    if batch_size < 1: raise ActivationError("batch_size must be ≥ 1")
+    lengths = torch.tensor([len(x) for x in ids])
+    if (lengths == 0).any(): raise ActivationError("a probe tokenised to no tokens")
+    if pooling == "last" and not (-int(lengths.min()) <= token < int(lengths.min())):
+        raise ActivationError(f"token={token} is outside the shortest probe ({int(lengths.min())} tokens)")
+    return lengths
+
+# %% ../nbs/05_activations.ipynb #09fead96
 def probe_states(model: nn.Module, ids: Sequence[Sequence[int]], *, layer: int | Literal["pre_norm"] = -1,
                  token: int = -1, pooling: Pooling = "last", batch_size: int = 32, pad_id: int = 0,
                  on_chunk: Callable[[int, int], None] | None = None, embeds: Tensor | None = None) -> Tensor:
@@ -67,12 +80,7 @@ def probe_states(model: nn.Module, ids: Sequence[Sequence[int]], *, layer: int |
     mean over real tokens. `on_chunk(start, stop)` is called before each forward pass with the rows it covers.
     `embeds` (P × L_max × d, right-padded) is fed as `inputs_embeds` instead of the ids' embeddings, e.g. the states
     entering a later layer, inside `from_layer`. Only the last position's logits are computed, where the model allows."""
-    if pooling not in ("last", "mean"): raise ActivationError(f"pooling must be 'last' or 'mean', got {pooling!r}")
-    if batch_size < 1: raise ActivationError("batch_size must be ≥ 1")
-    lengths = torch.tensor([len(x) for x in ids])
-    if (lengths == 0).any(): raise ActivationError("a probe tokenised to no tokens")
-    if pooling == "last" and not (-int(lengths.min()) <= token < int(lengths.min())):
-        raise ActivationError(f"token={token} is outside the shortest probe ({int(lengths.min())} tokens)")
+    lengths = _probe_lengths(ids, token, pooling, batch_size)
     captured: list[Tensor] = []
     hook = None
     if layer == "pre_norm":
@@ -167,60 +175,67 @@ class _Switcher:
         if isinstance(c, AdapterCheckpoint): return self._adapter(c, fn)
         return self._full(c, fn)
 
-    def _adapter(self, ad: AdapterCheckpoint, fn):
-        keys = ad.delta_keys()
-        missing = [k for k in keys if k not in self.params]
-        if missing: raise IncompatibleModels(f"adapter {ad.name} targets {missing[:3]}, which the base module lacks")
-        bad = [k for k in keys if tuple(self.params[k].shape) != tuple(ad.delta_shape(k))]
-        if bad: raise IncompatibleModels(f"adapter {ad.name}: delta of {bad[0]!r} is {list(ad.delta_shape(bad[0]))}, "
-                                         f"the base's is {list(self.params[bad[0]].shape)}")
-        saved = {k: self.params[k].detach().clone() for k in keys}
-        try:
-            with torch.no_grad():
-                for k in keys: self.params[k].add_(ad.delta(k).to(self.params[k].dtype))
-            return fn(self.base)
-        finally:
-            with torch.no_grad():
-                for k, v in saved.items(): self.params[k].copy_(v)
+# %% ../nbs/05_activations.ipynb #1135c5ea
+@patch
+def _full(self: _Switcher, c: Checkpoint, fn):
+    if self.work is None: self.work = copy.deepcopy(self.base).eval()
+    wp = _params(self.work)
+    bad = [k for k in wp if k in c and tuple(c.shape(k)) != tuple(wp[k].shape)]
+    if bad: raise IncompatibleModels(f"{c.name}: {bad[0]!r} is {list(c.shape(bad[0]))}, the base's is "
+                                     f"{list(wp[bad[0]].shape)}; Delta Activations need fine-tunes of the same architecture")
+    if not any(k in c for k in wp): raise IncompatibleModels(f"{c.name} shares no tensor name with the base module")
+    with torch.no_grad():
+        for k, p in wp.items(): p.copy_(c.get(k, p.dtype) if k in c else self.params[k])
+    return fn(self.work)
 
-    def stackable(self, ad: Checkpoint) -> bool:
-        "Whether `ad` is a LoRA adapter on `nn.Linear` modules that `run_stacked` can batch."
-        return (isinstance(ad, AdapterCheckpoint) and not ad.adapter_config.get("fan_in_fan_out")
-                and all(isinstance(self.modules.get(k.removesuffix(".weight")), nn.Linear) for k in ad.delta_keys()))
-
-    def run_stacked(self, ads: Sequence[AdapterCheckpoint], fn):
-        """Run K adapters in one batch: `fn(model, on_chunk)` sees the base with forward hooks that add each row's own
-        adapter, x·Aₖᵀ·Bₖᵀ·α/r, where row j belongs to adapter j // (rows per adapter). The base weights are untouched."""
-        keys = ads[0].delta_keys()
-        if any(sorted(a.delta_keys()) != sorted(keys) for a in ads):
-            raise IncompatibleModels("stacked adapters must target the same modules")
-        mods, rows, hooks = self.modules, {}, []
-        def on_chunk(start: int, stop: int, per: int):
-            rows["idx"] = torch.arange(start, stop) // per
-        for k in keys:
-            p = [a._pairs[k] for a in ads]
-            A = torch.stack([a.get(q["A"], torch.float32) for a, q in zip(ads, p)])
-            B = torch.stack([a.get(q["B"], torch.float32) * a.scaling(k) for a, q in zip(ads, p)])
-            if A.shape[1:] != A[0].shape or B.shape[2] != A.shape[1]: raise IncompatibleModels(f"LoRA shapes differ at {k}")
-            def hook(m, i, o, A=A, B=B):
-                j = rows["idx"]
-                d = torch.einsum("nlr,nor->nlo", torch.einsum("nli,nri->nlr", i[0].float(), A[j]), B[j])
-                return o + d.to(o.dtype)
-            hooks.append(mods[k.removesuffix(".weight")].register_forward_hook(hook))
-        try: return fn(self.base, on_chunk)
-        finally:
-            for h in hooks: h.remove()
-
-    def _full(self, c: Checkpoint, fn):
-        if self.work is None: self.work = copy.deepcopy(self.base).eval()
-        wp = _params(self.work)
-        bad = [k for k in wp if k in c and tuple(c.shape(k)) != tuple(wp[k].shape)]
-        if bad: raise IncompatibleModels(f"{c.name}: {bad[0]!r} is {list(c.shape(bad[0]))}, the base's is "
-                                         f"{list(wp[bad[0]].shape)}; Delta Activations need fine-tunes of the same architecture")
-        if not any(k in c for k in wp): raise IncompatibleModels(f"{c.name} shares no tensor name with the base module")
+# %% ../nbs/05_activations.ipynb #f7556778
+@patch
+def _adapter(self: _Switcher, ad: AdapterCheckpoint, fn):
+    keys = ad.delta_keys()
+    missing = [k for k in keys if k not in self.params]
+    if missing: raise IncompatibleModels(f"adapter {ad.name} targets {missing[:3]}, which the base module lacks")
+    bad = [k for k in keys if tuple(self.params[k].shape) != tuple(ad.delta_shape(k))]
+    if bad: raise IncompatibleModels(f"adapter {ad.name}: delta of {bad[0]!r} is {list(ad.delta_shape(bad[0]))}, "
+                                     f"the base's is {list(self.params[bad[0]].shape)}")
+    saved = {k: self.params[k].detach().clone() for k in keys}
+    try:
         with torch.no_grad():
-            for k, p in wp.items(): p.copy_(c.get(k, p.dtype) if k in c else self.params[k])
-        return fn(self.work)
+            for k in keys: self.params[k].add_(ad.delta(k).to(self.params[k].dtype))
+        return fn(self.base)
+    finally:
+        with torch.no_grad():
+            for k, v in saved.items(): self.params[k].copy_(v)
+
+# %% ../nbs/05_activations.ipynb #111e5ef3
+@patch
+def stackable(self: _Switcher, ad: Checkpoint) -> bool:
+    "Whether `ad` is a LoRA adapter on `nn.Linear` modules that `run_stacked` can batch."
+    return (isinstance(ad, AdapterCheckpoint) and not ad.adapter_config.get("fan_in_fan_out")
+            and all(isinstance(self.modules.get(k.removesuffix(".weight")), nn.Linear) for k in ad.delta_keys()))
+
+@patch
+def run_stacked(self: _Switcher, ads: Sequence[AdapterCheckpoint], fn):
+    """Run K adapters in one batch: `fn(model, on_chunk)` sees the base with forward hooks that add each row's own
+    adapter, x·Aₖᵀ·Bₖᵀ·α/r, where row j belongs to adapter j // (rows per adapter). The base weights are untouched."""
+    keys = ads[0].delta_keys()
+    if any(sorted(a.delta_keys()) != sorted(keys) for a in ads):
+        raise IncompatibleModels("stacked adapters must target the same modules")
+    mods, rows, hooks = self.modules, {}, []
+    def on_chunk(start: int, stop: int, per: int):
+        rows["idx"] = torch.arange(start, stop) // per
+    for k in keys:
+        p = [a._pairs[k] for a in ads]
+        A = torch.stack([a.get(q["A"], torch.float32) for a, q in zip(ads, p)])
+        B = torch.stack([a.get(q["B"], torch.float32) * a.scaling(k) for a, q in zip(ads, p)])
+        if A.shape[1:] != A[0].shape or B.shape[2] != A.shape[1]: raise IncompatibleModels(f"LoRA shapes differ at {k}")
+        def hook(m, i, o, A=A, B=B):
+            j = rows["idx"]
+            d = torch.einsum("nlr,nor->nlo", torch.einsum("nli,nri->nlr", i[0].float(), A[j]), B[j])
+            return o + d.to(o.dtype)
+        hooks.append(mods[k.removesuffix(".weight")].register_forward_hook(hook))
+    try: return fn(self.base, on_chunk)
+    finally:
+        for h in hooks: h.remove()
 
 # %% ../nbs/05_activations.ipynb #ec6a03d8
 def _load_base(base: Any, tokenizer: Any) -> tuple[nn.Module, Any]:
@@ -231,6 +246,7 @@ def _load_base(base: Any, tokenizer: Any) -> tuple[nn.Module, Any]:
     try: return model.eval(), open_tokenizer(src)
     except MergelabError as e: raise ActivationError(f"no tokenizer for the base from {src!r} ({e}); pass tokenizer= (an object or a folder)") from None
 
+# %% ../nbs/05_activations.ipynb #c1f0f154
 class DeltaActivations:
     """Delta Activations (Xu et al. 2025, arXiv:2509.04442): v(f) = mean over probes of h_f(x) − h_base(x). Defaults
     are the reference implementation's protocol: `hidden_states[-1]` (after the final norm), last real token, the five
@@ -253,79 +269,89 @@ class DeltaActivations:
         self.layer, self.token, self.pooling, self.batch_size = layer, token, pooling, batch_size
         self.max_length, self.verify = max_length, verify
 
-    def _states(self, model: nn.Module, k: int = 1, on_chunk=None, lo: int = 0) -> Tensor:
-        kw = dict(layer=self.layer, token=self.token, pooling=self.pooling, batch_size=self.batch_size,
-                  pad_id=self.pad_id_, on_chunk=on_chunk)
+# %% ../nbs/05_activations.ipynb #e1a75209
+@patch
+def _states(self: DeltaActivations, model: nn.Module, k: int = 1, on_chunk=None, lo: int = 0) -> Tensor:
+    kw = dict(layer=self.layer, token=self.token, pooling=self.pooling, batch_size=self.batch_size,
+              pad_id=self.pad_id_, on_chunk=on_chunk)
+    with intraop_threads(self.threads):
+        if not lo: return probe_states(model, list(self.ids_) * k, **kw)
+        with from_layer(model, lo):
+            return probe_states(model, list(self.ids_) * k, embeds=self.prefix_[lo].repeat(k, 1, 1), **kw)
+
+@patch
+def _lo(self: DeltaActivations, keys: Sequence[str]) -> int:
+    "The first decoder layer whose input can be reused for a model changing `keys` (0: run the whole model)."
+    if not self.reuse_prefix or self.layer not in (-1, "pre_norm") or type(self.model_).__name__ not in _PREFIX_ARCHS:
+        return 0
+    lo = first_layer(keys)
+    if lo and lo not in self.prefix_:
         with intraop_threads(self.threads):
-            if not lo: return probe_states(model, list(self.ids_) * k, **kw)
-            with from_layer(model, lo):
-                return probe_states(model, list(self.ids_) * k, embeds=self.prefix_[lo].repeat(k, 1, 1), **kw)
-
-    def _lo(self, keys: Sequence[str]) -> int:
-        "The first decoder layer whose input can be reused for a model changing `keys` (0: run the whole model)."
-        if not self.reuse_prefix or self.layer not in (-1, "pre_norm") or type(self.model_).__name__ not in _PREFIX_ARCHS:
+            self.prefix_[lo] = layer_inputs(self.model_, self.ids_, lo, batch_size=self.batch_size, pad_id=self.pad_id_)
+        split = self._states(self.model_, lo=lo)
+        if not torch.allclose(split, self.base_states_, rtol=1e-4, atol=1e-4):
+            self.reuse_prefix = False; del self.prefix_[lo]   # this architecture does not split like a Llama
             return 0
-        lo = first_layer(keys)
-        if lo and lo not in self.prefix_:
-            with intraop_threads(self.threads):
-                self.prefix_[lo] = layer_inputs(self.model_, self.ids_, lo, batch_size=self.batch_size, pad_id=self.pad_id_)
-            split = self._states(self.model_, lo=lo)
-            if not torch.allclose(split, self.base_states_, rtol=1e-4, atol=1e-4):
-                self.reuse_prefix = False; del self.prefix_[lo]   # this architecture does not split like a Llama
-                return 0
-            self.split_states_[lo] = split
-        return lo
+        self.split_states_[lo] = split
+    return lo
 
-    def fit(self, models: Any = None, y: Any = None) -> "DeltaActivations":
-        "Load the base and tokenizer, tokenise the probes and compute the base's activations (P × d) once."
-        self.model_, self.tokenizer_ = _load_base(self.base, self.tokenizer)
-        if not self.probes: raise ActivationError("the probe set is empty")
-        self.ids_ = encode_probes(self.tokenizer_, self.probes, self.max_length)
-        self.pad_id_ = self.tokenizer_.pad_token_id if self.tokenizer_.pad_token_id is not None else 0
-        self.base_states_ = self._states(self.model_)
-        self._switch = _Switcher(self.model_)
-        self.prefix_: dict[int, Tensor] = {}
-        self.split_states_: dict[int, Tensor] = {}
-        return self
+# %% ../nbs/05_activations.ipynb #0ecd7e6d
+@patch
+def fit(self: DeltaActivations, models: Any = None, y: Any = None) -> "DeltaActivations":
+    "Load the base and tokenizer, tokenise the probes and compute the base's activations (P × d) once."
+    self.model_, self.tokenizer_ = _load_base(self.base, self.tokenizer)
+    if not self.probes: raise ActivationError("the probe set is empty")
+    self.ids_ = encode_probes(self.tokenizer_, self.probes, self.max_length)
+    self.pad_id_ = self.tokenizer_.pad_token_id if self.tokenizer_.pad_token_id is not None else 0
+    self.base_states_ = self._states(self.model_)
+    self._switch = _Switcher(self.model_)
+    self.prefix_: dict[int, Tensor] = {}
+    self.split_states_: dict[int, Tensor] = {}
+    return self
 
-    def probe_deltas(self, models: Sequence[Any] | Mapping[str, Any]) -> dict[str, Tensor]:
-        "Per-probe deltas h_f(x) − h_base(x) (P × d) of each model, by name."
-        if not hasattr(self, "base_states_"): self.fit()
-        named = model_names(models, what="probe_deltas"); names, models = list(named), list(named.values())
-        sw, P = self._switch, len(self.ids_)
-        cks = [m if isinstance(m, Checkpoint) else sw._open(m) for m in models]
-        out: dict[str, Tensor] = {}
-        i, los = 0, set()
-        while i < len(cks):
-            grp = [cks[i]]
-            if self.stack > 1 and sw.stackable(cks[i]):
-                while (len(grp) < self.stack and i + len(grp) < len(cks) and sw.stackable(cks[i + len(grp)])
-                       and sorted(cks[i + len(grp)].delta_keys()) == sorted(cks[i].delta_keys())): grp.append(cks[i + len(grp)])
-            lo = self._lo(cks[i].delta_keys()) if isinstance(cks[i], AdapterCheckpoint) else 0
-            los.add(lo if isinstance(cks[i], AdapterCheckpoint) else None)   # full checkpoints never touch the base
-            if len(grp) == 1: out[names[i]] = sw.run(cks[i], lambda m: self._states(m, lo=lo)) - self.base_states_
-            else:
-                H = sw.run_stacked(grp, lambda m, oc: self._states(m, len(grp), lambda a, b: oc(a, b, P), lo))
-                for j in range(len(grp)): out[names[i + j]] = H[j * P:(j + 1) * P] - self.base_states_
-            i += len(grp)
-        # adapters only ever touched layers ≥ min(lo), so the split run from there re-checks every weight they touched
-        lo = min((l for l in los if l is not None), default=None)
-        if self.verify and lo is not None and not torch.equal(self._states(self.model_, lo=lo),
-                                                              self.split_states_[lo] if lo else self.base_states_):
-            raise ActivationError("the base's activations changed during the run: an adapter leaked into the base")
-        return out
+# %% ../nbs/05_activations.ipynb #8ca58ae4
+@patch
+def probe_deltas(self: DeltaActivations, models: Sequence[Any] | Mapping[str, Any]) -> dict[str, Tensor]:
+    "Per-probe deltas h_f(x) − h_base(x) (P × d) of each model, by name."
+    if not hasattr(self, "base_states_"): self.fit()
+    named = model_names(models, what="probe_deltas"); names, models = list(named), list(named.values())
+    sw, P = self._switch, len(self.ids_)
+    cks = [m if isinstance(m, Checkpoint) else sw._open(m) for m in models]
+    out: dict[str, Tensor] = {}
+    i, los = 0, set()
+    while i < len(cks):
+        grp = [cks[i]]
+        if self.stack > 1 and sw.stackable(cks[i]):
+            while (len(grp) < self.stack and i + len(grp) < len(cks) and sw.stackable(cks[i + len(grp)])
+                   and sorted(cks[i + len(grp)].delta_keys()) == sorted(cks[i].delta_keys())): grp.append(cks[i + len(grp)])
+        lo = self._lo(cks[i].delta_keys()) if isinstance(cks[i], AdapterCheckpoint) else 0
+        los.add(lo if isinstance(cks[i], AdapterCheckpoint) else None)   # full checkpoints never touch the base
+        if len(grp) == 1: out[names[i]] = sw.run(cks[i], lambda m: self._states(m, lo=lo)) - self.base_states_
+        else:
+            H = sw.run_stacked(grp, lambda m, oc: self._states(m, len(grp), lambda a, b: oc(a, b, P), lo))
+            for j in range(len(grp)): out[names[i + j]] = H[j * P:(j + 1) * P] - self.base_states_
+        i += len(grp)
+    # adapters only ever touched layers ≥ min(lo), so the split run from there re-checks every weight they touched
+    lo = min((l for l in los if l is not None), default=None)
+    if self.verify and lo is not None and not torch.equal(self._states(self.model_, lo=lo),
+                                                          self.split_states_[lo] if lo else self.base_states_):
+        raise ActivationError("the base's activations changed during the run: an adapter leaked into the base")
+    return out
 
-    def transform(self, models: Sequence[Any] | Mapping[str, Any]) -> pd.DataFrame:
-        "One row per model: the Delta Activation v(f) (mean over probes), columns d0…d{d-1}."
-        V = self.probe_deltas(models)
-        df = pd.DataFrame(torch.stack([v.mean(0) for v in V.values()]).double().numpy(), index=list(V),
-                          columns=[f"d{i}" for i in range(self.base_states_.shape[1])])
-        df.index.name = "model"
-        df.attrs["protocol"] = dict(layer=self.layer, token=self.token, pooling=self.pooling, n_probes=len(self.probes))
-        return df
+# %% ../nbs/05_activations.ipynb #9aca129d
+@patch
+def transform(self: DeltaActivations, models: Sequence[Any] | Mapping[str, Any]) -> pd.DataFrame:
+    "One row per model: the Delta Activation v(f) (mean over probes), columns d0…d{d-1}."
+    V = self.probe_deltas(models)
+    df = pd.DataFrame(torch.stack([v.mean(0) for v in V.values()]).double().numpy(), index=list(V),
+                      columns=[f"d{i}" for i in range(self.base_states_.shape[1])])
+    df.index.name = "model"
+    df.attrs["protocol"] = dict(layer=self.layer, token=self.token, pooling=self.pooling, n_probes=len(self.probes))
+    return df
 
-    def fit_transform(self, models: Sequence[Any] | Mapping[str, Any], y: Any = None) -> pd.DataFrame:
-        return self.fit(models).transform(models)
+@patch
+def fit_transform(self: DeltaActivations, models: Sequence[Any] | Mapping[str, Any], y: Any = None) -> pd.DataFrame:
+    return self.fit(models).transform(models)
 
 # %% ../nbs/05_activations.ipynb #d661b30c
 def delta_activations(models: Sequence[Any] | Mapping[str, Any], base: Any, probes: Sequence[str] | None = None, *,

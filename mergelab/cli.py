@@ -39,6 +39,7 @@ def _size(s: str) -> int:
     if n <= 0: raise argparse.ArgumentTypeError(f"{s!r}: the shard size must be positive")
     return n
 
+# %% ../nbs/20_cli.ipynb #adcc6730
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="mergelab", description="Model merging lab: merge checkpoints with mergekit-style "
                                  "YAML configs, streamed tensor by tensor.")
@@ -65,6 +66,7 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--dir", default=".mergelab-demo", help="cache for the demo's tiny Llama checkpoints (default .mergelab-demo)")
     return ap
 
+# %% ../nbs/20_cli.ipynb #6d141e3e
 def main(argv: list[str] | None = None) -> int:
     "Entry point of the `mergelab` console script."
     args = _parser().parse_args(argv)

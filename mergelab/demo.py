@@ -72,10 +72,47 @@ def _merge_eval(zoo, experts: list, recipe: dict, seed: int = 0) -> pd.DataFrame
     base = zoo.base if method != "linear" else None
     return zoo.evaluate(merge(experts, method, base=base, progress=False, seed=seed, **kw), progress=False)
 
-def merges_section(zoo, quick: bool = False, recipes: dict[str, dict] | None = None) -> Section:
-    "Merge all experts of `zoo` with each recipe; per-task accuracy, normalized accuracy and merge gain."
+# %% ../nbs/21_demo.ipynb #7e85098c
+def _merge_figures(acc: pd.DataFrame, summary: pd.DataFrame, n_merges: int, n_experts: int) -> dict[str, bytes]:
+    "The merges section's figures: per-task accuracy of the experts, the base and every merge; normalized accuracy."
+    import matplotlib.pyplot as plt, seaborn as sns
+    figs = {}
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(acc) + 1.2))
+    sns.heatmap(acc, annot=True, fmt=".0f", cmap="viridis", vmin=0, vmax=100, ax=ax, cbar_kws={"label": "accuracy (%)"})
+    ax.set(xlabel="task (scored with its own head)", ylabel="",
+           title=f"digits: test accuracy of {n_merges} merges of {n_experts} experts")
+    figs["Per-task test accuracy (%): the experts on their own tasks, the base, and every merge."] = figure_png(fig)
+    fig, ax = plt.subplots(figsize=(6, 0.4 * len(summary) + 1))
+    sns.barplot(x=summary.norm_avg_accuracy, y=summary.index, ax=ax, color="#4c72b0")
+    ax.set(xlabel="normalized accuracy (% of each task's expert), mean over tasks", ylabel="")
+    figs["Normalized accuracy of each merge."] = figure_png(fig)
+    return figs
+
+# %% ../nbs/21_demo.ipynb #a2937bce
+def _lambda_sweep(out: Section, zoo, experts: list, own: pd.Series, parents: list):
+    "Add the λ sweep of task arithmetic and TIES (density 0.2) to the merges section `out`: a figure, a table, the results."
     import matplotlib.pyplot as plt, seaborn as sns
     from mergelab.evaluate import summarize, sweep
+    def run(method, lam):
+        r = dict(method=method, weight=1.0, **{"lambda": lam})
+        if method == "ties": r.update(density=0.2)
+        return summarize(_merge_eval(zoo, experts, r), own, parents)
+    grid = [dict(method=m, lam=l) for m, ls in (("task_arithmetic", (0.1, 0.2, 0.3, 0.5, 0.7, 1.0)),
+                                                  ("ties", (0.5, 1.0, 1.5, 2.0, 3.0))) for l in ls]
+    sw = sweep(run, grid, progress=False)
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    sns.lineplot(sw, x="lam", y="norm_avg_accuracy", hue="method", marker="o", ax=ax)
+    summary = out.results["summary"]
+    ax.axhline(summary.loc["averaging (linear)", "norm_avg_accuracy"], ls="--", c="gray", label="averaging")
+    ax.set(xlabel="λ", ylabel="normalized accuracy (%)"); ax.legend()
+    out.figures["λ sweep: task arithmetic and TIES (density 0.2)."] = figure_png(fig)
+    out.tables["λ sweep"] = sw.round(2)
+    out.results["sweep"] = sw
+
+# %% ../nbs/21_demo.ipynb #1313e822
+def merges_section(zoo, quick: bool = False, recipes: dict[str, dict] | None = None) -> Section:
+    "Merge all experts of `zoo` with each recipe; per-task accuracy, normalized accuracy and merge gain."
+    from mergelab.evaluate import summarize
     recipes = recipes or DIGITS_RECIPES
     mat = zoo.expert_matrix(progress=False)
     own = pd.Series(np.diag(mat.loc[list(mat.columns)].values), index=mat.columns)
@@ -91,32 +128,10 @@ def merges_section(zoo, quick: bool = False, recipes: dict[str, dict] | None = N
     summary = pd.DataFrame(rows).T.rename_axis("merge")
     summary.insert(0, "method", [r["method"] for r in recipes.values()])
     summary = summary.sort_values("norm_avg_accuracy", ascending=False)
-    figs = {}
-    fig, ax = plt.subplots(figsize=(8, 0.45 * len(acc) + 1.2))
-    sns.heatmap(acc, annot=True, fmt=".0f", cmap="viridis", vmin=0, vmax=100, ax=ax, cbar_kws={"label": "accuracy (%)"})
-    ax.set(xlabel="task (scored with its own head)", ylabel="", title=f"digits: test accuracy of {len(recipes)} merges of {len(experts)} experts")
-    figs["Per-task test accuracy (%): the experts on their own tasks, the base, and every merge."] = figure_png(fig)
-    fig, ax = plt.subplots(figsize=(6, 0.4 * len(summary) + 1))
-    sns.barplot(x=summary.norm_avg_accuracy, y=summary.index, ax=ax, color="#4c72b0")
-    ax.set(xlabel="normalized accuracy (% of each task's expert), mean over tasks", ylabel="")
-    figs["Normalized accuracy of each merge."] = figure_png(fig)
+    figs = _merge_figures(acc, summary, len(recipes), len(experts))
     out = Section("merges", f"Merging the {len(experts)} digits experts", tables={"summary": summary.round(2), "per-task accuracy (%)": acc.round(1)},
                   figures=figs, results=dict(accuracy=acc, summary=summary, own=own))
-    if not quick:
-        def run(method, lam):
-            r = dict(method=method, weight=1.0, **{"lambda": lam})
-            if method == "ties": r.update(density=0.2)
-            return summarize(_merge_eval(zoo, experts, r), own, parents)
-        grid = [dict(method=m, lam=l) for m, ls in (("task_arithmetic", (0.1, 0.2, 0.3, 0.5, 0.7, 1.0)),
-                                                      ("ties", (0.5, 1.0, 1.5, 2.0, 3.0))) for l in ls]
-        sw = sweep(run, grid, progress=False)
-        fig, ax = plt.subplots(figsize=(6, 3.5))
-        sns.lineplot(sw, x="lam", y="norm_avg_accuracy", hue="method", marker="o", ax=ax)
-        ax.axhline(summary.loc["averaging (linear)", "norm_avg_accuracy"], ls="--", c="gray", label="averaging")
-        ax.set(xlabel="λ", ylabel="normalized accuracy (%)"); ax.legend()
-        out.figures["λ sweep: task arithmetic and TIES (density 0.2)."] = figure_png(fig)
-        out.tables["λ sweep"] = sw.round(2)
-        out.results["sweep"] = sw
+    if not quick: _lambda_sweep(out, zoo, experts, own, parents)
     best = summary.index[0]
     out.text = (f"Every expert scores {own.min():.0f}–{own.max():.0f} % on its own task; the base backbone with each task's own "
                 f"head {per_task['base (own heads)'].mean():.1f} % on average. Merged into one backbone, the best of these "

@@ -59,84 +59,7 @@ def make_fixtures(d: str | Path) -> Path:
     return d
 
 # %% ../nbs/90_failure_modes.ipynb #b34cfacb
-def _no_dask(d):
-    "client= when dask.distributed is not installed (simulated by hiding the module)."
-    import sys
-    saved = {k: sys.modules.get(k) for k in ("distributed", "cloudpickle")}
-    sys.modules.update(dict.fromkeys(saved))
-    try: return merge([d / "a", d / "b"], "linear", weight=0.5, progress=False, client=object())
-    finally:
-        for k, v in saved.items():
-            if v is None: sys.modules.pop(k, None)
-            else: sys.modules[k] = v
-
-def _missing_shard(d):
-    import shutil, tempfile
-    t = Path(tempfile.mkdtemp(dir=d)) / "sharded"
-    shutil.copytree(d / "sharded", t)
-    sorted(t.glob("*.safetensors"))[0].unlink()
-    return Checkpoint.open(t)
-
-def _curve(d):
-    from mergelab.lmc import barrier
-    return barrier(pd.DataFrame({"alpha": [0.0, 0.5], "loss": [0.1, 0.9]}))
-
-def _spec(d):
-    from mergelab.lmc import mlp_spec
-    return mlp_spec({"layers.0.weight": torch.zeros(3, 3), "layers.0.bias": torch.zeros(3)})
-
-def _not_equivalent(d):
-    from mergelab.lmc import check_equivalent
-    torch.manual_seed(0)
-    m = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
-    wrong = {k: v.flip(0) if k == "0.weight" else v for k, v in m.state_dict().items()}   # rows permuted, bias not
-    return check_equivalent(m, wrong, torch.randn(8, 3))
-
-def _sweep(d):
-    from mergelab.evaluate import sweep
-    return sweep(lambda weight: weight, {"weight": []}, progress=False)
-
-def _zoo(d):
-    from mergelab.zoo import digits_data
-    return digits_data("mnist-ish")
-
-def _activation(d):
-    from mergelab.activations import silhouette
-    return silhouette(np.eye(3), ["math", "math", "code"])
-
-def _kinship_shapes(d):
-    from mergelab.kinship import kinship_matrix
-    return kinship_matrix([d / "a", d / "wide"], d / "base")
-
-def _bare_adapter(d):
-    "A PEFT adapter folder where a whole model is needed (an LMC endpoint), with no base to apply it to."
-    from safetensors.torch import save_file
-    from mergelab.lmc import interpolation_curve
-    ad = d / "adapter"; ad.mkdir(exist_ok=True)
-    (ad / "adapter_config.json").write_text('{"peft_type": "LORA", "r": 1, "lora_alpha": 1}')
-    save_file({"base_model.model.model.layers.0.mlp.lora_A.weight": torch.zeros(1, 4),
-               "base_model.model.model.layers.0.mlp.lora_B.weight": torch.zeros(4, 1)}, str(ad / "adapter_model.safetensors"))
-    return interpolation_curve(ad, d / "a", lambda m: 0.0)
-
-def _custom_code(d):
-    "A folder whose config.json names an architecture that only its own Python defines."
-    import json, shutil
-    c = d / "custom"; shutil.copytree(d / "a", c, dirs_exist_ok=True)
-    (c / "config.json").write_text(json.dumps({"model_type": "llama", "architectures": ["MyLlama"],
-                                               "auto_map": {"AutoModelForCausalLM": "modeling_my.MyLlama"}}))
-    from mergelab.io import open_module
-    return open_module(c)
-
-def _not_a_score(d):
-    from mergelab.lmc import interpolation_curve
-    a, b = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
-    return interpolation_curve(a, b, lambda m: "good", alphas=2)
-
-def _explorer(d):
-    from mergelab.widgets import MergeExplorer
-    return MergeExplorer(42)
-
-FAILURE_CASES: list[FailureCase] = [
+_CONFIG_CASES = [
     FailureCase("unknown method", ConfigError, "a method name that is not registered (a typo)",
                 "use a registered name: `mergelab methods` lists them; the message suggests the closest",
                 lambda d: merge([d / "a", d / "b"], "dare-ties", base=d / "base", progress=False), "did you mean 'dare_ties'"),
@@ -155,6 +78,33 @@ FAILURE_CASES: list[FailureCase] = [
     FailureCase("mismatched architectures", ConfigError, "models whose tensors differ in shape (a merge)",
                 "merge fine-tunes of the same base; for vocabularies use tokenizer_source: base or truncate_vocab",
                 lambda d: merge([d / "a", d / "wide"], "linear", weight=0.5, progress=False), "wide"),
+]
+
+# %% ../nbs/90_failure_modes.ipynb #cf534c63
+def _missing_shard(d):
+    import shutil, tempfile
+    t = Path(tempfile.mkdtemp(dir=d)) / "sharded"
+    shutil.copytree(d / "sharded", t)
+    sorted(t.glob("*.safetensors"))[0].unlink()
+    return Checkpoint.open(t)
+
+def _kinship_shapes(d):
+    from mergelab.kinship import kinship_matrix
+    return kinship_matrix([d / "a", d / "wide"], d / "base")
+
+def _no_dask(d):
+    "client= when dask.distributed is not installed (simulated by hiding the module)."
+    import sys
+    saved = {k: sys.modules.get(k) for k in ("distributed", "cloudpickle")}
+    sys.modules.update(dict.fromkeys(saved))
+    try: return merge([d / "a", d / "b"], "linear", weight=0.5, progress=False, client=object())
+    finally:
+        for k, v in saved.items():
+            if v is None: sys.modules.pop(k, None)
+            else: sys.modules[k] = v
+
+# %% ../nbs/90_failure_modes.ipynb #2b90f9ac
+_FILE_CASES = [
     FailureCase("model path missing", CheckpointNotFound, "a path with no checkpoint (or a Hub id not in the local cache)",
                 "check the path; mergelab never downloads, so fetch Hub models first",
                 lambda d: Checkpoint.open(d / "nope"), "no such file"),
@@ -183,6 +133,67 @@ FAILURE_CASES: list[FailureCase] = [
                                       "parameters": {"weight": 0.5}}, available=1024), "force=True"),
     FailureCase("dask not installed", MissingDependency, "client= without the optional dask extra",
                 'pip install "mergelab[dask]"', _no_dask, "mergelab[dask]"),
+]
+
+# %% ../nbs/90_failure_modes.ipynb #a1acdfe1
+def _sweep(d):
+    from mergelab.evaluate import sweep
+    return sweep(lambda weight: weight, {"weight": []}, progress=False)
+
+def _curve(d):
+    from mergelab.lmc import barrier
+    return barrier(pd.DataFrame({"alpha": [0.0, 0.5], "loss": [0.1, 0.9]}))
+
+def _spec(d):
+    from mergelab.lmc import mlp_spec
+    return mlp_spec({"layers.0.weight": torch.zeros(3, 3), "layers.0.bias": torch.zeros(3)})
+
+def _not_equivalent(d):
+    from mergelab.lmc import check_equivalent
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    wrong = {k: v.flip(0) if k == "0.weight" else v for k, v in m.state_dict().items()}   # rows permuted, bias not
+    return check_equivalent(m, wrong, torch.randn(8, 3))
+
+def _zoo(d):
+    from mergelab.zoo import digits_data
+    return digits_data("mnist-ish")
+
+def _activation(d):
+    from mergelab.activations import silhouette
+    return silhouette(np.eye(3), ["math", "math", "code"])
+
+# %% ../nbs/90_failure_modes.ipynb #6dc21cb8
+def _bare_adapter(d):
+    "A PEFT adapter folder where a whole model is needed (an LMC endpoint), with no base to apply it to."
+    from safetensors.torch import save_file
+    from mergelab.lmc import interpolation_curve
+    ad = d / "adapter"; ad.mkdir(exist_ok=True)
+    (ad / "adapter_config.json").write_text('{"peft_type": "LORA", "r": 1, "lora_alpha": 1}')
+    save_file({"base_model.model.model.layers.0.mlp.lora_A.weight": torch.zeros(1, 4),
+               "base_model.model.model.layers.0.mlp.lora_B.weight": torch.zeros(4, 1)}, str(ad / "adapter_model.safetensors"))
+    return interpolation_curve(ad, d / "a", lambda m: 0.0)
+
+def _custom_code(d):
+    "A folder whose config.json names an architecture that only its own Python defines."
+    import json, shutil
+    c = d / "custom"; shutil.copytree(d / "a", c, dirs_exist_ok=True)
+    (c / "config.json").write_text(json.dumps({"model_type": "llama", "architectures": ["MyLlama"],
+                                               "auto_map": {"AutoModelForCausalLM": "modeling_my.MyLlama"}}))
+    from mergelab.io import open_module
+    return open_module(c)
+
+def _not_a_score(d):
+    from mergelab.lmc import interpolation_curve
+    a, b = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    return interpolation_curve(a, b, lambda m: "good", alphas=2)
+
+def _explorer(d):
+    from mergelab.widgets import MergeExplorer
+    return MergeExplorer(42)
+
+# %% ../nbs/90_failure_modes.ipynb #954607e4
+_ANALYSIS_CASES = [
     FailureCase("empty sweep grid", EvaluationError, "sweep over an empty grid", "give at least one value per parameter", _sweep, "grid is empty"),
     FailureCase("barrier without endpoints", CurveError, "a barrier on a curve without α = 0 and α = 1",
                 "evaluate the curve at both endpoints (interpolation_curve does)", _curve, "endpoints"),
@@ -211,6 +222,10 @@ FAILURE_CASES: list[FailureCase] = [
                 "task_arithmetic", {"weight": (1, 0)}, budget=5, progress=False), "low < high"),
 ]
 
+# %% ../nbs/90_failure_modes.ipynb #65622c6f
+FAILURE_CASES: list[FailureCase] = _CONFIG_CASES + _FILE_CASES + _ANALYSIS_CASES
+
+# %% ../nbs/90_failure_modes.ipynb #a28c693b
 def run_case(case: FailureCase, d: Path) -> MergelabError:
     "Trigger `case` on the fixtures in `d`; return the error (an `AssertionError` if it did not raise exactly `case.error`)."
     try: r = case.run(d)

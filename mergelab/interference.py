@@ -10,6 +10,7 @@ from typing import Any, Callable, Literal, Mapping, Sequence
 import pandas as pd
 import torch
 from torch import Tensor
+from fastcore.basics import patch
 from .io import LazyCheckpoint, MergelabError, open_model, model_names
 from .engine import TensorGroup, map_reduce, layer_index, using_client
 from .methods import sparsify_magnitude, radix_kth_abs, elect_sign
@@ -183,6 +184,7 @@ MEASURES = ("sign_agreement", "sign_conflict_rate", "sign_conflict_frac", "agree
 
 def _ratio(a: float, b: float) -> float: return a / b if b else math.nan
 
+# %% ../nbs/07_interference.ipynb #7343deea
 def _measures(items: list[TensorInterference]) -> dict[str, float]:
     N = items[0].nnz.numel()
     n = sum(t.n for t in items)
@@ -210,6 +212,7 @@ def _measures(items: list[TensorInterference]) -> dict[str, float]:
         out[k] = sum(vals) / len(vals) if vals else math.nan
     return out
 
+# %% ../nbs/07_interference.ipynb #34a59f46
 def _pairwise(names: list[str], items: list[TensorInterference]) -> list[tuple]:
     N = len(names)
     kin = DeltaStats.zeros(N)
@@ -225,6 +228,7 @@ def _pairwise(names: list[str], items: list[TensorInterference]) -> list[tuple]:
                  (names[i], names[j], "jaccard", _ratio(float(both[i, j]), float(union[i, j])))]
     return rows
 
+# %% ../nbs/07_interference.ipynb #c535c0f2
 @dataclass
 class InterferenceStatistics:
     "Per-tensor interference statistics of N task vectors; tables per tensor, per layer and global."
@@ -247,20 +251,23 @@ class InterferenceStatistics:
         rows = [(g, *r) for g, items in self._groups(by).items() for r in _pairwise(self.names, items)]
         df = pd.DataFrame(rows, columns=[by or "scope", "model_a", "model_b", "measure", "value"])
         return df.drop(columns="scope") if by is None else df
-    def per_model(self) -> pd.DataFrame:
-        "Tidy (model, measure, value): norm, redundancy, Norm@k, TALL density, mean SAR."
-        nnz, nnz_t, kept2 = (sum(getattr(t, a) for t in self.tensors) for a in ("nnz", "nnz_trim", "kept2"))
-        kin = DeltaStats.zeros(len(self.names))
-        for t in self.tensors: kin = kin + t.kin
-        n = sum(t.n for t in self.tensors)
-        dens = sum(t.tall_density for t in self.tensors) / n
-        rows = []
-        for i, nm in enumerate(self.names):
-            sars = [t.spectral[f"sar/{nm}"] for t in self.tensors if t.spectral]
-            rows += [(nm, "norm", float(kin.norms[i])), (nm, "redundancy", _ratio(float(nnz[i] - nnz_t[i]), float(nnz[i]))),
-                     (nm, "norm_kept", _ratio(float(kept2[i]), float(kin.G[i, i])) ** 0.5), (nm, "tall_density", float(dens[i])),
-                     (nm, "sar", sum(sars) / len(sars) if sars else math.nan)]
-        return pd.DataFrame(rows, columns=["model", "measure", "value"])
+
+# %% ../nbs/07_interference.ipynb #47a91ee4
+@patch
+def per_model(self: InterferenceStatistics) -> pd.DataFrame:
+    "Tidy (model, measure, value): norm, redundancy, Norm@k, TALL density, mean SAR."
+    nnz, nnz_t, kept2 = (sum(getattr(t, a) for t in self.tensors) for a in ("nnz", "nnz_trim", "kept2"))
+    kin = DeltaStats.zeros(len(self.names))
+    for t in self.tensors: kin = kin + t.kin
+    n = sum(t.n for t in self.tensors)
+    dens = sum(t.tall_density for t in self.tensors) / n
+    rows = []
+    for i, nm in enumerate(self.names):
+        sars = [t.spectral[f"sar/{nm}"] for t in self.tensors if t.spectral]
+        rows += [(nm, "norm", float(kin.norms[i])), (nm, "redundancy", _ratio(float(nnz[i] - nnz_t[i]), float(nnz[i]))),
+                 (nm, "norm_kept", _ratio(float(kept2[i]), float(kin.G[i, i])) ** 0.5), (nm, "tall_density", float(dens[i])),
+                 (nm, "sar", sum(sars) / len(sars) if sars else math.nan)]
+    return pd.DataFrame(rows, columns=["model", "measure", "value"])
 
 # %% ../nbs/07_interference.ipynb #e9b237dd
 def interference_statistics(models: Any, base: Any = None, *, density: float = 0.2,

@@ -8,6 +8,7 @@ import copy, errno, functools, json, os, re, shutil, struct, tempfile, uuid, mat
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
 import torch
+from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['TOKENIZER_FILES', 'LOSS_METRICS', 'MergelabError', 'CheckpointNotFound', 'CorruptCheckpoint', 'UnsafeCheckpoint',
@@ -232,6 +233,7 @@ def _open_index(d: Path, index: Path, config) -> Checkpoint:
     if index.name.startswith("model.safetensors"): return SafetensorsCheckpoint(shards, d, config, index=files)
     return TorchCheckpoint(shards, d, config)
 
+# %% ../nbs/00_io.ipynb #c7783097
 def _open_gguf(p: Path) -> Checkpoint:
     "A GGUF file, dequantised to fp32 by transformers (packages `gguf`, `accelerate`) and held in memory, with its config."
     from transformers import AutoModelForCausalLM
@@ -242,6 +244,7 @@ def _open_gguf(p: Path) -> Checkpoint:
     cfg = q.config.to_dict(); cfg.pop("quantization_config", None)
     return StateDictCheckpoint(q.state_dict(), config=cfg)._with(path=p)
 
+# %% ../nbs/00_io.ipynb #15fa45df
 def _open_path(p: Path) -> Checkpoint:
     if not p.exists(): raise CheckpointNotFound(f"{p}: no such file or directory")
     if p.is_file():
@@ -442,6 +445,7 @@ def _writes(f):
             raise _unwritable(self.out, e) from e
     return g
 
+# %% ../nbs/00_io.ipynb #cbfdf2f0
 class ShardedWriter:
     "Stream tensors into byte-bounded safetensors shards in a temporary directory; `commit()` moves it into place."
     def __init__(self, out: str | Path, max_shard_size: int | str = "5GB", *, overwrite: bool = False,
@@ -461,84 +465,99 @@ class ShardedWriter:
         self._buf, self._buf_bytes, self._shards, self._names = {}, 0, [], set()
         self.total_bytes, self.committed = 0, False
 
-    @_writes
-    def add(self, name: str, t: torch.Tensor):
-        "Add one tensor; writes a shard first if `t` would not fit in the current one."
-        if self.committed: raise RuntimeError("writer already committed")
-        if name in self._names: raise ValueError(f"tensor {name!r} written twice")
-        t = t.detach().cpu()
-        if self.dtype is not None and t.is_floating_point(): t = t.to(self.dtype)
-        if not t.is_contiguous() or t.untyped_storage().nbytes() != t.nbytes: t = t.contiguous().clone()
-        n = t.nbytes
-        if self._buf and self._buf_bytes + n > self.max_shard_size: self.flush()
-        self._buf[name], self._buf_bytes = t, self._buf_bytes + n
-        self._names.add(name); self.total_bytes += n
+# %% ../nbs/00_io.ipynb #7753cc20
+@patch
+@_writes
+def add(self: ShardedWriter, name: str, t: torch.Tensor):
+    "Add one tensor; writes a shard first if `t` would not fit in the current one."
+    if self.committed: raise RuntimeError("writer already committed")
+    if name in self._names: raise ValueError(f"tensor {name!r} written twice")
+    t = t.detach().cpu()
+    if self.dtype is not None and t.is_floating_point(): t = t.to(self.dtype)
+    if not t.is_contiguous() or t.untyped_storage().nbytes() != t.nbytes: t = t.contiguous().clone()
+    n = t.nbytes
+    if self._buf and self._buf_bytes + n > self.max_shard_size: self.flush()
+    self._buf[name], self._buf_bytes = t, self._buf_bytes + n
+    self._names.add(name); self.total_bytes += n
 
-    @_writes
-    def add_file(self, name: str, text: str):
-        "Write a small text file (a config record, a model card) into the output."
-        if "/" in name or name.endswith(".safetensors"): raise ValueError(f"bad extra file name {name!r}")
-        (self.tmp / name).write_text(text)
+@patch
+@_writes
+def add_file(self: ShardedWriter, name: str, text: str):
+    "Write a small text file (a config record, a model card) into the output."
+    if "/" in name or name.endswith(".safetensors"): raise ValueError(f"bad extra file name {name!r}")
+    (self.tmp / name).write_text(text)
 
-    def flush(self):
-        "Write the buffered tensors as one shard and free them."
-        if not self._buf: return
-        from safetensors.torch import save_file
-        f = self.tmp / f"shard-{len(self._shards):05d}.safetensors"
-        save_file(self._buf, str(f), metadata=self.metadata)
-        self._shards.append((f, list(self._buf)))
-        self._buf, self._buf_bytes = {}, 0
+@patch
+def flush(self: ShardedWriter):
+    "Write the buffered tensors as one shard and free them."
+    if not self._buf: return
+    from safetensors.torch import save_file
+    f = self.tmp / f"shard-{len(self._shards):05d}.safetensors"
+    save_file(self._buf, str(f), metadata=self.metadata)
+    self._shards.append((f, list(self._buf)))
+    self._buf, self._buf_bytes = {}, 0
 
-    @_writes
-    def commit(self) -> Path:
-        "Finish the shards, index, config and tokenizer files; atomically rename into place; return the path."
-        self.flush()
-        n = len(self._shards)
-        if n == 0: raise ValueError("nothing was written")
-        names = ["model.safetensors"] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
-        weight_map = {}
-        for (f, keys), name in zip(self._shards, names):
-            f.rename(self.tmp / name)
-            weight_map.update({k: name for k in keys})
-        if n > 1:
-            index = {"metadata": {"total_size": self.total_bytes}, "weight_map": dict(sorted(weight_map.items()))}
-            (self.tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
-        self._write_config()
-        if self.donor is not None and self.donor.is_dir():
-            for fn in TOKENIZER_FILES:
-                if (self.donor / fn).is_file(): shutil.copy2(self.donor / fn, self.tmp / fn)
-        self._place()
-        self.committed = True
-        return self.out
+# %% ../nbs/00_io.ipynb #a96bc8c4
+@patch
+@_writes
+def commit(self: ShardedWriter) -> Path:
+    "Finish the shards, index, config and tokenizer files; atomically rename into place; return the path."
+    self.flush()
+    n = len(self._shards)
+    if n == 0: raise ValueError("nothing was written")
+    names = ["model.safetensors"] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+    weight_map = {}
+    for (f, keys), name in zip(self._shards, names):
+        f.rename(self.tmp / name)
+        weight_map.update({k: name for k in keys})
+    if n > 1:
+        index = {"metadata": {"total_size": self.total_bytes}, "weight_map": dict(sorted(weight_map.items()))}
+        (self.tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+    self._write_config()
+    if self.donor is not None and self.donor.is_dir():
+        for fn in TOKENIZER_FILES:
+            if (self.donor / fn).is_file(): shutil.copy2(self.donor / fn, self.tmp / fn)
+    self._place()
+    self.committed = True
+    return self.out
 
-    def _write_config(self):
-        cfg = self.config
-        if cfg is None and self.donor is not None and (self.donor / "config.json").is_file():
-            cfg = _read_json(self.donor / "config.json")
-        if cfg is None: return
-        cfg = dict(cfg)
-        if self.dtype is not None:
-            keys = [k for k in ("torch_dtype", "dtype") if k in cfg] or ["dtype"]
-            for k in keys: cfg[k] = _dtype_name(self.dtype)
-        (self.tmp / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+# %% ../nbs/00_io.ipynb #df0c85e9
+@patch
+def _write_config(self: ShardedWriter):
+    cfg = self.config
+    if cfg is None and self.donor is not None and (self.donor / "config.json").is_file():
+        cfg = _read_json(self.donor / "config.json")
+    if cfg is None: return
+    cfg = dict(cfg)
+    if self.dtype is not None:
+        keys = [k for k in ("torch_dtype", "dtype") if k in cfg] or ["dtype"]
+        for k in keys: cfg[k] = _dtype_name(self.dtype)
+    (self.tmp / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
 
-    def _place(self):
-        trash = None
-        if self.out.exists():
-            if any(self.out.iterdir()) and not self.overwrite: raise OutputExists(f"{self.out} appeared while writing")
-            trash = self.out.parent / f".{self.out.name}{_TMP_TAG}{os.getpid()}-old{uuid.uuid4().hex[:6]}"
-            self.out.rename(trash)
-        os.rename(self.tmp, self.out)
-        if trash is not None: shutil.rmtree(trash, ignore_errors=True)
+@patch
+def _place(self: ShardedWriter):
+    trash = None
+    if self.out.exists():
+        if any(self.out.iterdir()) and not self.overwrite: raise OutputExists(f"{self.out} appeared while writing")
+        trash = self.out.parent / f".{self.out.name}{_TMP_TAG}{os.getpid()}-old{uuid.uuid4().hex[:6]}"
+        self.out.rename(trash)
+    os.rename(self.tmp, self.out)
+    if trash is not None: shutil.rmtree(trash, ignore_errors=True)
 
-    def abort(self):
-        "Drop everything written so far."
-        self._buf = {}
-        shutil.rmtree(self.tmp, ignore_errors=True)
-    def __enter__(self): return self
-    def __exit__(self, typ, exc, tb):
-        if typ is None and not self.committed: self.commit()
-        elif typ is not None: self.abort()
+# %% ../nbs/00_io.ipynb #e69395bf
+@patch
+def abort(self: ShardedWriter):
+    "Drop everything written so far."
+    self._buf = {}
+    shutil.rmtree(self.tmp, ignore_errors=True)
+
+@patch
+def __enter__(self: ShardedWriter): return self
+
+@patch
+def __exit__(self: ShardedWriter, typ, exc, tb):
+    if typ is None and not self.committed: self.commit()
+    elif typ is not None: self.abort()
 
 # %% ../nbs/00_io.ipynb #fb11e31a
 def save_checkpoint(src: Any, out: str | Path, max_shard_size: int | str = "5GB", *, overwrite: bool = False,
@@ -619,24 +638,31 @@ class TaskVector:
     def __mul__(self, s: float): return TaskVector([(s * c, f, b) for c, f, b in self.terms], self.dtype)
     __rmul__ = __mul__
     def __truediv__(self, s: float): return self * (1.0 / s)
-    def norm(self, p: float = 2) -> float:
-        "Global p-norm over all tensors, streamed."
-        return float(sum(self.get(k).norm(p).double() ** p for k in self._keys) ** (1 / p))
-    def apply_to(self, base: Any, scale: float = 1.0, dtype: torch.dtype | None = None) -> Checkpoint:
-        "Lazy θ₀ + scale·τ, in the base's dtypes unless `dtype` is given."
-        base = open_model(base)
-        check_compatible([self.terms[0][2], base], names=["task vector", base.name], keys="subset")
-        keys = set(self._keys)
-        def fn(k):
-            b = base.get(k)
-            if k not in keys: return b
-            return (b.to(self.dtype) + scale * self.get(k)).to(dtype or b.dtype)
-        meta = {k: (base.shape(k), dtype if dtype and k in keys else base.dtype(k)) for k in base.keys()}
-        return LazyCheckpoint(meta, fn, name=f"{base.name}+{scale}·τ", config=base.config, path=base.path)
-    def checkpoint(self) -> Checkpoint:
-        "τ itself as a lazy `Checkpoint`, so a task vector goes wherever a model reference does."
-        return LazyCheckpoint({k: (self.shape(k), self.dtype) for k in self._keys}, self.get, name="task_vector")
     def __repr__(self): return f"TaskVector({len(self.terms)} terms, {len(self._keys)} tensors)"
+
+# %% ../nbs/00_io.ipynb #44bc6704
+@patch
+def norm(self: TaskVector, p: float = 2) -> float:
+    "Global p-norm over all tensors, streamed."
+    return float(sum(self.get(k).norm(p).double() ** p for k in self._keys) ** (1 / p))
+
+@patch
+def apply_to(self: TaskVector, base: Any, scale: float = 1.0, dtype: torch.dtype | None = None) -> Checkpoint:
+    "Lazy θ₀ + scale·τ, in the base's dtypes unless `dtype` is given."
+    base = open_model(base)
+    check_compatible([self.terms[0][2], base], names=["task vector", base.name], keys="subset")
+    keys = set(self._keys)
+    def fn(k):
+        b = base.get(k)
+        if k not in keys: return b
+        return (b.to(self.dtype) + scale * self.get(k)).to(dtype or b.dtype)
+    meta = {k: (base.shape(k), dtype if dtype and k in keys else base.dtype(k)) for k in base.keys()}
+    return LazyCheckpoint(meta, fn, name=f"{base.name}+{scale}·τ", config=base.config, path=base.path)
+
+@patch
+def checkpoint(self: TaskVector) -> Checkpoint:
+    "τ itself as a lazy `Checkpoint`, so a task vector goes wherever a model reference does."
+    return LazyCheckpoint({k: (self.shape(k), self.dtype) for k in self._keys}, self.get, name="task_vector")
 
 # %% ../nbs/00_io.ipynb #329cf8cf
 def task_vector(finetuned: Any, base: Any, dtype: torch.dtype = torch.float32) -> TaskVector:

