@@ -7,7 +7,7 @@ Needs a separate environment with mergekit (never a test dependency):
     PYTHONPATH=/work/main /work/venvs/mergekit/bin/python benchmarks/parity_mergekit.py
 
 For every method, a few parameter settings, three shapes and fp32/bf16 inputs, it merges the same random tensors with
-both libraries and prints the largest absolute difference (0 = bit-exact). mergelab's side follows `engine.merge_group`:
+both libraries, each with its defaults, and prints the largest absolute difference (0 = bit-exact). mergelab's side follows `engine.merge_group`:
 inputs are cast to the method's compute dtype, the result back to the input dtype. DARE/DELLA runs seed mergekit's
 global RNG and mergelab's generator with the same seed, so the Bernoulli masks are the same draws.
 """
@@ -62,7 +62,6 @@ def ours(method, params, tensors, base, seed):
     m = METHODS[method]
     first = base if base is not None else tensors[0]
     cd = torch.float32 if m.compute == "fp32" and first.dtype != torch.float64 else first.dtype
-    if "tie_break" in m.params: params = {**params, "tie_break": "argsort"}   # mergekit's tie order among equal |δ|
     kw = m._extras(m.resolve(params, len(tensors)), "t", 0)
     if "generator" in kw: kw["generator"] = torch.Generator().manual_seed(seed)
     out = m.fn([t.to(cd) for t in tensors], None if base is None else base.to(cd), **kw)

@@ -279,12 +279,15 @@ def build_plan(cfg: MergeConfig | Mapping | str | Path, *, seed: int | None = No
                                   _resolve(method, cfg.parameters, per_model, k, tau, problems)))
     if problems: raise ConfigError(_dedup(problems))
     memory = guard(method, groups, parse_dtype(cfg.dtype), parse_dtype(cfg.out_dtype))
-    if prepare and method.prepare is not None: groups = method.prepare(groups, threads=threads)
+    seed = seed if seed is not None else cfg.parameters.get("seed")
+    if prepare and method.prepare is not None:      # model-wide passes see the dtypes and random streams the merge will use
+        groups = method.prepare(groups, threads=threads, dtype=parse_dtype(cfg.dtype),
+                                compute_dtype=parse_dtype(compute_dtype), seed=seed)
     donor = _ref_path(cfg.base_model) if base is not None else _ref_path(models_cfg[0]["model"])
     config = (base or models[0]).config
     return Plan(method, groups, models, base, config, donor if donor and donor.is_dir() else None,
                 [p for p in map(_ref_path, [m["model"] for m in cfg.models] + [cfg.base_model]) if p],
-                parse_dtype(cfg.dtype), parse_dtype(cfg.out_dtype), seed if seed is not None else cfg.parameters.get("seed"), memory)
+                parse_dtype(cfg.dtype), parse_dtype(cfg.out_dtype), seed, memory)
 
 # %% ../nbs/03_config.ipynb #326e103e
 def _quick_ref_problems(cfg: MergeConfig) -> list[str]:
@@ -298,9 +301,13 @@ def _dedup(xs): return list(dict.fromkeys(xs))
 
 def _resolve(method: MergeMethod, glob: dict, per_model: list[dict], name: str, tau: float, problems: list[str],
              extra: dict | None = None) -> dict:
-    "Resolve every parameter for one tensor with mergekit's precedence and DSL; record problems, don't raise."
+    """Resolve every parameter for one tensor with mergekit's precedence and DSL; record problems, don't raise.
+    A `preset` comes before every default: a parameter no layer gives takes the preset's value, else its default."""
     given, reported = {}, set()
     sources = [extra or {}, glob]
+    preset = next((layer["preset"] for layer in sources if "preset" in layer), None)
+    if preset is not None: given["preset"] = preset
+    row = method.presets.get(preset, {}) if isinstance(preset, str) else {}
     for pname, p in method.params.items():
         if p.per_model:
             vals = []
@@ -311,6 +318,7 @@ def _resolve(method: MergeMethod, glob: dict, per_model: list[dict], name: str, 
                         v = dsl_value(layer[pname], name, tau)
                         if v is not REQUIRED: break
                 vals.append(v)
+            if pname in row: vals = [row[pname] if v is REQUIRED else v for v in vals]
             if any(v is REQUIRED for v in vals):
                 if p.required:
                     problems.append(f"{method.name}: per-model parameter {pname!r} is missing for "
@@ -324,8 +332,6 @@ def _resolve(method: MergeMethod, glob: dict, per_model: list[dict], name: str, 
                 if pname in layer:
                     v = dsl_value(layer[pname], name, tau)
                     if v is not REQUIRED: given[pname] = v; break
-    for layer in sources:
-        if "preset" in layer: given["preset"] = layer["preset"]
     bad = [k for layer in sources + per_model for k in layer
            if k not in method.params and k not in ("preset", "seed")]
     for k in dict.fromkeys(bad):

@@ -4,7 +4,7 @@
 
 # %% ../nbs/10_data_aware.ipynb #bada7749
 from __future__ import annotations
-import hashlib, importlib, json, os, threading
+import hashlib, importlib, itertools, json, os, threading
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -15,7 +15,7 @@ import torch, yaml
 import torch.nn.functional as F
 from torch import nn, Tensor
 from .io import Checkpoint, MergelabError, open_model, read_safetensors_header
-from .engine import ConfigError, TensorGroup, merge_method, METHODS
+from .engine import ConfigError, TensorGroup, merge_method, METHODS, layer_index
 from .zoo import Zoo, load_zoo, build_mlp, cache_dir as user_cache_dir
 
 # %% auto #0
@@ -578,7 +578,7 @@ class _State:
         self.paths = self._per_model("gram", lambda sd, t: gram_matrices(sd, t, build=self.src.build, **s), s)
         self.grams = [_LazyFile(p) for p in self.paths]
     def _compute_regmean_pp(self):
-        s = self._settings("batch_size", "num_batches")
+        s = self._settings("granularity", "batch_size", "num_batches")
         alphas = {k: v["alpha"] for k, v in self.per_tensor.items()}
         key = _key(kind="gram_pp", models=[model_hash(c) for c in self.models], data=[t.fingerprint() for t in self.tasks],
                    build=getattr(self.src.build, "__qualname__", ""), alphas=alphas, **s)
@@ -603,39 +603,60 @@ class _LazyFile:
     def get(self, k: str) -> Tensor | None: return self.ck.get(k) if k in self.ck else None
     __getitem__ = get
 
+
+# %% ../nbs/10_data_aware.ipynb #a7f503d7
+def _linear_order(body: nn.Module, lin: Mapping[str, nn.Linear], sd: Mapping[str, Tensor], net: _Net, task: TaskData) -> list[str]:
+    "The linears of `body` in execution order (hooks on one probe forward); linears that forward never reaches come last."
+    probe = _GramHooks(lin)
+    try:
+        with torch.no_grad():
+            torch.func.functional_call(net, {f"body.{k}": v for k, v in _params(sd, body).items()}, (next(task.batches(2, 1))[0],))
+    finally: probe.remove()
+    return probe.order + [n for n in lin if n not in probe.order]
+
+def _block_of(n: str) -> tuple:
+    "The RegMean++ block of linear module `n`: its layer (the tensors sharing its layer index), or itself outside layers."
+    i = layer_index(_pkey(n, "weight"))
+    return ("layer", i) if i is not None else ("linear", n)
+
+# %% ../nbs/10_data_aware.ipynb #f8a61fac
 def regmean_pp_grams(models: Sequence[Checkpoint], tasks: Sequence[TaskData], build: Callable = build_mlp, *,
-                     alphas: Mapping[str, float] | float = 0.95, batch_size: int = 32, num_batches: int | None = 8,
-                     progress: bool = True) -> list[dict[str, Tensor]]:
-    """RegMean++ Grams: for each linear layer ℓ in execution order, model i with the already-merged layers below ℓ runs on
-    task i and the Gram of ℓ's inputs is collected; then ℓ is merged with `regmean_solve`. Returns the Grams per model."""
+                     granularity: Literal["block", "linear"] = "block", alphas: Mapping[str, float] | float = 0.95,
+                     batch_size: int = 32, num_batches: int | None = 8, progress: bool = True) -> list[dict[str, Tensor]]:
+    """RegMean++ Grams (Nguyen et al. 2025, arXiv:2508.03121): blocks in execution order; for each, model i runs on task i
+    with every earlier block merged, the Grams of the block's linears are collected, then the block is merged
+    (`regmean_solve` for its linears, the mean for its other tensors). `"block"` (the paper's and FusionBench's
+    `regmean_plusplus`): a block is a layer, whose linears see model i's own layer; `"linear"`: each linear is a block,
+    so it sees the merged linears before it in its layer. Tensors outside linears start averaged. Returns the Grams."""
+    if granularity not in ("block", "linear"): raise DataError(f"granularity must be 'block' or 'linear', got {granularity!r}")
     sds = [{k: v.float() for k, v in c.state_dict().items()} for c in models]
     body = _body(build, sds[0], f"model {models[0].name}")
-    lin = _linears(body, list(sds[0]))
+    lin, names = _linears(body, list(sds[0])), list(_params(sds[0], body))
     nets = [_Net(body, t.head, t.features) for t in tasks]
     for sd, net, t, c in zip(sds, nets, tasks, models): _probe(net, _params(sd, body), t, f"model {c.name}")
-    probe = _GramHooks(lin)
-    with torch.no_grad(): torch.func.functional_call(nets[0], {f"body.{k}": v for k, v in _params(sds[0], body).items()}, (next(tasks[0].batches(2, 1))[0],))
-    probe.remove()
-    order = probe.order + [n for n in lin if n not in probe.order]
+    key = _block_of if granularity == "block" else (lambda n: ("linear", n))
+    blocks = [list(b) for _, b in itertools.groupby(_linear_order(body, lin, sds[0], nets[0], tasks[0]), key)]
     in_linear = {_pkey(n, p) for n in lin for p in ("weight", "bias")}
-    names = list(_params(sds[0], body))
     merged = {k: sum(sd[k] for sd in sds) / len(sds) for k in names if k not in in_linear}
     grams: list[dict[str, Tensor]] = [{} for _ in models]
-    bar = _bar(len(order), "regmean++ layers", progress)
-    for n in order:
-        hooks = _GramHooks({n: lin[n]})
+    bar = _bar(len(blocks), f"regmean++ {'layers' if granularity == 'block' else 'linears'}", progress)
+    for block in blocks:
+        kind, idx = key(block[0])
+        own = {k for k in names if kind == "layer" and layer_index(k) == idx} | {_pkey(n, p) for n in block for p in ("weight", "bias")}
+        hooks = _GramHooks({n: lin[n] for n in block})
         try:
             for i, (sd, net, t) in enumerate(zip(sds, nets, tasks)):
-                hooks.G[n].zero_(); hooks.rows[n] = 0
-                ps = {f"body.{k}": merged.get(k, sd[k]) for k in names}
+                for n in block: hooks.G[n].zero_(); hooks.rows[n] = 0
+                ps = {f"body.{k}": sd[k] if k in own else merged.get(k, sd[k]) for k in names}
                 with torch.no_grad():
                     for x, _ in t.batches(batch_size, num_batches): STATS["forward"] += 1; torch.func.functional_call(net, ps, (x,))
-                grams[i][n] = hooks.grams()[n]
+                grams[i].update({n: g for n, g in hooks.grams().items()})
         finally: hooks.remove()
-        w, b = _pkey(n, "weight"), _pkey(n, "bias")
-        a = alphas if isinstance(alphas, (int, float)) else alphas.get(w, 0.95)
-        merged[w] = regmean_solve([sd[w] for sd in sds], [g[n] for g in grams], a)
-        if b in sds[0]: merged[b] = sum(sd[b] for sd in sds) / len(sds)
+        for n in block:
+            w, b = _pkey(n, "weight"), _pkey(n, "bias")
+            a = alphas if isinstance(alphas, (int, float)) else alphas.get(w, 0.95)
+            merged[w] = regmean_solve([sd[w] for sd in sds], [g[n] for g in grams], a)
+            if b in sds[0]: merged[b] = sum(sd[b] for sd in sds) / len(sds)
         bar.update()
     bar.close()
     return grams
@@ -709,12 +730,15 @@ def regmean(tensors: list[Tensor], base: Tensor | None, *, data: object = None, 
     return _regmean_tensor(tensors, name, _need(_state, "regmean").grams, alpha)
 
 # %% ../nbs/10_data_aware.ipynb #14e75219
-@merge_method("regmean_pp", base="optional", compute="fp32", prepare=_prepare("regmean_pp"), validate=_validate, params=_RM_DOCS,
+@merge_method("regmean_pp", base="optional", compute="fp32", prepare=_prepare("regmean_pp"), validate=_validate,
+              params=_RM_DOCS | dict(granularity="block: a layer's linears see model i's own layer (the paper's, FusionBench's); "
+                                                 "linear: each linear sees the merged linears before it"),
               data="ACT", data_split="train", work_factor=12.5,
-              paper="RegMean++ (FusionBench regmean_plusplus): RegMean with Grams from the merged lower layers")
-def regmean_pp(tensors: list[Tensor], base: Tensor | None, *, data: object = None, alpha: float = 0.95, batch_size: int = 32,
-               num_batches: int = 8, cache_dir: object = None, name: str = "", _state: Any = None) -> Tensor:
-    "RegMean++: RegMean's closed form with each layer's Grams collected through the already-merged layers below it."
+              paper="Nguyen et al. 2025, RegMean++: Enhancing Effectiveness and Generalization of Regression Mean for Model Merging (arXiv:2508.03121)")
+def regmean_pp(tensors: list[Tensor], base: Tensor | None, *, data: object = None, alpha: float = 0.95,
+               granularity: Literal["block", "linear"] = "block", batch_size: int = 32, num_batches: int = 8,
+               cache_dir: object = None, name: str = "", _state: Any = None) -> Tensor:
+    "RegMean++ (Nguyen et al. 2025): RegMean's closed form with each block's Grams collected through the merged blocks below it."
     return _regmean_tensor(tensors, name, _need(_state, "regmean_pp").grams, alpha)
 
 # %% ../nbs/10_data_aware.ipynb #c6502617

@@ -9,20 +9,22 @@ from typing import Callable, Literal, Sequence
 import torch
 from torch import Tensor
 from .io import MergelabError
-from .engine import ConfigError, ParamInfo, TensorGroup, map_reduce, merge_method, read_group
+from .engine import ConfigError, ParamInfo, TensorGroup, map_reduce, merge_method, read_group, tensor_generator
 
 # %% auto #0
 __all__ = ['PARAM_INFO', 'GTA_FAMILY', 'task_arithmetic', 'ties', 'dare_ties', 'dare_linear', 'breadcrumbs', 'breadcrumbs_ties',
            'della', 'della_linear', 'rescale_masked', 'kth_threshold', 'topk_mask', 'sparsify_magnitude',
            'sparsify_random', 'sparsify_outliers', 'sparsify_della', 'elect_sign', 'gta_merge', 'is_float_group',
-           'radix_kth_abs', 'ties_prepare', 'GTAMember', 'gta_method', 'linear', 'slerp_tensors', 'slerp', 'nuslerp',
-           'multislerp', 'karcher', 'model_stock_t', 'model_stock', 'sce', 'nearswap', 'ram', 'passthrough']
+           'radix_kth_abs', 'trim_input', 'ties_prepare', 'GTAMember', 'gta_method', 'linear', 'slerp_tensors', 'slerp',
+           'nuslerp', 'multislerp', 'karcher', 'model_stock_t', 'model_stock', 'sce', 'nearswap', 'ram', 'passthrough']
 
 # %% ../nbs/02_methods.ipynb #c927d91e
 PARAM_INFO: dict[str, ParamInfo] = {    # parameters several methods share; a registration adds or overrides its own
     "weight": ParamInfo("per-model coefficient wᵢ", step=0.05, slider=(0, 2), start=1.0),
     "density": ParamInfo("fraction ρ of each task vector kept (1: no sparsification)", range=(0, 1), step=0.01,
                          slider=(0.01, 1)),
+    "trim_density": ParamInfo("fraction kept by a TIES magnitude trim after the drop (1: none; FusionBench's DARE-TIES: 0.2)",
+                              range=(0, 1), step=0.01, slider=(0.01, 1)),
     "gamma": ParamInfo("fraction γ of each task vector's largest magnitudes dropped as outliers", range=(0, 1),
                        step=0.005, slider=(0, 0.5)),
     "epsilon": ParamInfo("half-width ε of the keep probabilities ρ ± ε, assigned by magnitude rank", range=(0, None),
@@ -34,7 +36,7 @@ PARAM_INFO: dict[str, ParamInfo] = {    # parameters several methods share; a re
     "zero_sign": ParamInfo("sign where the votes sum to 0: positive (mergekit) or the majority sign (FusionBench, paper)"),
     "disjoint": ParamInfo("merge of the sign-agreeing entries: mean or sum; auto follows normalize (mergekit)"),
     "topk_scope": ParamInfo("trim by top-k per tensor (mergekit) or by one threshold over the whole model (FusionBench, paper)"),
-    "tie_break": ParamInfo("entries tied at the k-th magnitude: index order (fast) or argsort (bit-exact with mergekit)"),
+    "tie_break": ParamInfo("entries tied at the k-th magnitude: argsort (mergekit's, bit-exact) or index order (never sorts)"),
     "int8_mask": ParamInfo("accepted for mergekit YAML compatibility; changes nothing numerically"),
 }
 
@@ -68,23 +70,26 @@ def kth_threshold(delta: Tensor, density: float) -> float:
     return float(a.kthvalue(d - int(d * density)).values)
 
 # %% ../nbs/02_methods.ipynb #518a4914
-def topk_mask(w: Tensor, k: int, tie_break: str = "index") -> Tensor:
-    """Boolean mask of exactly `k` largest entries of the 1-D `w`. `index`: entries tied at the k-th value are taken in
-    index order (a linear-time selection, deterministic everywhere); `argsort`: mergekit's `argsort(descending)[:k]`,
-    whose order among ties is whatever torch's unstable sort gives (bit-exact with mergekit on the same torch build)."""
-    if tie_break == "argsort":
+def topk_mask(w: Tensor, k: int, tie_break: str = "argsort") -> Tensor:
+    """Boolean mask of exactly `k` largest entries of the 1-D `w`. `argsort` (default): mergekit's
+    `argsort(descending)[:k]`, bit-exact with mergekit on the same torch build; the O(n log n) sort runs only when the
+    choice is ambiguous (more entries tie at the k-th value than fit), otherwise a linear-time selection gives the same
+    mask. `index`: tied entries are taken in index order, always in linear time (deterministic across torch builds)."""
+    v = w.kthvalue(w.numel() - k + 1).values
+    mask = w > v
+    need, tied = k - int(mask.sum()), w == v
+    ambiguous = int(tied.sum()) != need or bool(torch.isnan(v))
+    if tie_break == "argsort" and ambiguous:
         mask = torch.zeros(w.numel(), dtype=torch.bool, device=w.device)
         mask[torch.argsort(w, descending=True)[:k]] = True
         return mask
-    v = w.kthvalue(w.numel() - k + 1).values
-    mask = w > v
-    need = k - int(mask.sum())
-    if need > 0: mask[(w == v).nonzero().squeeze(1)[:need]] = True
+    if need > 0: mask[tied.nonzero().squeeze(1)[:need]] = True
     return mask
+
 
 # %% ../nbs/02_methods.ipynb #2ef6a1ee
 def sparsify_magnitude(delta: Tensor, density: float, rescale="none", threshold: float | None = None,
-                       tie_break: str = "index") -> Tensor:
+                       tie_break: str = "argsort") -> Tensor:
     """TIES trim (Yadav et al. 2023). Without `threshold`: mergekit's per-tensor top-k, exactly k = max(1, ⌊ρ·numel⌋)
     entries (`tie_break` picks among entries tied at the k-th magnitude, see `topk_mask`); with it: keep
     |δ| ≥ threshold (the FusionBench/paper k-th-value rule, ties at the threshold kept)."""
@@ -206,9 +211,12 @@ def is_float_group(g: TensorGroup) -> bool:
 
 # %% ../nbs/02_methods.ipynb #e80b4d43
 def radix_kth_abs(groups: Sequence[TensorGroup], ks: Sequence[int | None], *, threads: int = 2,
-                  dtype: torch.dtype | None = None, compute_dtype: torch.dtype | None = None) -> list[float | None]:
+                  dtype: torch.dtype | None = None, compute_dtype: torch.dtype | None = None,
+                  deltas: Callable[[TensorGroup], list[Tensor]] | None = None) -> list[float | None]:
     """Exact k-th smallest |θᵢ − θ₀| (1-indexed `ks[i]`; `None` skips model i) over all tensors of all groups, per model,
-    by a streaming 16-bit radix select on the float bit patterns (never materialises a flattened model)."""
+    by a streaming 16-bit radix select on the float bit patterns (never materialises a flattened model). `deltas(g)`
+    replaces the plain task vectors of a group (DARE-TIES trims the dropped ones)."""
+    deltas = deltas or (lambda g: _group_deltas(g, dtype, compute_dtype))
     groups = [g for g in groups if is_float_group(g)]
     n = len(ks)
     wide = any(c.dtype(k) == torch.float64 for g in groups for c, k in [*g.inputs, g.base])
@@ -218,7 +226,7 @@ def radix_kth_abs(groups: Sequence[TensorGroup], ks: Sequence[int | None], *, th
         shift = nbits - 16 * (p + 1)
         def hist(g, p=p, shift=shift):
             h = torch.zeros(n, 65536, dtype=torch.int64)
-            for i, d in enumerate(_group_deltas(g, dtype, compute_dtype)):
+            for i, d in enumerate(deltas(g)):
                 if rem[i] is None: continue
                 b = _abs_bits(d, wide)
                 if p: b = b[(b >> (shift + 16)) == prefix[i]]
@@ -239,6 +247,17 @@ def radix_kth_abs(groups: Sequence[TensorGroup], ks: Sequence[int | None], *, th
         out.append(float(bits.view(torch.float64 if wide else torch.float32)))
     return out
 
+# %% ../nbs/02_methods.ipynb #6d9d2fef
+def trim_input(g: TensorGroup, seed: int | None = None, dtype: torch.dtype | None = None,
+               compute_dtype: torch.dtype | None = None) -> list[Tensor]:
+    """The task vectors a magnitude trim sees in group `g`: δᵢ for TIES; for DARE-TIES with a second trim
+    (`trim_density`, FusionBench's `DareTiesMerging`) the DARE-dropped δᵢ, drawn from the generator `merge_group`
+    uses for this tensor (seeded from `(seed, name)`), so the model-wide threshold is the one the merge applies."""
+    ds = _group_deltas(g, dtype, compute_dtype)
+    if "trim_density" not in g.params: return ds
+    gen = tensor_generator(seed, g.name)
+    return [sparsify_random(d, r, g.params["rescale"], gen) for d, r in zip(ds, g.params["density"])]
+
 # %% ../nbs/02_methods.ipynb #6f9e57a6
 _TIES_FB = dict(topk_scope="model", weighted_election=False, zero_sign="majority", disjoint="sum", density=0.2,
                 weight=1.0, **{"lambda": 0.3})
@@ -256,34 +275,35 @@ def _validate_della(method: str, kw: dict):
 
 # %% ../nbs/02_methods.ipynb #b2e4a6c1
 def ties_prepare(groups: Sequence[TensorGroup], threads: int = 2, *, dtype: torch.dtype | None = None,
-                 compute_dtype: torch.dtype | None = None) -> list[TensorGroup]:
+                 compute_dtype: torch.dtype | None = None, seed: int | None = None) -> list[TensorGroup]:
     """Model-wide statistics for `topk_scope="model"` (FusionBench / TIES paper): per model the exact k-th smallest
-    |δ| over the whole model (`_threshold`) and, with `zero_sign="majority"`, the model-wide majority sign (`_majority`).
-    Groups with `topk_scope="tensor"` are returned unchanged."""
+    |δ̂| over the whole model (`_threshold`) and, with `zero_sign="majority"`, the model-wide majority sign (`_majority`).
+    δ̂ is what the magnitude trim sees (`trim_input`). Groups with `topk_scope="tensor"` are returned unchanged."""
     groups = list(groups)
     idx = [j for j, g in enumerate(groups)
            if g.params.get("topk_scope") == "model" and g.base is not None and is_float_group(g)]
     if not idx: return groups
     sel = [groups[j] for j in idx]
-    p0 = sel[0].params
-    dens = list(p0["density"])
+    p0, n = sel[0].params, len(sel[0].inputs)
+    key = "trim_density" if "trim_density" in p0 else "density"
     for g in sel[1:]:
-        if list(g.params["density"]) != dens:
-            raise ConfigError(f"ties: topk_scope='model' needs one 'density' per model for the whole model; "
-                              f"{g.name!r} has {g.params['density']} but {sel[0].name!r} has {dens}")
+        if g.params[key] != p0[key]:
+            raise ConfigError(f"topk_scope='model' needs one {key!r} for the whole model; "
+                              f"{g.name!r} has {g.params[key]} but {sel[0].name!r} has {p0[key]}")
+    dens = list(p0[key]) if isinstance(p0[key], (list, tuple)) else [p0[key]] * n
+    deltas = lambda g: trim_input(g, seed, dtype, compute_dtype)
     total = sum(math.prod(g.shape) for g in sel)
     ks = [total - int(total * r) if 0 < r < 1 else None for r in dens]
-    thr = [None] * len(ks)
-    if any(k is not None for k in ks): thr = radix_kth_abs(sel, ks, threads=threads, dtype=dtype, compute_dtype=compute_dtype)
+    thr = [None] * n
+    if any(k is not None for k in ks): thr = radix_kth_abs(sel, ks, threads=threads, deltas=deltas)
     majority = None
     if p0.get("zero_sign") == "majority":
+        rescale = p0.get("rescale", False) if key == "density" else "none"
         def signs(g):
-            ps = g.params
-            ds = _group_deltas(g, dtype, compute_dtype)
-            b = ds[0]
-            votes = torch.stack([sparsify_magnitude(d, r, ps.get("rescale", False), t) for d, r, t in zip(ds, dens, thr)])
-            if ps.get("weighted_election", True):
-                votes.mul_(torch.tensor(ps["weight"], dtype=votes.dtype).reshape(len(ds), *([1] * b.dim())))
+            ds = deltas(g)
+            votes = torch.stack([sparsify_magnitude(d, r, rescale, t) for d, r, t in zip(ds, dens, thr)])
+            if g.params.get("weighted_election", True):
+                votes.mul_(torch.tensor(g.params["weight"], dtype=votes.dtype).reshape(n, *([1] * ds[0].dim())))
             return int(torch.sign(votes.sum(dim=0)).to(torch.int64).sum())
         total_sign = map_reduce(sel, signs, lambda a, b: a + b, 0, threads=threads)
         majority = float((total_sign > 0) - (total_sign < 0))
@@ -296,7 +316,8 @@ def ties_prepare(groups: Sequence[TensorGroup], threads: int = 2, *, dtype: torc
 class GTAMember:
     """One method of the generalized task-arithmetic family (`gta_merge`): its sparsifier (None, `magnitude`: the TIES
     trim, `random`: DARE, `outliers`: Breadcrumbs, `della`: DELLA), sign consensus or not, mergekit's defaults of
-    `normalize` and `rescale`, and the rest of its registration."""
+    `normalize` and `rescale`, and the rest of its registration. `trim`: a magnitude trim after the sparsifier
+    (`trim_density`, off at its default 1.0), as FusionBench's DARE-TIES runs a full TIES on the dropped vectors."""
     name: str
     sparsifier: Literal["magnitude", "random", "outliers", "della"] | None
     consensus: bool
@@ -306,6 +327,7 @@ class GTAMember:
     paper: str
     doc: str
     presets: dict = dataclasses.field(default_factory=lambda: _MKP)
+    trim: bool = False
 
 # %% ../nbs/02_methods.ipynb #b2e4a6c2
 _DARE = "Yu et al. 2024, Language Models are Super Mario"
@@ -322,13 +344,15 @@ GTA_FAMILY: tuple[GTAMember, ...] = (
                                lambda_=1.0, tie_break="argsort"), "fusionbench": _TIES_FB, "paper": _TIES_PAPER}),
     GTAMember("dare_ties", "random", True, False, True, 3.5, f"{_DARE}: Absorbing Abilities from Homologous Models as a Free Lunch (arXiv:2311.03099)",
               "DARE (Yu et al. 2024) + TIES sign consensus, mergekit `dare_ties`: Bernoulli(ρ) keep mask, L1 rescale, weighted election, "
-              "weighted disjoint **sum** (`normalize: false`). `rescale=\"inverse_p\"` is the paper's 1/ρ.",
+              "weighted disjoint **sum** (`normalize: false`). `rescale=\"inverse_p\"` is the paper's 1/ρ; `trim_density` adds "
+              "FusionBench's magnitude trim of the dropped vectors (`threshold: 20` → 0.2, model-wide with `topk_scope=\"model\"`).",
               {"mergekit": _MK(rescale=True, normalize=False, weighted_election=True, zero_sign="positive", lambda_=1.0),
-               "fusionbench": _MK(density=0.5, rescale="inverse_p", weighted_election=False, zero_sign="majority", disjoint="sum",
-                                  lambda_=0.5, weight=1.0), "paper": _PAPER_DARE}),
+               "fusionbench": _MK(density=0.5, rescale="inverse_p", trim_density=0.2, topk_scope="model", weighted_election=False,
+                                  zero_sign="majority", disjoint="sum", lambda_=0.5, weight=1.0), "paper": _PAPER_DARE}, trim=True),
     GTAMember("dare_linear", "random", False, False, True, 1.5, f"{_DARE} (arXiv:2311.03099)",
               "DARE (Yu et al. 2024) with task arithmetic, mergekit `dare_linear`: θ₀ + λ·Σ wᵢ·DARE(δᵢ) (÷ Σwᵢ with `normalize`).",
-              {"mergekit": _MK(rescale=True, normalize=False, lambda_=1.0), "paper": _PAPER_DARE}),
+              {"mergekit": _MK(rescale=True, normalize=False, lambda_=1.0), "paper": _PAPER_DARE,
+               "fusionbench": _MK(density=0.5, rescale="inverse_p", normalize=False, lambda_=0.3, weight=1.0)}),
     GTAMember("breadcrumbs", "outliers", False, False, False, 1.75, f"{_BC}: Scaling Multi-Task Model Merging with Sparse Masks (arXiv:2312.06795)",
               "Model Breadcrumbs (Davari & Belilovsky 2024), mergekit `breadcrumbs`: whole-tensor outlier + small-tail removal, then task arithmetic."),
     GTAMember("breadcrumbs_ties", "outliers", True, False, False, 3.5, f"{_BC} (arXiv:2312.06795)",
@@ -347,31 +371,41 @@ _RESCALE = Literal["l1", "inverse_p", "none", True, False]
 def _gta_signature(m: GTAMember) -> inspect.Signature:
     "The member's parameters, in mergekit's order: which ones it has follows from its sparsifier and consensus."
     s, c, P = m.sparsifier, m.consensus, inspect.Parameter
-    ps = [("weight", float, P.empty), s and ("density", float, 1.0), s == "outliers" and ("gamma", float, 0.01),
-          s == "della" and ("epsilon", float, 0.15), ("lambda_", float, 1.0), ("normalize", bool, m.normalize),
-          s and ("rescale", _RESCALE, m.rescale), s == "magnitude" and ("topk_scope", Literal["tensor", "model"], "tensor"),
+    mag = s == "magnitude" or m.trim
+    ps = [("weight", float, P.empty), s and ("density", float, 1.0), m.trim and ("trim_density", float, 1.0),
+          s == "outliers" and ("gamma", float, 0.01), s == "della" and ("epsilon", float, 0.15), ("lambda_", float, 1.0),
+          ("normalize", bool, m.normalize), s and ("rescale", _RESCALE, m.rescale),
+          mag and ("topk_scope", Literal["tensor", "model"], "tensor"),
           c and ("weighted_election", bool, True), c and ("zero_sign", Literal["positive", "majority"], "positive"),
           c and ("disjoint", Literal["auto", "mean", "sum"], "auto"),
-          s == "magnitude" and ("tie_break", Literal["index", "argsort"], "index"), ("int8_mask", bool, False),
+          mag and ("tie_break", Literal["index", "argsort"], "argsort"), ("int8_mask", bool, False),
           s in ("random", "della") and ("generator", torch.Generator | None, None),
-          s == "magnitude" and ("_threshold", list | None, None), s == "magnitude" and ("_majority", float | None, None)]
+          mag and ("_threshold", list | None, None), mag and ("_majority", float | None, None)]
     return inspect.Signature([P("tensors", P.POSITIONAL_OR_KEYWORD, annotation=list[Tensor]),
                               P("base", P.POSITIONAL_OR_KEYWORD, annotation=Tensor),
                               *(P(n, P.KEYWORD_ONLY, default=d, annotation=t) for n, t, d in filter(None, ps))])
 
-def _sparsifier(m: GTAMember, p: dict, n: int) -> Callable[[int, Tensor], Tensor] | None:
-    "The member's sparsifier `(i, δᵢ) → δ̂ᵢ` with the resolved parameters `p` of a merge of `n` models."
-    s, rho = m.sparsifier, p.get("density")
-    if s == "random": return lambda i, d: sparsify_random(d, rho[i], p["rescale"], p["generator"])
-    if s == "outliers": return lambda i, d: sparsify_outliers(d, rho[i], p["gamma"][i], p["rescale"])
-    if s == "della": return lambda i, d: sparsify_della(d, rho[i], p["epsilon"][i], p["rescale"], p["generator"], m.name)
-    if s != "magnitude": return None
+# %% ../nbs/02_methods.ipynb #63086383
+def _magnitude_trim(p: dict, n: int, rho: Sequence[float], rescale) -> Callable[[int, Tensor], Tensor]:
+    "The TIES trim `(i, δᵢ) → δ̂ᵢ` at keep fractions `rho`: per tensor, or at the model-wide `_threshold` of `ties_prepare`."
     thr, model = list(p["_threshold"]) if p["_threshold"] is not None else [None] * n, p["topk_scope"] == "model"
     def trim(i, d):
         t = thr[i]
         if model and t is None and 0 < rho[i] < 1: t = kth_threshold(d, rho[i])
-        return sparsify_magnitude(d, rho[i], p["rescale"], t if model else None, p["tie_break"])
+        return sparsify_magnitude(d, rho[i], rescale, t if model else None, p["tie_break"])
     return trim
+
+def _sparsifier(m: GTAMember, p: dict, n: int) -> Callable[[int, Tensor], Tensor] | None:
+    "The member's sparsifier `(i, δᵢ) → δ̂ᵢ` with the resolved parameters `p` of a merge of `n` models."
+    s, rho = m.sparsifier, p.get("density")
+    if s == "magnitude": return _magnitude_trim(p, n, rho, p["rescale"])
+    if s == "random": first = lambda i, d: sparsify_random(d, rho[i], p["rescale"], p["generator"])
+    elif s == "outliers": first = lambda i, d: sparsify_outliers(d, rho[i], p["gamma"][i], p["rescale"])
+    elif s == "della": first = lambda i, d: sparsify_della(d, rho[i], p["epsilon"][i], p["rescale"], p["generator"], m.name)
+    else: return None
+    if not m.trim or p["trim_density"] >= 1: return first
+    trim = _magnitude_trim(p, n, [p["trim_density"]] * n, "none")
+    return lambda i, d: trim(i, first(i, d))
 
 # %% ../nbs/02_methods.ipynb #b2e4a6c4
 def gta_method(m: GTAMember) -> Callable:
@@ -387,7 +421,7 @@ def gta_method(m: GTAMember) -> Callable:
     fn.__signature__, fn.__name__, fn.__qualname__, fn.__doc__ = sig, m.name, m.name, m.doc
     per_model = tuple(k for k in ("weight", "density", "gamma", "epsilon") if k in sig.parameters)
     return merge_method(m.name, base="required", work_factor=m.work_factor, per_model=per_model, paper=m.paper,
-                        presets=m.presets, params=PARAM_INFO, prepare=ties_prepare if m.sparsifier == "magnitude" else None,
+                        presets=m.presets, params=PARAM_INFO, prepare=ties_prepare if m.sparsifier == "magnitude" or m.trim else None,
                         validate=_validate_della if m.sparsifier == "della" else None)(fn)
 
 task_arithmetic, ties, dare_ties, dare_linear, breadcrumbs, breadcrumbs_ties, della, della_linear = map(gta_method, GTA_FAMILY)

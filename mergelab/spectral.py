@@ -11,7 +11,7 @@ from .engine import ParamInfo, merge_method
 from .methods import PARAM_INFO
 
 # %% auto #0
-__all__ = ['top_svd', 'polar', 'star_truncate', 'star', 'tsv', 'iso_c', 'iso_cts']
+__all__ = ['SVD_OPTION', 'top_svd', 'polar', 'star_truncate', 'star', 'tsv', 'iso_c', 'iso_cts_ranks', 'iso_cts']
 
 # %% ../nbs/02b_spectral.ipynb #6192a407
 def _deltas(tensors: Sequence[Tensor], base: Tensor) -> list[Tensor]: return [t.float() - base.float() for t in tensors]
@@ -21,18 +21,21 @@ def _mean_update(tensors, base, lambda_: float = 1.0) -> Tensor:
     d = _deltas(tensors, base)
     return (base.float() + lambda_ * sum(d) / len(d)).to(base.dtype)
 
-def top_svd(M: Tensor, k: int, *, lowrank: bool | None = None) -> tuple[Tensor, Tensor, Tensor]:
-    "The top-k singular triplets (U: m×k, S: k, V: n×k) of M; randomized (svd_lowrank) when k ≤ rank/4 unless told."
+def top_svd(M: Tensor, k: int, *, lowrank: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+    """The top-k singular triplets (U: m×k, S: k, V: n×k) of M: an exact SVD, or with `lowrank` a randomized one where
+    it pays, k ≤ r/4 and r > 64 (`torch.svd_lowrank`, Halko et al. 2011: k + 16 columns, 4 power iterations, seeded)."""
     r = min(M.shape)
-    k = max(1, min(k, r))
-    if lowrank is None: lowrank = k <= r // 4 and r > 64
-    if lowrank:
+    k = max(0, min(k, r))
+    if lowrank and k <= r // 4 and r > 64:
         with torch.random.fork_rng(devices=[]):      # svd_lowrank draws from the global RNG: fix it, leave it untouched
             torch.manual_seed(0)
             U, S, V = torch.svd_lowrank(M, q=min(r, k + 16), niter=4)
         return U[:, :k], S[:k], V[:, :k]
     U, S, Vh = torch.linalg.svd(M, full_matrices=False)
     return U[:, :k], S[:k], Vh[:k].T
+
+SVD_OPTION = ParamInfo("exact: full SVD (the papers', FusionBench's); randomized: torch.svd_lowrank where k ≤ r/4, "
+                       "faster but approximate (1e-4 to 7e-2 relative error, depending on the spectrum)")
 
 def polar(A: Tensor) -> Tensor:
     "The orthogonal polar factor P·Qᵀ of A = P·S·Qᵀ: the nearest matrix with orthonormal columns."
@@ -58,14 +61,14 @@ def star(tensors: list[Tensor], base: Tensor, *, eta: float = 40.0, lambda_: flo
     return (base.float() + lambda_ * upd).to(base.dtype)
 
 # %% ../nbs/02b_spectral.ipynb #8e6b62ae
-@merge_method("tsv", base="required", min_models=1, work_factor=5.5, params=PARAM_INFO,
+@merge_method("tsv", base="required", min_models=1, work_factor=5.5, params=PARAM_INFO | {"svd": SVD_OPTION},
               paper="Gargiulo et al. 2025, Task Singular Vectors: Reducing Task Interference in Model Merging (arXiv:2412.00081)")
-def tsv(tensors: list[Tensor], base: Tensor, *, lambda_: float = 1.0) -> Tensor:
+def tsv(tensors: list[Tensor], base: Tensor, *, lambda_: float = 1.0, svd: Literal["exact", "randomized"] = "exact") -> Tensor:
     "TSV-M (Gargiulo et al. 2025): top ⌊r/T⌋ triplets per task, U and V orthogonalised, θ₀ + α·U⊥ΣV⊥ᵀ; 1-D averaged."
     if base.dim() != 2: return _mean_update(tensors, base, lambda_)
     ds = _deltas(tensors, base)
     k = max(1, min(base.shape) // len(ds))
-    parts = [top_svd(d, k) for d in ds]
+    parts = [top_svd(d, k, lowrank=svd == "randomized") for d in ds]
     U = torch.cat([p[0] for p in parts], 1); S = torch.cat([p[1] for p in parts]); V = torch.cat([p[2] for p in parts], 1)
     upd = (polar(U) * S) @ polar(V).T
     return (base.float() + lambda_ * upd).to(base.dtype)
@@ -79,22 +82,31 @@ def iso_c(tensors: list[Tensor], base: Tensor, *, lambda_: float = 1.0) -> Tenso
     U, S, Vh = torch.linalg.svd(sum(_deltas(tensors, base)), full_matrices=False)
     return (base.float() + lambda_ * S.mean() * (U @ Vh)).to(base.dtype)
 
+
+# %% ../nbs/02b_spectral.ipynb #a9e1306b
+def iso_cts_ranks(r: int, T: int, common_space_fraction: float) -> tuple[int, int]:
+    """(k_c, k_t): the common subspace's rank and each task's, as FusionBench's `iso_cts` sets them: k_t =
+    round((r − ⌊f·r⌋)/T) (Python's round, half to even), k_c = r − T·k_t (k_t capped so that k_c ≥ 0)."""
+    k_t = min(round((r - int(r * common_space_fraction)) / T), r // T)
+    return r - T * k_t, k_t
+
+# %% ../nbs/02b_spectral.ipynb #580a9cb6
 @merge_method("iso_cts", base="required", min_models=1, work_factor=4.0,
               params=PARAM_INFO | {"common_space_fraction": ParamInfo("fraction of the rank given to the common subspace",
-                                                                      range=(0, 1), step=0.05)},
+                                                                      range=(0, 1), step=0.05), "svd": SVD_OPTION},
               paper="Marczak et al. 2025, No Task Left Behind: Isotropic Model Merging with Common and Task-Specific Subspaces (arXiv:2502.04959)")
-def iso_cts(tensors: list[Tensor], base: Tensor, *, common_space_fraction: float = 0.8, lambda_: float = 1.0) -> Tensor:
+def iso_cts(tensors: list[Tensor], base: Tensor, *, common_space_fraction: float = 0.8, lambda_: float = 1.0,
+            svd: Literal["exact", "randomized"] = "exact") -> Tensor:
     "Iso-CTS (Marczak et al. 2025): common + task-specific subspaces, orthogonalised, flat spectrum; 1-D averaged."
     if base.dim() != 2: return _mean_update(tensors, base, lambda_)
-    ds, r = _deltas(tensors, base), min(base.shape)
-    T = len(ds)
-    per_task = (r - int(r * common_space_fraction)) // T
-    kc = r - per_task * T
-    Uc, Sc, Vc = top_svd(sum(ds), kc)
+    ds = _deltas(tensors, base)
+    kc, per_task = iso_cts_ranks(min(base.shape), len(ds), common_space_fraction)
+    lowrank = svd == "randomized"
+    Uc, Sc, Vc = top_svd(sum(ds), kc, lowrank=lowrank)
     Us, Ss, Vs = [Uc], [Sc], [Vc]
     if per_task > 0:
         for d in ds:
-            u, s, v = top_svd(d - Uc @ (Uc.T @ d), per_task)
+            u, s, v = top_svd(d - Uc @ (Uc.T @ d), per_task, lowrank=lowrank)
             Us.append(u); Ss.append(s); Vs.append(v)
     U, V, S = polar(torch.cat(Us, 1)), polar(torch.cat(Vs, 1)), torch.cat(Ss)
     return (base.float() + lambda_ * S.mean() * (U @ V.T)).to(base.dtype)
