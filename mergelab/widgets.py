@@ -28,9 +28,9 @@ from .evaluate import result_row, plot_runs, META_COLUMNS, expert_reference
 from .zoo import Zoo, load_zoo, zoo_delta_activations, zoo_inputs
 
 # %% auto #0
-__all__ = ['PAIR_MEASURES', 'ExplorerError', 'explorer_models', 'ParamSpec', 'param_spec', 'method_specs', 'widget_for',
-           'widget_value', 'explorer_methods', 'scores_of', 'MergeExplorer', 'KinshipExplorer', 'LMCExplorer',
-           'InterferenceExplorer']
+__all__ = ['DEFAULTS', 'PAIR_MEASURES', 'ExplorerError', 'explorer_models', 'ParamSpec', 'param_spec', 'method_specs',
+           'widget_for', 'widget_value', 'explorer_methods', 'scores_of', 'MergeExplorer', 'KinshipExplorer',
+           'LMCExplorer', 'InterferenceExplorer']
 
 # %% ../nbs/15_widgets.ipynb #12a3d45d
 class ExplorerError(MergelabError, ValueError):
@@ -186,12 +186,15 @@ def scores_of(result: Any, metric: str | None = None) -> pd.Series:
     return t[col].astype(float)
 
 # %% ../nbs/15_widgets.ipynb #c455eb86
+DEFAULTS = "(defaults)"     # the preset menu's first entry: the registry defaults
+
 class MergeExplorer(_Explorer):
     """Interactive merging over a zoo or your models: experts, a registry method and its typed parameters, **Merge** or
     auto-run; runs land in `results` (one row each: setting, per-task scores, `avg`, `norm_avg`) and `merged` holds the
     last merged state dict. `evaluate(model)` overrides the zoo's evaluation (needed for models without a zoo).
     `data` is passed to the data-aware methods (those with a `data` parameter: Fisher, RegMean, AdaMerging); on a zoo
-    it defaults to the spec `{zoo: NAME, n: 256}`, without one those methods are not offered unless you pass it."""
+    it defaults to the spec `{zoo: NAME, n: 256}`, without one those methods are not offered unless you pass it.
+    The preset menu sets the parameter widgets to one of the method's registered presets (`apply_preset`)."""
     def __init__(self, zoo_or_models: Any = "digits", base: Any = None, *, evaluate: Callable[[Any], Any] | None = None,
                  experts: Sequence[str] | None = None, method: str = "ties", params: Mapping[str, Any] | None = None,
                  metric: str | None = None, data: Any = None, auto: bool = False, auto_delay: float = 0.5,
@@ -229,6 +232,9 @@ def _make_widgets(self: MergeExplorer, names: list[str], sel: tuple[str, ...], m
     self.method_select = W.Dropdown(options=methods, value=method if method in methods else methods[0],
                                     description="method", style={"description_width": "110px"})
     self.method_doc = W.HTML()
+    self.preset_select = W.Dropdown(options=[DEFAULTS], value=DEFAULTS, description="preset",
+                                    style={"description_width": "110px"},
+                                    tooltip="set the parameters to a registered preset (FusionBench's, the paper's, mergekit's)")
     self.param_box = W.VBox()
     self.params: dict[str, W.Widget] = {}
     self.specs: dict[str, ParamSpec] = {}
@@ -245,7 +251,7 @@ def _make_widgets(self: MergeExplorer, names: list[str], sel: tuple[str, ...], m
 @patch
 def _layout(self: MergeExplorer) -> W.Widget:
     "Experts, method, parameters and status on the left; the plot, the runs table and the YAML on the right."
-    left = W.VBox([self.experts_select, self.method_select, self.method_doc, self.param_box,
+    left = W.VBox([self.experts_select, self.method_select, self.method_doc, self.preset_select, self.param_box,
                    W.HBox([self.merge_button, self.auto_run]), self.status, self.log], layout=W.Layout(width="42%"))
     right = W.VBox([self.plot_out, self.table_out, W.HTML("<b>mergekit YAML of the current setting</b>"),
                     self.yaml_text, W.HBox([self.path_text, self.save_button])], layout=W.Layout(width="58%"))
@@ -278,6 +284,20 @@ def set_params(self: MergeExplorer, **values) -> "MergeExplorer":
     bad = [k for k in values if k not in self.params]
     if bad: raise ExplorerError(f"{self.method_select.value} has no parameter widget {bad}; it has {list(self.params)}")
     for k, v in values.items(): self.params[k].value = v
+    return self
+
+# %% ../nbs/15_widgets.ipynb #f93edf12
+@patch
+def apply_preset(self: MergeExplorer, name: str) -> "MergeExplorer":
+    """Set the parameter widgets to the method's registered preset `name` (its registry row; `"(defaults)"`: the
+    registry defaults). The values stay explicit: a widget moved afterwards overrides the preset, as in a config."""
+    m = get_method(self.method_select.value)
+    if name != DEFAULTS and name not in m.presets:
+        raise ExplorerError(f"{m.name} has no preset {name!r}; it has {sorted(m.presets) or 'none'}")
+    if self.preset_select.value != name: self.preset_select.value = name; return self    # its observer applies it
+    row = {k: s.value for k, s in self.specs.items()} if name == DEFAULTS else m.presets[name]
+    for k, v in row.items():
+        if k in self.params: self.params[k].value = v
     return self
 
 # %% ../nbs/15_widgets.ipynb #b5fcae86
@@ -329,6 +349,9 @@ def _build_params(self: MergeExplorer, keep: dict):
         w.observe(self._changed, names="value")
         self.params[k] = w
     self.param_box.children = list(self.params.values())
+    self.preset_select.unobserve_all("value")     # a new method's menu; "defaults" without applying anything
+    self.preset_select.options, self.preset_select.value = [DEFAULTS, *sorted(m.presets)], DEFAULTS
+    self.preset_select.observe(lambda change: self.apply_preset(change["new"]), names="value")
     doc = (m.doc.splitlines() or [""])[0]
     self.method_doc.value = (f"<div style='line-height:1.35;font-size:88%;margin:2px 0 6px 0'>{html.escape(doc)}" +
                              (f"<br><i>{html.escape(m.paper)}</i>" if m.paper else "") + f" · base: {m.base}</div>")
