@@ -13,7 +13,9 @@ relative error ‖a − b‖ / ‖b‖ over tensors; DARE (random masks from dif
 keep rate of the merged task vector and, entry by entry, whether the two libraries' merges over 40 seeds come from
 one distribution (the mean squared t-statistic of their means is ≈ 1); DARE-TIES's deterministic part (drop probability 0) is
 checked exactly. RegMean compares the closed-form merge on identical Gram matrices (FusionBench inverts in float32,
-mergelab solves in float64), against a float64 reference. Exit code 0 when every row is within its tolerance.
+mergelab solves in float64), against a float64 reference; RegMean++ runs end to end on 3-block models with two linears
+per block (FusionBench's per-block loop completed for them as its CLIP subclass does); Fisher compares the combine
+step on identical diagonal Fishers. Exit code 0 when every row is within its tolerance.
 """
 from __future__ import annotations
 import contextlib, copy, io, logging, sys, warnings
@@ -123,6 +125,78 @@ def regmean_rows() -> list[tuple]:
             ("regmean", "mergelab vs FusionBench", float((o.double() - t.double()).norm() / t.double().norm()),
              2 * e(t) + 1e-6, "within FusionBench's own float32 error")]
 
+class _Layer(nn.Module):
+    "One block with two linears (an MLP block), so that block-wise and linear-wise RegMean++ differ."
+    def __init__(self, d: int = 24): super().__init__(); self.fc1, self.fc2 = nn.Linear(d, 2 * d), nn.Linear(2 * d, d)
+    def forward(self, x): return self.fc2(torch.relu(self.fc1(x)))
+
+class Body(nn.Module):
+    def __init__(self): super().__init__(); self.layers = nn.ModuleList([_Layer() for _ in range(3)])
+    def forward(self, x):
+        for layer in self.layers: x = x + layer(x)
+        return x
+
+def _fb_regmean_pp():
+    "FusionBench's `RegMeanAlgorithmPlusPlus` completed for `Body` the way its CLIP subclass does it (hooks, XᵀX/N)."
+    from fusion_bench.method.regmean_plusplus.regmean_plusplus import RegMeanAlgorithmPlusPlus
+    class RegMeanPPForBody(RegMeanAlgorithmPlusPlus):
+        def merge_embedding_layer(self, models_to_merge_dict): return {}
+        def get_input_for_first_layer(self, model, train_dataset): return list(train_dataset.split(32))
+        def get_layers(self, model): return model.layers
+        def update_merged_params_dict(self, merged_params_dict, new_merged_params, layer_idx):
+            return merged_params_dict | {f"layers.{layer_idx}.{k}": v for k, v in new_merged_params.items()}
+        def layer_batches_forward(self, layer, batches): return [b + layer(b) for b in batches]
+        def get_regmean_weights(self, model_name, layer, batches_input, linear_modules_to_merge):
+            sums, rows = {}, {}
+            def hook(name):
+                def f(mod, args, out):
+                    x = args[0].detach().reshape(-1, args[0].shape[-1])
+                    sums[name] = sums.get(name, 0) + x.T @ x; rows[name] = rows.get(name, 0) + x.shape[0]
+                return f
+            hs = [m.register_forward_hook(hook(n)) for n, m in linear_modules_to_merge.items()]
+            self.layer_batches_forward(layer, batches_input)
+            for h in hs: h.remove()
+            return {n: sums[n] / rows[n] for n in sums}
+    return RegMeanPPForBody(num_regmean_examples=256, exclude_param_names_regex=[], reduce_non_diagonal_ratio=0.95,
+                            weight_transpose=True)
+
+def fisher_rows(base, fts) -> list[tuple]:
+    """Fisher merging's combine step on identical diagonal Fishers: FusionBench's `merging_with_fisher_weights`
+    (F + ε, model coefficients ∝ 1/(‖Fᵢ‖ + ε)) vs `fisher_average` with the preset's floor and the coefficients
+    mergelab's `fisher` method derives (∝ wᵢ/‖Fᵢ‖). The estimators that produce F are compared in the data-aware notebook."""
+    from fusion_bench.method.fisher_merging.fisher_merging import merging_with_fisher_weights
+    from mergelab.data_aware import fisher_average
+    g = torch.Generator().manual_seed(4)
+    sds = [sd(m) for m in fts]
+    Fs = [{k: torch.rand(v.shape, generator=g) ** 4 * (i + 1) for k, v in s.items()} for i, s in enumerate(sds)]
+    t = merging_with_fisher_weights({k: [s[k] for s in sds] for k in sds[0]}, Fs, torch.ones(len(sds)),
+                                    normalize_fisher_weight=True, minimal_fisher_weight=1e-6)
+    norms = [float(sum((f ** 2).sum() for f in F.values()) ** 0.5) for F in Fs]
+    c = [1 / n for n in norms]; c = [x / sum(c) for x in c]
+    o = {k: fisher_average([s[k] for s in sds], [F[k] for F in Fs], c, 1e-6, "add") for k in sds[0]}
+    return [("fisher", "merging_with_fisher_weights (combine step)", rel(o, t), TOL)]
+
+def regmean_pp_rows() -> list[tuple]:
+    "RegMean++ end to end: FusionBench's per-block loop vs `merge(..., \"regmean_pp\")` on the same models and data."
+    from mergelab.data_aware import DataSource, TaskData
+    g = torch.Generator().manual_seed(3)
+    models = []
+    for i in range(3):
+        torch.manual_seed(100 + i); models.append(Body())
+    data = {f"t{i}": torch.randn(256, 24, generator=g) for i in range(3)}
+    src = DataSource({k: TaskData(k, x) for k, x in data.items()}, build=lambda sd: Body())
+    class Pool(BaseModelPool):                 # in-memory tensors as the train datasets (FusionBench instantiates configs)
+        def load_train_dataset(self, name, *a, **kw): return data[name]
+    pool = Pool({"_pretrained_": copy.deepcopy(models[0])} | {k: copy.deepcopy(m) for k, m in zip(data, models)})
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        t = sd(_fb_regmean_pp().run(pool))
+    rows = []
+    for gran, tol, what, note in (("block", 1e-4, "", "float32 Grams and inverse"), ("linear", 0.01, " (must exceed)", "")):
+        o = merge({k: sd(m) for k, m in zip(data, models)}, "regmean_pp", data=src, alpha=0.95, granularity=gran,
+                  batch_size=32, num_batches=8, progress=False)
+        rows.append(("regmean_pp", f"RegMeanAlgorithmPlusPlus vs granularity={gran!r}{what}", rel(o, t), tol, note))
+    return rows
+
 def main() -> int:
     base, fts = zoo()
     W = [0.5, 0.3, 0.2]
@@ -151,7 +225,7 @@ def main() -> int:
          rel(ours("slerp", base, fts[:1], t=0.3),
              theirs(fb.SlerpMergeAlgorithm(t=0.3, DOT_THRESHOLD=0.9995, epsilon=1e-8), None, [base, fts[0]], False)), 1e-4,
          "its first model is our base"),
-        *dare_rows(base, fts), *regmean_rows(),
+        *dare_rows(base, fts), *regmean_rows(), *regmean_pp_rows(), *fisher_rows(base, fts),
     ]
     ok = True
     print(f"{'method':16} {'FusionBench side':52} {'measured':>10} {'tolerance':>10}  ok  note")
