@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 import torch, yaml
+from fastcore.basics import patch
 from .io import (Checkpoint, LazyCheckpoint, AdapterCheckpoint, ShardedWriter, MergelabError, IncompatibleModels,
                          CheckpointNotFound, check_output_path, parse_size, open_model, model_names, model_paths,
                          split_adapter_ref)
@@ -67,91 +68,6 @@ class MergeConfig:
     postprocess: list[dict] = field(default_factory=list)
     raw: dict = field(default_factory=dict)
 
-    @classmethod
-    def load(cls, src: Any, root: str | Path | None = None) -> "MergeConfig":
-        "From a YAML path, YAML text or a dict; relative model paths resolve against the YAML file's folder."
-        problems = []
-        if isinstance(src, MergeConfig): return src
-        if isinstance(src, (str, os.PathLike)) and (isinstance(src, os.PathLike) or "\n" not in src) and Path(src).suffix in (".yml", ".yaml"):
-            p = Path(src)
-            if not p.is_file(): raise ConfigError(f"config file {p} does not exist")
-            root = root or p.parent
-            src = p.read_text()
-        if isinstance(src, str):
-            try: src = yaml.safe_load(src)
-            except yaml.YAMLError as e: raise ConfigError(f"config is not valid YAML: {e}") from None
-        if not isinstance(src, Mapping): raise ConfigError(f"config must be a mapping, got {type(src).__name__}")
-        d = dict(src)
-        unknown = [k for k in d if k not in _TOP_KEYS]
-        if unknown: problems.append(f"unknown top-level keys {unknown}; known: {sorted(_TOP_KEYS)}")
-        if "merge_method" not in d: problems.append("'merge_method' is missing")
-        elif not isinstance(d["merge_method"], str): problems.append(f"'merge_method' must be a string, got {d['merge_method']!r}")
-        if ("models" in d) == ("slices" in d): problems.append("give exactly one of 'models' or 'slices'")
-        for key in ("parameters",):
-            if d.get(key) is not None and not isinstance(d[key], Mapping): problems.append(f"'{key}' must be a mapping")
-        models = d.get("models") or []
-        if not isinstance(models, list): problems.append("'models' must be a list"); models = []
-        norm = []
-        for i, m in enumerate(models):
-            if isinstance(m, (str, os.PathLike)): m = {"model": m}
-            if not isinstance(m, Mapping) or "model" not in m: problems.append(f"models[{i}] needs a 'model' entry, got {m!r}"); continue
-            if m.get("parameters") is not None and not isinstance(m["parameters"], Mapping):
-                problems.append(f"models[{i}].parameters must be a mapping"); continue
-            norm.append({"model": _rooted(m["model"], root), "parameters": dict(m.get("parameters") or {})})
-        slices = d.get("slices")
-        if slices is not None:
-            if not isinstance(slices, list) or not slices: problems.append("'slices' must be a non-empty list"); slices = None
-            else:
-                out = []
-                for i, s in enumerate(slices):
-                    if not isinstance(s, Mapping) or not isinstance(s.get("sources"), list) or not s["sources"]:
-                        problems.append(f"slices[{i}] needs a non-empty 'sources' list"); continue
-                    srcs = []
-                    for j, src_ in enumerate(s["sources"]):
-                        if not isinstance(src_, Mapping) or "model" not in src_ or "layer_range" not in src_:
-                            problems.append(f"slices[{i}].sources[{j}] needs 'model' and 'layer_range'"); continue
-                        if not isinstance(src_.get("parameters") or {}, Mapping):
-                            problems.append(f"slices[{i}].sources[{j}].parameters must be a mapping"); continue
-                        srcs.append({"model": _rooted(src_["model"], root), "layer_range": src_["layer_range"],
-                                     "parameters": dict(src_.get("parameters") or {})})
-                    if not isinstance(s.get("parameters") or {}, Mapping):
-                        problems.append(f"slices[{i}].parameters must be a mapping"); continue
-                    out.append({"sources": srcs, "parameters": dict(s.get("parameters") or {})})
-                slices = out
-        tok = d.get("tokenizer_source") or (d.get("tokenizer") or {}).get("source") if isinstance(d.get("tokenizer") or {}, Mapping) else None
-        if tok is not None and tok != "base": problems.append(f"tokenizer_source {tok!r} is not supported; use 'base' or truncate_vocab: true")
-        for k in ("dtype", "out_dtype"):
-            try: parse_dtype(d.get(k))
-            except ConfigError as e: problems.append(f"{k}: {e}")
-        post = d.get("postprocess") or []
-        if isinstance(post, (str, Mapping)): post = [post]
-        norm_post = []
-        for i, p in enumerate(post if isinstance(post, list) else [None]):
-            if isinstance(p, str): p = {"method": p}
-            if not isinstance(p, Mapping) or not isinstance(p.get("method"), str) or not isinstance(p.get("parameters") or {}, Mapping):
-                problems.append(f"postprocess[{i}] must be a method name or {{method: NAME, parameters: {{...}}}}"); continue
-            norm_post.append({"method": p["method"], "parameters": dict(p.get("parameters") or {})})
-        if problems: raise ConfigError(problems)
-        params = dict(d.get("parameters") or {})
-        for k in ("seed",):
-            if k in d: params.setdefault(k, d[k])
-        return cls(d["merge_method"], norm, _rooted(d.get("base_model"), root), slices, params, d.get("dtype"),
-                   d.get("out_dtype"), tok, bool(d.get("truncate_vocab", False)), norm_post, d)
-
-    def to_yaml(self) -> str:
-        "The config as mergekit-style YAML (in-memory models are shown by name)."
-        def ref(m): return str(m) if isinstance(m, (str, os.PathLike)) else f"<{type(m).__name__}>"
-        d = {"merge_method": self.merge_method}
-        if self.base_model is not None: d["base_model"] = ref(self.base_model)
-        if self.slices: d["slices"] = [{**s, "sources": [{**x, "model": ref(x["model"])} for x in s["sources"]]} for s in self.slices]
-        else: d["models"] = [{"model": ref(m["model"]), **({"parameters": m["parameters"]} if m["parameters"] else {})} for m in self.models]
-        if self.parameters: d["parameters"] = self.parameters
-        for k in ("dtype", "out_dtype", "tokenizer_source"):
-            if getattr(self, k) is not None: d[k] = getattr(self, k)
-        if self.truncate_vocab: d["truncate_vocab"] = True
-        if self.postprocess: d["postprocess"] = self.postprocess
-        return yaml.safe_dump(d, sort_keys=False)
-
 # %% ../nbs/03_config.ipynb #52847cd3
 def _rooted(ref: Any, root) -> Any:
     "A YAML reference made relative to the config file's folder where it exists there (each side of `BASE+ADAPTER` too)."
@@ -159,6 +75,112 @@ def _rooted(ref: Any, root) -> Any:
     at = lambda p: str(Path(root) / p) if not Path(p).is_absolute() and (Path(root) / p).exists() else p
     parts = split_adapter_ref(ref, root=root)
     return "+".join(map(at, parts)) if parts else at(str(ref))
+
+# %% ../nbs/03_config.ipynb #4e3fe04c
+def _read_config(src: Any, root) -> tuple[dict, Any]:
+    "A config's mapping and the folder its relative paths resolve against, from a YAML path, YAML text or a mapping."
+    if isinstance(src, (str, os.PathLike)) and (isinstance(src, os.PathLike) or "\n" not in src) and Path(src).suffix in (".yml", ".yaml"):
+        p = Path(src)
+        if not p.is_file(): raise ConfigError(f"config file {p} does not exist")
+        root = root or p.parent
+        src = p.read_text()
+    if isinstance(src, str):
+        try: src = yaml.safe_load(src)
+        except yaml.YAMLError as e: raise ConfigError(f"config is not valid YAML: {e}") from None
+    if not isinstance(src, Mapping): raise ConfigError(f"config must be a mapping, got {type(src).__name__}")
+    return dict(src), root
+
+# %% ../nbs/03_config.ipynb #afd3e83b
+def _norm_models(models: Any, root, problems: list[str]) -> list[dict]:
+    "The `models` entries as `{model, parameters}` (a bare reference is `{model: ref}`), paths rooted; problems recorded."
+    if not isinstance(models, list): problems.append("'models' must be a list"); models = []
+    norm = []
+    for i, m in enumerate(models):
+        if isinstance(m, (str, os.PathLike)): m = {"model": m}
+        if not isinstance(m, Mapping) or "model" not in m: problems.append(f"models[{i}] needs a 'model' entry, got {m!r}"); continue
+        if m.get("parameters") is not None and not isinstance(m["parameters"], Mapping):
+            problems.append(f"models[{i}].parameters must be a mapping"); continue
+        norm.append({"model": _rooted(m["model"], root), "parameters": dict(m.get("parameters") or {})})
+    return norm
+
+# %% ../nbs/03_config.ipynb #36a208e4
+def _norm_slices(slices: Any, root, problems: list[str]) -> list[dict] | None:
+    "The `slices` as `{sources: [{model, layer_range, parameters}], parameters}`, paths rooted; problems recorded."
+    if slices is None: return None
+    if not isinstance(slices, list) or not slices: problems.append("'slices' must be a non-empty list"); return None
+    out = []
+    for i, s in enumerate(slices):
+        if not isinstance(s, Mapping) or not isinstance(s.get("sources"), list) or not s["sources"]:
+            problems.append(f"slices[{i}] needs a non-empty 'sources' list"); continue
+        srcs = []
+        for j, src_ in enumerate(s["sources"]):
+            if not isinstance(src_, Mapping) or "model" not in src_ or "layer_range" not in src_:
+                problems.append(f"slices[{i}].sources[{j}] needs 'model' and 'layer_range'"); continue
+            if not isinstance(src_.get("parameters") or {}, Mapping):
+                problems.append(f"slices[{i}].sources[{j}].parameters must be a mapping"); continue
+            srcs.append({"model": _rooted(src_["model"], root), "layer_range": src_["layer_range"],
+                         "parameters": dict(src_.get("parameters") or {})})
+        if not isinstance(s.get("parameters") or {}, Mapping):
+            problems.append(f"slices[{i}].parameters must be a mapping"); continue
+        out.append({"sources": srcs, "parameters": dict(s.get("parameters") or {})})
+    return out
+
+# %% ../nbs/03_config.ipynb #939a721f
+def _norm_postprocess(post: Any, problems: list[str]) -> list[dict]:
+    "`postprocess` (a method name, one mapping, or a list of either) as a list of `{method, parameters}`; problems recorded."
+    if isinstance(post, (str, Mapping)): post = [post]
+    norm_post = []
+    for i, p in enumerate(post if isinstance(post, list) else [None]):
+        if isinstance(p, str): p = {"method": p}
+        if not isinstance(p, Mapping) or not isinstance(p.get("method"), str) or not isinstance(p.get("parameters") or {}, Mapping):
+            problems.append(f"postprocess[{i}] must be a method name or {{method: NAME, parameters: {{...}}}}"); continue
+        norm_post.append({"method": p["method"], "parameters": dict(p.get("parameters") or {})})
+    return norm_post
+
+# %% ../nbs/03_config.ipynb #f6d6435c
+@patch(cls_method=True)
+def load(cls: MergeConfig, src: Any, root: str | Path | None = None) -> "MergeConfig":
+    "From a YAML path, YAML text or a dict; relative model paths resolve against the YAML file's folder."
+    problems = []
+    if isinstance(src, MergeConfig): return src
+    d, root = _read_config(src, root)
+    unknown = [k for k in d if k not in _TOP_KEYS]
+    if unknown: problems.append(f"unknown top-level keys {unknown}; known: {sorted(_TOP_KEYS)}")
+    if "merge_method" not in d: problems.append("'merge_method' is missing")
+    elif not isinstance(d["merge_method"], str): problems.append(f"'merge_method' must be a string, got {d['merge_method']!r}")
+    if ("models" in d) == ("slices" in d): problems.append("give exactly one of 'models' or 'slices'")
+    for key in ("parameters",):
+        if d.get(key) is not None and not isinstance(d[key], Mapping): problems.append(f"'{key}' must be a mapping")
+    norm = _norm_models(d.get("models") or [], root, problems)
+    slices = _norm_slices(d.get("slices"), root, problems)
+    tok = d.get("tokenizer_source") or (d.get("tokenizer") or {}).get("source") if isinstance(d.get("tokenizer") or {}, Mapping) else None
+    if tok is not None and tok != "base": problems.append(f"tokenizer_source {tok!r} is not supported; use 'base' or truncate_vocab: true")
+    for k in ("dtype", "out_dtype"):
+        try: parse_dtype(d.get(k))
+        except ConfigError as e: problems.append(f"{k}: {e}")
+    norm_post = _norm_postprocess(d.get("postprocess") or [], problems)
+    if problems: raise ConfigError(problems)
+    params = dict(d.get("parameters") or {})
+    for k in ("seed",):
+        if k in d: params.setdefault(k, d[k])
+    return cls(d["merge_method"], norm, _rooted(d.get("base_model"), root), slices, params, d.get("dtype"),
+               d.get("out_dtype"), tok, bool(d.get("truncate_vocab", False)), norm_post, d)
+
+# %% ../nbs/03_config.ipynb #e453d6a2
+@patch
+def to_yaml(self: MergeConfig) -> str:
+    "The config as mergekit-style YAML (in-memory models are shown by name)."
+    def ref(m): return str(m) if isinstance(m, (str, os.PathLike)) else f"<{type(m).__name__}>"
+    d = {"merge_method": self.merge_method}
+    if self.base_model is not None: d["base_model"] = ref(self.base_model)
+    if self.slices: d["slices"] = [{**s, "sources": [{**x, "model": ref(x["model"])} for x in s["sources"]]} for s in self.slices]
+    else: d["models"] = [{"model": ref(m["model"]), **({"parameters": m["parameters"]} if m["parameters"] else {})} for m in self.models]
+    if self.parameters: d["parameters"] = self.parameters
+    for k in ("dtype", "out_dtype", "tokenizer_source"):
+        if getattr(self, k) is not None: d[k] = getattr(self, k)
+    if self.truncate_vocab: d["truncate_vocab"] = True
+    if self.postprocess: d["postprocess"] = self.postprocess
+    return yaml.safe_dump(d, sort_keys=False)
 
 # %% ../nbs/03_config.ipynb #4a7a8ffe
 def _ref_path(ref) -> Path | None:
@@ -172,6 +194,7 @@ def _vocab(ck: Checkpoint) -> int | None:
     cfg = ck.config or {}
     return next((cfg[k] for k in _VOCAB_KEYS if isinstance(cfg.get(k), int)), None)
 
+# %% ../nbs/03_config.ipynb #9cd4fbe6
 def _vocab_tensors(cks: list[Checkpoint], names: list[str]) -> list[str]:
     """Matrices whose shapes differ only along dimension 0 across models: the vocabulary axis (embeddings, LM head).
     1-D tensors (norms, biases) differing in size are a width mismatch, not a vocabulary one."""
@@ -182,6 +205,7 @@ def _vocab_tensors(cks: list[Checkpoint], names: list[str]) -> list[str]:
             out.append(k)
     return out
 
+# %% ../nbs/03_config.ipynb #a6fcf8a9
 def _rows_view(ck: Checkpoint, keys: set[str], rows: int, fill: Checkpoint | None) -> Checkpoint:
     "View of `ck` whose `keys` have exactly `rows` rows: cut, or padded with `fill`'s rows (the base)."
     def fn(k):
@@ -193,6 +217,7 @@ def _rows_view(ck: Checkpoint, keys: set[str], rows: int, fill: Checkpoint | Non
     cfg = dict(ck.config or {}); cfg.update({k: rows for k in _VOCAB_KEYS if k in cfg})
     return LazyCheckpoint(meta, fn, name=ck.name, config=cfg, path=ck.path)
 
+# %% ../nbs/03_config.ipynb #84bc4302
 @dataclass
 class Plan:
     "A validated merge: the method, the groups, the checkpoints and the output config."
@@ -218,6 +243,7 @@ def _open_input(ref, base: Checkpoint | None = None) -> Checkpoint:
     if len(ck) == 0: raise ConfigError(f"{ck.name} holds no tensors")
     return ck
 
+# %% ../nbs/03_config.ipynb #a69665ab
 def _open_all(refs: list, problems: list[str], what: str, base: Checkpoint | None = None) -> list[Checkpoint | None]:
     out = []
     for i, r in enumerate(refs):
@@ -225,32 +251,28 @@ def _open_all(refs: list, problems: list[str], what: str, base: Checkpoint | Non
         except MergelabError as e: problems.append(f"{what}[{i}] {e}"); out.append(None)
     return out
 
+# %% ../nbs/03_config.ipynb #0f6284a1
 def _same_ref(a, b) -> bool:
     if a is b: return True
     if isinstance(a, (str, os.PathLike)) and isinstance(b, (str, os.PathLike)):
         return os.path.abspath(str(a)) == os.path.abspath(str(b))
     return False
 
-def build_plan(cfg: MergeConfig | Mapping | str | Path, *, seed: int | None = None, threads: int = 2,
-               collect: bool = False, max_shard_size: int | str = "5GB", compute_dtype: Any = None,
-               force: bool = False, available: int | None = None, prepare: bool = True) -> Plan:
-    """Validate `cfg` completely and plan one `TensorGroup` per output tensor. Before any tensor is read (a model-wide
-    `prepare` pass reads), the memory guard estimates the peak (`estimate_memory`, for `threads`, the writer's
-    `max_shard_size`, or the whole result with `collect=True`) and raises `InsufficientMemory` when it exceeds the
-    `available` memory (default: `available_memory()`), unless `force`."""
-    cfg = MergeConfig.load(cfg)
-    guard = lambda method, groups, dtype, out_dtype: check_memory(
-        estimate_memory(groups, method, threads=threads, dtype=dtype, out_dtype=out_dtype, collect=collect,
-                        compute_dtype=parse_dtype(compute_dtype), max_shard_size=parse_size(max_shard_size)),
-        available, force=force)
-    problems: list[str] = []
+# %% ../nbs/03_config.ipynb #b3f81549
+def _planned_method(cfg: MergeConfig) -> tuple[MergeMethod, MergeConfig]:
+    "The config's method chained with its post-processors, whose parameters join the config's; a bad name reports bad paths too."
     try:
         method = get_method(cfg.merge_method)
         if cfg.postprocess:
             method = chain(method, *[p["method"] for p in cfg.postprocess])
             cfg = replace(cfg, parameters={**cfg.parameters, **{k: v for p in cfg.postprocess for k, v in p["parameters"].items()}})
     except ConfigError as e: raise ConfigError(e.problems + _quick_ref_problems(cfg)) from None
-    if cfg.slices: return _plan_slices(cfg, method, seed, guard)
+    return method, cfg
+
+# %% ../nbs/03_config.ipynb #109ab1c8
+def _plain_inputs(cfg: MergeConfig, method: MergeMethod, problems: list[str]) -> tuple[list[dict], list, Checkpoint | None]:
+    """The `models` entries besides the base, their checkpoints (None where opening failed) and the base (None when the
+    method takes none), with the model-count and opening problems recorded."""
     models_cfg = list(cfg.models)
     if method.base != "none" and cfg.base_model is not None:
         models_cfg = [m for m in models_cfg if not _same_ref(m["model"], cfg.base_model)]
@@ -266,8 +288,12 @@ def build_plan(cfg: MergeConfig | Mapping | str | Path, *, seed: int | None = No
         except MergelabError as e: problems.append(f"base_model: {e}")
     models = _open_all([m["model"] for m in models_cfg], problems, "models", base)
     if method.base == "none": base = None
-    if problems or not models: raise ConfigError(problems or ["no models given"])
-    models, base = _check_models(models, base, cfg, problems)
+    return models_cfg, models, base
+
+# %% ../nbs/03_config.ipynb #d7af3b55
+def _plain_groups(method: MergeMethod, cfg: MergeConfig, models: list[Checkpoint], base: Checkpoint | None,
+                  models_cfg: list[dict], problems: list[str]) -> list[TensorGroup]:
+    "One group per tensor of the base (else the first model), its parameters resolved at depth τ = layer / (L − 1)."
     names = base.keys() if base is not None else models[0].keys()
     L = num_layers(base or models[0])
     groups = []
@@ -277,6 +303,28 @@ def build_plan(cfg: MergeConfig | Mapping | str | Path, *, seed: int | None = No
         tau = 0.0 if li is None or L <= 1 else li / (L - 1)
         groups.append(TensorGroup(k, [(c, k) for c in models], (base, k) if base is not None else None,
                                   _resolve(method, cfg.parameters, per_model, k, tau, problems)))
+    return groups
+
+# %% ../nbs/03_config.ipynb #d786fef4
+def build_plan(cfg: MergeConfig | Mapping | str | Path, *, seed: int | None = None, threads: int = 2,
+               collect: bool = False, max_shard_size: int | str = "5GB", compute_dtype: Any = None,
+               force: bool = False, available: int | None = None, prepare: bool = True) -> Plan:
+    """Validate `cfg` completely and plan one `TensorGroup` per output tensor. Before any tensor is read (a model-wide
+    `prepare` pass reads), the memory guard estimates the peak (`estimate_memory`, for `threads`, the writer's
+    `max_shard_size`, or the whole result with `collect=True`) and raises `InsufficientMemory` when it exceeds the
+    `available` memory (default: `available_memory()`), unless `force`."""
+    cfg = MergeConfig.load(cfg)
+    guard = lambda method, groups, dtype, out_dtype: check_memory(
+        estimate_memory(groups, method, threads=threads, dtype=dtype, out_dtype=out_dtype, collect=collect,
+                        compute_dtype=parse_dtype(compute_dtype), max_shard_size=parse_size(max_shard_size)),
+        available, force=force)
+    problems: list[str] = []
+    method, cfg = _planned_method(cfg)
+    if cfg.slices: return _plan_slices(cfg, method, seed, guard)
+    models_cfg, models, base = _plain_inputs(cfg, method, problems)
+    if problems or not models: raise ConfigError(problems or ["no models given"])
+    models, base = _check_models(models, base, cfg, problems)
+    groups = _plain_groups(method, cfg, models, base, models_cfg, problems)
     if problems: raise ConfigError(_dedup(problems))
     memory = guard(method, groups, parse_dtype(cfg.dtype), parse_dtype(cfg.out_dtype))
     seed = seed if seed is not None else cfg.parameters.get("seed")
@@ -297,8 +345,23 @@ def _quick_ref_problems(cfg: MergeConfig) -> list[str]:
     return [f"model {r} does not exist" for r in refs if isinstance(r, (str, os.PathLike)) and "+" not in str(r)
             and not Path(r).exists() and not re.fullmatch(r"[\w.-]+/[\w.-]+", str(r))]
 
+# %% ../nbs/03_config.ipynb #2b2fafea
 def _dedup(xs): return list(dict.fromkeys(xs))
 
+# %% ../nbs/03_config.ipynb #976f990f
+def _per_model_values(pname: str, per_model: list[dict], extra: dict | None, glob: dict, name: str, tau: float) -> list:
+    "Each model's value of `pname` for tensor `name`: its own, else the slice's, else the global one (`REQUIRED`: none)."
+    vals = []
+    for m in per_model:
+        v = REQUIRED
+        for layer in (m, extra or {}, glob):
+            if pname in layer:
+                v = dsl_value(layer[pname], name, tau)
+                if v is not REQUIRED: break
+        vals.append(v)
+    return vals
+
+# %% ../nbs/03_config.ipynb #76cea075
 def _resolve(method: MergeMethod, glob: dict, per_model: list[dict], name: str, tau: float, problems: list[str],
              extra: dict | None = None) -> dict:
     """Resolve every parameter for one tensor with mergekit's precedence and DSL; record problems, don't raise.
@@ -310,14 +373,7 @@ def _resolve(method: MergeMethod, glob: dict, per_model: list[dict], name: str, 
     row = method.presets.get(preset, {}) if isinstance(preset, str) else {}
     for pname, p in method.params.items():
         if p.per_model:
-            vals = []
-            for m in per_model:
-                v = REQUIRED
-                for layer in (m, extra or {}, glob):
-                    if pname in layer:
-                        v = dsl_value(layer[pname], name, tau)
-                        if v is not REQUIRED: break
-                vals.append(v)
+            vals = _per_model_values(pname, per_model, extra, glob, name, tau)
             if pname in row: vals = [row[pname] if v is REQUIRED else v for v in vals]
             if any(v is REQUIRED for v in vals):
                 if p.required:
@@ -370,9 +426,19 @@ def _check_models(models, base, cfg: MergeConfig, problems: list[str]):
 
 # %% ../nbs/03_config.ipynb #1a282aa7
 def _key(ref): return str(ref) if isinstance(ref, (str, os.PathLike)) else id(ref)
+
+# %% ../nbs/03_config.ipynb #9425d0e2
 def _is_pre(k: str) -> bool: return any(w in k for w in ("embed", "wte", "wpe"))
 
-def _plan_slices(cfg: MergeConfig, method: MergeMethod, seed, guard) -> Plan:
+# %% ../nbs/03_config.ipynb #117fc7d7
+def _relayer(k: str, i: int) -> str:
+    "Rename the block index in `k` to `i`."
+    m = LAYER_RE.search(k)
+    return k[:m.start(2)] + str(i) + k[m.end(2):]
+
+# %% ../nbs/03_config.ipynb #f80054ea
+def _open_slices(cfg: MergeConfig) -> tuple[dict, Checkpoint | None]:
+    "Every slice source opened once (a bare adapter on the base), by `_key` of its reference, and the base; raises on failures."
     problems: list[str] = []
     opened, base = {}, None
     if cfg.base_model is not None:
@@ -384,7 +450,12 @@ def _plan_slices(cfg: MergeConfig, method: MergeMethod, seed, guard) -> Plan:
                 try: opened[_key(s["model"])] = _open_input(s["model"], base)
                 except MergelabError as e: problems.append(f"slice source {s['model']}: {e}"); opened[_key(s["model"])] = None
     if problems: raise ConfigError(problems)
-    slices = []                                             # (sources [(ck, start, params)], base source, length, params)
+    return opened, base
+
+# %% ../nbs/03_config.ipynb #a14e9cf7
+def _check_slices(cfg: MergeConfig, method: MergeMethod, opened: dict, problems: list[str]) -> list[tuple]:
+    "The valid slices as (sources [(ck, start, params, ref)], base source, length, params); problems recorded."
+    slices = []
     for i, sl in enumerate(cfg.slices):
         lens, srcs = set(), []
         for j, s in enumerate(sl["sources"]):
@@ -408,8 +479,12 @@ def _plan_slices(cfg: MergeConfig, method: MergeMethod, seed, guard) -> Plan:
         if n < method.min_models or (method.max_models is not None and n > method.max_models):
             problems.append(f"slices[{i}]: {method.name} cannot merge {n} source(s) besides the base"); continue
         slices.append((srcs, sbase, lens.pop(), sl["parameters"]))
-    if problems: raise ConfigError(_dedup(problems))
-    donor_ck = base or slices[0][0][0][0]
+    return slices
+
+# %% ../nbs/03_config.ipynb #ef5a5634
+def _slice_groups(cfg: MergeConfig, method: MergeMethod, slices: list[tuple], donor_ck: Checkpoint,
+                  problems: list[str]) -> tuple[list[TensorGroup], int]:
+    "The output groups (embeddings, each slice's blocks, then the other tensors) and the output's layer count."
     layer0 = [k for k in donor_ck.keys() if layer_index(k) == 0]
     outside = [k for k in donor_ck.keys() if layer_index(k) is None]
     def group(out_k, srcs, sbase, keyfn, sl_params, tau):
@@ -431,22 +506,27 @@ def _plan_slices(cfg: MergeConfig, method: MergeMethod, seed, guard) -> Plan:
     for k in outside:                       # embeddings from the first slice's sources, the rest from the last's
         srcs, sbase, _, sl_params = slices[0] if _is_pre(k) else slices[-1]
         (pre if _is_pre(k) else post).append(group(k, srcs, sbase, same, sl_params, 0.0))
+    return pre + mid + post, out_layer
+
+# %% ../nbs/03_config.ipynb #033f3ae0
+def _plan_slices(cfg: MergeConfig, method: MergeMethod, seed, guard) -> Plan:
+    problems: list[str] = []
+    opened, base = _open_slices(cfg)
+    slices = _check_slices(cfg, method, opened, problems)
     if problems: raise ConfigError(_dedup(problems))
-    memory = guard(method, pre + mid + post, parse_dtype(cfg.dtype), parse_dtype(cfg.out_dtype))
+    donor_ck = base or slices[0][0][0][0]
+    groups, out_layer = _slice_groups(cfg, method, slices, donor_ck, problems)
+    if problems: raise ConfigError(_dedup(problems))
+    memory = guard(method, groups, parse_dtype(cfg.dtype), parse_dtype(cfg.out_dtype))
     config = dict(donor_ck.config or {})
     for key in ("num_hidden_layers", "n_layer", "num_layers"):
         if key in config: config[key] = out_layer
     first = cfg.slices[0]["sources"][0]["model"]
     donor = _ref_path(cfg.base_model) or _ref_path(first)
     refs = [s["model"] for sl in cfg.slices for s in sl["sources"]] + [cfg.base_model]
-    return Plan(method, pre + mid + post, [c for c in opened.values()], base, config,
+    return Plan(method, groups, [c for c in opened.values()], base, config,
                 donor if donor and donor.is_dir() else None, [p for p in map(_ref_path, refs) if p],
                 parse_dtype(cfg.dtype), parse_dtype(cfg.out_dtype), seed if seed is not None else cfg.parameters.get("seed"), memory)
-
-def _relayer(k: str, i: int) -> str:
-    "Rename the block index in `k` to `i`."
-    m = LAYER_RE.search(k)
-    return k[:m.start(2)] + str(i) + k[m.end(2):]
 
 # %% ../nbs/03_config.ipynb #22fad8b2
 def run_plan(plan: Plan, out: str | Path | None = None, *, max_shard_size: int | str = "5GB", overwrite: bool = False,

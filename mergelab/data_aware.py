@@ -12,10 +12,11 @@ from typing import Any, Callable, Literal, Mapping, Sequence
 import numpy as np
 import pandas as pd
 import torch, yaml
+from fastcore.basics import patch
 import torch.nn.functional as F
 from torch import nn, Tensor
 from .io import Checkpoint, MergelabError, open_model, read_safetensors_header
-from .engine import ConfigError, TensorGroup, merge_method, METHODS, layer_index
+from .engine import ConfigError, TensorGroup, merge_method, METHODS, layer_index, ParamInfo
 from .zoo import Zoo, load_zoo, build_mlp, cache_dir as user_cache_dir
 
 # %% auto #0
@@ -110,9 +111,6 @@ yaml.SafeDumper.add_representer(DataSource, lambda d, s: d.represent_dict(s.spec
 yaml.SafeDumper.add_representer(Zoo, lambda d, z: d.represent_dict({"zoo": z.name}))
 
 # %% ../nbs/10_data_aware.ipynb #23b6c0f1
-_SPEC_KEYS = {"zoo", "path", "split", "n", "tasks", "seed", "build"}
-_FILE_EXT = (".npz", ".safetensors", ".pt", ".pth")
-
 def _import(ref: str | Callable) -> Callable:
     if callable(ref): return ref
     mod, _, fn = str(ref).partition(":")
@@ -120,6 +118,7 @@ def _import(ref: str | Callable) -> Callable:
     except (ImportError, AttributeError, ValueError):
         raise DataError(f"build {ref!r}: give 'module:function', e.g. 'mergelab.zoo:build_mlp'") from None
 
+# %% ../nbs/10_data_aware.ipynb #f6705eaf
 def _subset(x: Any, y: Tensor | None, n: int | None, seed: int, task: str):
     if n is None or n >= len(x): return x, y
     if n <= 0: raise DataError(f"n must be positive, got {n}")
@@ -127,6 +126,7 @@ def _subset(x: Any, y: Tensor | None, n: int | None, seed: int, task: str):
     xs = x[idx] if isinstance(x, Tensor) else [x[i] for i in idx.tolist()]
     return xs, None if y is None else y[idx]
 
+# %% ../nbs/10_data_aware.ipynb #7b19f97b
 def _from_zoo(zoo: Zoo, split: str, n, tasks, seed) -> DataSource:
     names = list(tasks) if tasks else list(zoo.data)
     unknown = [t for t in names if t not in zoo.data]
@@ -142,6 +142,7 @@ def _from_zoo(zoo: Zoo, split: str, n, tasks, seed) -> DataSource:
     return DataSource(out, zoo.build, seed, {"zoo": zoo.name, "split": split, **({"n": n} if n else {}),
                                             **({"tasks": names} if tasks else {}), "seed": seed})
 
+# %% ../nbs/10_data_aware.ipynb #c93ddba0
 def _read_file(p: Path) -> dict[str, Tensor]:
     if not p.is_file(): raise DataError(f"data file {p} does not exist")
     try:
@@ -154,6 +155,7 @@ def _read_file(p: Path) -> dict[str, Tensor]:
         raise DataError(f"data file {p}: expected a mapping of tensors, got {type(d).__name__}")
     return dict(d)
 
+# %% ../nbs/10_data_aware.ipynb #4e0a3a19
 def _from_tensors(d: Mapping[str, Any], build, n, tasks, seed, spec, where: str) -> DataSource:
     groups: dict[str, dict] = {}
     for k, v in d.items():
@@ -177,16 +179,37 @@ def _from_tensors(d: Mapping[str, Any], build, n, tasks, seed, spec, where: str)
         out[t] = TaskData(t, x, y)
     return DataSource(out, build, seed, spec)
 
+# %% ../nbs/10_data_aware.ipynb #d870b15e
+def _narrowed(src: DataSource, n: int | None, tasks: Sequence[str] | None) -> DataSource:
+    "`src` itself, or its `tasks` (default: all) with a seeded random subset of `n` examples each."
+    if n is None and tasks is None: return src
+    sub = {k: replace(src.tasks[k], **dict(zip(("inputs", "labels"), _subset(src.tasks[k].inputs, src.tasks[k].labels, n, src.seed, k))))
+           for k in (tasks or src.tasks)}
+    return DataSource(sub, src.build, src.seed, src.spec)
+
+# %% ../nbs/10_data_aware.ipynb #582a0f40
+def _spec_options(spec: Mapping, split, n, tasks, seed) -> tuple:
+    "A data spec's split, n, tasks and seed, each keyword overriding the spec's entry; `DataError` on a wrong type."
+    s = spec.get("split") if split is None else split
+    n = spec.get("n") if n is None else n
+    tasks = spec.get("tasks") if tasks is None else tasks
+    seed = spec.get("seed", 0) if seed is None else seed
+    for k, v in (("n", n), ("seed", seed)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int)): raise DataError(f"data spec: {k} must be an integer, got {v!r}")
+    if tasks is not None and (isinstance(tasks, str) or not all(isinstance(t, str) for t in tasks)):
+        raise DataError(f"data spec: tasks must be a list of task names, got {tasks!r}")
+    return s, n, tasks, seed
+
+# %% ../nbs/10_data_aware.ipynb #27ae4e75
+_SPEC_KEYS = {"zoo", "path", "split", "n", "tasks", "seed", "build"}
+_FILE_EXT = (".npz", ".safetensors", ".pt", ".pth")
+
 def data_source(spec: Any = None, *, split: str | None = None, n: int | None = None, tasks: Sequence[str] | None = None,
                 seed: int | None = None, build: Callable | str | None = None, default_split: str = "train") -> DataSource:
     """A `DataSource` from a `DataSource`, a `Zoo`, a zoo name, a data file path (`.npz`, `.safetensors`, `.pt`/`.pth`
     loaded with `weights_only=True`: keys `<task>` or `<task>.inputs` and optional `<task>.labels`), a mapping of
     tensors per task, or a spec mapping `{zoo|path, split, n, tasks, seed, build}`. Keywords override the spec."""
-    if isinstance(spec, DataSource):
-        if n is None and tasks is None: return spec
-        sub = {k: replace(spec.tasks[k], **dict(zip(("inputs", "labels"), _subset(spec.tasks[k].inputs, spec.tasks[k].labels, n, spec.seed, k))))
-               for k in (tasks or spec.tasks)}
-        return DataSource(sub, spec.build, spec.seed, spec.spec)
+    if isinstance(spec, DataSource): return _narrowed(spec, n, tasks)
     if spec is None: raise DataError("no data given: data-aware methods need `data`, e.g. data={'zoo': 'digits', "
                                      "'split': 'finetune', 'n': 256} or data={'path': 'inputs.npz'}")
     if isinstance(spec, Zoo): spec = {"zoo": spec, "split": split}
@@ -196,14 +219,7 @@ def data_source(spec: Any = None, *, split: str | None = None, n: int | None = N
     spec = dict(spec)
     if ("zoo" in spec or "path" in spec) and set(spec) - _SPEC_KEYS:
         raise DataError(f"data spec: unknown key(s) {sorted(set(spec) - _SPEC_KEYS)}; known: {sorted(_SPEC_KEYS)}")
-    s = spec.get("split") if split is None else split
-    n = spec.get("n") if n is None else n
-    tasks = spec.get("tasks") if tasks is None else tasks
-    seed = spec.get("seed", 0) if seed is None else seed
-    for k, v in (("n", n), ("seed", seed)):
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int)): raise DataError(f"data spec: {k} must be an integer, got {v!r}")
-    if tasks is not None and (isinstance(tasks, str) or not all(isinstance(t, str) for t in tasks)):
-        raise DataError(f"data spec: tasks must be a list of task names, got {tasks!r}")
+    s, n, tasks, seed = _spec_options(spec, split, n, tasks, seed)
     if "zoo" in spec:
         z = spec["zoo"]
         if not isinstance(z, Zoo):
@@ -233,6 +249,7 @@ class _Net(nn.Module):
         h = self.features(self.body, x) if self.features is not None else self.body(x)
         return self.head(h) if self.head is not None else h
 
+# %% ../nbs/10_data_aware.ipynb #d49d24d2
 def _body(build: Callable, sd: Mapping[str, Tensor], what: str) -> nn.Module:
     body = build({k: v for k, v in sd.items()})
     body.eval()
@@ -241,11 +258,13 @@ def _body(build: Callable, sd: Mapping[str, Tensor], what: str) -> nn.Module:
                                 "the checkpoint; give a `build` whose module's parameter names are the checkpoint's keys")
     return body
 
+# %% ../nbs/10_data_aware.ipynb #a57943df
 def _params(sd: Mapping[str, Tensor], body: nn.Module) -> dict[str, Tensor]:
     "The checkpoint tensors the module holds (parameters and floating buffers), as float32 (float64 kept), keyed as in the checkpoint."
     names = [k for k, _ in body.named_parameters()] + [k for k, b in body.named_buffers() if b.is_floating_point() and k in sd]
     return {k: sd[k] if sd[k].dtype == torch.float64 else sd[k].float() for k in names}
 
+# %% ../nbs/10_data_aware.ipynb #5a89b647
 def _probe(net: _Net, params: Mapping[str, Tensor], task: TaskData, what: str) -> None:
     x, y = next(task.batches(2, 1))
     try:
@@ -259,6 +278,7 @@ def _probe(net: _Net, params: Mapping[str, Tensor], task: TaskData, what: str) -
     if task.labels is not None and int(task.labels.max()) >= out.shape[1]:
         raise DataError(f"task {task.name!r}: label {int(task.labels.max())} but the head has {out.shape[1]} classes")
 
+# %% ../nbs/10_data_aware.ipynb #d1f2b9b5
 _HASHES: dict = {}
 
 def model_hash(ck: Checkpoint) -> str:
@@ -318,6 +338,52 @@ def _bar(total: int, desc: str, progress: bool = True):
 # %% ../nbs/10_data_aware.ipynb #eb3adbc0
 Estimator = Literal["expected", "sampled", "empirical", "fusionbench"]
 
+# %% ../nbs/10_data_aware.ipynb #b6cccd3a
+def _fisher_fusionbench(logp: Callable, params: dict[str, Tensor], x: Tensor, fisher: dict[str, Tensor]) -> None:
+    "FusionBench's shortcut: add the squared gradient of one batch's Σ √p·log p (p detached) to `fisher`."
+    ps = {k: v.clone().requires_grad_(True) for k, v in params.items()}
+    lp = logp(ps, x)
+    loss = (lp.detach().exp().sqrt() * lp).sum()
+    for k, g in zip(ps, torch.autograd.grad(loss, list(ps.values()), allow_unused=True)):
+        if g is not None: fisher[k] += g.double() ** 2
+
+# %% ../nbs/10_data_aware.ipynb #dbe3979d
+def _fisher_per_example(logp: Callable, params: dict[str, Tensor], x: Sequence, y: Tensor | None, estimator: str,
+                        gen: torch.Generator, fisher: dict[str, Tensor]) -> None:
+    "Add a batch of text inputs to `fisher`, one example at a time through autograd (classes weighted by p for `expected`)."
+    for j in range(len(x)):
+        ps = {k: v.clone().requires_grad_(True) for k, v in params.items()}
+        lp = logp(ps, x[j:j + 1])[0]
+        p = lp.detach().exp()
+        ys = (range(len(p)) if estimator == "expected" else
+              [int(torch.multinomial(p, 1, generator=gen))] if estimator == "sampled" else [int(y[j])])
+        for c in ys:
+            gs = torch.autograd.grad(lp[c], list(ps.values()), retain_graph=True, allow_unused=True)
+            w = float(p[c]) if estimator == "expected" else 1.0
+            for k, g in zip(ps, gs):
+                if g is not None: fisher[k] += w * g.double() ** 2
+
+# %% ../nbs/10_data_aware.ipynb #c00cee64
+def _fisher_vmap(logp: Callable, params: dict[str, Tensor], x: Tensor, y: Tensor | None, estimator: str,
+                 gen: torch.Generator, fisher: dict[str, Tensor]) -> None:
+    "Add a tensor batch to `fisher` with per-example Jacobians (`expected`) or gradients (`sampled`, `empirical`) under vmap."
+    one = lambda ps, xi: logp(ps, xi[None])[0]
+    if estimator == "expected":
+        C, P = int(logp(params, x[:1]).shape[-1]), sum(v.numel() for v in params.values())
+        chunk = max(1, 2 ** 26 // (C * P))                # per-example Jacobians C × P, ≤ 256 MiB at a time
+        J = torch.func.vmap(torch.func.jacrev(one), in_dims=(None, 0), chunk_size=chunk)(params, x)  # (B, C, *shape)
+        p = torch.func.vmap(one, in_dims=(None, 0))(params, x).exp().detach().double()
+        for k, g in J.items(): fisher[k] += torch.einsum("bc,bc...->...", p, g.double() ** 2)
+    else:
+        if estimator == "sampled":
+            with torch.no_grad(): yy = torch.multinomial(logp(params, x).exp(), 1, generator=gen)[:, 0]
+        else: yy = y
+        chunk = max(1, 2 ** 26 // sum(v.numel() for v in params.values()))
+        G = torch.func.vmap(torch.func.grad(lambda ps, xi, yi: one(ps, xi).gather(0, yi[None])[0]),
+                            in_dims=(None, 0, 0), chunk_size=chunk)(params, x, yy)
+        for k, g in G.items(): fisher[k] += (g.double() ** 2).sum(0)
+
+# %% ../nbs/10_data_aware.ipynb #4b8530c4
 def fisher_information(model: Any, task: TaskData, *, build: Callable = build_mlp, estimator: Estimator = "expected",
                        batch_size: int = 32, num_batches: int | None = 8, seed: int = 0) -> dict[str, Tensor]:
     """Diagonal Fisher (float32, keyed like the checkpoint) of `model` (state dict, checkpoint, path or module) on `task`
@@ -339,40 +405,9 @@ def fisher_information(model: Any, task: TaskData, *, build: Callable = build_ml
     n = 0
     for x, y in task.batches(batch_size, num_batches):
         STATS["forward"] += 1
-        if estimator == "fusionbench":
-            ps = {k: v.clone().requires_grad_(True) for k, v in params.items()}
-            lp = logp(ps, x)
-            loss = (lp.detach().exp().sqrt() * lp).sum()
-            for k, g in zip(ps, torch.autograd.grad(loss, list(ps.values()), allow_unused=True)):
-                if g is not None: fisher[k] += g.double() ** 2
-        elif not isinstance(x, Tensor):        # text inputs: per-example autograd
-            for j in range(len(x)):
-                ps = {k: v.clone().requires_grad_(True) for k, v in params.items()}
-                lp = logp(ps, x[j:j + 1])[0]
-                p = lp.detach().exp()
-                ys = (range(len(p)) if estimator == "expected" else
-                      [int(torch.multinomial(p, 1, generator=gen))] if estimator == "sampled" else [int(y[j])])
-                for c in ys:
-                    gs = torch.autograd.grad(lp[c], list(ps.values()), retain_graph=True, allow_unused=True)
-                    w = float(p[c]) if estimator == "expected" else 1.0
-                    for k, g in zip(ps, gs):
-                        if g is not None: fisher[k] += w * g.double() ** 2
-        else:
-            one = lambda ps, xi: logp(ps, xi[None])[0]
-            if estimator == "expected":
-                C, P = int(logp(params, x[:1]).shape[-1]), sum(v.numel() for v in params.values())
-                chunk = max(1, 2 ** 26 // (C * P))                # per-example Jacobians C × P, ≤ 256 MiB at a time
-                J = torch.func.vmap(torch.func.jacrev(one), in_dims=(None, 0), chunk_size=chunk)(params, x)  # (B, C, *shape)
-                p = torch.func.vmap(one, in_dims=(None, 0))(params, x).exp().detach().double()
-                for k, g in J.items(): fisher[k] += torch.einsum("bc,bc...->...", p, g.double() ** 2)
-            else:
-                if estimator == "sampled":
-                    with torch.no_grad(): yy = torch.multinomial(logp(params, x).exp(), 1, generator=gen)[:, 0]
-                else: yy = y
-                chunk = max(1, 2 ** 26 // sum(v.numel() for v in params.values()))
-                G = torch.func.vmap(torch.func.grad(lambda ps, xi, yi: one(ps, xi).gather(0, yi[None])[0]),
-                                    in_dims=(None, 0, 0), chunk_size=chunk)(params, x, yy)
-                for k, g in G.items(): fisher[k] += (g.double() ** 2).sum(0)
+        if estimator == "fusionbench": _fisher_fusionbench(logp, params, x, fisher)
+        elif not isinstance(x, Tensor): _fisher_per_example(logp, params, x, y, estimator, gen, fisher)   # text inputs
+        else: _fisher_vmap(logp, params, x, y, estimator, gen, fisher)
         n += len(x)
     return {k: (v / n).float() for k, v in fisher.items()}
 
@@ -454,11 +489,9 @@ class AdaMergingResult:
     history: pd.DataFrame
 
 # %% ../nbs/10_data_aware.ipynb #59e2fd55
-def _ada_fit(models: Sequence[Checkpoint], base: Checkpoint, tasks: Sequence[TaskData], build: Callable, *,
-             granularity: str = "layer", init: float = 0.3, lr: float = 1e-3, steps: int = 1000, batch_size: int = 16,
-             clamp: bool = False, seed: int = 0, progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
-    "Learn the AdaMerging coefficients; returns (coefficients, history)."
-    if granularity not in ("task", "layer"): raise DataError(f"granularity must be 'task' or 'layer', got {granularity!r}")
+def _task_vectors(models: Sequence[Checkpoint], base: Checkpoint, tasks: Sequence[TaskData], build: Callable) -> tuple:
+    """The base's parameters θ₀ (as `_params` gives them) and their names, one `_Net` per task on the base's backbone,
+    and the task vectors stacked per tensor (models × …), each model probed on its task first."""
     b_sd = base.state_dict()
     body = _body(build, b_sd, f"base model {base.name}")
     theta0 = _params(b_sd, body)
@@ -471,6 +504,28 @@ def _ada_fit(models: Sequence[Checkpoint], base: Checkpoint, tasks: Sequence[Tas
         for k in names: taus[k].append(sd[k] - theta0[k])
         del sd
     tau = {k: torch.stack(v) for k, v in taus.items()}; del taus
+    return theta0, names, nets, tau
+
+# %% ../nbs/10_data_aware.ipynb #c454a2c9
+def _entropy(nets: Sequence[_Net], tasks: Sequence[TaskData], ps: dict[str, Tensor], batch_size: int,
+             gen: torch.Generator) -> Tensor:
+    "AdaMerging's objective: Σₜ the mean prediction entropy of task t's model `ps` on a random batch of its inputs."
+    loss = 0
+    for net, t in zip(nets, tasks):
+        idx = torch.randint(0, len(t), (min(batch_size, len(t)),), generator=gen)
+        x = t.inputs[idx] if isinstance(t.inputs, Tensor) else [t.inputs[i] for i in idx.tolist()]
+        p = torch.softmax(torch.func.functional_call(net, {f"body.{k}": v for k, v in ps.items()}, (x,)).float(), -1)
+        loss = loss + (-(p * torch.log(p + 1e-8)).sum(-1)).mean()
+        STATS["forward"] += 1
+    return loss
+
+# %% ../nbs/10_data_aware.ipynb #0ce0fe29
+def _ada_fit(models: Sequence[Checkpoint], base: Checkpoint, tasks: Sequence[TaskData], build: Callable, *,
+             granularity: str = "layer", init: float = 0.3, lr: float = 1e-3, steps: int = 1000, batch_size: int = 16,
+             clamp: bool = False, seed: int = 0, progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+    "Learn the AdaMerging coefficients; returns (coefficients, history)."
+    if granularity not in ("task", "layer"): raise DataError(f"granularity must be 'task' or 'layer', got {granularity!r}")
+    theta0, names, nets, tau = _task_vectors(models, base, tasks, build)
     G = 1 if granularity == "task" else len(names)
     lam = torch.full((len(models), G), float(init), requires_grad=True)
     opt = torch.optim.Adam([lam], lr=lr)
@@ -482,13 +537,7 @@ def _ada_fit(models: Sequence[Checkpoint], base: Checkpoint, tasks: Sequence[Tas
     bar = _bar(steps, f"adamerging ({granularity}-wise)", progress)
     for step in range(steps):
         ps = merged(lam)
-        loss = 0
-        for net, t in zip(nets, tasks):
-            idx = torch.randint(0, len(t), (min(batch_size, len(t)),), generator=gen)
-            x = t.inputs[idx] if isinstance(t.inputs, Tensor) else [t.inputs[i] for i in idx.tolist()]
-            p = torch.softmax(torch.func.functional_call(net, {f"body.{k}": v for k, v in ps.items()}, (x,)).float(), -1)
-            loss = loss + (-(p * torch.log(p + 1e-8)).sum(-1)).mean()
-            STATS["forward"] += 1
+        loss = _entropy(nets, tasks, ps, batch_size, gen)
         opt.zero_grad(); loss.backward(); opt.step()
         h = float(loss.detach()) / len(tasks)
         hist.append(dict(step=step, entropy=h))
@@ -499,16 +548,19 @@ def _ada_fit(models: Sequence[Checkpoint], base: Checkpoint, tasks: Sequence[Tas
                         columns=pd.Index([t.name for t in tasks], name="task"))
     return coef, pd.DataFrame(hist, columns=["step", "entropy"])
 
+# %% ../nbs/10_data_aware.ipynb #a3240f90
 def _ada_combine(tensors: Sequence[Tensor], base: Tensor, lams: Sequence[float]) -> Tensor:
     "θ₀ + Σₜ λₜ (θₜ − θ₀) for one tensor."
     out = base.clone()
     for t, l in zip(tensors, lams): out = out + float(l) * (t - base)
     return out
 
+# %% ../nbs/10_data_aware.ipynb #d440cd5f
 def _coef_row(coef: pd.DataFrame, name: str) -> list[float] | None:
     if "all" in coef.index: return coef.loc["all"].tolist()
     return coef.loc[name].tolist() if name in coef.index else None
 
+# %% ../nbs/10_data_aware.ipynb #82dae2e8
 def adamerging(models: Sequence[Any], base: Any, data: Any, *, granularity: Literal["task", "layer"] = "layer",
                init: float = 0.3, lr: float = 1e-3, steps: int = 1000, batch_size: int = 16, clamp: bool = False,
                seed: int = 0, progress: bool = True) -> AdaMergingResult:
@@ -526,8 +578,6 @@ def adamerging(models: Sequence[Any], base: Any, data: Any, *, granularity: Lite
     return AdaMergingResult(sd, coef, hist)
 
 # %% ../nbs/10_data_aware.ipynb #5d39e6e7
-from .engine import ParamInfo
-
 def _validate(name: str, kw: dict) -> None:
     d = kw.get("data")
     if d is None:
@@ -539,6 +589,7 @@ def _validate(name: str, kw: dict) -> None:
         if "path" in d and not Path(str(d["path"])).expanduser().is_file():
             raise ConfigError(f"{name}: data file {d['path']} does not exist")
 
+# %% ../nbs/10_data_aware.ipynb #4579040d
 class _State:
     "Statistics of one planned merge, computed once on first use."
     def __init__(self, kind: str, models: list[Checkpoint], base: Checkpoint | None, src: DataSource,
@@ -550,59 +601,73 @@ class _State:
             if not self.done: getattr(self, f"_compute_{self.kind}")(); self.done = True
         return self
     def _settings(self, *names) -> dict: return {k: self.p[k] for k in names}
-    def _per_model(self, prefix: str, fn: Callable, settings: dict) -> list[Path]:
-        "One cached statistics file per model: load it when present, else compute with `fn(model_sd, task)`."
-        paths, bar = [], _bar(len(self.models), f"{prefix} statistics")
-        for ck, t in zip(self.models, self.tasks):
-            key = _key(kind=prefix, model=model_hash(ck), data=t.fingerprint(), build=getattr(self.src.build, "__qualname__", ""),
-                       seed=self.src.seed, **settings)
-            path = self.cache / f"{prefix}-{key}.safetensors"
-            if not path.is_file():
-                sd = ck.state_dict()
-                stats = fn(sd, t)
-                STATS[prefix] += 1
-                _save_atomic(stats, path, dict(kind=prefix, model=str(ck.name), task=t.name, n=len(t), **settings,
-                                               norm=float(sum(float((v.double() ** 2).sum()) for v in stats.values()) ** 0.5)))
-                del sd, stats
-            paths.append(path); bar.update()
-        bar.close()
-        return paths
-    def _compute_fisher(self):
-        s = self._settings("estimator", "batch_size", "num_batches")
-        self.paths = self._per_model("fisher", lambda sd, t: fisher_information(
-            sd, t, build=self.src.build, seed=self.src.seed, **s), s)
-        self.norms = [_meta(p)["norm"] for p in self.paths]
-        self.files = [None] * len(self.paths)
-    def _compute_regmean(self):
-        s = self._settings("batch_size", "num_batches")
-        self.paths = self._per_model("gram", lambda sd, t: gram_matrices(sd, t, build=self.src.build, **s), s)
-        self.grams = [_LazyFile(p) for p in self.paths]
-    def _compute_regmean_pp(self):
-        s = self._settings("granularity", "batch_size", "num_batches")
-        alphas = {k: v["alpha"] for k, v in self.per_tensor.items()}
-        key = _key(kind="gram_pp", models=[model_hash(c) for c in self.models], data=[t.fingerprint() for t in self.tasks],
-                   build=getattr(self.src.build, "__qualname__", ""), alphas=alphas, **s)
-        path = self.cache / f"gram_pp-{key}.safetensors"
-        if path.is_file():
-            flat, _ = _load(path)
-            self.grams = [{k.split("/", 1)[1]: v for k, v in flat.items() if k.split("/", 1)[0] == str(i)} for i in range(len(self.models))]
-            return
-        self.grams = regmean_pp_grams(self.models, self.tasks, self.src.build, alphas=alphas, **s)
-        STATS["gram_pp"] += 1
-        _save_atomic({f"{i}/{k}": v for i, g in enumerate(self.grams) for k, v in g.items()}, path,
-                     dict(kind="gram_pp", models=[str(c.name) for c in self.models], **s))
-    def _compute_adamerging(self):
-        s = self._settings("granularity", "init", "lr", "steps", "batch_size", "clamp")
-        self.coef, self.history = _ada_fit(self.models, self.base, self.tasks, self.src.build, seed=self.src.seed, **s)
     def fisher(self, i: int, name: str) -> Tensor | None: return _LazyFile(self.paths[i]).get(name)
 
+# %% ../nbs/10_data_aware.ipynb #ced1ba0a
+@patch
+def _per_model(self: _State, prefix: str, fn: Callable, settings: dict) -> list[Path]:
+    "One cached statistics file per model: load it when present, else compute with `fn(model_sd, task)`."
+    paths, bar = [], _bar(len(self.models), f"{prefix} statistics")
+    for ck, t in zip(self.models, self.tasks):
+        key = _key(kind=prefix, model=model_hash(ck), data=t.fingerprint(), build=getattr(self.src.build, "__qualname__", ""),
+                   seed=self.src.seed, **settings)
+        path = self.cache / f"{prefix}-{key}.safetensors"
+        if not path.is_file():
+            sd = ck.state_dict()
+            stats = fn(sd, t)
+            STATS[prefix] += 1
+            _save_atomic(stats, path, dict(kind=prefix, model=str(ck.name), task=t.name, n=len(t), **settings,
+                                           norm=float(sum(float((v.double() ** 2).sum()) for v in stats.values()) ** 0.5)))
+            del sd, stats
+        paths.append(path); bar.update()
+    bar.close()
+    return paths
+
+# %% ../nbs/10_data_aware.ipynb #8293e77e
+@patch
+def _compute_fisher(self: _State):
+    s = self._settings("estimator", "batch_size", "num_batches")
+    self.paths = self._per_model("fisher", lambda sd, t: fisher_information(
+        sd, t, build=self.src.build, seed=self.src.seed, **s), s)
+    self.norms = [_meta(p)["norm"] for p in self.paths]
+    self.files = [None] * len(self.paths)
+
+@patch
+def _compute_regmean(self: _State):
+    s = self._settings("batch_size", "num_batches")
+    self.paths = self._per_model("gram", lambda sd, t: gram_matrices(sd, t, build=self.src.build, **s), s)
+    self.grams = [_LazyFile(p) for p in self.paths]
+
+# %% ../nbs/10_data_aware.ipynb #ecb1578f
+@patch
+def _compute_regmean_pp(self: _State):
+    s = self._settings("granularity", "batch_size", "num_batches")
+    alphas = {k: v["alpha"] for k, v in self.per_tensor.items()}
+    key = _key(kind="gram_pp", models=[model_hash(c) for c in self.models], data=[t.fingerprint() for t in self.tasks],
+               build=getattr(self.src.build, "__qualname__", ""), alphas=alphas, **s)
+    path = self.cache / f"gram_pp-{key}.safetensors"
+    if path.is_file():
+        flat, _ = _load(path)
+        self.grams = [{k.split("/", 1)[1]: v for k, v in flat.items() if k.split("/", 1)[0] == str(i)} for i in range(len(self.models))]
+        return
+    self.grams = regmean_pp_grams(self.models, self.tasks, self.src.build, alphas=alphas, **s)
+    STATS["gram_pp"] += 1
+    _save_atomic({f"{i}/{k}": v for i, g in enumerate(self.grams) for k, v in g.items()}, path,
+                 dict(kind="gram_pp", models=[str(c.name) for c in self.models], **s))
+
+# %% ../nbs/10_data_aware.ipynb #1633ffe8
+@patch
+def _compute_adamerging(self: _State):
+    s = self._settings("granularity", "init", "lr", "steps", "batch_size", "clamp")
+    self.coef, self.history = _ada_fit(self.models, self.base, self.tasks, self.src.build, seed=self.src.seed, **s)
+
+# %% ../nbs/10_data_aware.ipynb #9505a310
 class _LazyFile:
     "A cached statistics file read one tensor at a time (`in`, `[]`, `get`), so merging streams."
     def __init__(self, path: Path): self.path, self.ck = path, open_model(path)
     def __contains__(self, k) -> bool: return k in self.ck
     def get(self, k: str) -> Tensor | None: return self.ck.get(k) if k in self.ck else None
     __getitem__ = get
-
 
 # %% ../nbs/10_data_aware.ipynb #a7f503d7
 def _linear_order(body: nn.Module, lin: Mapping[str, nn.Linear], sd: Mapping[str, Tensor], net: _Net, task: TaskData) -> list[str]:
@@ -620,6 +685,16 @@ def _block_of(n: str) -> tuple:
     return ("layer", i) if i is not None else ("linear", n)
 
 # %% ../nbs/10_data_aware.ipynb #f8a61fac
+def _merge_block(block: Sequence[str], sds: list[dict], grams: list[dict], merged: dict[str, Tensor],
+                 alphas: Mapping[str, float] | float) -> None:
+    "Merge one block's linears into `merged`: weights by `regmean_solve` with the models' Grams, biases by the mean."
+    for n in block:
+        w, b = _pkey(n, "weight"), _pkey(n, "bias")
+        a = alphas if isinstance(alphas, (int, float)) else alphas.get(w, 0.95)
+        merged[w] = regmean_solve([sd[w] for sd in sds], [g[n] for g in grams], a)
+        if b in sds[0]: merged[b] = sum(sd[b] for sd in sds) / len(sds)
+
+# %% ../nbs/10_data_aware.ipynb #cd2ba57f
 def regmean_pp_grams(models: Sequence[Checkpoint], tasks: Sequence[TaskData], build: Callable = build_mlp, *,
                      granularity: Literal["block", "linear"] = "block", alphas: Mapping[str, float] | float = 0.95,
                      batch_size: int = 32, num_batches: int | None = 8, progress: bool = True) -> list[dict[str, Tensor]]:
@@ -652,11 +727,7 @@ def regmean_pp_grams(models: Sequence[Checkpoint], tasks: Sequence[TaskData], bu
                     for x, _ in t.batches(batch_size, num_batches): STATS["forward"] += 1; torch.func.functional_call(net, ps, (x,))
                 grams[i].update({n: g for n, g in hooks.grams().items()})
         finally: hooks.remove()
-        for n in block:
-            w, b = _pkey(n, "weight"), _pkey(n, "bias")
-            a = alphas if isinstance(alphas, (int, float)) else alphas.get(w, 0.95)
-            merged[w] = regmean_solve([sd[w] for sd in sds], [g[n] for g in grams], a)
-            if b in sds[0]: merged[b] = sum(sd[b] for sd in sds) / len(sds)
+        _merge_block(block, sds, grams, merged, alphas)
         bar.update()
     bar.close()
     return grams
@@ -676,15 +747,18 @@ def _prepare(kind: str):
         return [replace(g, params={**g.params, "_state": state}) for g in groups]
     return prepare
 
+# %% ../nbs/10_data_aware.ipynb #f820c58b
 def _need(state, name: str) -> _State:
     if state is None: raise ConfigError(f"{name} needs its statistics: run it through mergelab.config.merge / merge_config "
                                         "(its prepare pass computes them), not by calling the method on tensors")
     return state.ensure()
 
+# %% ../nbs/10_data_aware.ipynb #d39ac675
 def _mean(tensors, weights=None) -> Tensor:
     w = [1.0] * len(tensors) if weights is None else weights
     return sum(wi * t for wi, t in zip(w, tensors)) / sum(w)
 
+# %% ../nbs/10_data_aware.ipynb #8762d89f
 _DOCS = dict(data="data source: {zoo: NAME, split, n, tasks, seed} or {path: FILE.npz|.safetensors|.pt, build}",
              cache_dir="statistics cache (default: the user cache dir; never an input directory)",
              batch_size=ParamInfo("examples per batch", range=(1, None)),

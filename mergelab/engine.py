@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Literal, Sequence, get_args, get_origin, Union
 import types
 import torch
+from fastcore.basics import patch
 from .io import Checkpoint, MergelabError, ShardedWriter, open_model
 
 # %% auto #0
@@ -59,28 +60,30 @@ class Param:
     @property
     def required(self) -> bool: return self.default is REQUIRED
 
-    def check(self, v: Any, where: str = "", method: str = "") -> Any:
-        "Validate and convert one scalar value (type, choices, range); raise `ConfigError` naming the parameter."
-        at = f" ({where})" if where else ""
-        if self.choices is not None:
-            if v not in self.choices: raise ConfigError(f"parameter {self.name!r}{at}: {v!r} is not one of {list(self.choices)}")
-            return v
-        if self.type is bool:
-            if isinstance(v, bool): return v
-            raise ConfigError(f"parameter {self.name!r}{at}: expected true/false, got {v!r}")
-        if self.type in (float, int):
-            if isinstance(v, bool) or not isinstance(v, (int, float)):
-                raise ConfigError(f"parameter {self.name!r}{at}: expected a number, got {v!r}")
-            if not math.isfinite(v): raise ConfigError(f"parameter {self.name!r}{at}: {v!r} is not finite")
-            if self.type is int and float(v) != int(v): raise ConfigError(f"parameter {self.name!r}{at}: expected an integer, got {v!r}")
-            lo, hi = self.range or (None, None)
-            if (lo is not None and v < lo) or (hi is not None and v > hi):
-                raise ConfigError(f"{method + ': ' if method else ''}parameter {self.name!r}{at} must be in {interval_text(self.range)}, got {v!r}")
-            return self.type(v)
-        if self.type is str:
-            if not isinstance(v, str): raise ConfigError(f"parameter {self.name!r}{at}: expected a string, got {v!r}")
-            return v
+# %% ../nbs/01_engine.ipynb #f79190e0
+@patch
+def check(self: Param, v: Any, where: str = "", method: str = "") -> Any:
+    "Validate and convert one scalar value (type, choices, range); raise `ConfigError` naming the parameter."
+    at = f" ({where})" if where else ""
+    if self.choices is not None:
+        if v not in self.choices: raise ConfigError(f"parameter {self.name!r}{at}: {v!r} is not one of {list(self.choices)}")
         return v
+    if self.type is bool:
+        if isinstance(v, bool): return v
+        raise ConfigError(f"parameter {self.name!r}{at}: expected true/false, got {v!r}")
+    if self.type in (float, int):
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise ConfigError(f"parameter {self.name!r}{at}: expected a number, got {v!r}")
+        if not math.isfinite(v): raise ConfigError(f"parameter {self.name!r}{at}: {v!r} is not finite")
+        if self.type is int and float(v) != int(v): raise ConfigError(f"parameter {self.name!r}{at}: expected an integer, got {v!r}")
+        lo, hi = self.range or (None, None)
+        if (lo is not None and v < lo) or (hi is not None and v > hi):
+            raise ConfigError(f"{method + ': ' if method else ''}parameter {self.name!r}{at} must be in {interval_text(self.range)}, got {v!r}")
+        return self.type(v)
+    if self.type is str:
+        if not isinstance(v, str): raise ConfigError(f"parameter {self.name!r}{at}: expected a string, got {v!r}")
+        return v
+    return v
 
 # %% ../nbs/01_engine.ipynb #a1f0c3d3
 @dataclass(frozen=True)
@@ -130,40 +133,46 @@ class MergeMethod:
         "Apply to one group of tensors with defaults filled in (per-model scalars are broadcast): handy in notebooks."
         kw = self.resolve(params, len(tensors))
         return self.fn(list(tensors), base, **self._extras(kw, params.get("name", ""), params.get("seed", 0)))
-    def resolve(self, given: dict, n: int, where: str = "") -> dict:
-        "Fill defaults, apply presets, check types and ranges, then `validate`; per-model values become lists of length `n`."
-        internal = {k: v for k, v in given.items() if k.startswith("_")}
-        given = {k: v for k, v in given.items() if k not in ("name", "seed") and not k.startswith("_")}
-        problems = [f"{self.name}: unknown parameter {k!r}" + did_you_mean(k, self.params) for k in given
-                    if k not in self.params and k != "preset"]
-        preset = given.get("preset")
-        if preset is not None and preset not in self.presets:
-            problems.append(f"{self.name}: unknown preset {preset!r}; choose from {sorted(self.presets) or 'none'}")
-        values = dict(self.presets.get(preset, {}) if preset else {})
-        values.update({k: v for k, v in given.items() if k in self.params})
-        out = {}
-        for name, p in self.params.items():
-            v = values.get(name, p.default)
-            if v is REQUIRED:
-                problems.append(f"{self.name}: required parameter {name!r} is missing" + (f" ({where})" if where else "")); continue
-            try:
-                if p.per_model:
-                    vs = list(v) if isinstance(v, (list, tuple)) else [v] * n
-                    if len(vs) != n: raise ConfigError(f"{self.name}: parameter {name!r} has {len(vs)} values for {n} models")
-                    out[name] = [p.check(x, where, self.name) for x in vs]
-                else: out[name] = p.check(v, where, self.name)
-            except ConfigError as e: problems.extend(e.problems)
-        if not problems and self.validate is not None:
-            try: self.validate(self.name, out)
-            except ConfigError as e: problems.extend(e.problems)
-        if problems: raise ConfigError(problems)
-        return out | internal
-    def _extras(self, kw: dict, name: str, seed: int | None) -> dict:
-        kw = {("lambda_" if k == "lambda" else k): v for k, v in kw.items()}
-        if "name" in self.wants: kw["name"] = name
-        if "generator" in self.wants: kw["generator"] = tensor_generator(seed, name)
-        return kw
     def __repr__(self): return f"MergeMethod({self.name!r}, params={list(self.params)})"
+
+# %% ../nbs/01_engine.ipynb #79e19fb6
+@patch
+def resolve(self: MergeMethod, given: dict, n: int, where: str = "") -> dict:
+    "Fill defaults, apply presets, check types and ranges, then `validate`; per-model values become lists of length `n`."
+    internal = {k: v for k, v in given.items() if k.startswith("_")}
+    given = {k: v for k, v in given.items() if k not in ("name", "seed") and not k.startswith("_")}
+    problems = [f"{self.name}: unknown parameter {k!r}" + did_you_mean(k, self.params) for k in given
+                if k not in self.params and k != "preset"]
+    preset = given.get("preset")
+    if preset is not None and preset not in self.presets:
+        problems.append(f"{self.name}: unknown preset {preset!r}; choose from {sorted(self.presets) or 'none'}")
+    values = dict(self.presets.get(preset, {}) if preset else {})
+    values.update({k: v for k, v in given.items() if k in self.params})
+    out = {}
+    for name, p in self.params.items():
+        v = values.get(name, p.default)
+        if v is REQUIRED:
+            problems.append(f"{self.name}: required parameter {name!r} is missing" + (f" ({where})" if where else "")); continue
+        try:
+            if p.per_model:
+                vs = list(v) if isinstance(v, (list, tuple)) else [v] * n
+                if len(vs) != n: raise ConfigError(f"{self.name}: parameter {name!r} has {len(vs)} values for {n} models")
+                out[name] = [p.check(x, where, self.name) for x in vs]
+            else: out[name] = p.check(v, where, self.name)
+        except ConfigError as e: problems.extend(e.problems)
+    if not problems and self.validate is not None:
+        try: self.validate(self.name, out)
+        except ConfigError as e: problems.extend(e.problems)
+    if problems: raise ConfigError(problems)
+    return out | internal
+
+# %% ../nbs/01_engine.ipynb #746e4c8d
+@patch
+def _extras(self: MergeMethod, kw: dict, name: str, seed: int | None) -> dict:
+    kw = {("lambda_" if k == "lambda" else k): v for k, v in kw.items()}
+    if "name" in self.wants: kw["name"] = name
+    if "generator" in self.wants: kw["generator"] = tensor_generator(seed, name)
+    return kw
 
 # %% ../nbs/01_engine.ipynb #a1f0c3d4
 METHODS: dict[str, MergeMethod] = {}
