@@ -63,7 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="the main job: merge the shipped zoo, analyse it, write mergelab-demo/index.html")
     d.add_argument("--out", default="mergelab-demo", help="report directory, written atomically (default mergelab-demo)")
     d.add_argument("--quick", action="store_true", help="fewer points and no sweeps (CI)")
-    d.add_argument("--dir", default=".mergelab-demo", help="cache for the demo's tiny Llama checkpoints (default .mergelab-demo)")
+    d.add_argument("--dir", default=".mergelab-demo", help="where the demo writes its tiny Llama merges (default .mergelab-demo)")
     return ap
 
 # %% ../nbs/20_cli.ipynb #6d141e3e

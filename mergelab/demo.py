@@ -14,9 +14,9 @@ import torch
 from .io import MergelabError, OutputExists
 
 # %% auto #0
-__all__ = ['DIGITS_RECIPES', 'VOCAB', 'SEQ', 'DemoError', 'Section', 'Report', 'figure_png', 'merges_section', 'kinship_section',
-           'activations_section', 'lmc_section', 'interference_section', 'task_batch', 'tiny_llama', 'train',
-           'task_loss', 'make_zoo', 'llama_section', 'render_html', 'write_report', 'run_demo']
+__all__ = ['DIGITS_RECIPES', 'DemoError', 'Section', 'Report', 'figure_png', 'merges_section', 'kinship_section',
+           'activations_section', 'lmc_section', 'interference_section', 'llama_section', 'render_html', 'write_report',
+           'run_demo']
 
 # %% ../nbs/21_demo.ipynb #f60ddffd
 class DemoError(MergelabError, ValueError):
@@ -265,93 +265,41 @@ def interference_section(zoo, quick: bool = False, density: float = 0.2) -> Sect
     return Section("interference", "Interference", text, tables={"whole model": model.round(4)}, figures=figs,
                    results=dict(model=model, layer=layer, pairwise=pw))
 
-# %% ../nbs/21_demo.ipynb #542a1a67
-VOCAB, SEQ = 64, 16
-
-def task_batch(task: str, n: int, g: torch.Generator) -> torch.Tensor:
-    "A batch of `n` token sequences for the synthetic task `count` or `echo`."
-    if task == "count":
-        start = torch.randint(0, VOCAB, (n, 1), generator=g)
-        return (start + torch.arange(SEQ)) % VOCAB
-    if task == "echo":
-        half = torch.randint(0, VOCAB, (n, SEQ // 2), generator=g)
-        return torch.cat([half, half], 1)
-    raise ValueError(f"unknown task {task!r}")
-
-def tiny_llama(seed: int = 0):
-    "A 2-block Llama small enough to train on a CPU in seconds."
-    from transformers import LlamaConfig, LlamaForCausalLM
-    torch.manual_seed(seed)
-    return LlamaForCausalLM(LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=SEQ,
-                                        tie_word_embeddings=False))
-
-def train(model, tasks: list[str], steps: int, seed: int, lr: float = 3e-3):
-    "Teacher-forced next-token training on a mix of `tasks`."
-    g = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr)
-    model.train()
-    for i in range(steps):
-        x = torch.cat([task_batch(t, 32 // len(tasks), g) for t in tasks])
-        loss = model(input_ids=x, labels=x).loss
-        opt.zero_grad(); loss.backward(); opt.step()
-    return model.eval()
-
-@torch.no_grad()
-def task_loss(model, task: str, n: int = 64, seed: int = 1234) -> float:
-    "Mean teacher-forced loss on a fixed held-out batch of `task`."
-    x = task_batch(task, n, torch.Generator().manual_seed(seed))
-    return float(model(input_ids=x, labels=x).loss)
-
-# %% ../nbs/21_demo.ipynb #be2bed7c
-def make_zoo(d: Path) -> dict[str, Path]:
-    "Train (or reuse) the tiny Llama base and the two fine-tunes under `d`."
-    from transformers.utils import logging
-    logging.set_verbosity_error(); logging.disable_progress_bar()
-    paths = {n: d / n for n in ("base", "ft_count", "ft_echo")}
-    if all((p / "config.json").exists() for p in paths.values()): return paths
-    base = train(tiny_llama(0), ["count", "echo"], 60, seed=0)
-    base.save_pretrained(paths["base"])
-    for task, seed in (("count", 1), ("echo", 2)):
-        ft = tiny_llama(0); ft.load_state_dict(base.state_dict())
-        train(ft, [task], 80, seed=seed).save_pretrained(paths[f"ft_{task}"])
-    return paths
-
 # %% ../nbs/21_demo.ipynb #d18d408c
 def llama_section(d: Path = Path(".mergelab-demo"), quick: bool = False) -> Section:
-    "Make (or reuse) the tiny Llama zoo under `d`, merge it four ways into sharded HF directories, reload and score them."
+    """Merge the `tiny-llama` zoo's two experts four ways into sharded Hugging Face directories under `d`, reload each
+    with `from_pretrained` and score it, with the base and the experts, on the zoo's held-out sequences."""
     import matplotlib.pyplot as plt
     from mergelab.io import load_with_transformers
     from mergelab.config import merge
+    from mergelab.zoo import load_zoo
+    zoo = load_zoo("tiny-llama")
     d = Path(d); d.mkdir(parents=True, exist_ok=True)
-    paths = make_zoo(d)
-    fts, base = [paths["ft_count"], paths["ft_echo"]], paths["base"]
+    base, fts = zoo.base, [zoo.experts["count"], zoo.experts["echo"]]
     recipes = {"linear": dict(method="linear", weight=[0.5, 0.5]),
                "task_arithmetic": dict(method="task_arithmetic", base=base, weight=[1.0, 1.0], **{"lambda": 0.8}),
                "ties": dict(method="ties", base=base, weight=[1.0, 1.0], density=0.5),
-               "slerp": dict(method="slerp", base=paths["ft_count"], t=0.5)}
-    models = dict(paths)
+               "slerp": dict(method="slerp", base=fts[0], t=0.5)}
+    models = {"base": base, "expert:count": fts[0], "expert:echo": fts[1]}
     for name, r in recipes.items():
         r = dict(r); method = r.pop("method")
-        ins = [paths["ft_echo"]] if name == "slerp" else fts
-        models[f"merge:{name}"] = merge(ins, method, out=d / "merged" / name, overwrite=True, progress=False,
-                                        max_shard_size=200_000, **r)
-    rows = []
+        models[f"merge:{name}"] = merge(fts[1:] if name == "slerp" else fts, method, out=d / "tiny-llama-merges" / name,
+                                        overwrite=True, progress=False, max_shard_size=200_000, **r)
+    rows = {}
     for name, p in models.items():
-        m = load_with_transformers(p)
-        rows.append({"model": name, "count loss": task_loss(m, "count"), "echo loss": task_loss(m, "echo"),
-                     "shards": len(list(Path(p).glob("*.safetensors")))})
-    df = pd.DataFrame(rows).set_index("model")
+        loss = zoo.evaluate(load_with_transformers(p), progress=False).loss
+        rows[name] = {"count loss": loss["count"], "echo loss": loss["echo"], "shards": len(list(Path(p).glob("*.safetensors")))}
+    df = pd.DataFrame(rows).T.rename_axis("model").astype({"shards": int})
     df["mean loss"] = df[["count loss", "echo loss"]].mean(axis=1)
     fig, ax = plt.subplots(figsize=(6, 3.6))
     df[["count loss", "echo loss"]].plot.barh(ax=ax); ax.invert_yaxis()
     ax.set(xlabel="teacher-forced loss on held-out sequences (lower is better)", ylabel="")
-    text = (f"Each fine-tune is best on its own task (count loss {df.loc['ft_count', 'count loss']:.2f} vs "
-            f"{df.loc['ft_echo', 'count loss']:.2f}; echo loss {df.loc['ft_echo', 'echo loss']:.2f} vs "
-            f"{df.loc['ft_count', 'echo loss']:.2f}); the merges, each written as {int(df.shards[4:].min())}+ safetensors "
-            f"shards and reloaded with `from_pretrained`, trade one task for the other. Checkpoints and merges are in `{d.resolve()}`.")
+    text = (f"Each expert is best on its own task (count loss {df.loc['expert:count', 'count loss']:.2f} vs "
+            f"{df.loc['expert:echo', 'count loss']:.2f}; echo loss {df.loc['expert:echo', 'echo loss']:.2f} vs "
+            f"{df.loc['expert:count', 'echo loss']:.2f}); the merges, each written as {int(df.shards[3:].min())}+ safetensors "
+            f"shards and reloaded with `from_pretrained`, trade one task for the other. The merges are in `{(d / 'tiny-llama-merges').resolve()}`.")
     return Section("llama", "Hugging Face checkpoints: a tiny Llama", text, tables={"losses": df.round(3)},
-                   figures={"Loss of the base, the two fine-tunes and the four merges on both tasks.": figure_png(fig)},
+                   figures={"Loss of the base, the two experts and the four merges on both tasks.": figure_png(fig)},
                    results=dict(losses=df, dir=d))
 
 # %% ../nbs/21_demo.ipynb #3059cac4

@@ -17,10 +17,11 @@ from .evaluate import ClassificationTask, evaluate
 
 # %% auto #0
 __all__ = ['DIGITS_DOMAINS', 'DIGITS_SPLITS', 'DIGITS_GENTLE', 'DIGITS_LMC_DEEP', 'MINILM_INSTALL', 'MINILM_MAX_LEN', 'ZOOS',
-           'SMOLLM2_INSTALL', 'SMOLLM2_GGUF', 'SMOLLM2_DOMAINS', 'SMOLLM2_LORA_TARGETS', 'ZooError', 'MLP', 'mlp_arch',
-           'build_mlp', 'digits_data', 'zoo_root', 'ZooModel', 'Zoo', 'zoo_inputs', 'minilm_path', 'text_tasks',
-           'minilm_tokenizer', 'minilm_features', 'build_minilm', 'load_zoo', 'cache_dir', 'smollm2_path',
-           'smollm2_tokenizer', 'build_smollm2', 'smollm2_domains', 'token_ids_hash', 'zoo_delta_activations']
+           'SMOLLM2_INSTALL', 'SMOLLM2_GGUF', 'SMOLLM2_DOMAINS', 'SMOLLM2_LORA_TARGETS', 'TINY_LLAMA_TASKS', 'ZooError',
+           'MLP', 'mlp_arch', 'build_mlp', 'digits_data', 'zoo_root', 'ZooModel', 'Zoo', 'zoo_inputs', 'minilm_path',
+           'text_tasks', 'minilm_tokenizer', 'minilm_features', 'build_minilm', 'load_zoo', 'cache_dir', 'smollm2_path',
+           'smollm2_tokenizer', 'build_smollm2', 'smollm2_domains', 'token_ids_hash', 'zoo_delta_activations',
+           'tiny_llama_batch', 'tiny_llama_data', 'build_tiny_llama']
 
 # %% ../nbs/09_zoo.ipynb #18be99bf
 class ZooError(MergelabError, ValueError):
@@ -528,3 +529,67 @@ def zoo_delta_activations(zoo: Zoo, models: Mapping[str, Any] | None = None, n_p
     df.index.name = "model"
     df.attrs["protocol"] = dict(h="zoo backbone output", n_probes=n_probes * len(tasks))
     return df
+
+# %% ../nbs/09_zoo.ipynb #07308260
+TINY_LLAMA_TASKS = {"count": "each token is the previous one plus 1 (mod the vocabulary), from a random start",
+                    "echo": "a random first half, repeated as the second half"}
+
+def tiny_llama_batch(task: str, n: int, g: torch.Generator, vocab: int = 64, seq_len: int = 16) -> torch.Tensor:
+    "`n` token sequences (an n × `seq_len` LongTensor) of the synthetic task `count` or `echo`, drawn with generator `g`."
+    if task == "count":
+        return (torch.randint(0, vocab, (n, 1), generator=g) + torch.arange(seq_len)) % vocab
+    if task == "echo":
+        if seq_len % 2: raise ZooError(f"echo needs an even sequence length, not {seq_len}")
+        half = torch.randint(0, vocab, (n, seq_len // 2), generator=g)
+        return torch.cat([half, half], 1)
+    raise ZooError(f"unknown tiny-llama task {task!r}; choose one of {list(TINY_LLAMA_TASKS)}")
+
+# %% ../nbs/09_zoo.ipynb #dd76e08c
+def tiny_llama_data(seed: int = 0, vocab: int = 64, seq_len: int = 16, n_train: int = 1024,
+                    n_eval: int = 64) -> dict[str, dict]:
+    """The `tiny-llama` sequences: {task: {"train": LongTensor, "eval": LongTensor}}, no held-out sequence in `train`.
+    `count` has only `vocab` distinct sequences, one per start token: the starts are permuted under `seed` and the first
+    quarter is held out (`eval`: vocab // 4 sequences, `train`: the others). `echo`: `n_eval` held-out sequences, then
+    `n_train` training sequences whose first half is none of theirs, all drawn under `seed`."""
+    starts = torch.randperm(vocab, generator=torch.Generator().manual_seed(seed))
+    count = (starts[:, None] + torch.arange(seq_len)) % vocab
+    k = vocab // 4
+    g = torch.Generator().manual_seed(seed + 1)
+    ev = tiny_llama_batch("echo", n_eval, g, vocab, seq_len)
+    held, tr = {tuple(r) for r in ev[:, :seq_len // 2].tolist()}, []
+    while len(tr) < n_train:
+        tr += [r for r in tiny_llama_batch("echo", n_train, g, vocab, seq_len) if tuple(r[:seq_len // 2].tolist()) not in held]
+    return {"count": dict(train=count[k:], eval=count[:k], description=TINY_LLAMA_TASKS["count"]),
+            "echo": dict(train=torch.stack(tr[:n_train]), eval=ev, description=TINY_LLAMA_TASKS["echo"])}
+
+# %% ../nbs/09_zoo.ipynb #15c16808
+def build_tiny_llama(model: Any, config: Mapping) -> nn.Module:
+    """A `LlamaForCausalLM` (eval mode, fp32) of architecture `config` (a `config.json` dict) holding `model`: a state
+    dict, `Checkpoint`, path, zoo model or `nn.Module`. A loaded zoo's `build` is this with its base's config."""
+    if isinstance(model, nn.Module): return model
+    try: return open_module(model.checkpoint() if isinstance(model, ZooModel) else model, config=config)
+    except IncompatibleModels as e: raise ZooError(f"not a tiny-llama model: {e}") from None
+
+# %% ../nbs/09_zoo.ipynb #dc40a19a
+def _load_tiny_llama(root: Path) -> Zoo:
+    import functools, warnings
+    from mergelab.evaluate import LMTask
+    d = root / "tiny-llama"
+    if not (d / "manifest.json").is_file():
+        raise ZooError(f"zoo 'tiny-llama' not found at {d}; rebuild it (about 5 s) with `python data/zoo/build_tiny_llama.py` "
+                       "from the source tree, or point $MERGELAB_ZOO_DIR at a directory holding tiny-llama/")
+    man = json.loads((d / "manifest.json").read_text())
+    cfg = json.loads((d / "base" / "config.json").read_text())
+    base = ZooModel("base", d / "base", cfg.get("mergelab_zoo", {}))
+    experts = _models(d / "experts")
+    data = tiny_llama_data(man["seed"], man["vocab"], man["seq_len"], man["n_train"], man["n_eval"])
+    changed = [t for t, v in data.items() if token_ids_hash(v["eval"]) != man["tasks"][t]["eval_sha256"]]
+    if changed: warnings.warn(f"tiny-llama: the held-out sequences of {changed} differ from the build's; "
+                              "losses will not match the manifest")
+    build = functools.partial(build_tiny_llama, config={k: v for k, v in cfg.items() if k != "mergelab_zoo"})
+    tasks = {t: LMTask(t, v["eval"], build=build, batch_size=64, meta=dict(description=v["description"]))
+             for t, v in data.items()}
+    return Zoo("tiny-llama", d, man, base, experts, tasks, {},
+               {t: {"train": v["train"], "eval": v["eval"]} for t, v in data.items()}, build=build)
+
+ZOOS["tiny-llama"] = _load_tiny_llama

@@ -1,6 +1,7 @@
 """The shipped digits zoo is what `data/zoo/build_digits.py` builds: a rebuild (about 30 s on one core) reproduces the
 shipped metrics and tensors (all four digits sets: digits, digits-gentle, digits-lmc,
-digits-lmc-deep). Also checks the zoo's size budget and that loading + evaluating it takes seconds."""
+digits-lmc-deep); so is the `tiny-llama` zoo by `data/zoo/build_tiny_llama.py` (about 10 s). Also checks the zoo's
+size budget and that loading + evaluating it takes seconds."""
 import json, subprocess, sys, time
 from pathlib import Path
 import pytest
@@ -63,6 +64,21 @@ def test_rebuild_reproduces_shipped(tmp_path):
         fl = [k for k in a if a[k].is_floating_point()]
         rel = (sum(float((a[k] - b[k]).pow(2).sum()) for k in fl) / sum(float(a[k].pow(2).sum()) for k in fl)) ** 0.5
         assert rel < (0.25 if f.parts[0] == "lmc-deep" else 0.1), (f, rel)   # 6 BN layers: more room to drift
+
+def test_tiny_llama_rebuild_reproduces_shipped(tmp_path):
+    "The rebuild's losses match the manifest's (and what `load_zoo` measures on the shipped files) to 1e-3 nats."
+    from mergelab.zoo import load_zoo
+    out = tmp_path / "tiny-llama"
+    r = subprocess.run([sys.executable, str(ZOO / "build_tiny_llama.py"), str(out)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    new, old = json.loads((out / "manifest.json").read_text()), json.loads((ZOO / "tiny-llama" / "manifest.json").read_text())
+    assert new["tasks"] == old["tasks"]     # the same held-out sequences (hashes)
+    tz = load_zoo("tiny-llama")
+    for m, row in old["loss"].items():
+        measured = tz.evaluate(tz.base if m == "base" else tz.experts[m], progress=False).loss
+        for t, v in row.items():
+            assert abs(new["loss"][m][t] - v) < 1e-3, (m, t, new["loss"][m][t], v)
+            assert abs(measured[t] - v) < 1e-4, (m, t)
 
 def test_minilm_load_and_evaluate():
     "MiniLM experts beat the majority class by >= 10 points; digits + minilm load and score in < 2 min."
