@@ -7,7 +7,7 @@ Needs a separate environment with mergekit (never a test dependency):
     PYTHONPATH=/work/main /work/venvs/mergekit/bin/python benchmarks/parity_mergekit.py
 
 For every method, a few parameter settings, three shapes and fp32/bf16 inputs, it merges the same random tensors with
-both libraries, each with its defaults, and prints the largest absolute difference (0 = bit-exact). mergelab's side follows `engine.merge_group`:
+both libraries, each with its defaults, and prints the largest absolute difference (0 = bit-exact). mergelab's side follows `scheduler.merge_group`:
 inputs are cast to the method's compute dtype, the result back to the input dtype. DARE/DELLA runs seed mergekit's
 global RNG and mergelab's generator with the same seed, so the Bernoulli masks are the same draws.
 """
@@ -15,7 +15,7 @@ from __future__ import annotations
 import sys
 import torch
 from mergekit.merge_methods.api import merge_tensors
-from mergelab.engine import METHODS
+from mergelab.registry import METHODS
 import mergelab.methods  # noqa: F401  (registers the methods)
 
 SHAPES = [(64, 48), (257,), (3, 5, 7)]

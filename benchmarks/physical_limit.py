@@ -26,7 +26,7 @@ merge_bench = importlib.util.module_from_spec(_spec); _spec.loader.exec_module(m
 def copy_job(paths: list[Path], out: Path, threads: int, shard: str) -> int:
     "Read each name from every input and write one copy (the merge's I/O without its math); returns bytes moved."
     from mergelab.io import Checkpoint, ShardedWriter
-    from mergelab.engine import TensorGroup, run_groups
+    from mergelab.scheduler import TensorGroup, run_groups
     cks = [Checkpoint.open(p) for p in paths]
     groups = [TensorGroup(k, [(c, k) for c in cks[1:]], (cks[0], k)) for k in cks[0].keys()]
     moved = 0

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse, sys, time, os
 from pathlib import Path
 from .io import MergelabError, parse_size, current_rss
-from .engine import METHODS, get_method, load_methods, REQUIRED, interval_text
+from .registry import METHODS, get_method, load_methods, REQUIRED, interval_text
 
 # %% auto #0
 __all__ = ['method_table', 'main']
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
             plan = build_plan(args.config, force=True, prepare=False)
             print(f"ok: {plan.method.name}, {len(plan.models)} model(s), {len(plan.groups)} output tensors; "
                   f"estimated peak memory {plan.memory} beyond the interpreter")
-            from mergelab.engine import check_memory, InsufficientMemory
+            from mergelab.memory import check_memory, InsufficientMemory
             try: check_memory(plan.memory)
             except InsufficientMemory as e: print(f"warning: {e}")
         elif args.cmd == "methods":

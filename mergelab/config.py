@@ -13,9 +13,9 @@ from fastcore.basics import patch
 from .io import (Checkpoint, LazyCheckpoint, AdapterCheckpoint, ShardedWriter, MergelabError, IncompatibleModels,
                          CheckpointNotFound, check_output_path, parse_size, open_model, model_names, model_paths,
                          split_adapter_ref)
-from .engine import (ConfigError, MergeMethod, TensorGroup, get_method, execute, chain, REQUIRED,
-                             layer_index, num_layers, LAYER_RE, MemoryEstimate, estimate_memory,
-                             check_memory, using_client)
+from .registry import ConfigError, MergeMethod, get_method, chain, REQUIRED
+from .scheduler import TensorGroup, execute, layer_index, num_layers, LAYER_RE, using_client
+from .memory import MemoryEstimate, estimate_memory, check_memory
 
 # %% auto #0
 __all__ = ['dsl_value', 'parse_dtype', 'MergeConfig', 'Plan', 'build_plan', 'run_plan', 'merge_config', 'merge',
@@ -391,7 +391,7 @@ def _resolve(method: MergeMethod, glob: dict, per_model: list[dict], name: str, 
     bad = [k for layer in sources + per_model for k in layer
            if k not in method.params and k not in ("preset", "seed")]
     for k in dict.fromkeys(bad):
-        from mergelab.engine import did_you_mean
+        from mergelab.registry import did_you_mean
         problems.append(f"{method.name}: unknown parameter {k!r}" + did_you_mean(k, method.params))
     try: return method.resolve(given, len(per_model), where=name)
     except ConfigError as e:

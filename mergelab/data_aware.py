@@ -16,7 +16,8 @@ from fastcore.basics import patch
 import torch.nn.functional as F
 from torch import nn, Tensor
 from .io import Checkpoint, MergelabError, open_model, read_safetensors_header
-from .engine import ConfigError, TensorGroup, merge_method, METHODS, layer_index, ParamInfo
+from .registry import ConfigError, merge_method, METHODS, ParamInfo
+from .scheduler import TensorGroup, layer_index
 from .zoo import Zoo, load_zoo, build_mlp, cache_dir as user_cache_dir
 
 # %% auto #0

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from .io import MergelabError, EvaluationError, open_model, open_module, lower_is_better
-from .engine import run_groups
+from .scheduler import run_groups
 from .masks import tall_compress, tall_reconstruct
 
 # %% auto #0

@@ -10,7 +10,9 @@ from typing import Any, Callable, Sequence
 import numpy as np, pandas as pd, torch
 from .io import (MergelabError, Checkpoint, ShardedWriter, save_checkpoint, CheckpointNotFound, CorruptCheckpoint,
                          UnsafeCheckpoint, IncompatibleModels, OutputExists, UnsafeOutput, OutputNotWritable)
-from .engine import ConfigError, NonFiniteTensor, MissingDependency, InsufficientMemory
+from .registry import ConfigError
+from .scheduler import NonFiniteTensor, MissingDependency
+from .memory import InsufficientMemory
 from .config import merge, merge_config, build_plan
 from .evaluate import EvaluationError
 from .lmc import CurveError, SpecError, NotEquivalent

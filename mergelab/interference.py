@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 from fastcore.basics import patch
 from .io import LazyCheckpoint, MergelabError, open_model, model_names
-from .engine import TensorGroup, map_reduce, layer_index, using_client
+from .scheduler import TensorGroup, map_reduce, layer_index, using_client
 from .methods import sparsify_magnitude, radix_kth_abs, elect_sign
 from .masks import tall_masks
 from .kinship import DeltaSet, DeltaStats, open_deltas, release_heap, intraop_threads

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 from fastcore.basics import patch
 from .io import Checkpoint, AdapterCheckpoint, IncompatibleModels, MergelabError, open_model, model_names
-from .engine import TensorGroup, map_reduce, layer_index
+from .scheduler import TensorGroup, map_reduce, layer_index
 
 # %% auto #0
 __all__ = ['Metric', 'METRICS', 'DeltaStats', 'DeltaSet', 'open_deltas', 'release_heap', 'intraop_threads', 'DeltaStatistics',
@@ -176,7 +176,7 @@ class DeltaStatistics:
 
 def delta_statistics(models: Sequence[Any] | Mapping[str, Any] | DeltaSet, base: Any = None, *, threads: int = 2,
                      progress: bool = True, client: Any = None) -> DeltaStatistics:
-    """One streaming pass (`engine.map_reduce`): the per-tensor sufficient statistics of the N deltas. With `client`
+    """One streaming pass (`scheduler.map_reduce`): the per-tensor sufficient statistics of the N deltas. With `client`
     (a `dask.distributed.Client`) the per-tensor statistics are computed on its workers, which open the checkpoints
     by path; the reduce stays here."""
     ds = open_deltas(models, base)

@@ -6,7 +6,8 @@
 from __future__ import annotations
 import torch
 from torch import Tensor
-from .engine import ConfigError, ParamInfo, merge_method, layer_prepare
+from .registry import ConfigError, ParamInfo, merge_method
+from .scheduler import layer_prepare
 
 # %% auto #0
 __all__ = ['lines_scale', 'lines', 'layer_swap']

@@ -12,7 +12,8 @@ import torch
 from torch import Tensor
 from .io import (Checkpoint, LazyCheckpoint, ShardedWriter, check_compatible, MergelabError, open_model,
                          model_names, model_paths)
-from .engine import ConfigError, ParamInfo, merge_method, TensorGroup, read_group, run_groups
+from .registry import ConfigError, ParamInfo, merge_method
+from .scheduler import TensorGroup, read_group, run_groups
 from .methods import gta_merge, sparsify_magnitude, kth_threshold, ties_prepare, is_float_group, PARAM_INFO
 
 # %% auto #0

@@ -9,7 +9,8 @@ from typing import Callable, Literal, Sequence
 import torch
 from torch import Tensor
 from .io import MergelabError
-from .engine import ConfigError, ParamInfo, TensorGroup, map_reduce, merge_method, read_group, tensor_generator
+from .registry import ConfigError, ParamInfo, merge_method, tensor_generator
+from .scheduler import TensorGroup, map_reduce, read_group
 
 # %% auto #0
 __all__ = ['PARAM_INFO', 'GTA_FAMILY', 'task_arithmetic', 'ties', 'dare_ties', 'dare_linear', 'breadcrumbs', 'breadcrumbs_ties',

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 from fastcore.basics import patch
 from .io import MergelabError, EvaluationError, model_names, score_table, lower_is_better
-from .engine import ConfigError, get_method, did_you_mean
+from .registry import ConfigError, get_method, did_you_mean
 from .config import MergeConfig, build_plan, merge_config, merge
 from .kinship import Metric, kinship_matrix
 

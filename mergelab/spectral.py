@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Literal, Sequence
 import torch
 from torch import Tensor
-from .engine import ParamInfo, merge_method
+from .registry import ParamInfo, merge_method
 from .methods import PARAM_INFO
 
 # %% auto #0

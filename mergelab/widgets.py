@@ -18,7 +18,7 @@ from IPython.display import HTML, display, clear_output
 from fastcore.basics import patch
 from .io import (MergelabError, EvaluationError, adapter_ref, model_names, open_model, open_module, score_table,
                          write_text_atomic)
-from .engine import METHODS, Param, get_method
+from .registry import METHODS, Param, get_method
 from .config import MergeConfig, merge, merge_setting_config
 from .kinship import METRICS, delta_statistics, kinship_matrix, plot_kinship, plot_layer_kinship, layer_matrix, ranked_pairs
 from .activations import plot_embedding
@@ -167,7 +167,7 @@ def widget_value(spec: ParamSpec, w: W.Widget) -> Any:
 def explorer_methods(has_base: bool = True, data: Any = None) -> list[str]:
     """Registry methods a `MergeExplorer` can run: every required parameter has a widget (or is the `data` it was
     given), and the method gets the base it requires."""
-    from mergelab.engine import load_methods
+    from mergelab.registry import load_methods
     out = []
     for name, m in load_methods().items():
         if m.base == "required" and not has_base: continue
@@ -330,7 +330,7 @@ def save_yaml(self: MergeExplorer, path: str | Path | None = None) -> Path:
 # %% ../nbs/15_widgets.ipynb #d3605de0
 @patch
 def _n_layers(self: MergeExplorer) -> int | None:
-    from mergelab.engine import num_layers
+    from mergelab.scheduler import num_layers
     try: return num_layers(open_model(next(iter(self.models.values()))))
     except Exception: return None
 

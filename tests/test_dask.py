@@ -5,7 +5,8 @@ from pathlib import Path
 import pandas as pd, pytest, torch
 distributed = pytest.importorskip("distributed")
 from conftest import make_llama_family, tree_checksums
-from mergelab.engine import dumps_by_path, ConfigError, MissingDependency
+from mergelab.registry import ConfigError
+from mergelab.scheduler import dumps_by_path, MissingDependency
 from mergelab.io import Checkpoint
 from mergelab.config import merge, merge_config
 from mergelab.kinship import kinship_matrix, open_deltas, delta_statistics
@@ -98,7 +99,7 @@ def test_in_memory_models_refused(family, client):
 
 def test_worker_errors_keep_their_class(family, client, tmp_path):
     "A NaN found on a worker raises the same NonFiniteTensor here, naming tensor and model; no output is left."
-    from mergelab.engine import NonFiniteTensor
+    from mergelab.scheduler import NonFiniteTensor
     from mergelab.io import save_checkpoint
     sd = Checkpoint.open(family / "a").state_dict()
     k = next(k for k in sd if k.endswith("mlp.up_proj.weight")); sd[k] = sd[k].clone(); sd[k][0, 0] = float("nan")

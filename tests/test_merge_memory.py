@@ -1,5 +1,5 @@
-"""Acceptance (merge engine): merging three ≈170M-parameter bf16 checkpoints (plus the base) keeps peak RSS under
-2 GB, for TIES with per-tensor top-k and with the model-wide top-k (`topk_scope: model`, two extra streaming passes).
+"""Merging three ≈170M-parameter bf16 checkpoints (plus the base) keeps peak RSS under 2 GB,
+for TIES with per-tensor top-k and with the model-wide top-k (`topk_scope: model`, two extra streaming passes).
 The checkpoints are generated tensor by tensor with the benchmark's generator; each merge runs through the installed
 `mergelab` CLI in a fresh process whose peak RSS (ru_maxrss) is measured."""
 import importlib.util, shutil, subprocess, sys
@@ -69,7 +69,7 @@ def test_estimate_tracks_measured_peak(family46, tmp_path, method, scope, thread
 def test_guard_refuses_before_any_read(tmp_path, monkeypatch):
     "With too little memory available the merge is refused with the estimate and the knobs, before a tensor is read."
     from mergelab.config import merge_config, estimate_peak_memory
-    from mergelab.engine import InsufficientMemory
+    from mergelab.memory import InsufficientMemory
     from mergelab.io import SafetensorsCheckpoint
     from conftest import make_llama_family, tree_checksums
     make_llama_family(tmp_path, ("a", "b"))

@@ -1,5 +1,5 @@
-"""Acceptance (engine issue): every registered method works from Python, YAML and the CLI under the same name, the
-three give identical tensors, and the output loads with transformers' `from_pretrained`."""
+"""Every registered method works from Python, YAML and the CLI under the same name, the three give identical tensors,
+and the output loads with transformers' `from_pretrained`."""
 import contextlib, io
 from pathlib import Path
 import pytest, torch, yaml
@@ -43,7 +43,7 @@ def zoo(tmp_path_factory):
     return make_llama_family(tmp_path_factory.mktemp("zoo"), vocab=96, layers=3, noise=0.02)
 
 def test_registry_is_covered():
-    from mergelab.engine import METHODS
+    from mergelab.registry import METHODS
     from mergelab.data_aware import DATA_METHODS   # need data and a model builder: Python, YAML and CLI in nbs/10_data_aware
     assert set(DATA_METHODS) <= set(METHODS)
     assert sorted(n for n in METHODS if not n.startswith("_") and n not in DATA_METHODS) == sorted(RECIPES)

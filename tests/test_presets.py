@@ -4,7 +4,7 @@ documented row (its registration) for every parameter the user did not give, whe
 value the user gives wins over the preset."""
 import pytest, torch, yaml
 from mergelab.config import build_plan, merge
-from mergelab.engine import load_methods
+from mergelab.registry import load_methods
 from mergelab.search import SearchSpace
 
 METHODS = load_methods()

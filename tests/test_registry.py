@@ -34,7 +34,7 @@ def method_lists(source: str, names: set[str], min_names: int = 3) -> list[str]:
 
 @pytest.fixture(scope="module")
 def registry():
-    from mergelab.engine import load_methods
+    from mergelab.registry import load_methods
     return {n: m for n, m in load_methods().items() if not n.startswith("_")}
 
 def test_detector_can_fail(registry):
@@ -48,9 +48,9 @@ def test_detector_can_fail(registry):
     assert method_lists(fine, names) == []
 
 def test_no_method_name_lists_outside_registrations(registry):
-    from mergelab.engine import METHOD_MODULES
+    from mergelab.registry import METHOD_MODULES
     # in a fresh interpreter: notebook tests run in this process and re-register methods from `__main__`
-    code = "from mergelab.engine import load_methods; print(sorted({m.fn.__module__ for m in load_methods().values()}))"
+    code = "from mergelab.registry import load_methods; print(sorted({m.fn.__module__ for m in load_methods().values()}))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     registering = set(ast.literal_eval(out.strip().splitlines()[-1]))
     assert registering == set(METHOD_MODULES), "METHOD_MODULES must list exactly the modules that register methods"
@@ -74,7 +74,7 @@ def test_every_method_declares_its_facts(registry):
     assert set(DATA_METHODS) == {"fisher", "regmean", "regmean_pp", "adamerging"}
 
 def test_import_mergelab_completes_the_registry():
-    code = ("import json, sys, mergelab, mergelab.engine as e; before = sorted(e.METHODS); "
+    code = ("import json, sys, mergelab, mergelab.registry as e; before = sorted(e.METHODS); "
             "print(json.dumps([before, sorted(e.load_methods())]))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert out.returncode == 0, out.stderr
@@ -82,9 +82,9 @@ def test_import_mergelab_completes_the_registry():
     assert before == after and len(after) >= 32
 
 def test_memory_factors_come_from_registrations(registry):
-    from mergelab.engine import work_factor, chain
-    import mergelab.engine as engine
-    assert not hasattr(engine, "WORK_FACTOR") and not hasattr(engine, "DEFAULT_WORK_FACTOR")
+    from mergelab.registry import work_factor, chain
+    import mergelab.registry as registry_module, mergelab.memory as memory
+    assert not any(hasattr(m, a) for m in (registry_module, memory) for a in ("WORK_FACTOR", "DEFAULT_WORK_FACTOR"))
     assert work_factor("ties") == registry["ties"].work_factor
     c = chain("task_arithmetic", "consensus_mask")
     assert work_factor(c) == max(registry["task_arithmetic"].work_factor, registry["consensus_mask"].work_factor) + 0.5
