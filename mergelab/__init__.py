@@ -8,7 +8,7 @@ __all__ = []
 
 # %% ../nbs/index.ipynb #90ec883f
 from .io import (Checkpoint, task_vector, save_checkpoint, MergelabError, open_model, open_module, open_tokenizer,
-                         model_names, score_table)
+                 model_names, score_table)
 from .registry import METHODS, get_method, merge_method, load_methods
 from .config import merge, merge_config, build_plan, estimate_peak_memory
 from .data_aware import data_source, DataSource, TaskData, adamerging, AdaMergingResult, DATA_METHODS

@@ -15,14 +15,15 @@ from .io import LazyCheckpoint, MergelabError, open_model, model_names
 from .scheduler import TensorGroup, map_reduce, layer_index, using_client
 from .methods import sparsify_magnitude, radix_kth_abs, elect_sign
 from .masks import tall_masks
+from .memory import MemoryEstimate, check_memory, pass_memory
 from .kinship import DeltaSet, DeltaStats, open_deltas, release_heap, intraop_threads
 
 # %% auto #0
 __all__ = ['MEASURES', 'trim', 'sign_counts', 'singular_values', 'singular_task_interference', 'energy_rank',
            'subspace_alignment', 'spectral_flatness', 'model_thresholds', 'TensorInterference',
-           'InterferenceStatistics', 'interference_statistics', 'interference_report', 'sign_conflict_rate',
-           'norm_at_k', 'weight_disentanglement', 'plot_disentanglement', 'plot_interference', 'plot_pairwise',
-           'interference_summary']
+           'InterferenceStatistics', 'interference_memory', 'interference_statistics', 'interference_report',
+           'sign_conflict_rate', 'norm_at_k', 'weight_disentanglement', 'plot_disentanglement', 'plot_interference',
+           'plot_pairwise', 'interference_summary']
 
 # %% ../nbs/07_interference.ipynb #208d7077
 def trim(X: Tensor, density: float, thresholds: Sequence[float | None] | None = None) -> Tensor:
@@ -269,18 +270,33 @@ def per_model(self: InterferenceStatistics) -> pd.DataFrame:
                  (nm, "sar", sum(sars) / len(sars) if sars else math.nan)]
     return pd.DataFrame(rows, columns=["model", "measure", "value"])
 
+# %% ../nbs/07_interference.ipynb #ef841d91
+def interference_memory(ds: DeltaSet, spectral: bool = True, threads: int = 2) -> MemoryEstimate:
+    """The memory guard's estimate for `interference_statistics` over `ds` (nothing is read). Each tensor's measures
+    hold its N deltas in the work dtype several times over (trimmed copies, sign counts, TALL masks, the SVDs):
+    measured 8.9–9.3× those bytes without spectral measures and 11.9× with them (N = 4–8, 1–4 M entries per tensor),
+    taken here as 10× and 12.5×."""
+    factor, item = (12.5 if spectral else 10.0), torch.empty((), dtype=_work_dtype(ds)).element_size()
+    works = [int(factor * len(ds) * ds.base.numel(k) * item) for k in ds.keys]
+    return pass_memory(works, [g.read_bytes for g in ds.groups()], threads,
+                       knobs=["spectral=False", "threads=1", "kinship_matrix(...) for the task-vector geometry alone "
+                              "(it reads large tensors in row blocks)"])
+
 # %% ../nbs/07_interference.ipynb #e9b237dd
 def interference_statistics(models: Any, base: Any = None, *, density: float = 0.2,
                             scope: Literal["tensor", "model"] = "tensor", tall_lambda: float = 0.4,
                             spectral: bool = True, sti_rank: int | None = None, energy: float = 0.95,
-                            threads: int = 2, progress: bool = True, client: Any = None) -> InterferenceStatistics:
+                            threads: int = 2, progress: bool = True, client: Any = None,
+                            force: bool = False) -> InterferenceStatistics:
     """Streaming interference statistics of N models against `base` (or N task vectors with `base=None`): one pass
     over the models (`scope="model"` adds the two radix passes of the model-wide threshold). See the module table for
     the definitions implemented. `client=` (a `dask.distributed.Client`) runs every pass's per-tensor work on its
-    workers (checkpoints travel by path); the reduce stays here and the result equals the local one."""
+    workers (checkpoints travel by path); the reduce stays here and the result equals the local one. The memory guard
+    (`interference_memory`) refuses a pass that would not fit before any read, unless `force`."""
     if scope not in ("tensor", "model"): raise MergelabError(f"scope must be 'tensor' or 'model', got {scope!r}")
     if not 0 < density <= 1: raise MergelabError(f"density must be in (0, 1], got {density}")
     ds = _as_deltas(models, base)
+    check_memory(interference_memory(ds, spectral, threads), force=force, what="interference pass")
     def red(acc, r): acc.append(r); release_heap(); return acc
     with intraop_threads(1), using_client(client):
         thr = model_thresholds(ds, density, threads) if scope == "model" else None

@@ -135,10 +135,12 @@ class StateDictCheckpoint(Checkpoint):
     def _read(self, k): return self._sd[k].detach().cpu()
 
 class LazyCheckpoint(Checkpoint):
-    "A checkpoint whose tensors are computed on demand by `fn(key)`; used for task vectors and views."
-    def __init__(self, meta, fn: Callable[[str], torch.Tensor], name="lazy", config=None, path=None):
+    """A checkpoint whose tensors are computed on demand by `fn(key)`; used for task vectors and views. `rows_fn(key,
+    start, stop)`, when given, computes a row range alone (see `get_rows`)."""
+    def __init__(self, meta, fn: Callable[[str], torch.Tensor], name="lazy", config=None, path=None,
+                 rows_fn: Callable[[str, int, int], torch.Tensor] | None = None):
         super().__init__(meta, name)
-        self._fn, self.config, self.path = fn, config, path
+        self._fn, self._rows_fn, self.config, self.path = fn, rows_fn, config, path
     def _read(self, k): return self._fn(k)
 
 # %% ../nbs/00_io.ipynb #fc7ab48e
@@ -322,8 +324,11 @@ def apply_adapter(base: Any, adapter: Any, scale: float = 1.0) -> Checkpoint:
     def fn(k):
         b = base.get(k)
         return b if k not in targets else (b.float() + scale * ad.delta(k)).to(b.dtype)
+    def rows_fn(k, start, stop):
+        b = base.get_rows(k, start, stop)
+        return b if k not in targets else (b.float() + scale * ad.delta_rows(k, start, stop)).to(b.dtype)
     meta = {k: (base.shape(k), base.dtype(k)) for k in base.keys()}
-    out = LazyCheckpoint(meta, fn, name=f"{base.name}+{ad.name}", config=base.config, path=base.path)
+    out = LazyCheckpoint(meta, fn, name=f"{base.name}+{ad.name}", config=base.config, path=base.path, rows_fn=rows_fn)
     out.adapter, out.base = ad, base          # analyses read the low-rank delta directly when their base is this one
     return out
 
@@ -379,6 +384,58 @@ def _open_ref(s: str) -> Checkpoint:
     plus = " (nor a BASE+ADAPTER pair whose two parts exist)" if "+" in s else ""
     raise CheckpointNotFound(f"{s}: no such file or directory{plus}, and not a model id in the local Hugging Face cache; "
                              "mergelab never downloads: fetch it first (e.g. `huggingface-cli download`) and pass the folder")
+
+# %% ../nbs/00_io.ipynb #a6a63e28
+@patch
+def rows(self: Checkpoint, k: str) -> int:
+    "Number of rows of tensor `k`: its first dimension (1 for a 0-d tensor)."
+    s = self.shape(k)
+    return s[0] if s else 1
+
+@patch
+def get_rows(self: Checkpoint, k: str, start: int, stop: int, dtype: torch.dtype | None = None) -> torch.Tensor:
+    "Rows `start:stop` of tensor `k` along its first dimension (a 0-d tensor is one row), optionally cast to `dtype`."
+    n = self.rows(self._check(k))
+    start, stop = max(0, min(start, n)), max(0, min(stop, n))
+    t = self._read_rows(k, start, max(start, stop))
+    return t if dtype is None or t.dtype == dtype else t.to(dtype)
+
+@patch
+def _read_rows(self: Checkpoint, k: str, start: int, stop: int) -> torch.Tensor:
+    t = self._read(k)
+    return (t.reshape(1) if t.dim() == 0 else t)[start:stop]
+
+@patch
+def _read_rows(self: StateDictCheckpoint, k: str, start: int, stop: int) -> torch.Tensor:
+    t = self._sd[k].detach()
+    return (t.reshape(1) if t.dim() == 0 else t)[start:stop].cpu()
+
+@patch
+def _read_rows(self: LazyCheckpoint, k: str, start: int, stop: int) -> torch.Tensor:
+    if self._rows_fn is not None: return self._rows_fn(k, start, stop)
+    t = self._fn(k)
+    return (t.reshape(1) if t.dim() == 0 else t)[start:stop]
+
+# %% ../nbs/00_io.ipynb #c08ef4ad
+@patch
+def _read_rows(self: SafetensorsCheckpoint, k: str, start: int, stop: int) -> torch.Tensor:
+    "One positional read of just the bytes of rows `start:stop` (a safetensors tensor is row-major)."
+    f, (b, e) = self._where[k]
+    shape, dtype = self._meta[k]
+    row = (e - b) // self.rows(k)
+    buf = torch.empty((stop - start) * row, dtype=torch.uint8)
+    if len(buf):
+        n = os.preadv(self._fd(f), [memoryview(buf.numpy())], b + start * row)
+        if n != len(buf): raise CorruptCheckpoint(f"{f}: short read of tensor {k!r} ({n} of {len(buf)} bytes); the file changed or is truncated")
+    return buf.view(dtype).reshape(stop - start, *shape[1:])
+
+@patch
+def delta_rows(self: AdapterCheckpoint, k: str, start: int, stop: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    "Rows `start:stop` of the dense ΔW for base key `k`, computed from those rows alone: B[rows]·A·(α/r)."
+    p = self._pairs[k]
+    if self.adapter_config.get("fan_in_fan_out"):                     # ΔW = (B·A)ᵀ: its rows are columns of A
+        return ((self.get(p["B"], dtype) @ self.get(p["A"], dtype)[:, start:stop]) * self.scaling(k)).T
+    return (self.get_rows(p["B"], start, stop, dtype) @ self.get(p["A"], dtype)) * self.scaling(k)
 
 # %% ../nbs/00_io.ipynb #42fe520c
 TOKENIZER_FILES = ("tokenizer_config.json", "special_tokens_map.json", "tokenizer.json", "tokenizer.model",

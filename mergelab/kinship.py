@@ -11,13 +11,14 @@ import pandas as pd
 import torch
 from torch import Tensor
 from fastcore.basics import patch
-from .io import Checkpoint, AdapterCheckpoint, IncompatibleModels, MergelabError, open_model, model_names
+from .io import Checkpoint, AdapterCheckpoint, IncompatibleModels, MergelabError, open_model, model_names, parse_size, current_rss
 from .scheduler import TensorGroup, map_reduce, layer_index
+from .memory import MemoryEstimate, available_memory, check_memory, pass_memory
 
 # %% auto #0
 __all__ = ['Metric', 'METRICS', 'DeltaStats', 'DeltaSet', 'open_deltas', 'release_heap', 'intraop_threads', 'DeltaStatistics',
-           'delta_statistics', 'kinship_matrix', 'kinship', 'plot_kinship', 'plot_layer_kinship', 'layer_matrix',
-           'ranked_pairs']
+           'statistics_block', 'RowBlock', 'statistics_memory', 'delta_statistics', 'kinship_matrix', 'kinship',
+           'plot_kinship', 'plot_layer_kinship', 'layer_matrix', 'ranked_pairs']
 
 # %% ../nbs/04_kinship.ipynb #e6a435b2
 Metric = Literal["pcc", "cosine", "abs_cosine", "euclidean"]
@@ -34,19 +35,21 @@ class DeltaStats:
 
     @staticmethod
     def of(X: Tensor) -> "DeltaStats":
-        "Statistics of the rows of `X` (N × n, one flattened delta per row)."
-        X = X.reshape(X.shape[0], -1).double()
-        n = X.shape[1]
-        if n == 0: return DeltaStats.zeros(X.shape[0])
-        block = max(1 << 16, (1 << 22) // X.shape[0])                # columns per block: temporaries ≤ 32 MiB
-        if n > block:                                                # exact union of column blocks (`__add__`)
-            out = DeltaStats.zeros(X.shape[0])
-            for i in range(0, n, block): out = out + DeltaStats.of(X[:, i:i + block])
-            return out
-        mean = X.mean(1)
-        D = torch.stack([(X - x).square_().sum(1) for x in X])      # direct Σ(δᵢ − δⱼ)², no Gram cancellation
-        Xc = X - mean[:, None]
-        return DeltaStats(n, mean, X @ X.T, Xc @ Xc.T, D)
+        """Statistics of the rows of `X` (N × n, one flattened delta per row), computed in float64 over column blocks
+        in one reused workspace (≤ 3 × 32 MiB; float64 input is not copied) and combined exactly (`__add__`)."""
+        X = X.reshape(X.shape[0], -1)
+        (N, n), out = X.shape, DeltaStats.zeros(X.shape[0])
+        block = max(1 << 16, (1 << 22) // max(N, 1))
+        ws = torch.empty(3, N, min(n, block), dtype=torch.float64)      # the block, a difference, the centred block
+        for i in range(0, n, block):
+            w = min(block, n - i)
+            x = X[:, i:i + w] if X.dtype == torch.float64 else ws[0, :, :w].copy_(X[:, i:i + w])
+            mean, D = x.mean(1), torch.zeros(N, N, dtype=torch.float64)
+            for j in range(N - 1):                                   # direct Σ(δᵢ − δⱼ)², no Gram cancellation, i < j
+                D[j, j + 1:] = D[j + 1:, j] = torch.sub(x[j + 1:], x[j], out=ws[1, :N - 1 - j, :w]).square_().sum(1)
+            xc = torch.sub(x, mean[:, None], out=ws[2, :, :w])
+            out = out + DeltaStats(w, mean, x @ x.T, xc @ xc.T, D)
+        return out
 
     @staticmethod
     def zeros(N: int, n: int = 0) -> "DeltaStats":
@@ -100,20 +103,28 @@ class DeltaSet:
         "One `TensorGroup` per shared tensor name (models as inputs, the base as base) for the engine."
         return [TensorGroup(k, [(v, k) for v in self.views], (self.base, k)) for k in self.keys]
 
-    def read(self, g: TensorGroup | str, dtype: torch.dtype = torch.float64) -> Tensor:
-        "The N flattened deltas of one tensor name (N × numel): each model read once, the base at most once."
+    def read(self, g: TensorGroup | str, dtype: torch.dtype = torch.float64, rows: tuple[int, int] | None = None) -> Tensor:
+        """The N flattened deltas of one tensor name (N × numel), or of its rows `start:stop` only (`rows`, read with
+        `Checkpoint.get_rows`): each model read once, the base at most once."""
         k = g if isinstance(g, str) else g.name
-        N, numel = len(self.names), self.base.numel(k)
-        X, b = torch.empty(N, numel, dtype=dtype), None
+        if rows is None: numel, get = self.base.numel(k), (lambda c: c.get(k))
+        else:
+            n = self.base.rows(k); lo, hi = (max(0, min(r, n)) for r in rows)
+            numel, get = max(0, hi - lo) * self.row_numel(k), (lambda c: c.get_rows(k, lo, hi))
+        X, b = torch.empty(len(self.names), numel, dtype=dtype), None
         for i, (v, ad) in enumerate(zip(self.views, self.adapters)):
             if ad is not None:
-                if k in ad.delta_keys(): X[i] = ad.delta(k, dtype).reshape(-1)
-                else: X[i] = 0
+                if k not in ad.delta_keys(): X[i] = 0
+                else: X[i] = (ad.delta(k, dtype) if rows is None else ad.delta_rows(k, lo, hi, dtype)).reshape(-1)
                 continue
-            if b is None: b = self.base.get(k, dtype).reshape(-1)
-            X[i] = v.get(k, dtype).reshape(-1)
+            if b is None: b = get(self.base).reshape(-1).to(dtype)
+            X[i] = get(v).reshape(-1)                               # cast while copying: no temporary
             X[i] -= b
         return X
+
+    def row_numel(self, k: str) -> int:
+        "Entries per row of tensor `k` (its numel over its first dimension)."
+        return self.base.numel(k) // max(1, self.base.rows(k))
 
 # %% ../nbs/04_kinship.ipynb #0d06eabf
 def open_deltas(models: Sequence[Any] | Mapping[str, Any] | DeltaSet, base: Any = None, *,
@@ -174,16 +185,62 @@ class DeltaStatistics:
             out[l] = out.get(l, DeltaStats.zeros(len(self.names))) + s
         return dict(sorted(out.items()))
 
+
+# %% ../nbs/04_kinship.ipynb #65e7e75c
+def statistics_block(max_memory: int | str | None = None, threads: int = 2) -> int:
+    """Bytes of float64 deltas (N models × a block of rows) that one tensor group of a statistics pass holds at a time.
+    `max_memory` (bytes, or a string such as `"2GB"`) is the whole pass's working-memory budget, by default the smaller
+    of 2 GiB and half the available memory; up to 2·`threads` groups share it, each holding about three blocks (the
+    deltas, their centred copy, the read buffers)."""
+    budget = parse_size(max_memory) if max_memory is not None else min(2 * 2**30, available_memory()[0] // 2)
+    return max(1, budget // (6 * max(1, threads)))
+
+@dataclass(frozen=True)
+class RowBlock:
+    "One work item of a statistics pass: tensor `name`, whole (`rows=None`) or rows `start:stop`, and the bytes it reads."
+    name: str
+    rows: tuple[int, int] | None
+    read_bytes: int
+
+@patch
+def blocks(self: DeltaSet, block: int | None = None) -> list[RowBlock]:
+    """The work items of a pass: each tensor whole when its N float64 deltas fit in `block` bytes, else in row blocks
+    that do (ranged reads; exact, since statistics of disjoint rows combine with `+`). Blocks of one tensor run in
+    parallel like tensors do."""
+    out = []
+    for k in self.keys:
+        n, per_row = self.base.rows(k), 8 * len(self) * max(1, self.row_numel(k))
+        step, row_bytes = (n if block is None else max(1, block // per_row)), (len(self) + 1) * self.base.nbytes(k) // max(1, n)
+        if step >= n: out.append(RowBlock(k, None, (len(self) + 1) * self.base.nbytes(k)))
+        else: out += [RowBlock(k, (s, min(s + step, n)), (min(s + step, n) - s) * row_bytes) for s in range(0, n, step)]
+    return out
+
+
+# %% ../nbs/04_kinship.ipynb #93dc6377
+def statistics_memory(ds: DeltaSet, threads: int = 2, block: int | None = None) -> MemoryEstimate:
+    """The memory guard's estimate for a statistics pass over `ds` (nothing is read): each work item of
+    `ds.blocks(block)` holds about three times its N float64 deltas (the deltas, their centred copy, the read buffers)."""
+    items = ds.blocks(block or statistics_block(None, threads))
+    entries = [ds.base.numel(b.name) if b.rows is None else (b.rows[1] - b.rows[0]) * ds.row_numel(b.name) for b in items]
+    return pass_memory([3 * 8 * len(ds) * e for e in entries], [b.read_bytes for b in items], threads,
+                       knobs=["max_memory= a smaller budget (smaller row blocks)", "threads=1"])
+
+# %% ../nbs/04_kinship.ipynb #4e9dbe7d
 def delta_statistics(models: Sequence[Any] | Mapping[str, Any] | DeltaSet, base: Any = None, *, threads: int = 2,
-                     progress: bool = True, client: Any = None) -> DeltaStatistics:
-    """One streaming pass (`scheduler.map_reduce`): the per-tensor sufficient statistics of the N deltas. With `client`
-    (a `dask.distributed.Client`) the per-tensor statistics are computed on its workers, which open the checkpoints
-    by path; the reduce stays here."""
+                     progress: bool = True, client: Any = None, max_memory: int | str | None = None,
+                     force: bool = False) -> DeltaStatistics:
+    """One streaming pass (`scheduler.map_reduce`): the per-tensor sufficient statistics of the N deltas. A tensor whose
+    N float64 deltas exceed a block (`statistics_block(max_memory, threads)`) is read in row blocks, so peak memory is
+    set by `max_memory`, not by the largest tensor; the memory guard refuses a pass that would not fit before any read
+    (`InsufficientMemory`, unless `force`). With `client` (a `dask.distributed.Client`) the per-tensor statistics are
+    computed on its workers, which open the checkpoints by path; the reduce stays here."""
     ds = open_deltas(models, base)
-    fn = lambda g: (g.name, DeltaStats.of(ds.read(g)))
-    def red(acc, r): acc[r[0]] = r[1]; release_heap(); return acc
+    block = statistics_block(max_memory, threads)
+    check_memory(statistics_memory(ds, threads, block), force=force, what="statistics pass")
+    fn = lambda b: (b.name, DeltaStats.of(ds.read(b.name, rows=b.rows)))
+    def red(acc, r): acc[r[0]] = acc[r[0]] + r[1] if r[0] in acc else r[1]; release_heap(); return acc
     with intraop_threads(1):
-        tensors = map_reduce(ds.groups(), fn, red, {}, threads=threads, progress="kinship" if progress else False,
+        tensors = map_reduce(ds.blocks(block), fn, red, {}, threads=threads, progress="kinship" if progress else False,
                              client=client)
     return DeltaStatistics(ds.names, tensors)
 
@@ -198,14 +255,16 @@ def _tidy(names: list[str], items: dict, metric: str, col: str) -> pd.DataFrame:
 
 def kinship_matrix(models: Sequence[Any] | Mapping[str, Any] | DeltaSet | DeltaStatistics, base: Any = None,
                    metric: Metric = "pcc", by: Literal["layer", "tensor"] | None = None, *, threads: int = 2,
-                   progress: bool = True, client: Any = None) -> pd.DataFrame:
+                   progress: bool = True, client: Any = None, max_memory: int | str | None = None,
+                   force: bool = False) -> pd.DataFrame:
     """Model kinship (Hu et al. 2024, arXiv:2410.12613) of N models against `base`, exact over all shared parameters,
     from one streaming pass. `metric`: `pcc` (Pearson), `cosine` (signed), `abs_cosine` (|cos|, the reference code's
     CS), `euclidean` (‖δᵢ − δⱼ‖₂, a *distance*). `by=None`: the N × N matrix (index and columns = model names);
     `by="layer"`/`"tensor"`: a tidy table (layer|tensor, model_a, model_b, metric, value, numel), every ordered pair.
-    `client=`: the pass runs on dask workers (see `delta_statistics`), same result."""
+    `client=`: the pass runs on dask workers; `max_memory=`: its working-memory budget (see `delta_statistics`)."""
     if metric not in METRICS: raise MergelabError(f"unknown kinship metric {metric!r}; choose from {list(METRICS)}")
-    st = models if isinstance(models, DeltaStatistics) else delta_statistics(models, base, threads=threads, progress=progress, client=client)
+    st = models if isinstance(models, DeltaStatistics) else delta_statistics(
+        models, base, threads=threads, progress=progress, client=client, max_memory=max_memory, force=force)
     if by is None:
         df = pd.DataFrame(st.total().metric(metric).numpy(), index=st.names, columns=st.names)
         df.index.name, df.columns.name = "model_a", "model_b"
@@ -215,10 +274,11 @@ def kinship_matrix(models: Sequence[Any] | Mapping[str, Any] | DeltaSet | DeltaS
     if by == "tensor": return _tidy(st.names, st.tensors, metric, "tensor")
     raise MergelabError(f"by must be None, 'layer' or 'tensor', got {by!r}")
 
-def kinship(a: Any, b: Any, base: Any, metric: Metric = "pcc", *, threads: int = 2, progress: bool = True) -> float:
+def kinship(a: Any, b: Any, base: Any, metric: Metric = "pcc", *, threads: int = 2, progress: bool = True,
+            max_memory: int | str | None = None) -> float:
     "Kinship of two models against `base` (one pass over both); see `kinship_matrix`."
     ds = open_deltas([a, b], base, names=["a", "b"])
-    return float(kinship_matrix(ds, metric=metric, threads=threads, progress=progress).iloc[0, 1])
+    return float(kinship_matrix(ds, metric=metric, threads=threads, progress=progress, max_memory=max_memory).iloc[0, 1])
 
 # %% ../nbs/04_kinship.ipynb #8328aa56
 def plot_kinship(matrix: pd.DataFrame, kind: Literal["heatmap", "clustermap"] = "heatmap", ax=None, **kw):

@@ -10,12 +10,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 import torch
-from .io import MergelabError
+from .io import MergelabError, current_rss
 from .registry import MergeMethod, work_factor
 from .scheduler import TensorGroup
 
 # %% auto #0
-__all__ = ['InsufficientMemory', 'available_memory', 'MemoryEstimate', 'estimate_memory', 'check_memory']
+__all__ = ['InsufficientMemory', 'available_memory', 'MemoryEstimate', 'scheduled_peak', 'estimate_memory', 'check_memory',
+           'pass_memory']
 
 # %% ../nbs/01b_memory.ipynb #0b01f882
 class InsufficientMemory(MergelabError, MemoryError):
@@ -92,7 +93,7 @@ def _group_work(g: TensorGroup, factor: float, dtype, compute_dtype, out_dtype, 
     out = e * _isize(out_dtype or work_dt)
     return read + cast + up + int(factor * cin) + out, out, cin
 
-def _scheduled_peak(works: list[int], outs: list[int], sizes: list[int], threads: int, budget: int | None) -> int:
+def scheduled_peak(works: list[int], outs: list[int], sizes: list[int], threads: int, budget: int | None) -> int:
     """Replay `run_groups`' admission rule: the most memory held by the groups in flight at once. glibc gives each
     thread its own heap arena and keeps what it freed, so every worker thread holds up to the largest group's peak."""
     budget = budget or max(sizes, default=1)
@@ -116,17 +117,16 @@ def estimate_memory(groups: Sequence[TensorGroup], method: MergeMethod, *, threa
     flight under `run_groups`' byte budget (inputs read, casts, the method's working copies (its `work_factor`), the
     output), a model-wide `prepare` pass (`topk_scope="model"`), and the merged tensors held: the shard buffer of
     the writer, or the whole state dict with `collect=True`."""
-    from mergelab.io import current_rss
     f, fp32 = work_factor(method), method.compute == "fp32"
     rows = [_group_work(g, f, dtype, compute_dtype, out_dtype, fp32) for g in groups]
     works, outs, cins = [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]
     sizes = [g.read_bytes for g in groups]
-    parts = {"working set": _scheduled_peak(works, outs, sizes, threads, budget)}
+    parts = {"working set": scheduled_peak(works, outs, sizes, threads, budget)}
     knobs = []
     if any(g.params.get("topk_scope") == "model" and g.params.get("use_ties", True) for g in groups):
         pw = [s + 3 * c for s, c in zip(sizes, cins)]
         n = max((len(g.inputs) for g in groups), default=0)
-        parts["prepare pass"] = _scheduled_peak(pw, [0] * len(pw), sizes, threads, budget) + 4 * n * 65536 * 8
+        parts["prepare pass"] = scheduled_peak(pw, [0] * len(pw), sizes, threads, budget) + 4 * n * 65536 * 8
         knobs.append("topk_scope='tensor' (no model-wide pass)")
     total_out = sum(outs)
     if collect:
@@ -148,3 +148,11 @@ def check_memory(est: MemoryEstimate, available: int | None = None, *, force: bo
                                  f"{_gib(available)} is available ({src}). Lower it with: " + "; ".join(est.knobs) +
                                  "; or pass force=True / --force to run anyway")
     return est
+
+# %% ../nbs/01b_memory.ipynb #da52e23a
+def pass_memory(works: Sequence[int], sizes: Sequence[int], threads: int = 2, *, knobs: Sequence[str] = (),
+                budget: int | None = None) -> MemoryEstimate:
+    """The memory guard's estimate for a streaming analysis pass (nothing is read): `works[i]` bytes are held while work
+    item i is processed and `sizes[i]` are what it reads (`run_groups`' admission rule, replayed by `scheduled_peak`)."""
+    peak = scheduled_peak(list(works), [0] * len(works), list(sizes), threads, budget)
+    return MemoryEstimate({"working set": peak}, process=current_rss(), threads=threads, knobs=list(knobs))
