@@ -12,14 +12,14 @@ import torch, yaml
 from fastcore.basics import patch
 from .io import (Checkpoint, LazyCheckpoint, AdapterCheckpoint, ShardedWriter, MergelabError, IncompatibleModels,
                          CheckpointNotFound, check_output_path, parse_size, open_model, model_names, model_paths,
-                         split_adapter_ref)
+                         split_adapter_ref, short_repr)
 from .registry import ConfigError, MergeMethod, get_method, chain, REQUIRED
-from .scheduler import TensorGroup, execute, layer_index, num_layers, LAYER_RE, using_client
+from .scheduler import TensorGroup, execute, layer_index, num_layers, LAYER_RE, using_client, nonfinite_policy
 from .memory import MemoryEstimate, estimate_memory, check_memory
 
 # %% auto #0
-__all__ = ['dsl_value', 'parse_dtype', 'MergeConfig', 'Plan', 'build_plan', 'run_plan', 'merge_config', 'merge',
-           'estimate_peak_memory', 'merge_setting_config']
+__all__ = ['MAX_CONFIG_BYTES', 'MAX_CONFIG_VALUES', 'MAX_CONFIG_DEPTH', 'dsl_value', 'parse_dtype', 'MergeConfig', 'load_yaml',
+           'Plan', 'build_plan', 'run_plan', 'merge_config', 'merge', 'estimate_peak_memory', 'merge_setting_config']
 
 # %% ../nbs/03_config.ipynb #a7bf4333
 def _is_gradient(v) -> bool: return isinstance(v, (list, tuple)) and len(v) > 0 and not isinstance(v[0], Mapping)
@@ -50,7 +50,7 @@ def parse_dtype(v: Any) -> torch.dtype | None:
     "`'bfloat16'`, `'bf16'`, `torch.bfloat16` or None."
     if v is None or isinstance(v, torch.dtype): return v
     if str(v).removeprefix("torch.") in _DTYPES: return _DTYPES[str(v).removeprefix("torch.")]
-    raise ConfigError(f"unknown dtype {v!r}; use one of {sorted(set(_DTYPES))}")
+    raise ConfigError(f"unknown dtype {short_repr(v)}; use one of {sorted(set(_DTYPES))}")
 
 # %% ../nbs/03_config.ipynb #5872aec5
 @dataclass
@@ -76,6 +76,28 @@ def _rooted(ref: Any, root) -> Any:
     parts = split_adapter_ref(ref, root=root)
     return "+".join(map(at, parts)) if parts else at(str(ref))
 
+# %% ../nbs/03_config.ipynb #e274355a
+MAX_CONFIG_BYTES, MAX_CONFIG_VALUES, MAX_CONFIG_DEPTH = 1 << 20, 100_000, 64
+
+def load_yaml(text: str) -> Any:
+    """YAML text parsed safely and within bounds: at most `MAX_CONFIG_BYTES` of text, and a document that expands (YAML
+    aliases are shared, not copied, so a 1 KB "alias bomb" stands for billions of values) to at most
+    `MAX_CONFIG_VALUES` values, `MAX_CONFIG_DEPTH` levels deep; anything else is a `ConfigError`, raised before any use."""
+    if len(text.encode("utf-8", "replace")) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"the config is {len(text) >> 10} KiB; a merge config is at most {MAX_CONFIG_BYTES >> 10} KiB")
+    try: doc = yaml.safe_load(text)
+    except yaml.YAMLError as e: raise ConfigError(f"config is not valid YAML: {short_repr(str(e), 300)}") from None
+    except RecursionError: raise ConfigError("the config nests deeper than YAML can parse") from None
+    stack, n = [(doc, 0)], 0
+    while stack:
+        v, d = stack.pop(); n += 1
+        if n > MAX_CONFIG_VALUES or d > MAX_CONFIG_DEPTH:
+            raise ConfigError(f"the config expands to more than {MAX_CONFIG_VALUES:,} values or nests deeper than "
+                              f"{MAX_CONFIG_DEPTH} levels (a YAML alias bomb?); refused before use")
+        if isinstance(v, Mapping): stack += [(x, d + 1) for kv in v.items() for x in kv]
+        elif isinstance(v, list): stack += [(x, d + 1) for x in v]
+    return doc
+
 # %% ../nbs/03_config.ipynb #4e3fe04c
 def _read_config(src: Any, root) -> tuple[dict, Any]:
     "A config's mapping and the folder its relative paths resolve against, from a YAML path, YAML text or a mapping."
@@ -85,8 +107,7 @@ def _read_config(src: Any, root) -> tuple[dict, Any]:
         root = root or p.parent
         src = p.read_text()
     if isinstance(src, str):
-        try: src = yaml.safe_load(src)
-        except yaml.YAMLError as e: raise ConfigError(f"config is not valid YAML: {e}") from None
+        src = load_yaml(src)
     if not isinstance(src, Mapping): raise ConfigError(f"config must be a mapping, got {type(src).__name__}")
     return dict(src), root
 
@@ -97,7 +118,7 @@ def _norm_models(models: Any, root, problems: list[str]) -> list[dict]:
     norm = []
     for i, m in enumerate(models):
         if isinstance(m, (str, os.PathLike)): m = {"model": m}
-        if not isinstance(m, Mapping) or "model" not in m: problems.append(f"models[{i}] needs a 'model' entry, got {m!r}"); continue
+        if not isinstance(m, Mapping) or "model" not in m: problems.append(f"models[{i}] needs a 'model' entry, got {short_repr(m)}"); continue
         if m.get("parameters") is not None and not isinstance(m["parameters"], Mapping):
             problems.append(f"models[{i}].parameters must be a mapping"); continue
         norm.append({"model": _rooted(m["model"], root), "parameters": dict(m.get("parameters") or {})})
@@ -147,14 +168,14 @@ def load(cls: MergeConfig, src: Any, root: str | Path | None = None) -> "MergeCo
     unknown = [k for k in d if k not in _TOP_KEYS]
     if unknown: problems.append(f"unknown top-level keys {unknown}; known: {sorted(_TOP_KEYS)}")
     if "merge_method" not in d: problems.append("'merge_method' is missing")
-    elif not isinstance(d["merge_method"], str): problems.append(f"'merge_method' must be a string, got {d['merge_method']!r}")
+    elif not isinstance(d["merge_method"], str): problems.append(f"'merge_method' must be a string, got {short_repr(d['merge_method'])}")
     if ("models" in d) == ("slices" in d): problems.append("give exactly one of 'models' or 'slices'")
     for key in ("parameters",):
         if d.get(key) is not None and not isinstance(d[key], Mapping): problems.append(f"'{key}' must be a mapping")
     norm = _norm_models(d.get("models") or [], root, problems)
     slices = _norm_slices(d.get("slices"), root, problems)
     tok = d.get("tokenizer_source") or (d.get("tokenizer") or {}).get("source") if isinstance(d.get("tokenizer") or {}, Mapping) else None
-    if tok is not None and tok != "base": problems.append(f"tokenizer_source {tok!r} is not supported; use 'base' or truncate_vocab: true")
+    if tok is not None and tok != "base": problems.append(f"tokenizer_source {short_repr(tok)} is not supported; use 'base' or truncate_vocab: true")
     for k in ("dtype", "out_dtype"):
         try: parse_dtype(d.get(k))
         except ConfigError as e: problems.append(f"{k}: {e}")
@@ -187,6 +208,11 @@ def _ref_path(ref) -> Path | None:
     "The folder or file a reference stands on (the base's, for `BASE+ADAPTER`), or None for in-memory models."
     return next(iter(model_paths(ref)), None)
 
+def _input_paths(refs) -> list[Path]:
+    "Every file-system path the model references stand on (base and adapter, symlink targets): what an output must not touch."
+    return [p for r in refs if r is not None for p in model_paths(r)]
+
+
 # %% ../nbs/03_config.ipynb #49cdd23e
 _VOCAB_KEYS = ("vocab_size", "n_vocab")
 
@@ -195,11 +221,16 @@ def _vocab(ck: Checkpoint) -> int | None:
     return next((cfg[k] for k in _VOCAB_KEYS if isinstance(cfg.get(k), int)), None)
 
 # %% ../nbs/03_config.ipynb #9cd4fbe6
+_VOCAB_TENSOR = re.compile(r"(?:^|\.)(?:embed_tokens|wte|word_embeddings|tok_embeddings|embed_in|embed_out|lm_head|"
+                           r"shared|decoder|output)\.weight$")
+
 def _vocab_tensors(cks: list[Checkpoint], names: list[str]) -> list[str]:
-    """Matrices whose shapes differ only along dimension 0 across models: the vocabulary axis (embeddings, LM head).
-    1-D tensors (norms, biases) differing in size are a width mismatch, not a vocabulary one."""
+    """Embedding and LM-head matrices (by name: `embed_tokens`, `wte`, `word_embeddings`, `lm_head`, ...) whose shapes
+    differ only along dimension 0 across models: the vocabulary axis. Any other tensor differing in shape (an MLP
+    weight, a norm) is a width mismatch that vocabulary options must never cut."""
     out = []
     for k in cks[0].keys():
+        if not _VOCAB_TENSOR.search(k): continue
         shapes = [c.shape(k) for c in cks if k in c]
         if len(set(shapes)) > 1 and len(shapes[0]) >= 2 and all(len(s) == len(shapes[0]) and s[1:] == shapes[0][1:] for s in shapes):
             out.append(k)
@@ -334,7 +365,7 @@ def build_plan(cfg: MergeConfig | Mapping | str | Path, *, seed: int | None = No
     donor = _ref_path(cfg.base_model) if base is not None else _ref_path(models_cfg[0]["model"])
     config = (base or models[0]).config
     return Plan(method, groups, models, base, config, donor if donor and donor.is_dir() else None,
-                [p for p in map(_ref_path, [m["model"] for m in cfg.models] + [cfg.base_model]) if p],
+                _input_paths([m["model"] for m in cfg.models] + [cfg.base_model]),
                 parse_dtype(cfg.dtype), parse_dtype(cfg.out_dtype), seed, memory)
 
 # %% ../nbs/03_config.ipynb #326e103e
@@ -462,7 +493,7 @@ def _check_slices(cfg: MergeConfig, method: MergeMethod, opened: dict, problems:
             ck, lr = opened[_key(s["model"])], s["layer_range"]
             L = num_layers(ck)
             if not (isinstance(lr, (list, tuple)) and len(lr) == 2 and all(isinstance(x, int) and not isinstance(x, bool) for x in lr)):
-                problems.append(f"slices[{i}].sources[{j}].layer_range must be two integers [start, end), got {lr!r}"); continue
+                problems.append(f"slices[{i}].sources[{j}].layer_range must be two integers [start, end), got {short_repr(lr)}"); continue
             if not 0 <= lr[0] < lr[1] <= L:
                 problems.append(f"slices[{i}].sources[{j}].layer_range {list(lr)} is outside the model's {L} layers "
                                 f"(half-open, so [0, {L}] is the whole model)"); continue
@@ -525,7 +556,7 @@ def _plan_slices(cfg: MergeConfig, method: MergeMethod, seed, guard) -> Plan:
     donor = _ref_path(cfg.base_model) or _ref_path(first)
     refs = [s["model"] for sl in cfg.slices for s in sl["sources"]] + [cfg.base_model]
     return Plan(method, groups, [c for c in opened.values()], base, config,
-                donor if donor and donor.is_dir() else None, [p for p in map(_ref_path, refs) if p],
+                donor if donor and donor.is_dir() else None, _input_paths(refs),
                 parse_dtype(cfg.dtype), parse_dtype(cfg.out_dtype), seed if seed is not None else cfg.parameters.get("seed"), memory)
 
 # %% ../nbs/03_config.ipynb #22fad8b2
@@ -535,7 +566,7 @@ def run_plan(plan: Plan, out: str | Path | None = None, *, max_shard_size: int |
     """Execute a validated plan into a state dict (`out=None`) or an HF directory written atomically. With `client`
     (a `dask.distributed.Client`) the workers merge tensor by tensor and this process writes the shards, in order."""
     kw = dict(dtype=plan.dtype, out_dtype=plan.out_dtype, compute_dtype=parse_dtype(compute_dtype), seed=plan.seed,
-              on_nonfinite=on_nonfinite)
+              on_nonfinite=nonfinite_policy(on_nonfinite))
     if out is None: return execute(plan.groups, plan.method, threads=threads, progress=progress, client=client, **kw)
     with ShardedWriter(out, max_shard_size, overwrite=overwrite, inputs=plan.inputs, config=plan.config,
                        donor=plan.donor, dtype=plan.out_dtype or plan.dtype) as w:
@@ -548,8 +579,8 @@ def _validated(cfg: MergeConfig, out, overwrite: bool, seed, threads, **guard) -
     "Plan, adding output-path problems to the same error."
     out_problem = []
     if out is not None:
-        try: check_output_path(out, [p for p in map(_ref_path, [m["model"] for m in cfg.models] + [cfg.base_model] +
-                                                    [s["model"] for sl in (cfg.slices or []) for s in sl["sources"]]) if p], overwrite)
+        try: check_output_path(out, _input_paths([m["model"] for m in cfg.models] + [cfg.base_model] +
+                                                [s["model"] for sl in (cfg.slices or []) for s in sl["sources"]]), overwrite)
         except MergelabError as e: out_problem = [f"output: {e}"]
     try: plan = build_plan(cfg, seed=seed, threads=threads, collect=out is None, **guard)
     except ConfigError as e: raise ConfigError(e.problems + out_problem) from None
@@ -563,6 +594,7 @@ def merge_config(config: Any, out: str | Path | None = None, *, overwrite: bool 
     """Run a mergekit-style config (YAML path, YAML text or dict); returns the state dict, or `out` when given.
     `force=True` runs even when the memory guard estimates more than is available; `client=` runs the per-tensor
     map on dask workers (bit-identical output)."""
+    nonfinite_policy(on_nonfinite)
     cfg = MergeConfig.load(config)
     if dtype is not None: cfg.dtype = dtype
     with using_client(client):
@@ -584,6 +616,7 @@ def merge(models: Sequence[Any] | Mapping[str, Any], method: str = "linear", bas
     go in `**params` too). Returns a state dict, or writes an HF directory to `out` and returns it. The memory guard
     refuses a merge estimated to exceed the available memory (`InsufficientMemory`) unless `force=True`; `client=`
     (a `dask.distributed.Client`) merges on its workers, tensor by tensor, with bit-identical output."""
+    nonfinite_policy(on_nonfinite)
     m = chain(method, *[p if isinstance(p, str) else p["method"] for p in postprocess]) if postprocess else get_method(method)
     models = list(model_names(models, what="merge").values())
     glob, per = {}, [{} for _ in models]

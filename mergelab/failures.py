@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 import numpy as np, pandas as pd, torch
 from .io import (MergelabError, Checkpoint, ShardedWriter, save_checkpoint, CheckpointNotFound, CorruptCheckpoint,
-                         UnsafeCheckpoint, IncompatibleModels, OutputExists, UnsafeOutput, OutputNotWritable)
+                         UnsafeCheckpoint, IncompatibleModels, OutputExists, UnsafeOutput, OutputNotWritable,
+                         check_output_path)
 from .registry import ConfigError
 from .scheduler import NonFiniteTensor, MissingDependency
 from .memory import InsufficientMemory
@@ -137,6 +138,47 @@ _FILE_CASES = [
                 'pip install "mergelab[dask]"', _no_dask, "mergelab[dask]"),
 ]
 
+# %% ../nbs/90_failure_modes.ipynb #1e91eff9
+def _index_escape(d):
+    e = d / "escaping"; e.mkdir(exist_ok=True)
+    (e / "model.safetensors.index.json").write_text('{"weight_map": {"lm_head.weight": "../a/model.safetensors"}}')
+    return Checkpoint.open(e)
+
+def _link_out(d):
+    e = d / "link-out"; e.mkdir(exist_ok=True)
+    if not (e / "model.safetensors").is_symlink(): (e / "model.safetensors").symlink_to(d / "a" / "model.safetensors")
+    return Checkpoint.open(e)
+
+def _fifo(d):
+    import os
+    if not (d / "pipe").exists(): os.mkfifo(d / "pipe")
+    return Checkpoint.open(d / "pipe")
+
+_BOMB = "\n".join(["a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1]"] + [f"{c}: &{c} [{', '.join(['*' + p] * 9)}]"
+                                                        for p, c in zip("abcdefgh", "bcdefghi")]) + "\nmerge_method: linear\n"
+
+_HOSTILE_CASES = [
+    FailureCase("empty or root-like output", UnsafeOutput, "an output path that is empty (an unset shell variable), a "
+                "top-level or home folder, or one holding the working directory", "give the merged model a folder of its own",
+                lambda d: check_output_path(""), "empty"),
+    FailureCase("index points outside the model", UnsafeCheckpoint, "a shard index whose weight_map names a file outside "
+                "the model folder (`../`, an absolute path)", "use the model's own index; mergelab reads only its folder",
+                _index_escape, "outside the model folder"),
+    FailureCase("link out of the model folder", UnsafeCheckpoint, "a weights file that is a symlink out of its folder "
+                "(Hugging Face cache links into `blobs` are fine)", "copy the real file into the folder", _link_out, "link out"),
+    FailureCase("special file as a model", UnsafeCheckpoint, "a FIFO, device or socket given as a model path",
+                "give a model file or folder", _fifo, "not a regular file"),
+    FailureCase("YAML alias bomb", ConfigError, "a config whose aliases expand to more than 100,000 values (or > 1 MiB, "
+                "> 64 levels deep)", "write the values out; a merge config is small", lambda d: merge_config(_BOMB), "alias bomb"),
+    FailureCase("unknown on_nonfinite", ConfigError, "on_nonfinite other than 'error', 'warn', 'ignore' (a typo never means warn)",
+                "use one of the three", lambda d: merge([d / "a", d / "b"], "linear", weight=0.5, on_nonfinite="eror",
+                                                       progress=False), "did you mean"),
+    FailureCase("merged value beyond the output dtype", NonFiniteTensor, "a merged value that the out_dtype cannot hold "
+                "(5e5 in float16 is inf; the check sees what is written)", "choose a wider out_dtype (bfloat16, float32)",
+                lambda d: merge([{"w": torch.full((2,), 5e5)}] * 2, "linear", weight=0.5, out_dtype="float16",
+                                progress=False), "NaN/inf"),
+]
+
 # %% ../nbs/90_failure_modes.ipynb #a1acdfe1
 def _sweep(d):
     from mergelab.evaluate import sweep
@@ -225,7 +267,7 @@ _ANALYSIS_CASES = [
 ]
 
 # %% ../nbs/90_failure_modes.ipynb #65622c6f
-FAILURE_CASES: list[FailureCase] = _CONFIG_CASES + _FILE_CASES + _ANALYSIS_CASES
+FAILURE_CASES: list[FailureCase] = _CONFIG_CASES + _FILE_CASES + _HOSTILE_CASES + _ANALYSIS_CASES
 
 # %% ../nbs/90_failure_modes.ipynb #a28c693b
 def run_case(case: FailureCase, d: Path) -> MergelabError:

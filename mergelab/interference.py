@@ -237,6 +237,8 @@ class InterferenceStatistics:
     tensors: list[TensorInterference]
     params: dict
     def _groups(self, by: str | None) -> dict:
+        if by not in (None, "global", "layer", "tensor"):
+            raise MergelabError(f"by must be None, 'layer' or 'tensor', got {str(by)[:40]!r}")
         if by is None or by == "global": return {"all": self.tensors}
         key = (lambda t: t.name) if by == "tensor" else (lambda t: t.layer)
         out: dict = {}
@@ -308,6 +310,7 @@ def interference_statistics(models: Any, base: Any = None, *, density: float = 0
 def interference_report(models: Any, base: Any = None, *, by: Literal["layer", "tensor"] | None = "layer",
                         **kw) -> pd.DataFrame:
     "All measures as a tidy DataFrame (layer|tensor, measure, value); `by=None` for the global values. See `interference_statistics`."
+    if by not in (None, "layer", "tensor"): raise MergelabError(f"by must be None, 'layer' or 'tensor', got {str(by)[:40]!r}")
     return interference_statistics(models, base, **kw).table(by)
 
 # %% ../nbs/07_interference.ipynb #490a8c5a

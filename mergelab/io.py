@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_io.ipynb #7c3c4203
 from __future__ import annotations
-import copy, errno, functools, json, os, re, shutil, struct, tempfile, uuid, math
+import copy, errno, functools, json, os, re, reprlib, shutil, struct, tempfile, uuid, math
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
 import torch
@@ -12,13 +12,13 @@ from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['TOKENIZER_FILES', 'LOSS_METRICS', 'MergelabError', 'CheckpointNotFound', 'CorruptCheckpoint', 'UnsafeCheckpoint',
-           'IncompatibleModels', 'OutputExists', 'UnsafeOutput', 'OutputNotWritable', 'read_safetensors_header',
-           'Checkpoint', 'StateDictCheckpoint', 'LazyCheckpoint', 'SafetensorsCheckpoint', 'TorchCheckpoint',
-           'AdapterCheckpoint', 'apply_adapter', 'split_adapter_ref', 'open_model', 'parse_size', 'check_output_path',
-           'clean_stale_temporaries', 'ShardedWriter', 'save_checkpoint', 'write_text_atomic', 'check_compatible',
-           'TaskVector', 'task_vector', 'adapter_ref', 'model_name', 'model_paths', 'model_names', 'module_from_config',
-           'open_module', 'load_with_transformers', 'open_tokenizer', 'EvaluationError', 'lower_is_better',
-           'score_table', 'current_rss']
+           'IncompatibleModels', 'OutputExists', 'UnsafeOutput', 'OutputNotWritable', 'short_repr',
+           'read_safetensors_header', 'Checkpoint', 'StateDictCheckpoint', 'LazyCheckpoint', 'SafetensorsCheckpoint',
+           'TorchCheckpoint', 'inside_model', 'AdapterCheckpoint', 'apply_adapter', 'split_adapter_ref', 'open_model',
+           'parse_size', 'check_output_path', 'clean_stale_temporaries', 'ShardedWriter', 'save_checkpoint',
+           'write_text_atomic', 'check_compatible', 'TaskVector', 'task_vector', 'adapter_ref', 'model_name',
+           'model_paths', 'model_names', 'module_from_config', 'open_module', 'load_with_transformers',
+           'open_tokenizer', 'EvaluationError', 'lower_is_better', 'score_table', 'current_rss']
 
 # %% ../nbs/00_io.ipynb #f6fda86f
 class MergelabError(Exception):
@@ -44,6 +44,13 @@ class UnsafeOutput(MergelabError, ValueError):
 
 class OutputNotWritable(MergelabError, OSError):
     "The output cannot be written (disk full, read-only target); nothing is left at the target."
+
+# %% ../nbs/00_io.ipynb #027b73a0
+def short_repr(v: Any, width: int = 80) -> str:
+    "`repr(v)` cut to about `width` characters (containers to their first items): what an error message may quote of a user's value."
+    r = reprlib.Repr(); r.maxstring = r.maxother = width; r.maxlist = r.maxtuple = r.maxdict = r.maxset = 6; r.maxlevel = 3
+    s = r.repr(v)
+    return s if len(s) <= width else s[:width - 3] + "..."
 
 # %% ../nbs/00_io.ipynb #074310dd
 _ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -212,6 +219,20 @@ class TorchCheckpoint(StateDictCheckpoint):
         super().__init__(sd, name=str(path), config=config)
         self.path = path
 
+# %% ../nbs/00_io.ipynb #22fe57eb
+def _inside(a: Path, b: Path) -> bool: return a == b or b in a.parents
+
+def _hf_blobs(d: Path) -> Path | None:
+    "The `blobs` folder of a Hugging Face cache snapshot folder `d` (…/models--org--name/snapshots/REV), else None."
+    d = d.resolve()
+    return d.parents[1] / "blobs" if d.parent.name == "snapshots" and len(d.parents) > 1 else None
+
+def inside_model(d: Path, f: Path) -> bool:
+    """Whether file `f`, named by model folder `d`, stays inside it once links are followed (or inside the Hugging Face
+    cache's `blobs`, where snapshot folders legitimately point): an index entry or a link must not read other files."""
+    r, blobs = Path(f).resolve(), _hf_blobs(Path(d))
+    return _inside(r, Path(d).resolve()) or (blobs is not None and _inside(r, blobs))
+
 # %% ../nbs/00_io.ipynb #c188318c
 _INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 _SINGLES = ("model.safetensors", "pytorch_model.bin")
@@ -227,6 +248,9 @@ def _open_index(d: Path, index: Path, config) -> Checkpoint:
     if not isinstance(wm, dict) or not wm: raise CorruptCheckpoint(f"{index}: has no 'weight_map'; the index is damaged, download it again")
     bad = [(k, v) for k, v in wm.items() if not isinstance(v, str) or not v]
     if bad: raise CorruptCheckpoint(f"{index}: weight_map entry {bad[0][0]!r} names {bad[0][1]!r}, not a shard file name in {d}")
+    out = [v for v in set(wm.values()) if Path(v).is_absolute() or ".." in Path(v).parts or not inside_model(d, d / v)]
+    if out: raise UnsafeCheckpoint(f"{index}: weight_map points outside the model folder ({sorted(out)[:2]}); "
+                                   "mergelab reads only the folder's own shards")
     files = {k: d / v for k, v in wm.items()}
     missing = sorted({f.name for f in files.values() if not f.is_file()})
     if missing: raise CheckpointNotFound(f"{index} names shard(s) {missing} that are missing from {d}; "
@@ -249,6 +273,8 @@ def _open_gguf(p: Path) -> Checkpoint:
 # %% ../nbs/00_io.ipynb #15fa45df
 def _open_path(p: Path) -> Checkpoint:
     if not p.exists(): raise CheckpointNotFound(f"{p}: no such file or directory")
+    if not (p.is_file() or p.is_dir()):
+        raise UnsafeCheckpoint(f"{p}: not a regular file or folder (a device, pipe or socket); mergelab reads model files only")
     if p.is_file():
         if p.suffix == ".safetensors": return SafetensorsCheckpoint([p], p)
         if p.suffix in _PICKLE_SUFFIXES: return TorchCheckpoint([p], p)
@@ -261,7 +287,9 @@ def _open_path(p: Path) -> Checkpoint:
     for name in _INDEXES:
         if (p / name).is_file(): return _open_index(p, p / name, config)
     for name in _SINGLES:
-        if (p / name).is_file(): return _open_path(p / name)._with(path=p, config=config)
+        if (p / name).is_file():
+            if not inside_model(p, p / name): raise UnsafeCheckpoint(f"{p / name} is a link out of the model folder")
+            return _open_path(p / name)._with(path=p, config=config)
     found = sorted(x.name for x in p.iterdir())[:10]
     raise CheckpointNotFound(f"{p}: no model.safetensors, shard index or pytorch_model.bin here (found {found})")
 
@@ -451,11 +479,15 @@ def parse_size(s: int | float | str) -> int:
     return int(float(m.group(1)) * (1024 if m.group(3) else 1000) ** " kmgt".index(m.group(2) or " "))
 
 # %% ../nbs/00_io.ipynb #72103f01
-def _inside(a: Path, b: Path) -> bool: return a == b or b in a.parents
-
 def check_output_path(out: str | Path, inputs: Iterable[str | Path | None] = (), overwrite: bool = False) -> Path:
-    "Resolve `out`, refusing a non-empty existing target (unless `overwrite`) and any overlap with an input."
+    """Resolve `out`, refusing a non-empty existing target (unless `overwrite`), any overlap with an input, and an empty
+    or root-like path (a top-level folder, the home folder, or one holding the working directory)."""
+    if not os.fspath(out).strip():
+        raise UnsafeOutput("the output path is empty (an unset shell variable?); give a folder for the merged model")
     out = Path(out).expanduser().resolve()
+    if len(out.parts) <= 2 or out == Path.home().resolve() or _inside(Path.cwd().resolve(), out):
+        raise UnsafeOutput(f"refusing to write a model to {out}: a top-level or home folder, or one holding the working "
+                           "directory, would be replaced; give a folder of its own")
     for i in inputs:
         if i is None: continue
         i = Path(i).expanduser().resolve()
@@ -572,8 +604,8 @@ def commit(self: ShardedWriter) -> Path:
         (self.tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
     self._write_config()
     if self.donor is not None and self.donor.is_dir():
-        for fn in TOKENIZER_FILES:
-            if (self.donor / fn).is_file(): shutil.copy2(self.donor / fn, self.tmp / fn)
+        for fn in TOKENIZER_FILES:                               # only the model's own files, never a link out of it
+            if (self.donor / fn).is_file() and inside_model(self.donor, self.donor / fn): shutil.copy2(self.donor / fn, self.tmp / fn)
     self._place()
     self.committed = True
     return self.out
@@ -582,7 +614,8 @@ def commit(self: ShardedWriter) -> Path:
 @patch
 def _write_config(self: ShardedWriter):
     cfg = self.config
-    if cfg is None and self.donor is not None and (self.donor / "config.json").is_file():
+    if cfg is None and self.donor is not None and (self.donor / "config.json").is_file() \
+            and inside_model(self.donor, self.donor / "config.json"):
         cfg = _read_json(self.donor / "config.json")
     if cfg is None: return
     cfg = dict(cfg)
@@ -760,7 +793,8 @@ def model_name(ref: Any, default: str = "model") -> str:
 # %% ../nbs/00_io.ipynb #ab92dc3b
 def model_paths(ref: Any) -> list[Path]:
     """Every existing file-system path a model reference stands on, base first (`BASE+ADAPTER`: both; a zoo LoRA expert:
-    its base and adapter; a checkpoint: its folder and its adapter's): what an output must never overwrite."""
+    its base and adapter; a checkpoint: its folder and its adapter's; where a folder's files are symlinks, as in a Hugging
+    Face cache snapshot, the folders they point into): what an output must never overwrite."""
     if isinstance(ref, (str, os.PathLike)) and not callable(getattr(ref, "checkpoint", None)):
         s = os.fspath(ref)
         if not s.strip(): return []
@@ -769,7 +803,8 @@ def model_paths(ref: Any) -> list[Path]:
         try: ck = open_model(ref)
         except MergelabError: return []
         cands = [p for p in (ck.path, getattr(getattr(ck, "adapter", None), "path", None)) if p is not None]
-    return [Path(p).expanduser() for p in cands if Path(p).expanduser().exists()]
+    out = [Path(p).expanduser() for p in cands if Path(p).expanduser().exists()]
+    return out + sorted({f.resolve().parent for p in out if p.is_dir() for f in p.iterdir() if f.is_symlink()} - set(out))
 
 # %% ../nbs/00_io.ipynb #2bea11e8
 def model_names(models: Any, names: Iterable[str] | None = None, *, what: str = "models") -> dict[str, Any]:

@@ -10,7 +10,7 @@ from typing import Any, Callable, Literal, Sequence, get_args, get_origin, Union
 import types
 import torch
 from fastcore.basics import patch
-from .io import MergelabError
+from .io import MergelabError, short_repr
 
 # %% auto #0
 __all__ = ['REQUIRED', 'METHODS', 'METHOD_MODULES', 'ConfigError', 'interval_text', 'Param', 'ParamInfo', 'MergeMethod',
@@ -56,22 +56,22 @@ def check(self: Param, v: Any, where: str = "", method: str = "") -> Any:
     "Validate and convert one scalar value (type, choices, range); raise `ConfigError` naming the parameter."
     at = f" ({where})" if where else ""
     if self.choices is not None:
-        if v not in self.choices: raise ConfigError(f"parameter {self.name!r}{at}: {v!r} is not one of {list(self.choices)}")
+        if v not in self.choices: raise ConfigError(f"parameter {self.name!r}{at}: {short_repr(v)} is not one of {list(self.choices)}")
         return v
     if self.type is bool:
         if isinstance(v, bool): return v
-        raise ConfigError(f"parameter {self.name!r}{at}: expected true/false, got {v!r}")
+        raise ConfigError(f"parameter {self.name!r}{at}: expected true/false, got {short_repr(v)}")
     if self.type in (float, int):
         if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise ConfigError(f"parameter {self.name!r}{at}: expected a number, got {v!r}")
-        if not math.isfinite(v): raise ConfigError(f"parameter {self.name!r}{at}: {v!r} is not finite")
-        if self.type is int and float(v) != int(v): raise ConfigError(f"parameter {self.name!r}{at}: expected an integer, got {v!r}")
+            raise ConfigError(f"parameter {self.name!r}{at}: expected a number, got {short_repr(v)}")
+        if not math.isfinite(v): raise ConfigError(f"parameter {self.name!r}{at}: {short_repr(v)} is not finite")
+        if self.type is int and float(v) != int(v): raise ConfigError(f"parameter {self.name!r}{at}: expected an integer, got {short_repr(v)}")
         lo, hi = self.range or (None, None)
         if (lo is not None and v < lo) or (hi is not None and v > hi):
-            raise ConfigError(f"{method + ': ' if method else ''}parameter {self.name!r}{at} must be in {interval_text(self.range)}, got {v!r}")
+            raise ConfigError(f"{method + ': ' if method else ''}parameter {self.name!r}{at} must be in {interval_text(self.range)}, got {short_repr(v)}")
         return self.type(v)
     if self.type is str:
-        if not isinstance(v, str): raise ConfigError(f"parameter {self.name!r}{at}: expected a string, got {v!r}")
+        if not isinstance(v, str): raise ConfigError(f"parameter {self.name!r}{at}: expected a string, got {short_repr(v)}")
         return v
     return v
 

@@ -10,15 +10,15 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Literal, Sequence
+from typing import Any, Callable, Iterable, Literal, Sequence, get_args
 import torch
 from .io import Checkpoint, MergelabError, ShardedWriter, open_model
-from .registry import ConfigError, MergeMethod
+from .registry import ConfigError, MergeMethod, did_you_mean
 
 # %% auto #0
 __all__ = ['Source', 'LAYER_RE', 'NonFinitePolicy', 'NonFiniteTensor', 'TensorGroup', 'read_group', 'layer_index', 'num_layers',
-           'layer_prepare', 'merge_group', 'MissingDependency', 'require_dask', 'using_client', 'open_cached',
-           'dumps_by_path', 'run_groups', 'map_reduce', 'execute']
+           'layer_prepare', 'merge_group', 'nonfinite_policy', 'MissingDependency', 'require_dask', 'using_client',
+           'open_cached', 'dumps_by_path', 'run_groups', 'map_reduce', 'execute']
 
 # %% ../nbs/01a_scheduler.ipynb #95ea1d99
 class NonFiniteTensor(MergelabError, ValueError):
@@ -104,8 +104,16 @@ def merge_group(g: TensorGroup, method: MergeMethod, *, dtype: torch.dtype | Non
     out = method.fn(ts, b, **method._extras(g.params, g.name, seed))
     if tuple(out.shape) != tuple(first.shape):
         raise MergelabError(f"method {method.name} returned shape {list(out.shape)} for {g.name!r}, expected {list(first.shape)}")
+    out = out.to(target)                          # checked as written: a value beyond the output dtype's range is inf
     _finite_check(out, f"merged tensor {g.name!r} ({method.name})", on_nonfinite)
-    return out.to(target)
+    return out
+
+# %% ../nbs/01a_scheduler.ipynb #nfpolicy
+def nonfinite_policy(policy: Any) -> str:
+    "`policy` if it is one of `NonFinitePolicy`'s values, else a `ConfigError` naming them (a typo never means 'warn')."
+    if policy in get_args(NonFinitePolicy): return policy
+    raise ConfigError(f"on_nonfinite must be one of {list(get_args(NonFinitePolicy))}, got {str(policy)[:40]!r}"
+                      + did_you_mean(str(policy), get_args(NonFinitePolicy)))
 
 # %% ../nbs/01a_scheduler.ipynb #66b0da22
 class MissingDependency(MergelabError, ImportError):

@@ -1,0 +1,132 @@
+"""Hostile inputs a new user (or a downloaded folder) can hand to mergelab: every input stays untouched, nothing outside
+a model folder is read or copied, a 1 KB config cannot hang a merge, and a typo or an impossible value is a
+`MergelabError` raised before any heavy work, never a silently different result."""
+import json, os, subprocess, sys, time
+from pathlib import Path
+import pytest, torch
+from safetensors.torch import save_file
+from mergelab.io import MergelabError, UnsafeCheckpoint, UnsafeOutput, check_output_path, open_model
+from mergelab.registry import ConfigError
+from mergelab.scheduler import NonFiniteTensor
+from mergelab.config import merge, merge_config
+
+def model(p: Path, seed: int, extra: dict | None = None, vocab: int = 16) -> Path:
+    p.mkdir(parents=True, exist_ok=True)
+    g = torch.Generator().manual_seed(seed)
+    sd = {"model.embed_tokens.weight": torch.randn(vocab, 4, generator=g),
+          "model.layers.0.mlp.up_proj.weight": torch.randn(8, 4, generator=g), "lm_head.weight": torch.randn(vocab, 4, generator=g)}
+    save_file(sd | (extra or {}), str(p / "model.safetensors"))
+    (p / "config.json").write_text(json.dumps({"model_type": "llama", "vocab_size": vocab}))
+    return p
+
+def adapter(p: Path) -> Path:
+    p.mkdir(parents=True)
+    (p / "adapter_config.json").write_text(json.dumps({"r": 2, "lora_alpha": 2, "peft_type": "LORA"}))
+    save_file({"base_model.model.model.layers.0.mlp.up_proj.lora_A.weight": torch.randn(2, 4),
+               "base_model.model.model.layers.0.mlp.up_proj.lora_B.weight": torch.randn(8, 2)}, str(p / "adapter_model.safetensors"))
+    return p
+
+def files(p: Path) -> dict[str, bytes]:
+    return {str(f.relative_to(p)): f.read_bytes() for f in sorted(p.rglob("*")) if f.is_file()}
+
+@pytest.fixture
+def zoo(tmp_path):
+    return {n: model(tmp_path / n, i) for i, n in enumerate(["base", "a", "b"])} | {"adapter": adapter(tmp_path / "adapter")}
+
+def test_output_in_the_adapter_of_base_plus_adapter_is_refused(zoo):
+    before = files(zoo["adapter"])
+    with pytest.raises(ConfigError, match="overlaps input"):
+        merge([f"{zoo['base']}+{zoo['adapter']}", zoo["a"]], "linear", weight=[0.5, 0.5], out=zoo["adapter"],
+              overwrite=True, progress=False)
+    assert files(zoo["adapter"]) == before
+
+def test_empty_or_root_like_output_is_refused(zoo, tmp_path, monkeypatch):
+    work = tmp_path / "work"; work.mkdir(); (work / "keep.txt").write_text("mine")
+    monkeypatch.chdir(work)
+    for out in ("", "  ", ".", str(work.parent), "/", "/tmp", str(Path.home())):
+        with pytest.raises(ConfigError, match="empty|top-level"):
+            merge([zoo["a"], zoo["b"]], "linear", weight=[0.5, 0.5], out=out, overwrite=True, progress=False)
+    assert files(work) == {"keep.txt": b"mine"}
+    with pytest.raises(UnsafeOutput): check_output_path("", [])
+
+def test_cli_with_an_unset_shell_variable_as_output_leaves_the_folder(zoo, tmp_path):
+    work = tmp_path / "cwd"; work.mkdir(); (work / "keep.txt").write_text("mine")
+    cfg = work / "c.yml"
+    cfg.write_text(f"merge_method: linear\nmodels:\n  - model: {zoo['a']}\n    parameters: {{weight: 0.5}}\n"
+                   f"  - model: {zoo['b']}\n    parameters: {{weight: 0.5}}\n")
+    r = subprocess.run([str(Path(sys.executable).parent / "mergelab"), "merge", str(cfg), "", "--overwrite"], cwd=work,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0 and "empty" in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert sorted(p.name for p in work.iterdir()) == ["c.yml", "keep.txt"]
+
+def test_index_and_links_never_read_outside_the_model(zoo, tmp_path):
+    evil = tmp_path / "evil"; evil.mkdir()
+    for target in ("../a/model.safetensors", str(zoo["a"] / "model.safetensors"), "/etc/passwd"):
+        (evil / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"lm_head.weight": target}}))
+        with pytest.raises(UnsafeCheckpoint, match="outside the model folder"): open_model(evil)
+    linked = tmp_path / "linked"; linked.mkdir()
+    (linked / "model.safetensors").symlink_to(zoo["a"] / "model.safetensors")
+    with pytest.raises(UnsafeCheckpoint, match="link out of the model folder"): open_model(linked)
+    # a Hugging Face cache snapshot links into its blobs: that keeps working, and an output there is refused
+    repo = tmp_path / "hub" / "models--org--m"; blobs, snap = repo / "blobs", repo / "snapshots" / "abc123"
+    blobs.mkdir(parents=True); snap.mkdir(parents=True)
+    for f in ("model.safetensors", "config.json"):
+        (blobs / f"sha-{f}").write_bytes((zoo["a"] / f).read_bytes()); (snap / f).symlink_to(Path("../../blobs") / f"sha-{f}")
+    torch.testing.assert_close(open_model(snap).get("lm_head.weight"), open_model(zoo["a"]).get("lm_head.weight"))
+    with pytest.raises(ConfigError, match="overlaps input"):
+        merge([snap, zoo["b"]], "linear", weight=[0.5, 0.5], out=blobs / "out", progress=False)
+
+def test_special_files_are_refused_before_opening(tmp_path):
+    fifo = tmp_path / "fifo"; os.mkfifo(fifo)
+    for p in (fifo, Path("/dev/zero")):
+        t0 = time.time()
+        with pytest.raises(UnsafeCheckpoint, match="not a regular file"): open_model(p)
+        assert time.time() - t0 < 5
+
+def test_a_tokenizer_linked_out_of_the_donor_is_not_copied(zoo, tmp_path):
+    (tmp_path / "elsewhere").mkdir()
+    secret = tmp_path / "elsewhere" / "secret.json"; secret.write_text('{"secret": 1}')
+    (zoo["base"] / "tokenizer.json").symlink_to(secret)
+    (zoo["base"] / "tokenizer_config.json").write_text('{"model_max_length": 8}')
+    out = merge([zoo["a"], zoo["b"]], "task_arithmetic", base=zoo["base"], weight=[1.0, 1.0], out=tmp_path / "out", progress=False)
+    assert not (out / "tokenizer.json").exists() and (out / "tokenizer_config.json").read_text() == '{"model_max_length": 8}'
+
+def test_alias_bomb_is_refused_quickly_with_a_short_message(zoo):
+    levels = "[&a [1,1,1,1,1,1,1,1,1], " + ", ".join(f"&{c} [{', '.join(['*' + p] * 9)}]" for p, c in zip("abcdefg", "bcdefgh")) + "]"
+    for cfg in (f"merge_method: linear\nmodels:\n  - model: {zoo['a']}\n    parameters:\n      weight: {levels}\n",
+                f"merge_method: {levels}\nmodels:\n  - model: {zoo['a']}\n"):
+        t0 = time.time()
+        with pytest.raises(ConfigError, match="alias bomb") as e: merge_config(cfg, progress=False)
+        assert time.time() - t0 < 5 and len(str(e.value)) < 400
+
+def test_error_messages_quote_values_briefly(zoo):
+    with pytest.raises(ConfigError) as e:
+        merge_config({"merge_method": list(range(10**5)), "models": [str(zoo["a"])]}, progress=False)
+    assert len(str(e.value)) < 400
+    with pytest.raises(ConfigError) as e:
+        merge([zoo["a"], zoo["b"]], "linear", weight=[0.5, 0.5], t="x" * 10**5, progress=False)
+    assert len(str(e.value)) < 600
+
+def test_a_typo_in_on_nonfinite_is_an_error_not_warn(zoo):
+    with pytest.raises(ConfigError, match="did you mean 'error'"):
+        merge([zoo["a"], zoo["b"]], "linear", weight=[0.5, 0.5], on_nonfinite="eror", progress=False)
+
+def test_the_finite_check_sees_the_written_dtype(tmp_path):
+    big = [model(tmp_path / f"m{i}", i, {"model.norm.weight": torch.full((4,), 5e5)}) for i in range(2)]
+    with pytest.raises(NonFiniteTensor, match="model.norm.weight"):      # 5e5 is inf in float16
+        merge(big, "linear", weight=[0.5, 0.5], out_dtype="float16", progress=False)
+
+def test_vocabulary_options_never_cut_other_tensors(tmp_path):
+    a = model(tmp_path / "a", 1, {"model.layers.0.mlp.down_proj.weight": torch.randn(20, 4)}, vocab=18)
+    b = model(tmp_path / "b", 2, {"model.layers.0.mlp.down_proj.weight": torch.randn(18, 4)}, vocab=16)
+    with pytest.raises(MergelabError, match="down_proj"):
+        merge([a, b], "linear", weight=[0.5, 0.5], truncate_vocab=True, progress=False)
+    c = model(tmp_path / "c", 3, {"model.layers.0.mlp.down_proj.weight": torch.randn(18, 4)}, vocab=18)
+    out = merge([c, b], "linear", weight=[0.5, 0.5], truncate_vocab=True, progress=False)   # embeddings only: fine
+    assert out["lm_head.weight"].shape == (16, 4) and out["model.layers.0.mlp.down_proj.weight"].shape == (18, 4)
+
+def test_interference_report_checks_by_before_reading(zoo):
+    from mergelab.interference import interference_report
+    t0 = time.time()
+    with pytest.raises(MergelabError, match="by must be"): interference_report([zoo["a"], zoo["b"]], zoo["base"], by="x")
+    assert time.time() - t0 < 5
