@@ -4,7 +4,7 @@
 
 # %% ../nbs/03_config.ipynb #8345e9b4
 from __future__ import annotations
-import copy, json, math, os, re
+import copy, json, math, os, re, warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -13,13 +13,14 @@ from fastcore.basics import patch
 from .io import (Checkpoint, LazyCheckpoint, AdapterCheckpoint, ShardedWriter, MergelabError, IncompatibleModels,
                          CheckpointNotFound, check_output_path, parse_size, open_model, model_names, model_paths,
                          split_adapter_ref, short_repr)
-from .registry import ConfigError, MergeMethod, get_method, chain, REQUIRED
-from .scheduler import TensorGroup, execute, layer_index, num_layers, LAYER_RE, using_client, nonfinite_policy
+from .registry import ConfigError, MergeMethod, METHODS, get_method, chain, did_you_mean, REQUIRED
+from .scheduler import TensorGroup, execute, layer_index, num_layers, LAYER_RE, using_client, nonfinite_policy, check_threads
 from .memory import MemoryEstimate, estimate_memory, check_memory
 
 # %% auto #0
-__all__ = ['MAX_CONFIG_BYTES', 'MAX_CONFIG_VALUES', 'MAX_CONFIG_DEPTH', 'dsl_value', 'parse_dtype', 'MergeConfig', 'load_yaml',
-           'Plan', 'build_plan', 'run_plan', 'merge_config', 'merge', 'estimate_peak_memory', 'merge_setting_config']
+__all__ = ['MERGEKIT_FLAGS', 'MAX_CONFIG_BYTES', 'MAX_CONFIG_VALUES', 'MAX_CONFIG_DEPTH', 'dsl_value', 'parse_dtype',
+           'MergeConfig', 'load_yaml', 'Plan', 'build_plan', 'run_plan', 'merge_config', 'merge',
+           'estimate_peak_memory', 'merge_setting_config']
 
 # %% ../nbs/03_config.ipynb #a7bf4333
 def _is_gradient(v) -> bool: return isinstance(v, (list, tuple)) and len(v) > 0 and not isinstance(v[0], Mapping)
@@ -43,6 +44,7 @@ def dsl_value(v: Any, name: str, tau: float) -> Any:
 # %% ../nbs/03_config.ipynb #a19ddde9
 _TOP_KEYS = {"merge_method", "base_model", "models", "slices", "parameters", "dtype", "out_dtype", "tokenizer_source",
              "tokenizer", "chat_template", "name", "truncate_vocab", "seed", "compute_dtype", "on_nonfinite", "postprocess"}
+MERGEKIT_FLAGS = frozenset({"int8_mask"})   # mergekit parameters no mergelab method needs (int8_mask: a memory option)
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
            "half": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float64": torch.float64}
 
@@ -421,9 +423,11 @@ def _resolve(method: MergeMethod, glob: dict, per_model: list[dict], name: str, 
                     if v is not REQUIRED: given[pname] = v; break
     bad = [k for layer in sources + per_model for k in layer
            if k not in method.params and k not in ("preset", "seed")]
+    known = {p for m in METHODS.values() for p in m.params} | MERGEKIT_FLAGS
     for k in dict.fromkeys(bad):
-        from mergelab.registry import did_you_mean
-        problems.append(f"{method.name}: unknown parameter {k!r}" + did_you_mean(k, method.params))
+        if k in known:                               # mergekit ignores what a method does not use: community configs run
+            warnings.warn(f"{method.name} does not use parameter {k!r}; ignored (as mergekit does)", stacklevel=2)
+        else: problems.append(f"{method.name}: unknown parameter {short_repr(k, 40)}" + did_you_mean(str(k), method.params))
     try: return method.resolve(given, len(per_model), where=name)
     except ConfigError as e:
         problems.extend(p.replace(f" ({name})", "") for p in e.problems if not any(r in p for r in reported))
@@ -577,6 +581,7 @@ def run_plan(plan: Plan, out: str | Path | None = None, *, max_shard_size: int |
 # %% ../nbs/03_config.ipynb #f7034e94
 def _validated(cfg: MergeConfig, out, overwrite: bool, seed, threads, **guard) -> Plan:
     "Plan, adding output-path problems to the same error."
+    check_threads(threads)
     out_problem = []
     if out is not None:
         try: check_output_path(out, _input_paths([m["model"] for m in cfg.models] + [cfg.base_model] +

@@ -10,7 +10,7 @@ from typing import Any, Callable, Sequence
 import numpy as np, pandas as pd, torch
 from .io import (MergelabError, Checkpoint, ShardedWriter, save_checkpoint, CheckpointNotFound, CorruptCheckpoint,
                          UnsafeCheckpoint, IncompatibleModels, OutputExists, UnsafeOutput, OutputNotWritable,
-                         check_output_path)
+                         InvalidValue, check_output_path)
 from .registry import ConfigError
 from .scheduler import NonFiniteTensor, MissingDependency
 from .memory import InsufficientMemory
@@ -157,6 +157,7 @@ def _fifo(d):
 _BOMB = "\n".join(["a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1]"] + [f"{c}: &{c} [{', '.join(['*' + p] * 9)}]"
                                                         for p, c in zip("abcdefgh", "bcdefghi")]) + "\nmerge_method: linear\n"
 
+# %% ../nbs/90_failure_modes.ipynb #6af7e3ff
 _HOSTILE_CASES = [
     FailureCase("empty or root-like output", UnsafeOutput, "an output path that is empty (an unset shell variable), a "
                 "top-level or home folder, or one holding the working directory", "give the merged model a folder of its own",
@@ -173,6 +174,10 @@ _HOSTILE_CASES = [
     FailureCase("unknown on_nonfinite", ConfigError, "on_nonfinite other than 'error', 'warn', 'ignore' (a typo never means warn)",
                 "use one of the three", lambda d: merge([d / "a", d / "b"], "linear", weight=0.5, on_nonfinite="eror",
                                                        progress=False), "did you mean"),
+    FailureCase("unreadable size or count", InvalidValue, "a max_shard_size or MERGELAB_AVAILABLE_MEMORY that is not a "
+                "size, or threads that is not a positive integer", "write sizes as 2GB, 500MB or a number of bytes; "
+                "threads as a positive integer", lambda d: merge([d / "a", d / "b"], "linear", weight=0.5, threads="2",
+                                                                progress=False), "positive integer"),
     FailureCase("merged value beyond the output dtype", NonFiniteTensor, "a merged value that the out_dtype cannot hold "
                 "(5e5 in float16 is inf; the check sees what is written)", "choose a wider out_dtype (bfloat16, float32)",
                 lambda d: merge([{"w": torch.full((2,), 5e5)}] * 2, "linear", weight=0.5, out_dtype="float16",

@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_io.ipynb #7c3c4203
 from __future__ import annotations
-import copy, errno, functools, json, os, re, reprlib, shutil, struct, tempfile, uuid, math
+import copy, ctypes, errno, functools, glob, json, os, re, reprlib, shutil, struct, tempfile, uuid, math
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
 import torch
@@ -12,13 +12,14 @@ from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['TOKENIZER_FILES', 'LOSS_METRICS', 'MergelabError', 'CheckpointNotFound', 'CorruptCheckpoint', 'UnsafeCheckpoint',
-           'IncompatibleModels', 'OutputExists', 'UnsafeOutput', 'OutputNotWritable', 'short_repr',
+           'IncompatibleModels', 'OutputExists', 'UnsafeOutput', 'OutputNotWritable', 'InvalidValue', 'short_repr',
            'read_safetensors_header', 'Checkpoint', 'StateDictCheckpoint', 'LazyCheckpoint', 'SafetensorsCheckpoint',
            'TorchCheckpoint', 'inside_model', 'AdapterCheckpoint', 'apply_adapter', 'split_adapter_ref', 'open_model',
-           'parse_size', 'check_output_path', 'clean_stale_temporaries', 'ShardedWriter', 'save_checkpoint',
-           'write_text_atomic', 'check_compatible', 'TaskVector', 'task_vector', 'adapter_ref', 'model_name',
-           'model_paths', 'model_names', 'module_from_config', 'open_module', 'load_with_transformers',
-           'open_tokenizer', 'EvaluationError', 'lower_is_better', 'score_table', 'current_rss']
+           'parse_size', 'check_output_path', 'temporary_sibling', 'clean_stale_temporaries', 'exchange_paths',
+           'ShardedWriter', 'save_checkpoint', 'write_text_atomic', 'check_compatible', 'TaskVector', 'task_vector',
+           'adapter_ref', 'model_name', 'model_paths', 'model_names', 'module_from_config', 'open_module',
+           'load_with_transformers', 'open_tokenizer', 'EvaluationError', 'lower_is_better', 'score_table',
+           'current_rss']
 
 # %% ../nbs/00_io.ipynb #f6fda86f
 class MergelabError(Exception):
@@ -44,6 +45,9 @@ class UnsafeOutput(MergelabError, ValueError):
 
 class OutputNotWritable(MergelabError, OSError):
     "The output cannot be written (disk full, read-only target); nothing is left at the target."
+
+class InvalidValue(MergelabError, ValueError):
+    "An argument or setting that cannot be read as what it must be (a size, a thread count, an option)."
 
 # %% ../nbs/00_io.ipynb #027b73a0
 def short_repr(v: Any, width: int = 80) -> str:
@@ -137,6 +141,8 @@ class StateDictCheckpoint(Checkpoint):
     def __init__(self, sd: Mapping[str, torch.Tensor], name: str = "state_dict", config: dict | None = None):
         bad = [k for k, v in sd.items() if not isinstance(v, torch.Tensor)]
         if bad: raise IncompatibleModels(f"{name}: values of {bad[:5]} are not tensors")
+        odd = [k for k, v in sd.items() if v.layout != torch.strided or v.is_meta]
+        if odd: raise IncompatibleModels(f"{name}: {odd[:3]} are sparse or meta tensors (no data); give dense tensors")
         super().__init__({k: (tuple(v.shape), v.dtype) for k, v in sd.items()}, name)
         self._sd, self.config = sd, config
     def _read(self, k): return self._sd[k].detach().cpu()
@@ -240,7 +246,8 @@ _PICKLE_SUFFIXES = (".bin", ".pt", ".pth")
 
 def _read_json(p: Path) -> dict:
     try: return json.loads(p.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e: raise CorruptCheckpoint(f"{p}: not valid JSON ({e})") from None
+    except (UnicodeDecodeError, ValueError) as e: raise CorruptCheckpoint(f"{p}: not valid JSON ({short_repr(str(e), 120)})") from None
+    except RecursionError: raise CorruptCheckpoint(f"{p}: JSON nested too deeply to be a model's file") from None
 
 def _open_index(d: Path, index: Path, config) -> Checkpoint:
     ix = _read_json(index)
@@ -305,7 +312,11 @@ _LORA_RE = re.compile(r"^(?:base_model\.model\.)?(.+)\.lora_([AB])(?:\.default)?
 class AdapterCheckpoint(SafetensorsCheckpoint):
     "A PEFT LoRA adapter directory; `.delta(k)` gives ΔW = B·A·(alpha/r) for base key `k`."
     def __init__(self, d: Path):
-        self.adapter_config = _read_json(d / "adapter_config.json")
+        self.adapter_config = c = _read_json(d / "adapter_config.json")
+        r, alpha = (c.get("r", 8), c.get("lora_alpha", c.get("r", 8))) if isinstance(c, dict) else (None, None)
+        if isinstance(r, bool) or not isinstance(r, int) or r <= 0 or isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
+            raise CorruptCheckpoint(f"{d / 'adapter_config.json'}: needs a JSON object with r a positive integer and "
+                                    f"lora_alpha a number (got r={short_repr(r)}, lora_alpha={short_repr(alpha)})")
         f = d / "adapter_model.safetensors"
         if not f.is_file():
             if (d / "adapter_model.bin").is_file():
@@ -323,19 +334,30 @@ class AdapterCheckpoint(SafetensorsCheckpoint):
     def delta_keys(self) -> list[str]:
         "Base-model keys this adapter changes."
         return list(self._pairs)
-    def delta_shape(self, k: str) -> tuple[int, int]:
-        p = self._pairs[k]
-        return (self.shape(p["B"])[0], self.shape(p["A"])[1])
-    def scaling(self, k: str) -> float:
-        c, mod = self.adapter_config, k.removesuffix(".weight")
-        r = next((v for pat, v in (c.get("rank_pattern") or {}).items() if mod.endswith(pat)), c.get("r", 8))
-        alpha = next((v for pat, v in (c.get("alpha_pattern") or {}).items() if mod.endswith(pat)), c.get("lora_alpha", r))
-        return alpha / math.sqrt(r) if c.get("use_rslora") else alpha / r
-    def delta(self, k: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        "Dense ΔW for base key `k` (fan_in_fan_out adapters are transposed back)."
-        p = self._pairs[k]
-        d = (self.get(p["B"], dtype) @ self.get(p["A"], dtype)) * self.scaling(k)
-        return d.T if self.adapter_config.get("fan_in_fan_out") else d
+
+# %% ../nbs/00_io.ipynb #c84bf1a6
+@patch
+def delta_shape(self: AdapterCheckpoint, k: str) -> tuple[int, int]:
+    p = self._pairs[k]
+    (out, rb), (ra, inp) = self.shape(p["B"])[-2:], self.shape(p["A"])[-2:]
+    if ra != rb: raise CorruptCheckpoint(f"{self.path}: {k} has lora_A of rank {ra} but lora_B of rank {rb}")
+    return (inp, out) if self.adapter_config.get("fan_in_fan_out") else (out, inp)
+
+@patch
+def scaling(self: AdapterCheckpoint, k: str) -> float:
+    c, mod = self.adapter_config, k.removesuffix(".weight")
+    r = next((v for pat, v in (c.get("rank_pattern") or {}).items() if mod.endswith(pat)), c.get("r", 8))
+    alpha = next((v for pat, v in (c.get("alpha_pattern") or {}).items() if mod.endswith(pat)), c.get("lora_alpha", r))
+    if isinstance(r, bool) or not isinstance(r, int) or r <= 0:
+        raise CorruptCheckpoint(f"{self.path}: rank_pattern gives {mod} the rank {short_repr(r)}; a rank is a positive integer")
+    return alpha / math.sqrt(r) if c.get("use_rslora") else alpha / r
+
+@patch
+def delta(self: AdapterCheckpoint, k: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    "Dense ΔW for base key `k` (fan_in_fan_out adapters are transposed back)."
+    p = self._pairs[k]
+    d = (self.get(p["B"], dtype) @ self.get(p["A"], dtype)) * self.scaling(k)
+    return d.T if self.adapter_config.get("fan_in_fan_out") else d
 
 # %% ../nbs/00_io.ipynb #c452b896
 def apply_adapter(base: Any, adapter: Any, scale: float = 1.0) -> Checkpoint:
@@ -473,9 +495,9 @@ _TMP_TAG = ".mergelab-tmp-"
 
 def parse_size(s: int | float | str) -> int:
     "Bytes from `5GB`, `500M`, `2GiB`, `1e9` or an int (decimal units are powers of 1000, `iB` units of 1024)."
-    if isinstance(s, (int, float)): return int(s)
+    if isinstance(s, (int, float)) and not isinstance(s, bool) and s >= 0 and s == s and s != float("inf"): return int(s)
     m = re.fullmatch(r"\s*([\d.]+(?:e\d+)?)\s*([kmgt]?)(i?)b?\s*", str(s).lower())
-    if not m: raise ValueError(f"cannot read {s!r} as a size; use e.g. 2GB, 500MB, 1GiB or a number of bytes")
+    if not m: raise InvalidValue(f"cannot read {short_repr(s, 40)} as a size; use e.g. 2GB, 500MB, 1GiB or a number of bytes")
     return int(float(m.group(1)) * (1024 if m.group(3) else 1000) ** " kmgt".index(m.group(2) or " "))
 
 # %% ../nbs/00_io.ipynb #72103f01
@@ -501,18 +523,41 @@ def check_output_path(out: str | Path, inputs: Iterable[str | Path | None] = (),
     return out
 
 # %% ../nbs/00_io.ipynb #d61eb19e
+def _stem(out: Path) -> str:
+    "`out`'s name cut to 200 bytes: a temporary sibling's name must fit the file system's 255 bytes."
+    return out.name.encode()[:200].decode("utf-8", "ignore")
+
+def temporary_sibling(out: Path, kind: str = "") -> Path:
+    "A hidden sibling of `out` for a writer's temporary folder: its name, the writing process and a random tag."
+    return out.parent / f".{_stem(out)}{_TMP_TAG}{os.getpid()}-{kind}{uuid.uuid4().hex[:8]}"
+
 def clean_stale_temporaries(out: str | Path) -> list[Path]:
-    "Remove temporary siblings of `out` left by writers whose process is gone (e.g. after a SIGKILL)."
+    """Remove temporary siblings of `out` left by writers whose process is gone (e.g. after a SIGKILL). A previous
+    output that a killed writer had moved aside while `out` is missing is put back, never deleted."""
     out, removed = Path(out).resolve(), []
     if not out.parent.is_dir(): return removed
-    for p in out.parent.glob(f".{out.name}{_TMP_TAG}*"):
+    for p in out.parent.glob(f".{glob.escape(_stem(out))}{_TMP_TAG}*"):
         try: pid = int(p.name.rsplit("-", 2)[-2])
         except ValueError: continue
         try: os.kill(pid, 0); alive = True
         except ProcessLookupError: alive = False
         except PermissionError: alive = True
-        if not alive: shutil.rmtree(p, ignore_errors=True); removed.append(p)
+        if alive: continue
+        if p.name.rsplit("-", 1)[-1].startswith("old") and not out.exists() and _stem(out) == out.name: p.rename(out)
+        else: shutil.rmtree(p, ignore_errors=True)
+        removed.append(p)
     return removed
+
+# %% ../nbs/00_io.ipynb #2c04a1e1
+def exchange_paths(a: Path, b: Path) -> bool:
+    """Swap two existing paths in one atomic step (Linux `renameat2(RENAME_EXCHANGE)`): an output being replaced is
+    never missing. False where the system or file system cannot, so that the caller falls back to two renames."""
+    try: fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError): return False
+    if fn(-100, os.fsencode(a), -100, os.fsencode(b), 2) == 0: return True      # AT_FDCWD, RENAME_EXCHANGE
+    e = ctypes.get_errno()
+    if e in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP): return False
+    raise OSError(e, os.strerror(e), str(b))
 
 # %% ../nbs/00_io.ipynb #25b08983
 def _dtype_name(dtype: torch.dtype) -> str: return str(dtype).removeprefix("torch.")
@@ -545,7 +590,7 @@ class ShardedWriter:
         if self.max_shard_size <= 0: raise ValueError("max_shard_size must be positive")
         self.config, self.donor, self.dtype = config, Path(donor) if donor else None, dtype
         self.metadata = {"format": "pt", **(metadata or {})}
-        self.tmp = self.out.parent / f".{self.out.name}{_TMP_TAG}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.tmp = temporary_sibling(self.out)
         try:
             self.out.parent.mkdir(parents=True, exist_ok=True)
             clean_stale_temporaries(self.out)
@@ -626,10 +671,12 @@ def _write_config(self: ShardedWriter):
 
 @patch
 def _place(self: ShardedWriter):
+    "Put the finished folder at `out`: an existing output is swapped out in one atomic step where the system can."
     trash = None
     if self.out.exists():
         if any(self.out.iterdir()) and not self.overwrite: raise OutputExists(f"{self.out} appeared while writing")
-        trash = self.out.parent / f".{self.out.name}{_TMP_TAG}{os.getpid()}-old{uuid.uuid4().hex[:6]}"
+        if exchange_paths(self.tmp, self.out): shutil.rmtree(self.tmp, ignore_errors=True); return
+        trash = temporary_sibling(self.out, "old")      # no atomic swap: a kill before the next rename is undone later
         self.out.rename(trash)
     os.rename(self.tmp, self.out)
     if trash is not None: shutil.rmtree(trash, ignore_errors=True)
@@ -968,8 +1015,9 @@ def score_table(result: Any, metric: str = "score") -> "pd.DataFrame":
 def current_rss() -> int:
     "Resident set size of this process in bytes (Linux `/proc`, else the peak from `resource`)."
     try:
-        for line in open("/proc/self/status"):
-            if line.startswith("VmRSS:"): return int(line.split()[1]) * 1024
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"): return int(line.split()[1]) * 1024
     except OSError: pass
     import resource
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

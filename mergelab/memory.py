@@ -35,12 +35,14 @@ def available_memory() -> tuple[int, str]:
     cgroup's limit minus its usage when lower; the environment variable `MERGELAB_AVAILABLE_MEMORY` (e.g. `4GB`) overrides."""
     env = os.environ.get("MERGELAB_AVAILABLE_MEMORY")
     if env:
-        from mergelab.io import parse_size
-        return parse_size(env), "MERGELAB_AVAILABLE_MEMORY"
+        from mergelab.io import parse_size, InvalidValue
+        try: return parse_size(env), "MERGELAB_AVAILABLE_MEMORY"
+        except InvalidValue as e: raise InvalidValue(f"environment variable MERGELAB_AVAILABLE_MEMORY: {e}") from None
     best, src = None, "unknown"
     try:
-        for line in open("/proc/meminfo"):
-            if line.startswith("MemAvailable:"): best, src = int(line.split()[1]) * 1024, "MemAvailable"
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"): best, src = int(line.split()[1]) * 1024, "MemAvailable"
     except OSError: pass
     for lim, cur in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
                      ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes")):

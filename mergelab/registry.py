@@ -222,6 +222,7 @@ def load_methods() -> dict[str, MergeMethod]:
 def get_method(name: str) -> MergeMethod:
     "Look up a registered method (loading every method module first if needed), suggesting the closest name on a typo."
     if isinstance(name, MergeMethod): return name
+    if not isinstance(name, str): raise ConfigError(f"a merge method is named by a string, got {short_repr(name, 40)}")
     if name not in METHODS: load_methods()
     if name not in METHODS:
         raise ConfigError(f"unknown merge method {name!r}" + did_you_mean(str(name), METHODS) +

@@ -12,13 +12,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Literal, Sequence, get_args
 import torch
-from .io import Checkpoint, MergelabError, ShardedWriter, open_model
+from .io import Checkpoint, MergelabError, InvalidValue, ShardedWriter, open_model, short_repr
 from .registry import ConfigError, MergeMethod, did_you_mean
 
 # %% auto #0
 __all__ = ['Source', 'LAYER_RE', 'NonFinitePolicy', 'NonFiniteTensor', 'TensorGroup', 'read_group', 'layer_index', 'num_layers',
-           'layer_prepare', 'merge_group', 'nonfinite_policy', 'MissingDependency', 'require_dask', 'using_client',
-           'open_cached', 'dumps_by_path', 'run_groups', 'map_reduce', 'execute']
+           'layer_prepare', 'merge_group', 'check_threads', 'nonfinite_policy', 'MissingDependency', 'require_dask',
+           'using_client', 'open_cached', 'dumps_by_path', 'run_groups', 'map_reduce', 'execute']
 
 # %% ../nbs/01a_scheduler.ipynb #95ea1d99
 class NonFiniteTensor(MergelabError, ValueError):
@@ -81,6 +81,7 @@ def _finite_check(t: torch.Tensor, what: str, policy: str):
     # fast exact test: a NaN/inf anywhere makes the sum non-finite (inf + x = inf, inf − inf = NaN), so a finite sum
     # proves every entry finite; 5–30× cheaper than `isfinite(t).all()` (bf16). A non-finite sum (maybe an overflow) is
     # settled by counting.
+    if t.dtype.itemsize == 1: t = t.float()                 # float8 formats have no sum of their own
     if bool(torch.isfinite(t.sum())): return
     n = int((~torch.isfinite(t)).sum())
     if n:
@@ -98,7 +99,8 @@ def merge_group(g: TensorGroup, method: MergeMethod, *, dtype: torch.dtype | Non
     for t, (c, k) in zip(ts, g.inputs): _finite_check(t, f"tensor {k!r} of {c.name}", on_nonfinite)
     if b is not None: _finite_check(b, f"tensor {g.base[1]!r} of base {g.base[0].name}", on_nonfinite)
     target = out_dtype or dtype or first.dtype
-    cd = compute_dtype or (torch.float32 if method.compute == "fp32" and first.dtype != torch.float64 else first.dtype)
+    cd = compute_dtype or (torch.float32 if (method.compute == "fp32" and first.dtype != torch.float64)
+                           or first.dtype.itemsize == 1 else first.dtype)      # float8 has no arithmetic of its own
     ts = [t.to(cd) for t in ts]
     b = b.to(cd) if b is not None else None
     out = method.fn(ts, b, **method._extras(g.params, g.name, seed))
@@ -109,6 +111,12 @@ def merge_group(g: TensorGroup, method: MergeMethod, *, dtype: torch.dtype | Non
     return out
 
 # %% ../nbs/01a_scheduler.ipynb #nfpolicy
+def check_threads(threads: Any) -> int:
+    "`threads` if it is a positive integer, else an `InvalidValue` raised before any work."
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise InvalidValue(f"threads must be a positive integer, got {short_repr(threads, 40)}")
+    return threads
+
 def nonfinite_policy(policy: Any) -> str:
     "`policy` if it is one of `NonFinitePolicy`'s values, else a `ConfigError` naming them (a typo never means 'warn')."
     if policy in get_args(NonFinitePolicy): return policy
@@ -220,8 +228,8 @@ def run_groups(groups: Sequence, fn: Callable, *, threads: int = 2, budget: int 
     """Yield `(group, fn(group))` in order, running up to `threads` at once while in-flight `size` stays within `budget`.
     With `client` (or inside `using_client`), `fn` runs on the dask workers (`threads` = their thread count, `budget`
     per worker thread); groups and `fn` travel by checkpoint path (`dumps_by_path`)."""
-    client = client if client is not None else _CLIENT.get()
-    groups = list(groups)
+    check_threads(threads)
+    client, groups = (client if client is not None else _CLIENT.get()), list(groups)
     sizes = [size(g) for g in groups]
     budget = budget or max(sizes, default=1)
     bar = None

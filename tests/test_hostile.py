@@ -104,7 +104,7 @@ def test_error_messages_quote_values_briefly(zoo):
         merge_config({"merge_method": list(range(10**5)), "models": [str(zoo["a"])]}, progress=False)
     assert len(str(e.value)) < 400
     with pytest.raises(ConfigError) as e:
-        merge([zoo["a"], zoo["b"]], "linear", weight=[0.5, 0.5], t="x" * 10**5, progress=False)
+        merge([zoo["a"], zoo["b"]], "linear", weight="x" * 10**5, progress=False)
     assert len(str(e.value)) < 600
 
 def test_a_typo_in_on_nonfinite_is_an_error_not_warn(zoo):
@@ -130,3 +130,60 @@ def test_interference_report_checks_by_before_reading(zoo):
     t0 = time.time()
     with pytest.raises(MergelabError, match="by must be"): interference_report([zoo["a"], zoo["b"]], zoo["base"], by="x")
     assert time.time() - t0 < 5
+
+def test_mergekit_configs_with_a_parameter_the_method_ignores_run(zoo):
+    cfg = {"merge_method": "model_stock", "base_model": str(zoo["base"]),
+           "models": [{"model": str(zoo[m]), "parameters": {"weight": 1.0}} for m in ("a", "b")]}
+    with pytest.warns(UserWarning, match="does not use parameter 'weight'"): out = merge_config(cfg, progress=False)
+    assert set(out) == set(open_model(zoo["a"]).keys())
+    cfg["models"][0]["parameters"]["wieght"] = 1.0                      # a name no method knows is still refused
+    with pytest.raises(ConfigError, match="unknown parameter 'wieght'"): merge_config(cfg, progress=False)
+
+def test_misuse_raises_mergelab_errors(zoo, tmp_path, monkeypatch):
+    from mergelab.io import InvalidValue
+    a, b = zoo["a"], zoo["b"]
+    cases = [lambda: merge([a, b], ["ties"]), lambda: merge([a, b], "linear", weight=0.5, threads="2", progress=False),
+             lambda: merge([a, b], "linear", weight=0.5, threads=0, progress=False),
+             lambda: merge([a, b], "linear", weight=0.5, out=tmp_path / "o", max_shard_size="lots", progress=False),
+             lambda: merge([{"w": torch.zeros(2, device="meta")}, {"w": torch.zeros(2)}], "linear", weight=0.5, progress=False),
+             lambda: merge([{"w": torch.zeros(2, 2).to_sparse()}, {"w": torch.zeros(2, 2)}], "linear", weight=0.5, progress=False)]
+    for f in cases:
+        with pytest.raises(MergelabError): f()
+    monkeypatch.setenv("MERGELAB_AVAILABLE_MEMORY", "lots")
+    with pytest.raises(InvalidValue, match="MERGELAB_AVAILABLE_MEMORY"): merge([a, b], "linear", weight=0.5, progress=False)
+
+def test_float8_checkpoints_merge(tmp_path):
+    f8 = [model(tmp_path / f"f{i}", i) for i in range(2)]
+    for p in f8:
+        sd = open_model(p).state_dict(); save_file({k: v.to(torch.float8_e4m3fn) for k, v in sd.items()}, str(p / "model.safetensors"))
+    out = merge(f8, "linear", weight=[0.5, 0.5], progress=False)
+    assert out["lm_head.weight"].dtype == torch.float8_e4m3fn
+
+def test_a_long_output_name_is_written(zoo, tmp_path):
+    out = merge([zoo["a"], zoo["b"]], "linear", weight=[0.5, 0.5], out=tmp_path / ("m" * 240), progress=False)
+    assert (out / "model.safetensors").is_file()
+
+def test_damaged_json_and_adapter_configs_are_named(zoo, tmp_path):
+    from mergelab.io import CorruptCheckpoint
+    for i, text in enumerate(["[" * 100000 + "]" * 100000, '{"model_type": "llama", "vocab_size": ' + "9" * 5000 + "}",
+                              b"\xff\xfe{".decode("latin-1")]):
+        m = model(tmp_path / f"j{i}", i); (m / "config.json").write_text(text, encoding="latin-1")
+        with pytest.raises(CorruptCheckpoint, match="config.json"): open_model(m)
+    for i, cfg in enumerate(['{"r": 0, "lora_alpha": 2}', "[1, 2]", '{"r": 2, "lora_alpha": "x"}']):
+        ad = tmp_path / f"ad{i}"; ad.mkdir()
+        (ad / "adapter_config.json").write_text(cfg)
+        (ad / "adapter_model.safetensors").write_bytes((zoo["adapter"] / "adapter_model.safetensors").read_bytes())
+        with pytest.raises(CorruptCheckpoint, match="positive integer"): open_model(f"{zoo['base']}+{ad}")
+
+def test_an_output_moved_aside_by_a_killed_writer_is_put_back(zoo, tmp_path):
+    from mergelab.io import clean_stale_temporaries, temporary_sibling, _TMP_TAG
+    out = merge([zoo["a"], zoo["b"]], "linear", weight=[0.5, 0.5], out=tmp_path / "m", progress=False)
+    before = files(out)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"]); dead.wait()
+    aside = tmp_path / f".m{_TMP_TAG}{dead.pid}-oldcafe01"
+    out.rename(aside)                                    # the state a kill between two renames would leave
+    clean_stale_temporaries(out)
+    assert files(out) == before and not aside.exists()
+    # where the system swaps atomically, an overwrite never leaves the output missing at all
+    merge([zoo["b"], zoo["a"]], "linear", weight=[0.5, 0.5], out=out, overwrite=True, progress=False)
+    assert files(out) != before and not [p for p in tmp_path.iterdir() if _TMP_TAG in p.name]
