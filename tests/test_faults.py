@@ -61,11 +61,13 @@ def test_sigkill_during_cli_merge(zoo, tmp_path):
     rng, outcomes, seen_tmp = random.Random(13), [], set()
     i = 0
     while sum(rc == -signal.SIGKILL for rc, _ in outcomes) < N_KILLS and i < 2 * N_KILLS:
+        existed = out.exists()
         p = subprocess.Popen(cli(zoo / "ties.yml", out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(rng.uniform(start, full))
         p.send_signal(signal.SIGKILL); p.wait(timeout=30)
         if p.returncode != -signal.SIGKILL: full = max(start, 0.9 * full)   # finished first: aim earlier
         outcomes.append((p.returncode, assert_absent_or_complete(out, keys)))
+        if existed: assert outcomes[-1][1] == "complete", "an --overwrite run killed mid-way left no output"
         seen_tmp |= set(temporaries(out))
         if i % 2 == 0 and out.exists(): shutil.rmtree(out)     # half the runs write a fresh target, half overwrite one
         i += 1
