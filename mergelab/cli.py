@@ -4,7 +4,7 @@
 
 # %% ../nbs/20_cli.ipynb #2aedfc12
 from __future__ import annotations
-import argparse, sys, time, os
+import argparse, contextlib, signal, sys, time, os
 from pathlib import Path
 from .io import MergelabError, parse_size, current_rss
 from .registry import METHODS, get_method, load_methods, REQUIRED, interval_text
@@ -68,8 +68,9 @@ def _parser() -> argparse.ArgumentParser:
 
 # %% ../nbs/20_cli.ipynb #6d141e3e
 def main(argv: list[str] | None = None) -> int:
-    "Entry point of the `mergelab` console script."
+    "Entry point of the `mergelab` console script. SIGTERM stops it as Ctrl-C does: temporaries removed, exit code 130."
     args = _parser().parse_args(argv)
+    with contextlib.suppress(ValueError): signal.signal(signal.SIGTERM, _terminate)   # only in the main thread
     try:
         if args.cmd == "merge":
             from mergelab.config import merge_config
@@ -102,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 # %% ../nbs/20_cli.ipynb #dc08fcf3
+def _terminate(signum, frame): raise KeyboardInterrupt
+
 def _peak_rss() -> int:
     import resource
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

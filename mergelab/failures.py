@@ -12,7 +12,7 @@ from .io import (MergelabError, Checkpoint, ShardedWriter, save_checkpoint, Chec
                          UnsafeCheckpoint, IncompatibleModels, OutputExists, UnsafeOutput, OutputNotWritable,
                          InvalidValue, check_output_path)
 from .registry import ConfigError
-from .scheduler import NonFiniteTensor, MissingDependency
+from .scheduler import NonFiniteTensor, MissingDependency, Interrupted, request_stop, check_stop
 from .memory import InsufficientMemory
 from .config import merge, merge_config, build_plan
 from .evaluate import EvaluationError
@@ -178,6 +178,9 @@ _HOSTILE_CASES = [
                 "size, or threads that is not a positive integer", "write sizes as 2GB, 500MB or a number of bytes; "
                 "threads as a positive integer", lambda d: merge([d / "a", d / "b"], "linear", weight=0.5, threads="2",
                                                                 progress=False), "positive integer"),
+    FailureCase("pass interrupted", Interrupted, "Ctrl-C or SIGTERM (or an error in another tensor) while a long "
+                "per-tensor loop runs (a karcher mean with a huge max_iter)", "nothing to fix: temporaries are removed, "
+                "the target is untouched; run again", lambda d: (request_stop(), check_stop()), "interrupted"),
     FailureCase("merged value beyond the output dtype", NonFiniteTensor, "a merged value that the out_dtype cannot hold "
                 "(5e5 in float16 is inf; the check sees what is written)", "choose a wider out_dtype (bfloat16, float32)",
                 lambda d: merge([{"w": torch.full((2,), 5e5)}] * 2, "linear", weight=0.5, out_dtype="float16",

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 from .io import MergelabError
 from .registry import ConfigError, ParamInfo, merge_method, tensor_generator
-from .scheduler import TensorGroup, map_reduce, read_group
+from .scheduler import TensorGroup, map_reduce, read_group, check_stop
 
 # %% auto #0
 __all__ = ['PARAM_INFO', 'GTA_FAMILY', 'task_arithmetic', 'ties', 'dare_ties', 'dare_linear', 'breadcrumbs', 'breadcrumbs_ties',
@@ -556,6 +556,7 @@ def karcher(tensors: list[Tensor], base: Tensor | None, *, max_iter: int = 10, t
     mn = torch.linalg.vector_norm(mean.to(dt))
     mean = vu[0].clone() if mn.item() < tol else (mean / mn).to(mean.dtype)
     for _ in range(max_iter):
+        check_stop()                                      # max_iter may be huge: Ctrl-C / SIGTERM must still stop it
         tangent = torch.zeros_like(mean)
         for a, u in zip(va, vu):
             dot = torch.clamp(torch.dot(mean.flatten(), u.flatten()), -1.0, 1.0)

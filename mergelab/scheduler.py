@@ -4,7 +4,7 @@
 
 # %% ../nbs/01a_scheduler.ipynb #ab38f4e7
 from __future__ import annotations
-import contextlib, contextvars, hashlib, os, re
+import contextlib, contextvars, hashlib, os, re, threading
 import io as pyio
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -17,8 +17,9 @@ from .registry import ConfigError, MergeMethod, did_you_mean
 
 # %% auto #0
 __all__ = ['Source', 'LAYER_RE', 'NonFinitePolicy', 'NonFiniteTensor', 'TensorGroup', 'read_group', 'layer_index', 'num_layers',
-           'layer_prepare', 'merge_group', 'check_threads', 'nonfinite_policy', 'MissingDependency', 'require_dask',
-           'using_client', 'open_cached', 'dumps_by_path', 'run_groups', 'map_reduce', 'execute']
+           'layer_prepare', 'merge_group', 'Interrupted', 'request_stop', 'check_stop', 'check_threads',
+           'nonfinite_policy', 'MissingDependency', 'require_dask', 'using_client', 'open_cached', 'dumps_by_path',
+           'run_groups', 'map_reduce', 'execute']
 
 # %% ../nbs/01a_scheduler.ipynb #95ea1d99
 class NonFiniteTensor(MergelabError, ValueError):
@@ -111,6 +112,19 @@ def merge_group(g: TensorGroup, method: MergeMethod, *, dtype: torch.dtype | Non
     return out
 
 # %% ../nbs/01a_scheduler.ipynb #nfpolicy
+class Interrupted(MergelabError):
+    "A long computation stopped because the pass it belongs to was interrupted (Ctrl-C, SIGTERM) or failed."
+
+_STOP = threading.Event()
+
+def request_stop():
+    "Ask the running passes to stop, as Ctrl-C or SIGTERM does: their long loops raise `Interrupted` at the next check."
+    _STOP.set()
+
+def check_stop():
+    "Raise `Interrupted` when the running pass is stopping: long loops inside a map call this each iteration."
+    if _STOP.is_set(): raise Interrupted("stopped: the pass was interrupted (Ctrl-C, SIGTERM or an error elsewhere)")
+
 def check_threads(threads: Any) -> int:
     "`threads` if it is a positive integer, else an `InvalidValue` raised before any work."
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
@@ -228,11 +242,10 @@ def run_groups(groups: Sequence, fn: Callable, *, threads: int = 2, budget: int 
     """Yield `(group, fn(group))` in order, running up to `threads` at once while in-flight `size` stays within `budget`.
     With `client` (or inside `using_client`), `fn` runs on the dask workers (`threads` = their thread count, `budget`
     per worker thread); groups and `fn` travel by checkpoint path (`dumps_by_path`)."""
-    check_threads(threads)
+    check_threads(threads); _STOP.clear()
     client, groups = (client if client is not None else _CLIENT.get()), list(groups)
     sizes = [size(g) for g in groups]
-    budget = budget or max(sizes, default=1)
-    bar = None
+    budget, bar = budget or max(sizes, default=1), None
     if progress:
         from tqdm.auto import tqdm
         bar = tqdm(total=sum(sizes), unit="B", unit_scale=True, unit_divisor=1024,
@@ -258,6 +271,7 @@ def run_groups(groups: Sequence, fn: Callable, *, threads: int = 2, budget: int 
                 r = fut.result(); inflight -= s
                 if bar: bar.update(s)
                 yield g, r
+        except BaseException: request_stop(); raise       # Ctrl-C, SIGTERM, an error: running maps stop early
         finally:
             for _, _, f in pending: f.cancel()
             if bar: bar.close()

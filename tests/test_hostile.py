@@ -1,7 +1,7 @@
 """Hostile inputs a new user (or a downloaded folder) can hand to mergelab: every input stays untouched, nothing outside
 a model folder is read or copied, a 1 KB config cannot hang a merge, and a typo or an impossible value is a
 `MergelabError` raised before any heavy work, never a silently different result."""
-import json, os, subprocess, sys, time
+import json, os, signal, subprocess, sys, time
 from pathlib import Path
 import pytest, torch
 from safetensors.torch import save_file
@@ -187,3 +187,17 @@ def test_an_output_moved_aside_by_a_killed_writer_is_put_back(zoo, tmp_path):
     # where the system swaps atomically, an overwrite never leaves the output missing at all
     merge([zoo["b"], zoo["a"]], "linear", weight=[0.5, 0.5], out=out, overwrite=True, progress=False)
     assert files(out) != before and not [p for p in tmp_path.iterdir() if _TMP_TAG in p.name]
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_huge_karcher_stops_on_a_signal_and_cleans_up(zoo, tmp_path, sig):
+    cfg = tmp_path / "k.yml"
+    cfg.write_text(f"merge_method: karcher\nmodels: [{zoo['a']}, {zoo['b']}]\nparameters: {{max_iter: 1000000000000, tol: 0}}\n")
+    out = tmp_path / "out"
+    p = subprocess.Popen([str(Path(sys.executable).parent / "mergelab"), "merge", str(cfg), str(out), "--no-progress"],
+                         stderr=subprocess.PIPE, text=True)
+    time.sleep(4); t0 = time.time(); p.send_signal(sig)
+    try: p.wait(timeout=30)
+    except subprocess.TimeoutExpired: p.kill(); pytest.fail("the merge did not stop within 30 s of the signal")
+    assert p.returncode == 130 and "interrupted" in p.stderr.read(), p.returncode
+    assert time.time() - t0 < 30 and not out.exists()
+    assert not [q for q in tmp_path.iterdir() if q.name.startswith(".out")]
