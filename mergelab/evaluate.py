@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
-from .io import MergelabError, EvaluationError, open_model, open_module, lower_is_better
+from .io import MergelabError, EvaluationError, open_model, open_module, lower_is_better, short_repr
 from .scheduler import run_groups
 from .masks import tall_compress, tall_reconstruct
 
@@ -122,8 +122,14 @@ def evaluate(model: Any, tasks: Sequence | Mapping, *, build: Build | None = Non
 
 # %% ../nbs/08_evaluate.ipynb #c545e1aa
 def _acc(x: pd.DataFrame | pd.Series | Mapping, col: str = "accuracy") -> pd.Series:
-    if isinstance(x, pd.DataFrame): return x[col]
-    return pd.Series(x, dtype=float) if isinstance(x, Mapping) else x
+    if isinstance(x, pd.DataFrame):
+        if col not in x: raise EvaluationError(f"the results table has no {col!r} column; it has {list(x.columns)}")
+        return x[col]
+    if isinstance(x, pd.Series): return x
+    if isinstance(x, Mapping):
+        try: return pd.Series(x, dtype=float)
+        except (TypeError, ValueError): raise EvaluationError(f"per-task {col} must be numbers, got {short_repr(x)}") from None
+    raise EvaluationError(f"expected evaluate()'s table, a Series or a {{task: {col}}} mapping, got {short_repr(x)}")
 
 def normalized_accuracy(merged: pd.DataFrame, finetuned: pd.DataFrame | pd.Series | Mapping) -> pd.Series:
     "Merged accuracy / fine-tuned accuracy × 100 per task (Ilharco et al. 2023; Wang et al. 2024)."

@@ -11,8 +11,8 @@ import pandas as pd
 import torch
 from torch import Tensor
 from fastcore.basics import patch
-from .io import LazyCheckpoint, MergelabError, open_model, model_names
-from .scheduler import TensorGroup, map_reduce, layer_index, using_client
+from .io import LazyCheckpoint, MergelabError, open_model, model_names, short_repr
+from .scheduler import TensorGroup, map_reduce, layer_index, using_client, check_threads
 from .methods import sparsify_magnitude, radix_kth_abs, elect_sign
 from .masks import tall_masks
 from .memory import MemoryEstimate, check_memory, pass_memory
@@ -295,8 +295,12 @@ def interference_statistics(models: Any, base: Any = None, *, density: float = 0
     the definitions implemented. `client=` (a `dask.distributed.Client`) runs every pass's per-tensor work on its
     workers (checkpoints travel by path); the reduce stays here and the result equals the local one. The memory guard
     (`interference_memory`) refuses a pass that would not fit before any read, unless `force`."""
-    if scope not in ("tensor", "model"): raise MergelabError(f"scope must be 'tensor' or 'model', got {scope!r}")
-    if not 0 < density <= 1: raise MergelabError(f"density must be in (0, 1], got {density}")
+    check_threads(threads)
+    if scope not in ("tensor", "model"): raise MergelabError(f"scope must be 'tensor' or 'model', got {short_repr(scope, 30)}")
+    for name, v, ok in (("density", density, lambda x: 0 < x <= 1), ("tall_lambda", tall_lambda, lambda x: x >= 0),
+                        ("energy", energy, lambda x: 0 < x <= 1)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not ok(v):
+            raise MergelabError(f"{name} is out of range or not a number: {short_repr(v, 30)}")
     ds = _as_deltas(models, base)
     check_memory(interference_memory(ds, spectral, threads), force=force, what="interference pass")
     def red(acc, r): acc.append(r); release_heap(); return acc
@@ -326,6 +330,10 @@ def sign_conflict_rate(task_vectors: Any, density: float = 1.0, scope: Literal["
 def norm_at_k(models: Any, base: Any = None, ks: Sequence[float] = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0), *,
               threads: int = 2, client: Any = None) -> pd.DataFrame:
     "Norm@k curve per model: ‖per-tensor top-k% of τ‖₂ / ‖τ‖₂ for each k (k = max(1, ⌊k·numel⌋) per tensor), one pass."
+    check_threads(threads)
+    if not isinstance(ks, Sequence) or isinstance(ks, str) or not ks or \
+            not all(isinstance(k, (int, float)) and not isinstance(k, bool) and 0 < k <= 1 for k in ks):
+        raise MergelabError(f"ks must be fractions in (0, 1], got {short_repr(ks, 40)}")
     ds = _as_deltas(models, base)
     def fn(g):
         X = ds.read(g, _work_dtype(ds)).double()

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 from fastcore.basics import patch
 from .io import Checkpoint, AdapterCheckpoint, IncompatibleModels, MergelabError, open_model, model_names, parse_size, current_rss
-from .scheduler import TensorGroup, map_reduce, layer_index
+from .scheduler import TensorGroup, map_reduce, layer_index, check_threads
 from .memory import MemoryEstimate, available_memory, check_memory, pass_memory
 
 # %% auto #0
@@ -234,6 +234,7 @@ def delta_statistics(models: Sequence[Any] | Mapping[str, Any] | DeltaSet, base:
     set by `max_memory`, not by the largest tensor; the memory guard refuses a pass that would not fit before any read
     (`InsufficientMemory`, unless `force`). With `client` (a `dask.distributed.Client`) the per-tensor statistics are
     computed on its workers, which open the checkpoints by path; the reduce stays here."""
+    check_threads(threads)
     ds = open_deltas(models, base)
     block = statistics_block(max_memory, threads)
     check_memory(statistics_memory(ds, threads, block), force=force, what="statistics pass")

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from scipy.optimize import linear_sum_assignment
 from tqdm.auto import tqdm
 from fastcore.basics import patch
-from .io import MergelabError, IncompatibleModels, open_model, open_module, score_table, lower_is_better
+from .io import MergelabError, IncompatibleModels, open_model, open_module, score_table, lower_is_better, short_repr
 from .methods import slerp_tensors
 
 # %% auto #0
@@ -158,6 +158,11 @@ def barrier(curve: pd.DataFrame, kind: Literal["midpoint", "linear", "at_half"] 
 
     For metrics where higher is better (`mergelab.io.lower_is_better` is false: accuracy; or `higher_is_better=True`) the sign
     flips: the worst *drop* below the reference. One float, or a Series per task."""
+    if not isinstance(curve, pd.DataFrame) or "alpha" not in curve:
+        raise CurveError(f"a barrier needs an interpolation curve (a DataFrame with an 'alpha' column), got {short_repr(curve, 60)}")
+    if not isinstance(metric, str) or kind not in ("midpoint", "linear", "at_half"):
+        raise CurveError(f"kind must be 'midpoint', 'linear' or 'at_half' and metric a column name, got {short_repr(kind, 30)}, "
+                         f"{short_repr(metric, 30)}")
     if "task" in curve:
         return pd.Series({t: _barrier_one(d, kind, metric, higher_is_better)[0] for t, d in curve.groupby("task", sort=False)},
                          name=f"{kind} {metric} barrier")

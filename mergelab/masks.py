@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor
 from .io import (Checkpoint, LazyCheckpoint, ShardedWriter, check_compatible, MergelabError, open_model,
-                         model_names, model_paths)
+                         model_names, model_paths, InvalidValue, short_repr)
 from .registry import ConfigError, ParamInfo, merge_method
 from .scheduler import TensorGroup, read_group, run_groups
 from .methods import gta_merge, sparsify_magnitude, kth_threshold, ties_prepare, is_float_group, PARAM_INFO
@@ -60,7 +60,14 @@ def tall_prepare(groups: Sequence[TensorGroup], threads: int = 2, **kw) -> list[
 # %% ../nbs/02a_masks.ipynb #0bf60a8d
 def tall_masks(deltas: Tensor, tau_mtl: Tensor, tall_lambda: Sequence[float] | float = 0.4) -> Tensor:
     "TALL masks mₜ = 1{|τₜ| > λₜ|τ_MTL − τₜ|} (Wang et al. 2024), stacked like `deltas` (bool)."
-    lam = torch.as_tensor(tall_lambda, dtype=deltas.dtype).reshape(-1, *([1] * (deltas.dim() - 1)))
+    if not isinstance(deltas, Tensor) or not deltas.is_floating_point() or deltas.dim() < 1 or not isinstance(tau_mtl, Tensor) \
+            or tuple(tau_mtl.shape) != tuple(deltas.shape[1:]):
+        raise InvalidValue("tall_masks needs the stacked task vectors (T × …, floating point) and τ_MTL of one task "
+                           f"vector's shape, got {short_repr(deltas, 40)} and {short_repr(tau_mtl, 40)}")
+    try: lam = torch.as_tensor(tall_lambda, dtype=deltas.dtype).reshape(-1, *([1] * (deltas.dim() - 1)))
+    except (TypeError, ValueError, RuntimeError): lam = None
+    if lam is None or lam.shape[0] not in (1, deltas.shape[0]) or not torch.isfinite(lam).all() or (lam < 0).any():
+        raise InvalidValue(f"tall_lambda must be one number ≥ 0 or one per task, got {short_repr(tall_lambda, 40)}")
     return deltas.abs() > lam * (tau_mtl.unsqueeze(0) - deltas).abs()
 
 # %% ../nbs/02a_masks.ipynb #21a102a9

@@ -1,0 +1,115 @@
+"""Fuzzing the analysis APIs (kinship, interference, masks, LMC barriers, evaluation tables, search): generated calls
+with good and bad models, bases and keyword values end in a result or a `MergelabError`, never another exception,
+never a hang (each call runs under a timer). At least 500 calls per run, in well under a minute."""
+import math, time
+import pytest, torch
+import pandas as pd
+from hypothesis import given, settings, strategies as st
+from test_fuzz import SETTINGS, outcome, tiny_sd, H
+from mergelab.io import save_checkpoint, task_vector
+from mergelab.kinship import kinship_matrix, kinship, delta_statistics
+from mergelab.interference import interference_report, norm_at_k, sign_conflict_rate
+from mergelab.masks import tall_masks
+from mergelab.lmc import barrier
+from mergelab.evaluate import normalized_accuracy, summarize
+
+CALLS = {"n": 0, "results": 0}
+
+def run(fn, *a, **kw):
+    "One generated call (see `test_fuzz.outcome`), counting those that returned a result."
+    r = outcome(fn, *a, **kw)
+    CALLS["results"] += not isinstance(r, Exception)
+    return r
+T0 = time.time()
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory):
+    d = tmp_path_factory.mktemp("fuzzanalysis")
+    for name, sd in {"base": tiny_sd(0), "a": tiny_sd(1), "b": tiny_sd(2), "c": tiny_sd(3), "wide": tiny_sd(4, h=6),
+                     "deep": tiny_sd(5, layers=5)}.items():
+        save_checkpoint(sd, d / name, progress=False)
+    yield d
+    print(f"\nanalysis fuzz: {CALLS['n']} calls ({CALLS['results']} returned a result) in {time.time() - T0:.1f} s")
+
+BAD = st.sampled_from([None, "x", -1, 0, 2.5, float("nan"), float("inf"), [], {}, (1, 2), "layer", "tensor", True])
+
+def model_refs(zoo, names):
+    out = []
+    for n in names:
+        if n == "sd": out.append(tiny_sd(7))
+        elif n == "empty": out.append({})
+        elif n == "int": out.append(3)
+        elif n == "none": out.append(None)
+        elif n == "tv": out.append(task_vector(zoo / "a", zoo / "base"))
+        else: out.append(zoo / n)
+    return out
+
+GOOD = ["a", "b", "c", "sd", "tv"]                     # most draws are valid, so the analyses themselves run
+REFS = st.lists(st.sampled_from(GOOD * 4 + ["wide", "deep", "nope", "empty", "int", "none"]), max_size=4)
+
+@settings(max_examples=420, **SETTINGS)
+@given(data=st.data())
+def test_fuzz_weight_space_analyses(zoo, data):
+    CALLS["n"] += 1
+    models = model_refs(zoo, data.draw(REFS))
+    if data.draw(st.booleans()): models = {f"m{i}": m for i, m in enumerate(models)}
+    base = data.draw(st.sampled_from([zoo / "base"] * 6 + [tiny_sd(0), zoo / "wide", None, "nope", 0]))
+    fn = data.draw(st.sampled_from(["kinship_matrix", "kinship", "delta_statistics", "interference_report", "norm_at_k",
+                                    "sign_conflict_rate"]))
+    kw = {"threads": data.draw(st.sampled_from([1, 2]) | BAD)} if data.draw(st.integers(0, 4)) == 0 else {"threads": 1}
+    if fn == "kinship_matrix":
+        kw |= data.draw(st.fixed_dictionaries({}, optional={"metric": st.sampled_from(["pcc", "cosine", "euclidean"]) | BAD,
+                                                            "by": st.sampled_from([None, "layer", "tensor"]) | BAD,
+                                                            "max_memory": st.sampled_from(["1GB", 4096, "1KB"]) | BAD}))
+        r = run(kinship_matrix, models, base, progress=False, **kw)
+        if isinstance(r, pd.DataFrame) and kw.get("by") is None and len(r):
+            vals = r.values[~pd.isna(r.values)]
+            assert ((vals >= -1 - 1e-9) & (vals <= 1 + 1e-9)).all() or kw.get("metric") == "euclidean"
+    elif fn == "kinship":
+        ms = list(models.values()) if isinstance(models, dict) else models
+        r = run(kinship, *(ms + [zoo / "b", zoo / "c"])[:2], base, progress=False,
+                    metric=data.draw(st.sampled_from(["pcc", "cosine"]) | BAD), threads=1)
+        assert isinstance(r, (float, Exception))
+    elif fn == "delta_statistics":
+        run(delta_statistics, models, base, progress=False, **kw)
+    elif fn == "interference_report":
+        kw |= data.draw(st.fixed_dictionaries({}, optional={
+            "density": st.floats(-0.5, 1.5) | BAD, "scope": st.sampled_from(["tensor", "model"]) | BAD,
+            "by": st.sampled_from([None, "layer", "tensor"]) | BAD, "spectral": st.booleans() | BAD,
+            "tall_lambda": st.floats(-1, 3) | BAD}))
+        run(interference_report, models, base, progress=False, **kw)
+    elif fn == "norm_at_k":
+        run(norm_at_k, models, base, ks=data.draw(st.lists(st.floats(-0.5, 1.5), max_size=3) | BAD), threads=1)
+    else:
+        run(sign_conflict_rate, models, density=data.draw(st.floats(-0.5, 1.5) | BAD), base=base, threads=1)
+
+@settings(max_examples=120, **SETTINGS)
+@given(data=st.data())
+def test_fuzz_masks_curves_tables(data):
+    CALLS["n"] += 1
+    fn = data.draw(st.sampled_from(["tall_masks", "barrier", "normalized_accuracy", "summarize"]))
+    if fn == "tall_masks":
+        n = data.draw(st.integers(0, 3)); shape = data.draw(st.sampled_from([(4,), (2, 3), (0,)]))
+        X = torch.randn(n, *shape) if data.draw(st.booleans()) else data.draw(BAD)
+        tau = X.sum(0) if isinstance(X, torch.Tensor) and n and data.draw(st.booleans()) else data.draw(BAD | st.just(torch.zeros(4)))
+        r = run(tall_masks, X, tau, data.draw(st.floats(-1, 3) | st.lists(st.floats(0, 1), max_size=4) | BAD))
+        if isinstance(r, torch.Tensor): assert r.dtype == torch.bool and r.shape == X.shape
+    elif fn == "barrier":
+        alphas = data.draw(st.lists(st.floats(-0.5, 1.5), max_size=5))
+        curve = pd.DataFrame({"alpha": alphas, "loss": [data.draw(st.floats(allow_nan=True)) for _ in alphas]})
+        if data.draw(st.booleans()): curve = curve.drop(columns="loss")
+        run(barrier, curve if data.draw(st.booleans()) else data.draw(BAD),
+                kind=data.draw(st.sampled_from(["midpoint", "linear", "at_half"]) | BAD),
+                metric=data.draw(st.sampled_from(["loss", "accuracy"]) | BAD))
+    else:
+        tasks = ["t0", "t1"]
+        t = pd.DataFrame({"accuracy": [data.draw((st.floats(-1, 2) | st.just(float("nan")))) for _ in tasks]}, index=pd.Index(tasks, name="task"))
+        ref = t.copy() if data.draw(st.booleans()) else data.draw(BAD)
+        if fn == "normalized_accuracy": run(normalized_accuracy, t if data.draw(st.booleans()) else data.draw(BAD), ref)
+        else: run(summarize, t if data.draw(st.booleans()) else data.draw(BAD), ref if data.draw(st.booleans()) else None)
+
+def test_fuzz_analysis_count():
+    "At least 500 generated calls, in under a minute of wall time (only meaningful when the whole module ran)."
+    if CALLS["n"] < 500: pytest.skip(f"only {CALLS['n']} calls ran")
+    assert CALLS["results"] >= 50, f"only {CALLS['results']} of {CALLS['n']} calls got past the argument checks"
+    assert time.time() - T0 < 60, f"{CALLS['n']} calls took {time.time() - T0:.0f} s"
