@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
 import torch
 from fastcore.basics import patch
+from safetensors import SafetensorError
 
 # %% auto #0
 __all__ = ['TOKENIZER_FILES', 'LOSS_METRICS', 'MergelabError', 'CheckpointNotFound', 'CorruptCheckpoint', 'UnsafeCheckpoint',
@@ -56,6 +57,20 @@ def short_repr(v: Any, width: int = 80) -> str:
     s = r.repr(v)
     return s if len(s) <= width else s[:width - 3] + "..."
 
+# %% ../nbs/00_io.ipynb #f7859e0a
+def _unique_keys(pairs: list) -> dict:
+    keys = [k for k, _ in pairs]
+    if len(set(keys)) != len(keys): raise ValueError(f"names {sorted({k for k in keys if keys.count(k) > 1})[:3]} appear twice")
+    return dict(pairs)
+
+def _check_layout(tensors: dict, start: int, size: int, bad: Callable):
+    "The safetensors spec: tensor data contiguous from the header on, no overlap, no hole, nothing after the last."
+    end = start
+    for b, e in sorted(v["offsets"] for v in tensors.values() if v["offsets"][1] > v["offsets"][0]):
+        if b != end: raise bad(f"tensor data {'overlap' if b < end else 'leave a hole'} at byte {min(b, end)}")
+        end = e
+    if end != size: raise bad(f"{size - end} bytes follow the last tensor's data")
+
 # %% ../nbs/00_io.ipynb #074310dd
 _ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
               "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
@@ -77,8 +92,8 @@ def read_safetensors_header(path: str | Path) -> tuple[dict[str, dict], dict[str
         if len(raw) < 8: raise bad(f"only {size} bytes, too short for a safetensors header")
         (n,) = struct.unpack("<Q", raw)
         if n > min(_MAX_HEADER, size - 8): raise bad(f"header length {n} does not fit in a file of {size} bytes")
-        try: header = json.loads(f.read(n))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e: raise bad(f"header is not valid JSON ({e})") from None
+        try: header = json.loads(f.read(n), object_pairs_hook=_unique_keys)
+        except (UnicodeDecodeError, ValueError, RecursionError) as e: raise bad(f"header is not valid JSON ({short_repr(str(e), 120)})") from None
     if not isinstance(header, dict): raise bad("header is not a JSON object")
     meta = header.pop("__metadata__", None) or {}
     start, tensors = 8 + n, {}
@@ -93,6 +108,7 @@ def read_safetensors_header(path: str | Path) -> tuple[dict[str, dict], dict[str
         if start + e > size:
             raise bad(f"tensor {name!r} ends at byte {start + e} but the file has only {size} bytes (truncated)")
         tensors[name] = dict(dtype=dtype, shape=shape, offsets=(start + b, start + e))
+    _check_layout(tensors, start, size, bad)
     return tensors, meta, start
 
 # %% ../nbs/00_io.ipynb #2af21f9d
@@ -563,9 +579,10 @@ def exchange_paths(a: Path, b: Path) -> bool:
 def _dtype_name(dtype: torch.dtype) -> str: return str(dtype).removeprefix("torch.")
 
 # %% ../nbs/00_io.ipynb #370fba48
-def _unwritable(out: Path, e: OSError) -> OutputNotWritable:
+def _unwritable(out: Path, e: Exception) -> OutputNotWritable:
+    code = getattr(e, "errno", None) or (errno.ENOSPC if "No space left" in str(e) else None)   # safetensors' own error
     why = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded", errno.EROFS: "the file system is read-only",
-           errno.EACCES: "permission denied", errno.EPERM: "permission denied"}.get(e.errno, e.strerror or type(e).__name__)
+           errno.EACCES: "permission denied", errno.EPERM: "permission denied"}.get(code, getattr(e, "strerror", None) or type(e).__name__)
     return OutputNotWritable(f"cannot write {out}: {why} ({e}); nothing was left at {out}. Free some space, or choose a writable path")
 
 def _writes(f):
@@ -573,7 +590,7 @@ def _writes(f):
     @functools.wraps(f)
     def g(self, *a, **kw):
         try: return f(self, *a, **kw)
-        except OSError as e:
+        except (OSError, SafetensorError) as e:            # safetensors reports a full disk as its own error
             if isinstance(e, MergelabError): raise
             self.abort()
             raise _unwritable(self.out, e) from e

@@ -201,3 +201,28 @@ def test_a_huge_karcher_stops_on_a_signal_and_cleans_up(zoo, tmp_path, sig):
     assert p.returncode == 130 and "interrupted" in p.stderr.read(), p.returncode
     assert time.time() - t0 < 30 and not out.exists()
     assert not [q for q in tmp_path.iterdir() if q.name.startswith(".out")]
+
+def test_safetensors_headers_are_validated_as_the_spec_requires(tmp_path):
+    import struct
+    from mergelab.io import CorruptCheckpoint
+    def raw(name, header, data):
+        h = (json.dumps(header) if isinstance(header, dict) else header).encode()
+        p = tmp_path / f"{name}.safetensors"; p.write_bytes(struct.pack("<Q", len(h)) + h + data); return p
+    t = lambda b, e: {"dtype": "F32", "shape": [2], "data_offsets": [b, e]}
+    assert open_model(raw("fine", {"a": t(0, 8), "b": t(8, 16)}, bytes(16))).keys() == ["a", "b"]
+    for name, header, data, why in [("overlap", {"a": t(0, 8), "b": t(4, 12)}, bytes(12), "overlap"),
+                                    ("hole", {"a": t(0, 8), "b": t(12, 20)}, bytes(20), "hole"),
+                                    ("trailing", {"a": t(0, 8), "b": t(8, 16)}, bytes(24), "follow the last"),
+                                    ("duplicate", '{"a": %s, "a": %s}' % (json.dumps(t(0, 8)), json.dumps(t(0, 8))), bytes(8), "twice")]:
+        with pytest.raises(CorruptCheckpoint, match=why): open_model(raw(name, header, data))
+
+def test_a_really_full_disk_is_a_named_error_and_leaves_nothing(zoo, tmp_path):
+    tiny = tmp_path / "tiny"; tiny.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(tiny)], capture_output=True).returncode:
+        pytest.skip("cannot mount a small tmpfs here (needs root in a container that allows it)")
+    try:
+        big = [model(tmp_path / f"big{i}", i, {"model.extra.weight": torch.randn(256, 256)}) for i in range(2)]
+        with pytest.raises(MergelabError, match="disk is full"):
+            merge(big, "linear", weight=[0.5, 0.5], out=tiny / "out", progress=False)
+        assert list(tiny.iterdir()) == []
+    finally: subprocess.run(["umount", str(tiny)])
