@@ -14,7 +14,8 @@ from .io import (Checkpoint, LazyCheckpoint, AdapterCheckpoint, ShardedWriter, M
                          CheckpointNotFound, check_output_path, parse_size, open_model, model_names, model_paths,
                          split_adapter_ref, short_repr)
 from .registry import ConfigError, MergeMethod, METHODS, get_method, chain, did_you_mean, REQUIRED
-from .scheduler import TensorGroup, execute, layer_index, num_layers, LAYER_RE, using_client, nonfinite_policy, check_threads
+from .scheduler import (TensorGroup, execute, layer_index, num_layers, LAYER_RE, using_client, nonfinite_policy,
+                                check_threads, parse_device)
 from .memory import MemoryEstimate, estimate_memory, check_memory
 
 # %% auto #0
@@ -566,11 +567,12 @@ def _plan_slices(cfg: MergeConfig, method: MergeMethod, seed, guard) -> Plan:
 # %% ../nbs/03_config.ipynb #22fad8b2
 def run_plan(plan: Plan, out: str | Path | None = None, *, max_shard_size: int | str = "5GB", overwrite: bool = False,
              threads: int = 2, progress: bool = True, compute_dtype: torch.dtype | str | None = None,
-             on_nonfinite: str = "error", record: str | None = None, client: Any = None) -> dict[str, torch.Tensor] | Path:
+             on_nonfinite: str = "error", record: str | None = None, client: Any = None,
+             device: Any = None) -> dict[str, torch.Tensor] | Path:
     """Execute a validated plan into a state dict (`out=None`) or an HF directory written atomically. With `client`
     (a `dask.distributed.Client`) the workers merge tensor by tensor and this process writes the shards, in order."""
     kw = dict(dtype=plan.dtype, out_dtype=plan.out_dtype, compute_dtype=parse_dtype(compute_dtype), seed=plan.seed,
-              on_nonfinite=nonfinite_policy(on_nonfinite))
+              on_nonfinite=nonfinite_policy(on_nonfinite), device=parse_device(device))
     if out is None: return execute(plan.groups, plan.method, threads=threads, progress=progress, client=client, **kw)
     with ShardedWriter(out, max_shard_size, overwrite=overwrite, inputs=plan.inputs, config=plan.config,
                        donor=plan.donor, dtype=plan.out_dtype or plan.dtype) as w:
@@ -595,24 +597,25 @@ def _validated(cfg: MergeConfig, out, overwrite: bool, seed, threads, **guard) -
 def merge_config(config: Any, out: str | Path | None = None, *, overwrite: bool = False, max_shard_size: int | str = "5GB",
                  seed: int | None = None, threads: int = 2, progress: bool = True, dtype: str | None = None,
                  compute_dtype: Any = None, on_nonfinite: str = "error", force: bool = False,
-                 client: Any = None) -> dict[str, torch.Tensor] | Path:
+                 client: Any = None, device: Any = None) -> dict[str, torch.Tensor] | Path:
     """Run a mergekit-style config (YAML path, YAML text or dict); returns the state dict, or `out` when given.
     `force=True` runs even when the memory guard estimates more than is available; `client=` runs the per-tensor
-    map on dask workers (bit-identical output)."""
-    nonfinite_policy(on_nonfinite)
+    map on dask workers (bit-identical output); `device=` ('cuda', 'cuda:1', 'mps') merges each tensor group there."""
+    nonfinite_policy(on_nonfinite); parse_device(device)
     cfg = MergeConfig.load(config)
     if dtype is not None: cfg.dtype = dtype
     with using_client(client):
         plan = _validated(cfg, out, overwrite, seed, threads, max_shard_size=max_shard_size, compute_dtype=compute_dtype, force=force)
         return run_plan(plan, out, max_shard_size=max_shard_size, overwrite=overwrite, threads=threads, progress=progress,
-                        compute_dtype=compute_dtype, on_nonfinite=on_nonfinite, record=cfg.to_yaml(), client=client)
+                        compute_dtype=compute_dtype, on_nonfinite=on_nonfinite, record=cfg.to_yaml(), client=client,
+                        device=device)
 
 # %% ../nbs/03_config.ipynb #26d7d2df
 def merge(models: Sequence[Any] | Mapping[str, Any], method: str = "linear", base: Any = None, out: str | Path | None = None, *,
           dtype: Any = None, out_dtype: Any = None, compute_dtype: Any = None, threads: int = 2,
           max_shard_size: int | str = "5GB", seed: int | None = None, overwrite: bool = False, progress: bool = True,
           on_nonfinite: str = "error", tokenizer_source: str | None = None, truncate_vocab: bool = False,
-          postprocess: Sequence[str | dict] = (), force: bool = False, client: Any = None,
+          postprocess: Sequence[str | dict] = (), force: bool = False, client: Any = None, device: Any = None,
           **params) -> dict[str, torch.Tensor] | Path:
     """Merge `models` (any references `open_model` takes, as a list or a `{name: reference}` mapping; a bare LoRA adapter
     is applied to `base`) with a registered `method`.
@@ -620,8 +623,9 @@ def merge(models: Sequence[Any] | Mapping[str, Any], method: str = "linear", bas
     mergekit DSL (gradients, filtered lists). `postprocess` chains post-processors (e.g. `["lines"]`; their parameters
     go in `**params` too). Returns a state dict, or writes an HF directory to `out` and returns it. The memory guard
     refuses a merge estimated to exceed the available memory (`InsufficientMemory`) unless `force=True`; `client=`
-    (a `dask.distributed.Client`) merges on its workers, tensor by tensor, with bit-identical output."""
-    nonfinite_policy(on_nonfinite)
+    (a `dask.distributed.Client`) merges on its workers, tensor by tensor, with bit-identical output; `device=` ('cuda',
+    'cuda:1', 'mps') merges each tensor group there (random drops are drawn on the CPU: the same masks as a CPU merge)."""
+    nonfinite_policy(on_nonfinite); parse_device(device)
     m = chain(method, *[p if isinstance(p, str) else p["method"] for p in postprocess]) if postprocess else get_method(method)
     models = list(model_names(models, what="merge").values())
     glob, per = {}, [{} for _ in models]
@@ -642,7 +646,8 @@ def merge(models: Sequence[Any] | Mapping[str, Any], method: str = "linear", bas
     with using_client(client):
         plan = _validated(cfg, out, overwrite, seed, threads, max_shard_size=max_shard_size, compute_dtype=compute_dtype, force=force)
         return run_plan(plan, out, max_shard_size=max_shard_size, overwrite=overwrite, threads=threads, progress=progress,
-                        compute_dtype=compute_dtype, on_nonfinite=on_nonfinite, record=cfg.to_yaml(), client=client)
+                        compute_dtype=compute_dtype, on_nonfinite=on_nonfinite, record=cfg.to_yaml(), client=client,
+                        device=device)
 
 # %% ../nbs/03_config.ipynb #deae5ee3
 def _dtype_str(d): return None if d is None else str(d).removeprefix("torch.")

@@ -11,8 +11,8 @@ import pandas as pd
 import torch
 from torch import Tensor
 from fastcore.basics import patch
-from .io import Checkpoint, AdapterCheckpoint, IncompatibleModels, MergelabError, open_model, model_names, parse_size, current_rss
-from .scheduler import TensorGroup, map_reduce, layer_index, check_threads
+from .io import Checkpoint, AdapterCheckpoint, IncompatibleModels, MergelabError, open_model, model_names, parse_size, current_rss, InvalidValue
+from .scheduler import TensorGroup, map_reduce, layer_index, check_threads, parse_device
 from .memory import MemoryEstimate, available_memory, check_memory, pass_memory
 
 # %% auto #0
@@ -34,21 +34,22 @@ class DeltaStats:
     D: Tensor
 
     @staticmethod
-    def of(X: Tensor) -> "DeltaStats":
+    def of(X: Tensor, device: torch.device | None = None) -> "DeltaStats":
         """Statistics of the rows of `X` (N × n, one flattened delta per row), computed in float64 over column blocks
-        in one reused workspace (≤ 3 × 32 MiB; float64 input is not copied) and combined exactly (`__add__`)."""
-        X = X.reshape(X.shape[0], -1)
+        in one reused workspace (≤ 3 × 32 MiB; float64 input is not copied) and combined exactly (`__add__`); on
+        `device` when given (a GPU), the N × N results back on the CPU."""
+        X, dev = X.reshape(X.shape[0], -1), device or X.device
         (N, n), out = X.shape, DeltaStats.zeros(X.shape[0])
         block = max(1 << 16, (1 << 22) // max(N, 1))
-        ws = torch.empty(3, N, min(n, block), dtype=torch.float64)      # the block, a difference, the centred block
+        ws = torch.empty(3, N, min(n, block), dtype=torch.float64, device=dev)   # block, difference, centred block
         for i in range(0, n, block):
             w = min(block, n - i)
-            x = X[:, i:i + w] if X.dtype == torch.float64 else ws[0, :, :w].copy_(X[:, i:i + w])
-            mean, D = x.mean(1), torch.zeros(N, N, dtype=torch.float64)
+            x = X[:, i:i + w] if X.dtype == torch.float64 and dev == X.device else ws[0, :, :w].copy_(X[:, i:i + w])
+            mean, D = x.mean(1), torch.zeros(N, N, dtype=torch.float64, device=dev)
             for j in range(N - 1):                                   # direct Σ(δᵢ − δⱼ)², no Gram cancellation, i < j
                 D[j, j + 1:] = D[j + 1:, j] = torch.sub(x[j + 1:], x[j], out=ws[1, :N - 1 - j, :w]).square_().sum(1)
             xc = torch.sub(x, mean[:, None], out=ws[2, :, :w])
-            out = out + DeltaStats(w, mean, x @ x.T, xc @ xc.T, D)
+            out = out + DeltaStats(w, mean.cpu(), (x @ x.T).cpu(), (xc @ xc.T).cpu(), D.cpu())
         return out
 
     @staticmethod
@@ -228,17 +229,19 @@ def statistics_memory(ds: DeltaSet, threads: int = 2, block: int | None = None) 
 # %% ../nbs/04_kinship.ipynb #4e9dbe7d
 def delta_statistics(models: Sequence[Any] | Mapping[str, Any] | DeltaSet, base: Any = None, *, threads: int = 2,
                      progress: bool = True, client: Any = None, max_memory: int | str | None = None,
-                     force: bool = False) -> DeltaStatistics:
+                     force: bool = False, device: Any = None) -> DeltaStatistics:
     """One streaming pass (`scheduler.map_reduce`): the per-tensor sufficient statistics of the N deltas. A tensor whose
     N float64 deltas exceed a block (`statistics_block(max_memory, threads)`) is read in row blocks, so peak memory is
     set by `max_memory`, not by the largest tensor; the memory guard refuses a pass that would not fit before any read
     (`InsufficientMemory`, unless `force`). With `client` (a `dask.distributed.Client`) the per-tensor statistics are
-    computed on its workers, which open the checkpoints by path; the reduce stays here."""
-    check_threads(threads)
+    computed on its workers, which open the checkpoints by path; the reduce stays here. `device=` ('cuda', 'cuda:1')
+    computes each block's float64 statistics there (MPS has no float64)."""
+    check_threads(threads); dev = parse_device(device)
+    if dev is not None and dev.type == "mps": raise InvalidValue("exact kinship computes in float64, which MPS lacks; use the CPU")
     ds = open_deltas(models, base)
     block = statistics_block(max_memory, threads)
     check_memory(statistics_memory(ds, threads, block), force=force, what="statistics pass")
-    fn = lambda b: (b.name, DeltaStats.of(ds.read(b.name, rows=b.rows)))
+    fn = lambda b: (b.name, DeltaStats.of(ds.read(b.name, rows=b.rows), dev))
     def red(acc, r): acc[r[0]] = acc[r[0]] + r[1] if r[0] in acc else r[1]; release_heap(); return acc
     with intraop_threads(1):
         tensors = map_reduce(ds.blocks(block), fn, red, {}, threads=threads, progress="kinship" if progress else False,
@@ -257,15 +260,16 @@ def _tidy(names: list[str], items: dict, metric: str, col: str) -> pd.DataFrame:
 def kinship_matrix(models: Sequence[Any] | Mapping[str, Any] | DeltaSet | DeltaStatistics, base: Any = None,
                    metric: Metric = "pcc", by: Literal["layer", "tensor"] | None = None, *, threads: int = 2,
                    progress: bool = True, client: Any = None, max_memory: int | str | None = None,
-                   force: bool = False) -> pd.DataFrame:
+                   force: bool = False, device: Any = None) -> pd.DataFrame:
     """Model kinship (Hu et al. 2024, arXiv:2410.12613) of N models against `base`, exact over all shared parameters,
     from one streaming pass. `metric`: `pcc` (Pearson), `cosine` (signed), `abs_cosine` (|cos|, the reference code's
     CS), `euclidean` (‖δᵢ − δⱼ‖₂, a *distance*). `by=None`: the N × N matrix (index and columns = model names);
     `by="layer"`/`"tensor"`: a tidy table (layer|tensor, model_a, model_b, metric, value, numel), every ordered pair.
-    `client=`: the pass runs on dask workers; `max_memory=`: its working-memory budget (see `delta_statistics`)."""
+    `client=`: the pass runs on dask workers; `max_memory=`: its working-memory budget; `device=`: where the float64
+    statistics are computed (see `delta_statistics`)."""
     if metric not in METRICS: raise MergelabError(f"unknown kinship metric {metric!r}; choose from {list(METRICS)}")
     st = models if isinstance(models, DeltaStatistics) else delta_statistics(
-        models, base, threads=threads, progress=progress, client=client, max_memory=max_memory, force=force)
+        models, base, threads=threads, progress=progress, client=client, max_memory=max_memory, force=force, device=device)
     if by is None:
         df = pd.DataFrame(st.total().metric(metric).numpy(), index=st.names, columns=st.names)
         df.index.name, df.columns.name = "model_a", "model_b"

@@ -105,15 +105,22 @@ def sparsify_magnitude(delta: Tensor, density: float, rescale="none", threshold:
     return rescale_masked(delta, mask, rescale, density)
 
 # %% ../nbs/02_methods.ipynb #85bdc7c4
-def _work_dtype(t: Tensor) -> torch.dtype:
-    "mergekit's dtype for Bernoulli draws: bf16 (and any accelerator dtype) stays, other CPU dtypes draw in fp32."
-    return t.dtype if t.device.type != "cpu" or t.dtype == torch.bfloat16 else torch.float32
+def _work_dtype(t: Tensor, generator: torch.Generator | None = None) -> torch.dtype:
+    """mergekit's dtype for Bernoulli draws: bf16 (and any accelerator dtype) stays, other CPU dtypes draw in fp32. Draws
+    from a CPU generator follow the CPU rule on any device, so that a GPU merge makes the CPU merge's masks."""
+    on_cpu = t.device.type == "cpu" or (generator is not None and generator.device.type == "cpu")
+    return t.dtype if not on_cpu or t.dtype == torch.bfloat16 else torch.float32
+
+def _bernoulli(p: Tensor, generator: torch.Generator | None) -> Tensor:
+    "Bernoulli(p) drawn where `generator` lives (the same draws whichever device merges), on `p`'s device."
+    if generator is None or generator.device == p.device: return torch.bernoulli(p, generator=generator)
+    return torch.bernoulli(p.cpu(), generator=generator).to(p.device)
 
 def sparsify_random(delta: Tensor, density: float, rescale="l1", generator: torch.Generator | None = None) -> Tensor:
     "DARE drop (Yu et al. 2024): keep each entry with probability ρ (mask ~ Bernoulli(ρ)), then rescale."
     if density >= 1: return delta
-    work = _work_dtype(delta)
-    mask = torch.bernoulli(torch.full_like(delta, density, dtype=work), generator=generator)
+    work = _work_dtype(delta, generator)
+    mask = _bernoulli(torch.full_like(delta, density, dtype=work), generator)
     if density <= 0: return torch.zeros_like(delta)   # after the draw, so later models see the same random stream
     return rescale_masked(delta.to(work), mask, rescale, density).to(delta.dtype)
 
@@ -140,14 +147,14 @@ def sparsify_della(delta: Tensor, density: float, epsilon: float = 0.15, rescale
     if density <= 0: return torch.zeros_like(delta)
     if density + epsilon >= 1 or density - epsilon <= 0:
         raise ConfigError(f"{method}: parameters 'density' ± 'epsilon' must lie in (0, 1); got density={density}, epsilon={epsilon}")
-    work, shape = _work_dtype(delta), delta.shape
+    work, shape = _work_dtype(delta, generator), delta.shape
     x = delta.unsqueeze(0) if delta.dim() < 2 else delta
     ranks = torch.argsort(torch.argsort(x.abs(), dim=1), dim=1).to(work) + 1
     lo, hi = ranks.min(dim=1, keepdim=True).values, ranks.max(dim=1, keepdim=True).values
     rank_norm = ((ranks - lo) / (hi - lo)).clamp(0, 1)
     if x.shape[1] == 1: rank_norm = torch.full_like(rank_norm, 0.5)   # mergekit fails here (0/0); keep probability ρ
     probs = (density - epsilon) + rank_norm * 2 * epsilon
-    mask = torch.bernoulli(probs, generator=generator).to(work)
+    mask = _bernoulli(probs, generator).to(work)
     return rescale_masked(x.to(work), mask, rescale, probs).to(delta.dtype).reshape(shape)
 
 # %% ../nbs/02_methods.ipynb #68b53641

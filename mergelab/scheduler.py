@@ -17,7 +17,7 @@ from .registry import ConfigError, MergeMethod, did_you_mean
 
 # %% auto #0
 __all__ = ['Source', 'LAYER_RE', 'NonFinitePolicy', 'NonFiniteTensor', 'TensorGroup', 'read_group', 'layer_index', 'num_layers',
-           'layer_prepare', 'merge_group', 'Interrupted', 'request_stop', 'check_stop', 'check_threads',
+           'layer_prepare', 'merge_group', 'Interrupted', 'request_stop', 'check_stop', 'check_threads', 'parse_device',
            'nonfinite_policy', 'MissingDependency', 'require_dask', 'using_client', 'open_cached', 'dumps_by_path',
            'run_groups', 'map_reduce', 'execute']
 
@@ -92,8 +92,10 @@ def _finite_check(t: torch.Tensor, what: str, policy: str):
 
 def merge_group(g: TensorGroup, method: MergeMethod, *, dtype: torch.dtype | None = None,
                 compute_dtype: torch.dtype | None = None, out_dtype: torch.dtype | None = None,
-                seed: int | None = None, on_nonfinite: NonFinitePolicy = "error") -> torch.Tensor:
-    "The map step: read one group, merge it, return the output tensor."
+                seed: int | None = None, on_nonfinite: NonFinitePolicy = "error",
+                device: torch.device | None = None) -> torch.Tensor:
+    """The map step: read one group, merge it, return the output tensor (on the CPU). With `device` (e.g. a GPU) the
+    inputs are moved there in the compute dtype, merged, and the result is moved back."""
     ts, b = read_group(g, dtype)
     first = b if b is not None else ts[0]
     if not first.is_floating_point(): return first
@@ -102,12 +104,12 @@ def merge_group(g: TensorGroup, method: MergeMethod, *, dtype: torch.dtype | Non
     target = out_dtype or dtype or first.dtype
     cd = compute_dtype or (torch.float32 if (method.compute == "fp32" and first.dtype != torch.float64)
                            or first.dtype.itemsize == 1 else first.dtype)      # float8 has no arithmetic of its own
-    ts = [t.to(cd) for t in ts]
-    b = b.to(cd) if b is not None else None
+    ts = [t.to(device=device, dtype=cd) for t in ts]
+    b = b.to(device=device, dtype=cd) if b is not None else None
     out = method.fn(ts, b, **method._extras(g.params, g.name, seed))
     if tuple(out.shape) != tuple(first.shape):
         raise MergelabError(f"method {method.name} returned shape {list(out.shape)} for {g.name!r}, expected {list(first.shape)}")
-    out = out.to(target)                          # checked as written: a value beyond the output dtype's range is inf
+    out = out.to(device="cpu", dtype=target)     # checked as written: a value beyond the output dtype's range is inf
     _finite_check(out, f"merged tensor {g.name!r} ({method.name})", on_nonfinite)
     return out
 
@@ -130,6 +132,19 @@ def check_threads(threads: Any) -> int:
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise InvalidValue(f"threads must be a positive integer, got {short_repr(threads, 40)}")
     return threads
+
+def parse_device(device: Any) -> torch.device | None:
+    """None for the CPU (nothing is moved), else the torch device `device` names ('cuda', 'cuda:1', 'mps') if this
+    machine has it; an `InvalidValue` otherwise, before any work."""
+    if device is None: return None
+    try: d = torch.device(device)
+    except (RuntimeError, TypeError, ValueError): d = None
+    if d is None or d.type not in ("cpu", "cuda", "mps"):
+        raise InvalidValue(f"device must be 'cpu', 'cuda', 'cuda:N' or 'mps', got {short_repr(device, 30)}")
+    if (d.type == "cuda" and (not torch.cuda.is_available() or (d.index or 0) >= torch.cuda.device_count())) or \
+            (d.type == "mps" and not torch.backends.mps.is_available()):
+        raise InvalidValue(f"device {d} is not available here (torch sees {torch.cuda.device_count()} CUDA device(s))")
+    return None if d.type == "cpu" else d
 
 def nonfinite_policy(policy: Any) -> str:
     "`policy` if it is one of `NonFinitePolicy`'s values, else a `ConfigError` naming them (a typo never means 'warn')."

@@ -226,3 +226,17 @@ def test_a_really_full_disk_is_a_named_error_and_leaves_nothing(zoo, tmp_path):
             merge(big, "linear", weight=[0.5, 0.5], out=tiny / "out", progress=False)
         assert list(tiny.iterdir()) == []
     finally: subprocess.run(["umount", str(tiny)])
+
+def test_device_is_checked_before_any_work_and_cpu_is_the_tested_path(zoo):
+    from mergelab.io import InvalidValue
+    from mergelab.kinship import kinship_matrix
+    ref = merge([zoo["a"], zoo["b"]], "dare_ties", base=zoo["base"], weight=[1.0, 1.0], density=0.5, seed=3, progress=False)
+    on = merge([zoo["a"], zoo["b"]], "dare_ties", base=zoo["base"], weight=[1.0, 1.0], density=0.5, seed=3, device="cpu",
+               progress=False)
+    assert all(torch.equal(ref[k], on[k]) for k in ref)
+    pd_testing = pytest.importorskip("pandas.testing")
+    pd_testing.assert_frame_equal(kinship_matrix([zoo["a"], zoo["b"]], zoo["base"], device="cpu", progress=False),
+                                  kinship_matrix([zoo["a"], zoo["b"]], zoo["base"], progress=False))
+    for bad in ("gpu", 3, "cuda:99"):
+        with pytest.raises(InvalidValue): merge([zoo["a"], zoo["b"]], "linear", weight=0.5, device=bad, progress=False)
+        with pytest.raises(InvalidValue): kinship_matrix([zoo["a"], zoo["b"]], zoo["base"], device=bad, progress=False)
