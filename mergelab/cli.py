@@ -54,6 +54,7 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--dtype", default=None, help="cast inputs to this dtype (float32, bfloat16, float16)")
     m.add_argument("--compute-dtype", default=None, help="override the method's compute dtype")
     m.add_argument("--on-nonfinite", choices=["error", "warn", "ignore"], default="error", help="NaN/inf policy")
+    m.add_argument("--device", default=None, help="merge each tensor group on this device: cuda, cuda:1, mps (default: the CPU)")
     m.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     m.add_argument("--force", action="store_true", help="run even if the estimated peak memory exceeds what is available")
     v = sub.add_parser("validate", help="check a config completely without reading any tensor")
@@ -77,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             out = merge_config(args.config, args.out, overwrite=args.overwrite, max_shard_size=args.max_shard_size,
                                seed=args.seed, threads=args.threads, dtype=args.dtype, compute_dtype=args.compute_dtype,
-                               on_nonfinite=args.on_nonfinite, progress=not args.no_progress, force=args.force)
+                               on_nonfinite=args.on_nonfinite, progress=not args.no_progress, force=args.force,
+                               device=args.device)
             print(f"merged into {out} in {time.perf_counter() - t0:.1f} s (peak RSS {_peak_rss() / 2**20:.0f} MiB)")
         elif args.cmd == "validate":
             from mergelab.config import build_plan
