@@ -398,7 +398,12 @@ def silhouette(embeddings: Any, labels: Sequence[Any], metric: str = "cosine", p
 # %% ../nbs/05_activations.ipynb #5fff40e6
 def knn_accuracy(embeddings: Any, labels: Sequence[Any], k: int = 1, metric: str = "cosine") -> float:
     "Leave-one-out k-NN retrieval accuracy: the share of models whose k nearest others' majority label is their own."
+    if metric not in ("cosine", "similarity", "euclidean", "manhattan"):
+        raise ActivationError(f"metric must be 'cosine', 'similarity', 'euclidean' or 'manhattan', got {str(metric)[:30]!r}")
     D, labels = _distance(embeddings, metric), np.asarray(labels)
+    if len(labels) != len(D) or isinstance(k, bool) or not isinstance(k, int) or not 1 <= k < len(D):
+        raise ActivationError(f"knn_accuracy needs one label per model ({len(D)}) and 1 ≤ k < {len(D)}, got {len(labels)} "
+                              f"labels and k={str(k)[:20]}")
     np.fill_diagonal(D, np.inf)
     hits = []
     for i in range(len(D)):

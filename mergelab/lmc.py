@@ -20,9 +20,9 @@ from .methods import slerp_tensors
 # %% auto #0
 __all__ = ['HF_DECODER_NAMES', 'MATCHINGS', 'CORRECTIONS', 'SpecError', 'CurveError', 'NotEquivalent', 'interpolation_curve',
            'task_vector_curve', 'barrier', 'barrier_table', 'plane', 'plot_plane', 'plot_curves', 'HeadGroup',
-           'PermutationSpec', 'apply_permutation', 'check_equivalent', 'mlp_spec', 'transformer_spec', 'Permutations',
-           'weight_matching', 'activation_matching', 'reset_batchnorm', 'repair', 'l2_distance', 'subspace_overlap',
-           'lmc_align', 'lmc_prepare', 'lmc_probe']
+           'PermutationSpec', 'same_shapes', 'apply_permutation', 'check_equivalent', 'mlp_spec', 'transformer_spec',
+           'Permutations', 'weight_matching', 'activation_matching', 'reset_batchnorm', 'repair', 'l2_distance',
+           'subspace_overlap', 'lmc_align', 'lmc_prepare', 'lmc_probe']
 
 # %% ../nbs/06_lmc.ipynb #3bab904f
 class SpecError(MergelabError, ValueError):
@@ -307,6 +307,12 @@ def check(self: PermutationSpec, params: Any) -> "PermutationSpec":
     "Raise `SpecError` unless every tensor is listed or invariant, every listed tensor exists and sizes agree."
     self.sizes(params); return self
 
+def same_shapes(a: Mapping[str, Tensor], b: Mapping[str, Tensor]):
+    "Raise `SpecError` unless two state dicts share every tensor shape: alignment permutes models of one architecture."
+    diff = [k for k in a if k in b and tuple(a[k].shape) != tuple(b[k].shape)]
+    if diff: raise SpecError(f"the two models differ in shape at {diff[:3]} ({list(a[diff[0]].shape)} vs "
+                             f"{list(b[diff[0]].shape)}); permutation alignment needs one architecture and width")
+
 @patch
 def identity(self: PermutationSpec, params: Any) -> dict[str, Tensor]:
     return {p: torch.arange(n) for p, n in self.sizes(params).items()}
@@ -553,7 +559,7 @@ def weight_matching(spec: PermutationSpec, a: Any, b: Any, max_iter: int = 100, 
     `seed + r`) and keeps the best objective. Returns the permutations of B (apply them with
     `apply_permutation(spec, perms, b)`)."""
     A, B = _state(a), _state(b)
-    sizes = spec.sizes(A); spec.check(B)
+    same_shapes(A, B); sizes = spec.sizes(A); spec.check(B)
     if restarts > 1:
         runs = [weight_matching(spec, A, B, max_iter, seed + r, init if r == 0 else spec.random(A, seed + r), progress)
                 for r in range(restarts)]
@@ -611,7 +617,7 @@ def activation_matching(spec: PermutationSpec, a: Any, b: Any, data: Any, *, mod
     missing = [p for p in spec.perms if p not in spec.activations]
     if missing or spec.heads: raise SpecError(f"activation matching needs an activation site for every permutation; none for {missing or 'head groups'}")
     ma, mb = _as_model(a, model, "a"), _as_model(b, model, "b")
-    spec.check(_state(ma))
+    same_shapes(_state(ma), _state(mb)); spec.check(_state(ma))
     acc: dict[str, dict[str, Tensor]] = {}
     was = ma.training, mb.training
     ma.eval(); mb.eval()

@@ -195,7 +195,10 @@ def test_a_huge_karcher_stops_on_a_signal_and_cleans_up(zoo, tmp_path, sig):
     out = tmp_path / "out"
     p = subprocess.Popen([str(Path(sys.executable).parent / "mergelab"), "merge", str(cfg), str(out), "--no-progress"],
                          stderr=subprocess.PIPE, text=True)
-    time.sleep(4); t0 = time.time(); p.send_signal(sig)
+    t0 = time.time()                                    # signal once the writer exists: the merge is under way
+    while not [q for q in tmp_path.iterdir() if q.name.startswith(".out")] and time.time() - t0 < 120 and p.poll() is None:
+        time.sleep(0.1)
+    time.sleep(1); t0 = time.time(); p.send_signal(sig)
     try: p.wait(timeout=30)
     except subprocess.TimeoutExpired: p.kill(); pytest.fail("the merge did not stop within 30 s of the signal")
     assert p.returncode == 130 and "interrupted" in p.stderr.read(), p.returncode
@@ -240,3 +243,14 @@ def test_device_is_checked_before_any_work_and_cpu_is_the_tested_path(zoo):
     for bad in ("gpu", 3, "cuda:99"):
         with pytest.raises(InvalidValue): merge([zoo["a"], zoo["b"]], "linear", weight=0.5, device=bad, progress=False)
         with pytest.raises(InvalidValue): kinship_matrix([zoo["a"], zoo["b"]], zoo["base"], device=bad, progress=False)
+
+def test_analysis_misuse_is_named():
+    import numpy as np
+    from mergelab.activations import knn_accuracy, ActivationError
+    from mergelab.lmc import weight_matching, mlp_spec, SpecError
+    E = np.random.default_rng(0).normal(size=(6, 4))
+    for kw in (dict(k=0), dict(k=6), dict(labels=[0, 1]), dict(metric="x")):
+        with pytest.raises(ActivationError): knn_accuracy(E, kw.pop("labels", [0, 0, 0, 1, 1, 1]), **kw)
+    a = {"0.weight": torch.randn(8, 4), "0.bias": torch.randn(8), "2.weight": torch.randn(3, 8), "2.bias": torch.randn(3)}
+    b = {"0.weight": torch.randn(6, 4), "0.bias": torch.randn(6), "2.weight": torch.randn(3, 6), "2.bias": torch.randn(3)}
+    with pytest.raises(SpecError, match="differ in shape"): weight_matching(mlp_spec(a), a, b, progress=False)
