@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 from fastcore.basics import patch
 from .io import (Checkpoint, AdapterCheckpoint, MergelabError, IncompatibleModels, open_model, open_module,
-                         open_tokenizer, model_names)
+                         open_tokenizer, model_names, short_repr)
 from .kinship import DeltaStats, kinship_matrix, intraop_threads
 
 # %% auto #0
@@ -366,18 +366,27 @@ def delta_activations(models: Sequence[Any] | Mapping[str, Any], base: Any, prob
 # %% ../nbs/05_activations.ipynb #64a8b293
 def cosine_similarity(embeddings: Any) -> pd.DataFrame:
     "N × N cosine similarity of the rows of `embeddings` (DataFrame or array)."
-    X = np.asarray(embeddings, dtype=np.float64)
+    X = _matrix(embeddings)
     n = np.linalg.norm(X, axis=1, keepdims=True)
     Xn = X / np.where(n > 0, n, 1)
     idx = embeddings.index if isinstance(embeddings, pd.DataFrame) else None
     return pd.DataFrame(np.clip(Xn @ Xn.T, -1, 1), index=idx, columns=idx)
 
 # %% ../nbs/05_activations.ipynb #ae81c527
+def _matrix(X: Any) -> np.ndarray:
+    try: M = np.asarray(X, dtype=np.float64)
+    except (TypeError, ValueError): M = None
+    if M is None or M.ndim != 2 or not len(M):
+        raise ActivationError(f"expected embeddings as a 2-D numeric table (one row per model), got {short_repr(X, 50)}")
+    return M
+
 def _distance(X: Any, metric: str) -> np.ndarray:
+    if metric not in ("cosine", "similarity", "euclidean", "manhattan"):
+        raise ActivationError(f"metric must be 'cosine', 'similarity', 'euclidean' or 'manhattan', got {str(metric)[:30]!r}")
     if metric == "cosine": return np.clip(1 - cosine_similarity(X).values, 0, 1)
-    if metric == "similarity": return np.clip(1 - np.asarray(X, dtype=np.float64), 0, 1)
+    if metric == "similarity": return np.clip(1 - _matrix(X), 0, 1)
     from sklearn.metrics import pairwise_distances
-    return pairwise_distances(np.asarray(X, dtype=np.float64), metric=metric)
+    return pairwise_distances(_matrix(X), metric=metric)
 
 def silhouette(embeddings: Any, labels: Sequence[Any], metric: str = "cosine", per_sample: bool = False):
     """Silhouette of `labels` clusters (Rousseeuw 1987), as the Delta Activations paper scores clusters. `metric="cosine"`: the reference distance
@@ -385,8 +394,8 @@ def silhouette(embeddings: Any, labels: Sequence[Any], metric: str = "cosine", p
     (e.g. `weight_similarity`); any other sklearn metric is applied to the rows. Labels with fewer than 2 members are
     dropped, as in the reference. `per_sample=True` returns the `silhouette_samples` Series too."""
     from sklearn.metrics import silhouette_score, silhouette_samples
-    D, labels = _distance(embeddings, metric), np.asarray(labels)
-    if len(labels) != len(D): raise ActivationError(f"{len(labels)} labels for {len(D)} models")
+    D, labels = _distance(embeddings, metric), np.asarray(labels if labels is not None else [])
+    if labels.ndim != 1 or len(labels) != len(D): raise ActivationError(f"{labels.size} labels for {len(D)} models")
     keep = np.isin(labels, [l for l in set(labels) if (labels == l).sum() >= 2])
     if len(set(labels[keep])) < 2: raise ActivationError("silhouette needs at least two labels with ≥ 2 models each")
     D = D[np.ix_(keep, keep)]
@@ -398,8 +407,6 @@ def silhouette(embeddings: Any, labels: Sequence[Any], metric: str = "cosine", p
 # %% ../nbs/05_activations.ipynb #5fff40e6
 def knn_accuracy(embeddings: Any, labels: Sequence[Any], k: int = 1, metric: str = "cosine") -> float:
     "Leave-one-out k-NN retrieval accuracy: the share of models whose k nearest others' majority label is their own."
-    if metric not in ("cosine", "similarity", "euclidean", "manhattan"):
-        raise ActivationError(f"metric must be 'cosine', 'similarity', 'euclidean' or 'manhattan', got {str(metric)[:30]!r}")
     D, labels = _distance(embeddings, metric), np.asarray(labels)
     if len(labels) != len(D) or isinstance(k, bool) or not isinstance(k, int) or not 1 <= k < len(D):
         raise ActivationError(f"knn_accuracy needs one label per model ({len(D)}) and 1 ≤ k < {len(D)}, got {len(labels)} "

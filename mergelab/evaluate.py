@@ -142,8 +142,8 @@ def normalized_accuracy(merged: pd.DataFrame, finetuned: pd.DataFrame | pd.Serie
 def merge_gain(merged: pd.DataFrame, parents: Sequence[pd.DataFrame], col: str = "accuracy") -> pd.Series:
     "Per task: merged score minus the mean score of its parents (each evaluated on the same tasks)."
     if not parents: raise EvaluationError("merge_gain: no parent results given; pass evaluate(parent, tasks) of each")
-    mean = pd.concat([_acc(p, col) for p in parents], axis=1).mean(axis=1)
-    return (_acc(merged, col) - mean.reindex(merged.index)).rename("merge_gain")
+    mean, m = pd.concat([_acc(p, col) for p in parents], axis=1).mean(axis=1), _acc(merged, col)
+    return (m - mean.reindex(m.index)).rename("merge_gain")
 
 def summarize(merged: pd.DataFrame, finetuned: pd.DataFrame | pd.Series | Mapping | None = None,
               parents: Sequence[pd.DataFrame] | None = None) -> pd.Series:
@@ -190,6 +190,10 @@ def sweep(fn: Callable[..., Any], grid: Mapping[str, Sequence] | Sequence[Mappin
     """Call `fn(**params)` for every point of `grid` and stack the results, one column per parameter first.
     `client=` (a `dask.distributed.Client`): the points run on its workers (`fn` travels with cloudpickle, checkpoints
     it holds by path), the results are stacked here in grid order: the same table as a local run."""
+    if not callable(fn): raise EvaluationError(f"sweep needs a function to call at each point, got {short_repr(fn, 40)}")
+    ok = isinstance(grid, Mapping) and all(isinstance(v, (list, tuple, range)) or hasattr(v, "tolist") for v in grid.values()) \
+        or isinstance(grid, (list, tuple)) and all(isinstance(p, Mapping) for p in grid)
+    if not ok: raise EvaluationError(f"sweep: the grid is {{name: [values]}} or a list of {{name: value}}, got {short_repr(grid, 60)}")
     if isinstance(grid, Mapping):
         names = list(grid)
         points = [dict(zip(names, v)) for v in itertools.product(*(list(grid[n]) for n in names))]

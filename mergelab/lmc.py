@@ -115,8 +115,13 @@ def interpolation_curve(a: Any, b: Any, evaluate: Callable[[nn.Module], Any], al
     One working model is allocated once and overwritten in place with `torch.lerp`, so the cost is that of the
     evaluations. `evaluate(model)` returns a loss, a `{metric: value}` dict, or `{task: {metric: value}}`; the result
     is a tidy frame with columns `alpha`, (`task`,) and the metrics. `alphas` may leave [0, 1] (extrapolation)."""
-    if path not in ("linear", "slerp"): raise CurveError(f"path must be 'linear' or 'slerp', not {path!r}")
-    alphas = np.linspace(0, 1, alphas) if isinstance(alphas, int) else np.asarray(alphas, dtype=float)
+    if path not in ("linear", "slerp"): raise CurveError(f"path must be 'linear' or 'slerp', not {short_repr(path, 30)}")
+    if not callable(evaluate): raise CurveError(f"evaluate must be a function model -> score, got {short_repr(evaluate, 40)}")
+    if model is not None and not isinstance(model, nn.Module): raise CurveError(f"model must be an nn.Module, got {short_repr(model, 40)}")
+    try: alphas = np.linspace(0, 1, alphas) if isinstance(alphas, int) and not isinstance(alphas, bool) else np.asarray(alphas, dtype=float)
+    except (TypeError, ValueError): alphas = np.array([np.nan])
+    if alphas.ndim != 1 or not len(alphas) or not np.isfinite(alphas).all():
+        raise CurveError(f"alphas must be a count ≥ 1 or finite α values, got {short_repr(alphas, 40)}")
     ip, rows = _Interpolator([a, b], model), []
     ip.model.eval()
     for al in tqdm(alphas, desc="interpolation", disable=not progress):
@@ -172,7 +177,11 @@ def barrier(curve: pd.DataFrame, kind: Literal["midpoint", "linear", "at_half"] 
 def barrier_table(curve: pd.DataFrame, metrics: Sequence[str] | None = None, **labels) -> pd.DataFrame:
     """Every barrier of a curve as a tidy frame: one row per (task,) metric and kind, with the barrier, the α where it
     is reached, and the barrier relative to the mean endpoint value. Extra keyword arguments become constant columns."""
+    if not isinstance(curve, pd.DataFrame) or "alpha" not in curve:
+        raise CurveError(f"barrier_table needs an interpolation curve (a DataFrame with an 'alpha' column), got {short_repr(curve, 60)}")
     metrics = metrics or [c for c in curve.columns if c not in ("alpha", "task")]
+    if not isinstance(metrics, (list, tuple)) or not all(isinstance(m, str) and m in curve for m in metrics):
+        raise CurveError(f"metrics must be columns of the curve {list(curve.columns)}, got {short_repr(metrics, 40)}")
     groups = curve.groupby("task", sort=False) if "task" in curve else [(None, curve)]
     rows = []
     for t, d in groups:
@@ -341,6 +350,7 @@ def _permute(t: Tensor, axes: Sequence[str | None], perms: Mapping[str, Tensor],
 def apply_permutation(spec: PermutationSpec, perms: Mapping[str, Tensor], params: Any) -> Any:
     """Apply `perms` to every listed axis of `params` (a state dict, path, `Checkpoint` or module). Returns a new state
     dict, or a permuted copy when given a module; tensors the spec does not list are passed through unchanged."""
+    if not isinstance(perms, Mapping): raise SpecError(f"perms must map permutation names to index tensors, got {short_repr(perms, 40)}")
     sd = _state(params)
     spec.check(sd)
     missing = [p for p in spec.perms if p not in perms]
@@ -558,6 +568,8 @@ def weight_matching(spec: PermutationSpec, a: Any, b: Any, max_iter: int = 100, 
     `max_iter` sweeps. Local optima are real: `restarts > 1` adds runs from random initial permutations (seeds
     `seed + r`) and keeps the best objective. Returns the permutations of B (apply them with
     `apply_permutation(spec, perms, b)`)."""
+    if not isinstance(spec, PermutationSpec): raise SpecError(f"spec must be a PermutationSpec (mlp_spec, transformer_spec), got {short_repr(spec, 40)}")
+    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1: raise SpecError(f"max_iter must be a positive integer, got {short_repr(max_iter, 20)}")
     A, B = _state(a), _state(b)
     same_shapes(A, B); sizes = spec.sizes(A); spec.check(B)
     if restarts > 1:

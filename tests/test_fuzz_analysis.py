@@ -1,4 +1,5 @@
-"""Fuzzing the analysis APIs (kinship, interference, masks, LMC barriers, evaluation tables, search): generated calls
+"""Fuzzing the analysis APIs (kinship, interference, masks, LMC curves, barriers and alignment, embeddings, evaluation
+tables and sweeps): generated calls
 with good and bad models, bases and keyword values end in a result or a `MergelabError`, never another exception,
 never a hang (each call runs under a timer). At least 500 calls per run, in well under a minute."""
 import math, time
@@ -107,6 +108,43 @@ def test_fuzz_masks_curves_tables(data):
         ref = t.copy() if data.draw(st.booleans()) else data.draw(BAD)
         if fn == "normalized_accuracy": run(normalized_accuracy, t if data.draw(st.booleans()) else data.draw(BAD), ref)
         else: run(summarize, t if data.draw(st.booleans()) else data.draw(BAD), ref if data.draw(st.booleans()) else None)
+
+@settings(max_examples=100, **SETTINGS)
+@given(data=st.data())
+def test_fuzz_curves_alignment_embeddings_sweeps(data):
+    import numpy as np
+    from mergelab.lmc import interpolation_curve, barrier_table, mlp_spec, apply_permutation, weight_matching
+    from mergelab.activations import cosine_similarity, silhouette
+    from mergelab.evaluate import sweep, merge_gain
+    CALLS["n"] += 1
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    a = {k: v.detach().clone() for k, v in m.state_dict().items()}; b = {k: v + 0.1 for k, v in a.items()}
+    X, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
+    ev = lambda mod: {"loss": float(torch.nn.functional.cross_entropy(mod(X), y))}
+    pick = lambda *xs: data.draw(st.sampled_from(xs))
+    fn = pick("curve", "barrier_table", "match", "apply", "cosine", "silhouette", "sweep", "gain")
+    if fn == "curve":
+        run(interpolation_curve, pick(a, a, "nope", None), pick(b, b, 3), pick(ev, ev, lambda m: None, lambda m: "x", 3),
+            alphas=pick(3, [0, 0.5, 1], [], -1, "x", [float("nan")]), model=pick(m, m, None, 3), progress=False)
+    elif fn == "barrier_table":
+        c = pd.DataFrame({"alpha": [0, .5, 1], "loss": [1, 2, 1]})
+        run(barrier_table, pick(c, c, c.drop(columns="alpha"), None, "x"), metrics=pick(None, ["loss"], ["nope"], "loss", 3))
+    elif fn == "match":
+        run(weight_matching, pick(mlp_spec(a), None, "x"), pick(a, {}, None), pick(b, {}, 3), max_iter=pick(5, 0, "x"), progress=False)
+    elif fn == "apply":
+        run(apply_permutation, mlp_spec(a), pick({"P_0": torch.randperm(8)}, {"P_0": torch.arange(7)}, {}, None, "x"), pick(b, {}, None))
+    elif fn == "cosine":
+        run(cosine_similarity, pick(np.ones((4, 3)), np.zeros((3, 3)), [], None, "x", np.ones(3)))
+    elif fn == "silhouette":
+        run(silhouette, pick(np.random.default_rng(0).normal(size=(6, 3)), None, [], np.ones((2, 3))),
+            pick([0, 0, 0, 1, 1, 1], [0] * 6, [0, 1], None, "abcdef"), metric=pick("cosine", "euclidean", "x", None))
+    elif fn == "sweep":
+        run(sweep, pick(lambda **k: {"a": 1.0}, lambda **k: None, None, 3), pick({"x": [1, 2]}, {}, {"x": []}, [{"x": 1}], None, "x", {"x": 3}),
+            progress=False)
+    else:
+        t = pd.DataFrame({"accuracy": [.5, .6]}, index=pd.Index(["a", "b"], name="task"))
+        run(merge_gain, pick(t, None, "x", {}), pick([t], [], None, [None], "x"))
 
 def test_fuzz_analysis_count():
     "At least 500 generated calls, in under a minute of wall time (only meaningful when the whole module ran)."
