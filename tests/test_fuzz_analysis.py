@@ -1,7 +1,7 @@
 """Fuzzing the analysis APIs (kinship, interference, masks, LMC curves, barriers and alignment, embeddings, evaluation
-tables and sweeps): generated calls
-with good and bad models, bases and keyword values end in a result or a `MergelabError`, never another exception,
-never a hang (each call runs under a timer). At least 500 calls per run, in well under a minute."""
+tables and sweeps): generated calls with good and bad models, bases and keyword values end in a result or a
+`MergelabError`, never another exception, never a hang (each call runs under a timer). At least 500 calls per run, in
+well under a minute."""
 import math, time
 import pytest, torch
 import pandas as pd
