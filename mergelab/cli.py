@@ -100,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mergelab: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        from mergelab.scheduler import request_stop
+        request_stop()                                   # worker threads end their loops before the interpreter exits
         print("mergelab: interrupted; no partial output was left at the target", file=sys.stderr)
         return 130
     return 0

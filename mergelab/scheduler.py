@@ -296,7 +296,8 @@ def map_reduce(groups: Sequence, fn: Callable, reduce: Callable, init: Any, *, t
                progress: bool | str = False, client: Any = None) -> Any:
     "A streaming statistics pass: fold `reduce(acc, fn(group))` over groups without keeping per-group results."
     acc = init
-    for _, r in run_groups(groups, fn, threads=threads, progress=progress, client=client): acc = reduce(acc, r)
+    with contextlib.closing(run_groups(groups, fn, threads=threads, progress=progress, client=client)) as runs:
+        for _, r in runs: acc = reduce(acc, r)           # closing: an error here stops the running maps too
     return acc
 
 # %% ../nbs/01a_scheduler.ipynb #1bb6db6b
@@ -306,7 +307,9 @@ def execute(groups: Sequence[TensorGroup], method: MergeMethod, *, writer: Shard
     workers merge tensor by tensor and this process writes the shards in plan order (the same bytes as a local run)."""
     sd = {}
     job = lambda g: merge_group(g, method, **kw)
-    for g, t in run_groups(groups, job, threads=threads, progress="merging" if progress else False, client=client):
-        if writer is None: sd[g.name] = t
-        else: writer.add(g.name, t)
+    with contextlib.closing(run_groups(groups, job, threads=threads, progress="merging" if progress else False,
+                                       client=client)) as runs:              # an error while writing stops the maps
+        for g, t in runs:
+            if writer is None: sd[g.name] = t
+            else: writer.add(g.name, t)
     return sd if writer is None else writer.commit()
