@@ -488,7 +488,7 @@ def _read_rows(self: SafetensorsCheckpoint, k: str, start: int, stop: int) -> to
     "One positional read of just the bytes of rows `start:stop` (a safetensors tensor is row-major)."
     f, (b, e) = self._where[k]
     shape, dtype = self._meta[k]
-    row = (e - b) // self.rows(k)
+    row = (e - b) // max(1, self.rows(k))              # a tensor with 0 rows has no bytes to read
     buf = torch.empty((stop - start) * row, dtype=torch.uint8)
     if len(buf):
         n = os.preadv(self._fd(f), [memoryview(buf.numpy())], b + start * row)
