@@ -273,6 +273,8 @@ def llama_section(d: Path = Path(".mergelab-demo"), quick: bool = False) -> Sect
     from mergelab.io import load_with_transformers
     from mergelab.config import merge
     from mergelab.zoo import load_zoo
+    from transformers.utils import logging
+    logging.set_verbosity_error(); logging.disable_progress_bar()      # the report says what happened, not transformers
     zoo = load_zoo("tiny-llama")
     d = Path(d); d.mkdir(parents=True, exist_ok=True)
     base, fts = zoo.base, [zoo.experts["count"], zoo.experts["echo"]]
