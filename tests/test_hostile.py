@@ -193,8 +193,9 @@ def test_a_huge_karcher_stops_on_a_signal_and_cleans_up(zoo, tmp_path, sig):
     cfg = tmp_path / "k.yml"
     cfg.write_text(f"merge_method: karcher\nmodels: [{zoo['a']}, {zoo['b']}]\nparameters: {{max_iter: 1000000000000, tol: 0}}\n")
     out = tmp_path / "out"
+    # a background job (as CI runs) starts with SIGINT ignored, and children inherit that: give the CLI a terminal's default
     p = subprocess.Popen([str(Path(sys.executable).parent / "mergelab"), "merge", str(cfg), str(out), "--no-progress"],
-                         stderr=subprocess.PIPE, text=True)
+                         stderr=subprocess.PIPE, text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     t0 = time.time()                                    # signal once the writer exists: the merge is under way
     while not [q for q in tmp_path.iterdir() if q.name.startswith(".out")] and time.time() - t0 < 120 and p.poll() is None:
         time.sleep(0.1)
