@@ -11,7 +11,8 @@ import pandas as pd
 import torch
 from torch import Tensor
 from fastcore.basics import patch
-from .io import Checkpoint, AdapterCheckpoint, IncompatibleModels, MergelabError, open_model, model_names, parse_size, current_rss, InvalidValue
+from .io import (Checkpoint, AdapterCheckpoint, IncompatibleModels, MergelabError, InvalidValue, open_model,
+                         model_names, parse_size)
 from .scheduler import TensorGroup, map_reduce, layer_index, check_threads, parse_device
 from .memory import MemoryEstimate, available_memory, check_memory, pass_memory
 
@@ -36,19 +37,19 @@ class DeltaStats:
     @staticmethod
     def of(X: Tensor, device: torch.device | None = None) -> "DeltaStats":
         """Statistics of the rows of `X` (N × n, one flattened delta per row), computed in float64 over column blocks
-        in one reused workspace (≤ 3 × 32 MiB; float64 input is not copied) and combined exactly (`__add__`); on
+        in one reused workspace (≤ 2 × 32 MiB; float64 input is not copied) and combined exactly (`__add__`); on
         `device` when given (a GPU), the N × N results back on the CPU."""
         X, dev = X.reshape(X.shape[0], -1), device or X.device
         (N, n), out = X.shape, DeltaStats.zeros(X.shape[0])
-        block = max(1 << 16, (1 << 22) // max(N, 1))
-        ws = torch.empty(3, N, min(n, block), dtype=torch.float64, device=dev)   # block, difference, centred block
+        block, copy = max(1 << 16, (1 << 22) // max(N, 1)), not (X.dtype == torch.float64 and dev == X.device)
+        ws = torch.empty(1 + copy, N, min(n, block), dtype=torch.float64, device=dev)   # scratch (, the float64 block)
         for i in range(0, n, block):
             w = min(block, n - i)
-            x = X[:, i:i + w] if X.dtype == torch.float64 and dev == X.device else ws[0, :, :w].copy_(X[:, i:i + w])
+            x = ws[1, :, :w].copy_(X[:, i:i + w]) if copy else X[:, i:i + w]
             mean, D = x.mean(1), torch.zeros(N, N, dtype=torch.float64, device=dev)
             for j in range(N - 1):                                   # direct Σ(δᵢ − δⱼ)², no Gram cancellation, i < j
-                D[j, j + 1:] = D[j + 1:, j] = torch.sub(x[j + 1:], x[j], out=ws[1, :N - 1 - j, :w]).square_().sum(1)
-            xc = torch.sub(x, mean[:, None], out=ws[2, :, :w])
+                D[j, j + 1:] = D[j + 1:, j] = torch.sub(x[j + 1:], x[j], out=ws[0, :N - 1 - j, :w]).square_().sum(1)
+            xc = torch.sub(x, mean[:, None], out=ws[0, :, :w])      # the scratch again: the differences are summed
             out = out + DeltaStats(w, mean.cpu(), (x @ x.T).cpu(), (xc @ xc.T).cpu(), D.cpu())
         return out
 
@@ -198,9 +199,10 @@ def statistics_block(max_memory: int | str | None = None, threads: int = 2) -> i
 
 @dataclass(frozen=True)
 class RowBlock:
-    "One work item of a statistics pass: tensor `name`, whole (`rows=None`) or rows `start:stop`, and the bytes it reads."
+    "One work item of a statistics pass: tensor `name`, whole (`rows=None`) or rows `start:stop`; entries per model, bytes read."
     name: str
     rows: tuple[int, int] | None
+    numel: int
     read_bytes: int
 
 @patch
@@ -212,8 +214,9 @@ def blocks(self: DeltaSet, block: int | None = None) -> list[RowBlock]:
     for k in self.keys:
         n, per_row = self.base.rows(k), 8 * len(self) * max(1, self.row_numel(k))
         step, row_bytes = (n if block is None else max(1, block // per_row)), (len(self) + 1) * self.base.nbytes(k) // max(1, n)
-        if step >= n: out.append(RowBlock(k, None, (len(self) + 1) * self.base.nbytes(k)))
-        else: out += [RowBlock(k, (s, min(s + step, n)), (min(s + step, n) - s) * row_bytes) for s in range(0, n, step)]
+        if step >= n: out.append(RowBlock(k, None, self.base.numel(k), (len(self) + 1) * self.base.nbytes(k)))
+        else: out += [RowBlock(k, (s, e), (e - s) * self.row_numel(k), (e - s) * row_bytes)
+                      for s in range(0, n, step) for e in [min(s + step, n)]]
     return out
 
 
@@ -222,8 +225,7 @@ def statistics_memory(ds: DeltaSet, threads: int = 2, block: int | None = None) 
     """The memory guard's estimate for a statistics pass over `ds` (nothing is read): each work item of
     `ds.blocks(block)` holds about three times its N float64 deltas (the deltas, their centred copy, the read buffers)."""
     items = ds.blocks(block or statistics_block(None, threads))
-    entries = [ds.base.numel(b.name) if b.rows is None else (b.rows[1] - b.rows[0]) * ds.row_numel(b.name) for b in items]
-    return pass_memory([3 * 8 * len(ds) * e for e in entries], [b.read_bytes for b in items], threads,
+    return pass_memory([3 * 8 * len(ds) * b.numel for b in items], [b.read_bytes for b in items], threads,
                        knobs=["max_memory= a smaller budget (smaller row blocks)", "threads=1"])
 
 # %% ../nbs/04_kinship.ipynb #4e9dbe7d

@@ -11,6 +11,7 @@ from torch import nn
 from mergelab.io import save_checkpoint
 from mergelab.zoo import (MLP, ZooError, mlp_arch, digits_data, DIGITS_DOMAINS, DIGITS_SPLITS, DIGITS_GENTLE,
                           DIGITS_LMC_DEEP)
+from zoo_build import build_in_place
 
 def _train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int, lr: float, seed: int, bs: int = 64,
            sgd: bool = False, head_lr: float | None = None) -> nn.Module:
@@ -158,14 +159,7 @@ if __name__ == "__main__":
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
     out = Path(a.out)
-    tmp = out.parent / f".{out.name}.new"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try: man = build_digits_zoo(tmp, seed=a.seed)
-    except BaseException:   # leave no half-built directories behind
-        for d in (tmp, out.parent / f".{tmp.name}.building"): shutil.rmtree(d, ignore_errors=True)
-        raise
-    if out.exists(): shutil.rmtree(out)
-    tmp.rename(out)
+    man = build_in_place(out, lambda tmp: build_digits_zoo(tmp, seed=a.seed))
     m = man["metrics"]
     print(f"wrote {out} in {man['build_seconds']} s")
     for t, row in m["expert_task_accuracy"].items():

@@ -14,6 +14,7 @@ from mergelab.evaluate import ClassificationTask
 from mergelab.zoo import (ZooError, MINILM_INSTALL, MINILM_MAX_LEN, build_minilm, minilm_features, minilm_path,
                           minilm_tokenizer, text_tasks)
 from lora_training import LoRALinear
+from zoo_build import build_in_place
 
 _LORA_TARGETS = ("query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense")
 
@@ -113,13 +114,6 @@ if __name__ == "__main__":
     ap.add_argument("--steps", type=int, default=50)
     a = ap.parse_args()
     out = Path(a.out)
-    tmp = out.parent / f".{out.name}.new"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try: man = build_minilm_zoo(tmp, seed=a.seed, steps=a.steps)
-    except BaseException:   # leave no half-built directories behind
-        for d in (tmp, out.parent / f".{tmp.name}.building"): shutil.rmtree(d, ignore_errors=True)
-        raise
-    if out.exists(): shutil.rmtree(out)
-    tmp.rename(out)
+    man = build_in_place(out, lambda tmp: build_minilm_zoo(tmp, seed=a.seed, steps=a.steps))
     print(f"wrote {out} in {man['build_seconds']} s")
     for t, m in man["metrics"].items(): print(f"  {t:12s} {m}")

@@ -11,6 +11,7 @@ import torch
 from mergelab.evaluate import LMTask, evaluate
 from mergelab.io import load_with_transformers
 from mergelab.zoo import ZooError, TINY_LLAMA_TASKS, tiny_llama_data, token_ids_hash
+from zoo_build import build_in_place
 
 ARCH = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
             tie_word_embeddings=False)
@@ -100,13 +101,6 @@ if __name__ == "__main__":
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
     out = Path(a.out)
-    tmp = out.parent / f".{out.name}.new"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try: man = build_tiny_llama_zoo(tmp, seed=a.seed)
-    except BaseException:   # leave no half-built directories behind
-        for d in (tmp, out.parent / f".{tmp.name}.building"): shutil.rmtree(d, ignore_errors=True)
-        raise
-    if out.exists(): shutil.rmtree(out)
-    tmp.rename(out)
+    man = build_in_place(out, lambda tmp: build_tiny_llama_zoo(tmp, seed=a.seed))
     print(f"wrote {out} in {man['build_seconds']} s; held-out loss (rows: model, columns: task)")
     for n, row in man["loss"].items(): print(f"  {n:6s} " + "  ".join(f"{t} {v:.3f}" for t, v in row.items()))
