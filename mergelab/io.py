@@ -15,12 +15,12 @@ from safetensors import SafetensorError
 __all__ = ['TOKENIZER_FILES', 'LOSS_METRICS', 'MergelabError', 'CheckpointNotFound', 'CorruptCheckpoint', 'UnsafeCheckpoint',
            'IncompatibleModels', 'OutputExists', 'UnsafeOutput', 'OutputNotWritable', 'InvalidValue', 'short_repr',
            'read_safetensors_header', 'Checkpoint', 'StateDictCheckpoint', 'LazyCheckpoint', 'SafetensorsCheckpoint',
-           'TorchCheckpoint', 'inside_model', 'AdapterCheckpoint', 'apply_adapter', 'split_adapter_ref', 'open_model',
-           'parse_size', 'check_output_path', 'temporary_sibling', 'clean_stale_temporaries', 'exchange_paths',
-           'ShardedWriter', 'save_checkpoint', 'write_text_atomic', 'check_compatible', 'TaskVector', 'task_vector',
-           'adapter_ref', 'model_name', 'model_paths', 'model_names', 'module_from_config', 'open_module',
-           'load_with_transformers', 'open_tokenizer', 'EvaluationError', 'lower_is_better', 'score_table',
-           'current_rss']
+           'TorchCheckpoint', 'user_path', 'inside_model', 'AdapterCheckpoint', 'apply_adapter', 'split_adapter_ref',
+           'open_model', 'parse_size', 'check_output_path', 'temporary_sibling', 'clean_stale_temporaries',
+           'exchange_paths', 'ShardedWriter', 'save_checkpoint', 'write_text_atomic', 'check_compatible', 'TaskVector',
+           'task_vector', 'adapter_ref', 'model_name', 'model_paths', 'model_names', 'module_from_config',
+           'open_module', 'load_with_transformers', 'open_tokenizer', 'EvaluationError', 'lower_is_better',
+           'score_table', 'current_rss']
 
 # %% ../nbs/00_io.ipynb #f6fda86f
 class MergelabError(Exception):
@@ -242,6 +242,11 @@ class TorchCheckpoint(StateDictCheckpoint):
         self.path = path
 
 # %% ../nbs/00_io.ipynb #22fe57eb
+def user_path(p: str | os.PathLike) -> Path:
+    "`p` with `~` expanded; a `~user` that does not exist stays literal (and is then simply not found)."
+    try: return Path(p).expanduser()
+    except RuntimeError: return Path(p)
+
 def _inside(a: Path, b: Path) -> bool: return a == b or b in a.parents
 
 def _hf_blobs(d: Path) -> Path | None:
@@ -413,7 +418,7 @@ def split_adapter_ref(ref: str | os.PathLike, root: str | Path | None = None) ->
     paths are looked up under `root` too, a config file's folder)."""
     s = os.fspath(ref)
     def found(x: str) -> bool:
-        p = Path(x).expanduser()
+        p = user_path(x)
         return bool(x) and (p.exists() or root is not None and not p.is_absolute() and (Path(root) / p).exists()
                             or _hf_snapshot(x) is not None)
     if "+" not in s or found(s): return None
@@ -441,7 +446,7 @@ def open_model(ref: Any, *, base: Any = None, whole: bool = False) -> Checkpoint
 
 def _open_ref(s: str) -> Checkpoint:
     if not s.strip(): raise CheckpointNotFound("an empty model path; give the folder or file of a model")
-    p = Path(s).expanduser()
+    p = user_path(s)
     if p.exists(): return _open_path(p)
     parts = split_adapter_ref(s)
     if parts: return apply_adapter(parts[0], parts[1])
@@ -522,13 +527,13 @@ def check_output_path(out: str | Path, inputs: Iterable[str | Path | None] = (),
     or root-like path (a top-level folder, the home folder, or one holding the working directory)."""
     if not os.fspath(out).strip():
         raise UnsafeOutput("the output path is empty (an unset shell variable?); give a folder for the merged model")
-    out = Path(out).expanduser().resolve()
-    if len(out.parts) <= 2 or out == Path.home().resolve() or _inside(Path.cwd().resolve(), out):
+    out = user_path(out).resolve()
+    if len(out.parts) <= 2 or out == user_path("~").resolve() or _inside(Path.cwd().resolve(), out):
         raise UnsafeOutput(f"refusing to write a model to {out}: a top-level or home folder, or one holding the working "
                            "directory, would be replaced; give a folder of its own")
     for i in inputs:
         if i is None: continue
-        i = Path(i).expanduser().resolve()
+        i = user_path(i).resolve()
         d = i.parent if i.is_file() else i
         if _inside(out, d) or _inside(d, out):
             raise UnsafeOutput(f"output {out} overlaps input {i}; write the result somewhere else so inputs stay untouched")
@@ -830,7 +835,7 @@ def adapter_ref(ref: Any, base: Any) -> Any:
     """`ref` itself, or, for a bare PEFT adapter folder and a `base`, that adapter on the base: `BASE+ADAPTER` when both
     are paths (so it still writes as mergekit YAML), else the applied lazy `Checkpoint`."""
     if base is None or not isinstance(ref, (str, os.PathLike)) or callable(getattr(ref, "checkpoint", None)): return ref
-    p = Path(os.fspath(ref)).expanduser()
+    p = user_path(os.fspath(ref))
     if not (p / "adapter_config.json").is_file(): return ref
     if isinstance(base, (str, os.PathLike)) and not callable(getattr(base, "checkpoint", None)): return f"{os.fspath(base)}+{p}"
     return open_model(ref, base=base)
@@ -867,7 +872,7 @@ def model_paths(ref: Any) -> list[Path]:
         try: ck = open_model(ref)
         except MergelabError: return []
         cands = [p for p in (ck.path, getattr(getattr(ck, "adapter", None), "path", None)) if p is not None]
-    out = [Path(p).expanduser() for p in cands if Path(p).expanduser().exists()]
+    out = [user_path(p) for p in cands if user_path(p).exists()]
     return out + sorted({f.resolve().parent for p in out if p.is_dir() for f in p.iterdir() if f.is_symlink()} - set(out))
 
 # %% ../nbs/00_io.ipynb #2bea11e8
@@ -975,7 +980,7 @@ def open_tokenizer(ref: Any) -> Any:
     folders = []
     if isinstance(ref, (str, os.PathLike)) and not hasattr(ref, "checkpoint"):
         parts = split_adapter_ref(ref)
-        folders = [Path(p) for p in reversed(parts)] if parts else [Path(os.fspath(ref)).expanduser()]
+        folders = [Path(p) for p in reversed(parts)] if parts else [user_path(os.fspath(ref))]
         if not parts and not folders[0].exists() and _hf_snapshot(os.fspath(ref)): folders = [_hf_snapshot(os.fspath(ref))]
     else:
         ck = open_model(ref)

@@ -3,7 +3,7 @@
 Without OUT it rebuilds data/zoo/digits in place (the old directory is replaced only after the new one is complete).
 Same code and seed -> same files (bit for bit on one machine; in the last float bits only on other CPUs)."""
 from __future__ import annotations
-import argparse, json, shutil, time
+import argparse, json, shutil, time, sys
 from pathlib import Path
 import torch
 import torch.nn.functional as F
@@ -11,6 +11,7 @@ from torch import nn
 from mergelab.io import save_checkpoint
 from mergelab.zoo import (MLP, ZooError, mlp_arch, digits_data, DIGITS_DOMAINS, DIGITS_SPLITS, DIGITS_GENTLE,
                           DIGITS_LMC_DEEP)
+sys.path.insert(0, str(Path(__file__).resolve().parent))     # the helpers next to this script, however it is loaded
 from zoo_build import build_in_place
 
 def _train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int, lr: float, seed: int, bs: int = 64,

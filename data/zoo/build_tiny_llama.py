@@ -5,12 +5,13 @@ About 5 s on one CPU core. Training runs in one thread with deterministic algori
 and seed give the same files on one machine (other CPUs may differ in the last float bits). The sequences come from
 `mergelab.zoo.tiny_llama_data` (the package's data, also what `load_zoo` evaluates on); the training is here."""
 from __future__ import annotations
-import argparse, json, shutil, time
+import argparse, json, shutil, time, sys
 from pathlib import Path
 import torch
 from mergelab.evaluate import LMTask, evaluate
 from mergelab.io import load_with_transformers
 from mergelab.zoo import ZooError, TINY_LLAMA_TASKS, tiny_llama_data, token_ids_hash
+sys.path.insert(0, str(Path(__file__).resolve().parent))     # the helpers next to this script, however it is loaded
 from zoo_build import build_in_place
 
 ARCH = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
