@@ -933,9 +933,11 @@ def _load_into(m: torch.nn.Module, sd: Mapping[str, torch.Tensor], what: str) ->
     if hasattr(m, "tie_weights"): m.tie_weights()
     loaded = {p.data_ptr() for k, p in m.state_dict().items() if k in sd}
     missing = [k for k in r.missing_keys if m.state_dict()[k].data_ptr() not in loaded]
-    if missing or r.unexpected_keys:
+    buffers = {n for n, _ in m.named_buffers()}                 # older checkpoints saved constant buffers (BERT's position_ids)
+    unexpected = [k for k in r.unexpected_keys if k not in buffers]
+    if missing or unexpected:
         raise IncompatibleModels(f"{what}: the checkpoint does not fit the module: missing {missing[:4]} "
-                                 f"({len(missing)}), unexpected {r.unexpected_keys[:4]} ({len(r.unexpected_keys)})")
+                                 f"({len(missing)}), unexpected {unexpected[:4]} ({len(unexpected)})")
     return m
 
 def open_module(ref: Any, *, model: torch.nn.Module | None = None, config: Mapping | None = None, base: Any = None,

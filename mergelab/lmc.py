@@ -18,11 +18,11 @@ from .io import MergelabError, IncompatibleModels, open_model, open_module, scor
 from .methods import slerp_tensors
 
 # %% auto #0
-__all__ = ['HF_DECODER_NAMES', 'MATCHINGS', 'CORRECTIONS', 'SpecError', 'CurveError', 'NotEquivalent', 'interpolation_curve',
-           'task_vector_curve', 'barrier', 'barrier_table', 'plane', 'plot_plane', 'plot_curves', 'HeadGroup',
-           'PermutationSpec', 'same_shapes', 'apply_permutation', 'check_equivalent', 'mlp_spec', 'transformer_spec',
-           'Permutations', 'weight_matching', 'activation_matching', 'reset_batchnorm', 'repair', 'l2_distance',
-           'subspace_overlap', 'lmc_align', 'lmc_prepare', 'lmc_probe']
+__all__ = ['BLOCK_ROLES', 'ROLE_AXES', 'MATCHINGS', 'CORRECTIONS', 'SpecError', 'CurveError', 'NotEquivalent',
+           'interpolation_curve', 'task_vector_curve', 'barrier', 'barrier_table', 'plane', 'plot_plane', 'plot_curves',
+           'HeadGroup', 'PermutationSpec', 'same_shapes', 'apply_permutation', 'check_equivalent', 'mlp_spec',
+           'transformer_spec', 'model_spec', 'Permutations', 'weight_matching', 'activation_matching',
+           'reset_batchnorm', 'repair', 'l2_distance', 'subspace_overlap', 'lmc_align', 'lmc_prepare', 'lmc_probe']
 
 # %% ../nbs/06_lmc.ipynb #3bab904f
 class SpecError(MergelabError, ValueError):
@@ -52,9 +52,15 @@ def _inputs(data: Any) -> Iterable[Tensor]:
         yield data[0]; return
     for batch in data: yield batch[0] if isinstance(batch, (tuple, list)) else batch
 
+def _call(m: nn.Module, x: Any) -> Any:
+    "Run `m` on one batch: a tensor (`input_ids`, pixels, features) or a dict of keyword inputs."
+    return m(**x) if isinstance(x, Mapping) else m(x)
+
 def _output(out: Any) -> Tensor:
+    "The main tensor of a model's output: itself, the logits, a base model's last hidden state, or the first element."
     if isinstance(out, Tensor): return out
-    if hasattr(out, "logits"): return out.logits
+    if getattr(out, "logits", None) is not None: return out.logits
+    if getattr(out, "last_hidden_state", None) is not None: return out.last_hidden_state
     if isinstance(out, (tuple, list)): return out[0]
     raise TypeError(f"cannot find a tensor in a model output of type {type(out).__name__}")
 
@@ -262,12 +268,21 @@ class PermutationSpec:
     """A permutation symmetry as data, as git-re-basin's `PermutationSpec` (Ainsworth et al. 2023): `axes_to_perm`
     maps each tensor to one entry per axis, the name of the permutation acting on it or `None`. A permutation is an
     index tensor `p`, applied as `t.index_select(axis, p)` (new unit i is old unit p[i]). `invariant` lists tensors no
-    permutation touches; `heads` constrains attention permutations; `activations` names, for each permutation, the
-    module whose output carries it (for activation matching)."""
+    permutation touches; `heads` constrains attention permutations; `derived` defines permutations computed from others
+    (`("expand", src, groups, r)`: each of `groups` blocks of `src` repeated for r query heads, grouped-query attention;
+    `("concat", (src, ...))`: a fused projection's segments). `activations` names, per permutation, the sites carrying
+    it (`"module"`: its output, `"module:input"`: its input) for activation matching, read on `channel_axis` and
+    passed through `site_transform`; `repair_sites` the layers REPAIR corrects; `output` the permutation acting on
+    the model's output (a model without a head returns its residual stream)."""
     axes_to_perm: dict[str, tuple[str | None, ...]]
     invariant: tuple[str, ...] = ()
     heads: tuple[HeadGroup, ...] = ()
-    activations: dict[str, str] = field(default_factory=dict)
+    activations: dict[str, str | tuple[str, ...]] = field(default_factory=dict)
+    derived: dict[str, tuple] = field(default_factory=dict)
+    output: str | None = None
+    channel_axis: int = 1
+    site_transform: Literal["relu"] | None = "relu"
+    repair_sites: tuple[str, ...] | None = None
 
     @property
     def perm_to_axes(self) -> dict[str, list[tuple[str, int]]]:
@@ -278,16 +293,66 @@ class PermutationSpec:
         return out
 
     @property
-    def perms(self) -> list[str]: return list(self.perm_to_axes)
+    def perms(self) -> list[str]:
+        "The free permutations (the derived ones follow from them)."
+        free = [p for p in self.perm_to_axes if p not in self.derived]
+        srcs = [s for d in self.derived.values() for s in _sources(d) if s not in self.derived]
+        return list(dict.fromkeys(free + srcs))
 
     def __repr__(self):
         return (f"PermutationSpec({len(self.perms)} permutations over {len(self.axes_to_perm)} tensors, "
                 f"{len(self.invariant)} invariant, {len(self.heads)} head groups)")
 
+# %% ../nbs/06_lmc.ipynb #1c4a5865
+def _sources(rule: tuple) -> tuple[str, ...]:
+    "The permutations a derived permutation is computed from."
+    return (rule[1],) if rule[0] == "expand" else tuple(rule[1])
+
+def _derived_size(rule: tuple, sizes: Mapping[str, int]) -> int:
+    return sizes[rule[1]] * rule[3] if rule[0] == "expand" else sum(rule[2])
+
+def _expand(p: Tensor, groups: int, r: int) -> Tensor:
+    """A key/value-head permutation `p` (`groups` heads of d units) as the permutation of the r·groups query heads that
+    share them: query unit (g, i, u) takes the unit (π(g)·r + i, σ_g(u)) where p[g·d + u] = π(g)·d + σ_g(u)."""
+    d = len(p) // groups
+    src = p.reshape(groups, d)
+    return ((src[:, None, :] // d * r + torch.arange(r)[None, :, None]) * d + src[:, None, :] % d).reshape(-1)
+
+def _concat(ps: Sequence[Tensor]) -> Tensor:
+    "The permutation of a fused axis whose segments carry `ps` in order (each segment stays in place; `(\"concat\", srcs, lens)`)."
+    offs = np.cumsum([0] + [len(p) for p in ps[:-1]])
+    return torch.cat([p + int(o) for p, o in zip(ps, offs)])
+
+# %% ../nbs/06_lmc.ipynb #f5652d2f
+def _derive(rule: tuple, perms: Mapping[str, Tensor]) -> Tensor:
+    if rule[0] == "expand": return _expand(perms[rule[1]], rule[2], rule[3])
+    if rule[0] == "concat": return _concat([perms[s] for s in rule[1]])
+    raise SpecError(f"unknown derived permutation rule {short_repr(rule, 40)}")
+
+def _fold(rule: tuple, C: np.ndarray, src: str, sizes: Mapping[str, int]) -> np.ndarray:
+    """The cost of a derived permutation as a cost of its source `src` (exact: the assignment value of the derived
+    permutation equals the folded cost's value at the source permutation)."""
+    n = sizes[src]
+    if rule[0] == "expand":
+        g, r = rule[2], rule[3]; d = n // g
+        return np.einsum("giuhiv->guhv", C.reshape(g, r, d, g, r, d)).reshape(n, n)
+    out, off = np.zeros((n, n)), 0
+    for s, m in zip(rule[1], rule[2]):
+        if s == src: out += C[off:off + m, off:off + m]
+        off += m
+    return out
+
+@patch
+def complete(self: PermutationSpec, perms: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    "`perms` (the free permutations) with every derived permutation added."
+    out = dict(perms)
+    for d, rule in self.derived.items(): out[d] = _derive(rule, out)
+    return out
+
 # %% ../nbs/06_lmc.ipynb #48518761
 @patch
 def sizes(self: PermutationSpec, params: Any) -> dict[str, int]:
-    "The size of every permutation, checking that the spec fits `params` (see `check`)."
+    "The size of every permutation, derived ones included, checking that the spec fits `params` (see `check`)."
     ck = params if isinstance(params, Mapping) else open_model(params)
     shape = (lambda k: tuple(ck[k].shape)) if isinstance(ck, Mapping) else ck.shape
     keys = set(ck.keys())
@@ -304,6 +369,14 @@ def sizes(self: PermutationSpec, params: Any) -> dict[str, int]:
             if p is None: continue
             if sizes.setdefault(p, s[i]) != s[i]:
                 problems.append(f"{p}: size {sizes[p]} elsewhere but {s[i]} on axis {i} of {k}")
+    for d, rule in reversed(self.derived.items()):           # sources only a fused or expanded axis carries
+        if rule[0] == "concat":
+            for s, m in zip(rule[1], rule[2]): sizes.setdefault(s, m)
+        elif d in sizes: sizes.setdefault(rule[1], sizes[d] // rule[3])
+    for d, rule in self.derived.items():
+        if any(s not in sizes for s in _sources(rule)): problems.append(f"{d}: derived from a permutation of unknown size"); continue
+        if sizes.setdefault(d, _derived_size(rule, sizes)) != _derived_size(rule, sizes):
+            problems.append(f"{d}: size {sizes[d]} but {_derived_size(rule, sizes)} derived from {list(_sources(rule))}")
     for g in self.heads:
         for p in g.perms:
             if p in sizes and sizes[p] % g.n_heads: problems.append(f"{p}: size {sizes[p]} is not a multiple of {g.n_heads} heads")
@@ -324,18 +397,19 @@ def same_shapes(a: Mapping[str, Tensor], b: Mapping[str, Tensor]):
 
 @patch
 def identity(self: PermutationSpec, params: Any) -> dict[str, Tensor]:
-    return {p: torch.arange(n) for p, n in self.sizes(params).items()}
+    sizes = self.sizes(params)
+    return {p: torch.arange(sizes[p]) for p in self.perms}
 
 @patch
 def random(self: PermutationSpec, params: Any, seed: int = 0) -> dict[str, Tensor]:
-    "A random element of the symmetry group (head constraints respected)."
+    "A random element of the symmetry group (head constraints respected): the free permutations."
     g, sizes = torch.Generator().manual_seed(seed), self.sizes(params)
-    out = {p: torch.randperm(n, generator=g) for p, n in sizes.items()}
+    out = {p: torch.randperm(sizes[p], generator=g) for p in self.perms}
     for grp in self.heads:
-        h, ps = grp.n_heads, [p for p in grp.perms if p in sizes]
+        h = grp.n_heads
         pi = torch.randperm(h, generator=g)
         for p, w in zip(grp.perms, grp.within):
-            if p not in sizes: continue
+            if p not in out: continue
             d = sizes[p] // h
             sig = torch.stack([torch.randperm(d, generator=g) if w else torch.arange(d) for _ in range(h)])
             out[p] = (pi[:, None] * d + sig).reshape(-1)
@@ -348,31 +422,44 @@ def _permute(t: Tensor, axes: Sequence[str | None], perms: Mapping[str, Tensor],
     return t
 
 def apply_permutation(spec: PermutationSpec, perms: Mapping[str, Tensor], params: Any) -> Any:
-    """Apply `perms` to every listed axis of `params` (a state dict, path, `Checkpoint` or module). Returns a new state
-    dict, or a permuted copy when given a module; tensors the spec does not list are passed through unchanged."""
+    """Apply `perms` (the free permutations; derived ones are computed) to every listed axis of `params` (a state dict,
+    path, `Checkpoint` or module). Returns a new state dict, or a permuted copy when given a module; tensors the spec
+    does not list are passed through unchanged."""
     if not isinstance(perms, Mapping): raise SpecError(f"perms must map permutation names to index tensors, got {short_repr(perms, 40)}")
     sd = _state(params)
     spec.check(sd)
     missing = [p for p in spec.perms if p not in perms]
     if missing: raise SpecError(f"no permutation given for {missing}")
-    out = {k: _permute(v, spec.axes_to_perm[k], perms) if k in spec.axes_to_perm else v.clone() for k, v in sd.items()}
+    full = spec.complete(perms)
+    out = {k: _permute(v, spec.axes_to_perm[k], full) if k in spec.axes_to_perm else v.clone() for k, v in sd.items()}
     if isinstance(params, nn.Module):
         m = copy.deepcopy(params); m.load_state_dict(out); return m
     return out
 
-def _model_eval(m: nn.Module, data: Any) -> Tensor:
+# %% ../nbs/06_lmc.ipynb #b2b75d3c
+def _model_eval(m: nn.Module, data: Any, perm: Tensor | None = None) -> Tensor:
+    "`m`'s outputs on `data` as one (N, −1) matrix, fp32; `perm` applied to the last axis first."
     was = m.training; m.eval()
-    with torch.no_grad(): out = torch.cat([_output(m(x)).reshape(len(x), -1) for x in _inputs(data)])
+    outs = []
+    with torch.no_grad():
+        for x in _inputs(data):
+            o = _output(_call(m, x)).float()
+            if perm is not None: o = o.index_select(-1, perm)
+            outs.append(o.reshape(len(o), -1))
     m.train(was)
-    return out
+    return torch.cat(outs)
 
-def check_equivalent(model: nn.Module, permuted: Any, data: Any, atol: float = 1e-5, rtol: float = 0.0) -> float:
+# %% ../nbs/06_lmc.ipynb #31972d27
+def check_equivalent(model: nn.Module, permuted: Any, data: Any, atol: float = 1e-5, rtol: float = 0.0, *,
+                     spec: PermutationSpec | None = None, perms: Mapping[str, Tensor] | None = None) -> float:
     """Assert that `permuted` (a module or a state dict for `model`'s architecture) computes the same function as
     `model` on `data` (eval mode, so BN uses its permuted running statistics): max |f(x; π(θ)) − f(x; θ)| ≤ atol +
-    rtol·max|f(x; θ)|, fp32 (a spec that does not match its model fails silently otherwise: git-re-basin issue #3). Returns the
-    max difference; raises `NotEquivalent` otherwise."""
+    rtol·max|f(x; θ)|, fp32 (a spec that does not match its model fails silently otherwise: git-re-basin issue #3).
+    A model without a head returns its residual stream, itself permuted (`spec.output`): give `spec` and `perms` to
+    compare up to that permutation. Returns the max difference; raises `NotEquivalent` otherwise."""
     other = _as_model(permuted, model, "permuted")
-    ref, got = _model_eval(model, data), _model_eval(other, data)
+    perm = spec.complete(perms)[spec.output] if spec is not None and spec.output and perms is not None else None
+    ref, got = _model_eval(model, data, perm), _model_eval(other, data)
     diff, tol = float((ref - got).abs().max()), atol + rtol * float(ref.abs().max())
     if not diff <= tol:
         raise NotEquivalent(f"the permuted model differs from the original by {diff:.3g} (> {tol:.3g}): the permutation spec "
@@ -453,69 +540,198 @@ def mlp_spec(model_or_state_dict: Any, order: Sequence[str] | None = None) -> Pe
     return PermutationSpec(axes, tuple(inv), (), acts)
 
 # %% ../nbs/06_lmc.ipynb #54e3f7e7
-HF_DECODER_NAMES = dict(q="self_attn.q_proj", k="self_attn.k_proj", v="self_attn.v_proj", o="self_attn.o_proj",
-                        gate="mlp.gate_proj", up="mlp.up_proj", down="mlp.down_proj",
-                        block_norms=("input_layernorm", "post_attention_layernorm"),
-                        embed=("embed_tokens", "embed_positions"), final_norm=("norm",), head=("lm_head",))
+BLOCK_ROLES = {"q_proj": "q", "query": "q", "k_proj": "k", "key": "k", "v_proj": "v", "value": "v",
+               "c_attn": "qkv", "qkv_proj": "qkv",
+               "o_proj": "o", "out_proj": "o", "attention.output.dense": "o", "attn.c_proj": "o",
+               "gate_proj": "gate", "w1": "gate", "up_proj": "up", "w3": "up", "fc1": "up", "c_fc": "up",
+               "intermediate.dense": "up", "down_proj": "down", "w2": "down", "fc2": "down", "mlp.c_proj": "down",
+               "output.dense": "down"}
+"""The role of each Linear/Conv1D in a transformer block, by its name inside the block (the longest matching suffix
+wins): attention q, k, v, a fused [q | k | v] projection (`qkv`), the output projection `o`; the FFN's gate, its
+linear input `up` and its output `down`. Extend it for other naming schemes."""
+
+ROLE_AXES = {"q": ("q", "res"), "k": ("qk", "res"), "v": ("vo", "res"), "qkv": ("qkv", "res"), "o": ("res", "o"),
+             "gate": ("ff", "res"), "up": ("ff", "res"), "down": ("res", "ff")}
+"(output axis, input axis) of each role's weight, as symbols `transformer_spec` maps to a block's permutations."
 
 # %% ../nbs/06_lmc.ipynb #7afe1ead
-def _key_split(k: str) -> tuple[str, str]:
-    "(module prefix, leaf name) of a state-dict key."
-    pre, _, leaf = k.rpartition("."); return pre, leaf
+def _role(rel: str) -> str | None:
+    "The `BLOCK_ROLES` role of a module named `rel` inside a block (longest suffix), or None."
+    hits = [k for k in BLOCK_ROLES if rel == k or rel.endswith("." + k)]
+    return BLOCK_ROLES[max(hits, key=len)] if hits else None
 
-def _is_mod(pre: str, name: str) -> bool: return pre == name or pre.endswith("." + name)
+def _block_stack(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    "The one `ModuleList` of transformer blocks (each with an attention projection named in `BLOCK_ROLES`)."
+    stacks = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.ModuleList) and len(m)
+              and all(any(_role(r) in ("q", "qkv") for r, _ in b.named_modules()) for b in m)]
+    if not stacks:
+        raise SpecError(f"no attention block found in {type(model).__name__}: no ModuleList of blocks with a module named "
+                        f"{sorted(k for k, r in BLOCK_ROLES.items() if r in ('q', 'qkv'))} (extend BLOCK_ROLES)")
+    if len(stacks) > 1: raise SpecError(f"several block stacks {[n for n, _ in stacks]} (encoder-decoder models are not supported)")
+    return stacks[0]
 
-def _outer_axes(shapes: Mapping[str, tuple], axes: Mapping[str, tuple], nm: Mapping[str, Any], res: str | None) -> dict:
-    "The axes of the tensors outside the blocks (embeddings, final norm, LM head), `res` on their hidden axis."
-    out = {}
-    for k, s in shapes.items():
-        if k in axes: continue
-        pre, leaf = _key_split(k)
-        if any(_is_mod(pre, n) for n in nm["embed"]): out[k] = (None, res)
-        elif any(_is_mod(pre, n) for n in nm["final_norm"]): out[k] = (res,)
-        elif any(_is_mod(pre, n) for n in nm["head"]): out[k] = (None, res) if leaf == "weight" else (None,)
-    return out
+# %% ../nbs/06_lmc.ipynb #42a58f06
+def _dummy_input(model: nn.Module) -> Tensor:
+    "A one-example input for a structure probe: pixels for vision models, four token ids otherwise."
+    cfg = model.config
+    if getattr(model, "main_input_name", "input_ids") == "pixel_values":
+        n = cfg.image_size if isinstance(cfg.image_size, int) else cfg.image_size[0]
+        return torch.zeros(1, getattr(cfg, "num_channels", 3), n, n)
+    return torch.arange(1, 5)[None] % cfg.vocab_size
+
+# %% ../nbs/06_lmc.ipynb #a48c832b
+def _stream_readers(model: nn.Module, last_block: nn.Module, norms: Sequence[str]) -> tuple[set[str], bool]:
+    """(names of the Linear/Conv1D modules outside the blocks whose input is the residual stream — the last block's
+    or an outer norm's output, possibly a token of it — and whether the model's output has logits), by one forward
+    pass with hooks comparing storages."""
+    mods, stream, reads, hooks = dict(model.named_modules()), set(), {}, []
+    key = lambda t: _output(t).untyped_storage().data_ptr()
+    hooks.append(last_block.register_forward_hook(lambda m, i, o: stream.add(key(o))))
+    for n in norms: hooks.append(mods[n].register_forward_hook(lambda m, i, o: stream.add(key(o))))
+    for n, m in mods.items():
+        if _is_linear(m): hooks.append(m.register_forward_hook(lambda m, i, o, n=n: reads.update({n: key(i[0])}) and None))
+    was = model.training; model.eval()
+    try:
+        with torch.no_grad(): out = model(_dummy_input(model))
+    finally:
+        model.train(was)
+        for h in hooks: h.remove()
+    return {n for n, p in reads.items() if p in stream}, getattr(out, "logits", None) is not None
+
+# %% ../nbs/06_lmc.ipynb #03f80c7c
+def _is_linear(m: nn.Module) -> bool: return isinstance(m, nn.Linear) or type(m).__name__ == "Conv1D"
+
+def _is_norm(m: nn.Module, h: int) -> bool:
+    "A module whose own parameters are all vectors of the hidden size (LayerNorm, RMSNorm and their variants)."
+    ps = list(m.parameters(recurse=False))
+    return bool(ps) and all(p.dim() == 1 and len(p) == h for p in ps)
+
+def _weight_axes(m: nn.Module, out: str | None, inp: str | None) -> dict[str, tuple]:
+    "Axes of a Linear's (out × in) or GPT-2 Conv1D's (in × out) weight and bias."
+    conv1d = type(m).__name__ == "Conv1D"
+    ax = {"weight": (inp, out) if conv1d else (out, inp)}
+    if getattr(m, "bias", None) is not None: ax["bias"] = (out,)
+    return ax
+
+def _block_axes(bp: str, block: nn.Module, h: int, sym: Mapping[str, str | None]) -> tuple[dict, dict[str, list[str]]]:
+    """(axes of every tensor of one block, its modules by role) with `ROLE_AXES` symbols mapped to permutation names by
+    `sym`; norms on the residual stream get `sym['res']`. Raises `SpecError` naming what it cannot place."""
+    axes, roles, unknown = {}, {}, []
+    for rel, m in block.named_modules():
+        own = [n for n, _ in m.named_parameters(recurse=False)]
+        if not own: continue
+        role = _role(rel) if _is_linear(m) else None
+        if role is not None:
+            roles.setdefault(role, []).append(rel)
+            for leaf, ax in _weight_axes(m, *(sym[s] for s in ROLE_AXES[role])).items(): axes[f"{bp}{rel}.{leaf}"] = ax
+        elif _is_norm(m, h): axes.update({f"{bp}{rel}.{n}": (sym["res"],) for n in own})
+        else: unknown += [f"{bp}{rel}.{n}" for n in own]
+    if unknown: raise SpecError(f"tensors of block {bp.rstrip('.')} that transformer_spec cannot place: {unknown[:8]} "
+                                "(extend BLOCK_ROLES, or the attention or normalisation is not supported)")
+    return axes, roles
+
+# %% ../nbs/06_lmc.ipynb #7797b704
+def _outer_axes(model: nn.Module, stack: str, h: int, res: str | None) -> tuple[dict[str, tuple], str | None]:
+    """(axes of the tensors outside the blocks, the permutation on the model's output): embeddings, position and class
+    tokens, a patch projection and norms carry `res` on their hidden axis; a head (LM head, classifier, pooler) carries
+    it on its input axis when it reads the residual stream, otherwise it is invariant."""
+    outer = {n: m for n, m in model.named_modules() if not (n == stack or n.startswith(stack + "."))}
+    norms = [n for n, m in outer.items() if _is_norm(m, h)]
+    readers, has_logits = _stream_readers(model, model.get_submodule(stack)[-1], norms)
+    axes, unknown = {}, []
+    for n, m in outer.items():
+        dot = f"{n}." if n else ""
+        own = dict(m.named_parameters(recurse=False))
+        if not own: continue
+        if isinstance(m, nn.Embedding) and m.embedding_dim == h: axes[f"{dot}weight"] = (None, res)
+        elif isinstance(m, nn.modules.conv._ConvNd) and m.out_channels == h:
+            axes.update({f"{dot}{k}": (res,) + (None,) * (p.dim() - 1) for k, p in own.items()})
+        elif n in norms: axes.update({f"{dot}{k}": (res,) for k in own})
+        elif _is_linear(m): axes.update({f"{dot}{k}": a for k, a in _weight_axes(m, None, res if n in readers else None).items()})
+        else:
+            for k, p in own.items():
+                if p.dim() >= 1 and p.shape[-1] == h and not isinstance(m, (nn.Embedding, nn.modules.conv._ConvNd)):
+                    axes[f"{dot}{k}"] = (None,) * (p.dim() - 1) + (res,)
+                else: unknown.append(f"{dot}{k}")
+    if unknown: raise SpecError(f"tensors outside the blocks that transformer_spec cannot place: {unknown[:8]}")
+    return axes, (None if has_logits else res)
+
+# %% ../nbs/06_lmc.ipynb #f0c51df9
+def _has_absolute_positions(m: nn.Module, stack: str) -> bool:
+    "Whether position information enters as learned or fixed embeddings outside the blocks (else RoPE, ALiBi, ...)."
+    named = [*m.named_modules(), *m.named_parameters()]
+    return any("position" in n.rpartition(".")[2] for n, _ in named if not n.startswith(stack + "."))
+
+def _block_spec(l: int, bp: str, block: nn.Module, h: int, H: int, G: int, rope: bool, res: str | None) -> dict:
+    "Axes, head group, derived permutations, activation sites and REPAIR sites of block `l` (see `transformer_spec`)."
+    qk, vo, r = f"P_qk_{l}", f"P_vo_{l}", H // G
+    sym = dict(res=res, qk=qk, vo=vo, ff=f"P_ff_{l}", q=qk if r == 1 else f"P_q_{l}", o=vo if r == 1 else f"P_o_{l}",
+               qkv=f"P_qkv_{l}")
+    axes, roles = _block_axes(bp, block, h, sym)
+    width = {k: block.get_submodule(ns[0]).weight.shape for k, ns in roles.items()}
+    conv1d = lambda k: type(block.get_submodule(roles[k][0])).__name__ == "Conv1D"
+    n_q = (width["qkv"][-1 if conv1d("qkv") else 0] * H // (H + 2 * G)) if "qkv" in roles else width["q"][-1 if conv1d("q") else 0]
+    if n_q % H: raise SpecError(f"{bp}: {n_q} query units do not split into {H} heads")
+    d, derived = n_q // H, {}
+    if r > 1: derived.update({sym["q"]: ("expand", qk, G, r), sym["o"]: ("expand", vo, G, r)})
+    if "qkv" in roles: derived[sym["qkv"]] = ("concat", (sym["q"], qk, vo), (H * d, G * d, G * d))
+    acts = {}
+    for role, site, p in (("q", "", "q"), ("k", "", "qk"), ("v", "", "vo"), ("qkv", "", "qkv"), ("o", ":input", "o"),
+                          ("down", ":input", "ff")):
+        acts.setdefault(sym[p], []).extend(f"{bp}{n}{site}" for n in roles.get(role, []))
+    return dict(axes=axes, head=HeadGroup((qk, vo), G, (not rope, True)), derived=derived, acts=acts,
+                repair=[f"{bp}{n}" for n in roles.get("up", [])])
 
 # %% ../nbs/06_lmc.ipynb #ed5cce2a
-def transformer_spec(model_or_state_dict: Any, n_heads: int, *, names: Mapping[str, Any] | None = None,
-                     rope: bool = True, residual: bool = True, attention: bool = True) -> PermutationSpec:
-    """A head-aware spec for a pre-norm decoder (Llama-style module names by default, `HF_DECODER_NAMES`):
+def transformer_spec(model: Any, *, residual: bool = True) -> PermutationSpec:
+    """The permutation symmetry of a Hugging Face transformer, derived from the module graph and `config.json`
+    (BERT/RoBERTa/MiniLM post-norm encoders, GPT-2 with Conv1D and fused `c_attn`, Llama/Mistral/Qwen2 decoders with
+    grouped-query attention, ViT; roles by `BLOCK_ROLES`):
 
-    - one **residual-stream** permutation `P_res` shared by the embeddings' hidden axis, every norm on the stream, the
-      input axes of q/k/v/gate/up, the output axes of o/down and the LM head's input axis (`residual=False`: identity);
-    - per block, `P_ff_ℓ` on the MLP intermediate units (rows of up and gate, columns of down);
-    - per block, `P_qk_ℓ` (rows of q and k) and `P_vo_ℓ` (rows of v, columns of o) in one `HeadGroup`: whole heads move
-      together, and units move only within a head, σ_QK identically in q and k (the identity under `rope=True`, since
-      a rotary pair's frequency depends on its position). A permutation mixing heads would change the per-head
-      softmax. Norm statistics (LayerNorm, RMSNorm) are permutation-invariant.
+    - one **residual-stream** permutation `P_res` on the hidden axis of embeddings, class/position tokens, a patch
+      projection, every norm on the stream (LayerNorm and RMSNorm are permutation-equivariant), the input axes of
+      q/k/v/gate/up, the output axes of o/down, and the input axis of a head that reads the stream (`residual=False`:
+      identity);
+    - per block ℓ, `P_ff_ℓ` on the FFN units (rows of gate/up, columns of down);
+    - per block, `P_qk_ℓ` (rows of k) and `P_vo_ℓ` (rows of v) over the G key/value heads in one `HeadGroup`: whole
+      heads move, units only within a head, σ_QK shared by q and k and the identity unless the model has absolute
+      position embeddings (a rotary pair's frequency depends on its position; ALiBi and others are treated as RoPE).
+      With grouped-query attention (H = r·G query heads) q's rows and o's columns carry `P_q_ℓ`, `P_o_ℓ`, the
+      key/value-head permutation expanded to the r query heads sharing each (their order within a group is kept); a
+      fused `c_attn` carries the concatenation [P_q | P_qk | P_vo].
 
-    Grouped-query attention (fewer k/v heads than q heads) is not covered: pass `attention=False` to leave the
-    attention internals unpermuted."""
-    nm = {**HF_DECODER_NAMES, **(names or {})}
-    shapes = _shapes(model_or_state_dict)
-    res = "P_res" if residual else None
-    axes: dict[str, tuple] = {}
-    blocks = sorted({_key_split(k)[0][: -len(nm["q"])] for k in shapes if _is_mod(_key_split(k)[0], nm["q"])})
-    if not blocks: raise SpecError(f"no attention block found: no tensor of a module named {nm['q']!r}")
-    heads = []
-    for l, bp in enumerate(blocks):
-        qk, vo, ff = (f"P_qk_{l}", f"P_vo_{l}", f"P_ff_{l}") if attention else (None, None, f"P_ff_{l}")
-        if attention and shapes.get(f"{bp}{nm['k']}.weight", (0,))[0] != shapes[f"{bp}{nm['q']}.weight"][0]:
-            raise SpecError(f"{bp}: k has fewer heads than q (grouped-query attention): pass attention=False")
-        role = {nm["q"]: (qk, res), nm["k"]: (qk, res), nm["v"]: (vo, res), nm["o"]: (res, vo),
-                nm["gate"]: (ff, res), nm["up"]: (ff, res), nm["down"]: (res, ff)}
-        role.update({n: (res,) for n in nm["block_norms"]})
-        for name, ax in role.items():
-            for leaf in ("weight", "bias"):
-                k = f"{bp}{name}.{leaf}"
-                if k in shapes: axes[k] = ax if leaf == "weight" else ax[:1]
-        if attention: heads.append(HeadGroup((qk, vo), n_heads, (not rope, True)))
-    axes.update(_outer_axes(shapes, axes, nm, res))
-    unknown = sorted(set(shapes) - set(axes))
-    if unknown: raise SpecError(f"tensors transformer_spec cannot place (pass `names=`): {unknown[:8]}")
-    inv = tuple(k for k, a in axes.items() if all(p is None for p in a))
+    A model without a head returns its residual stream, so its output carries `P_res` (`spec.output`). Anything it
+    cannot place is a `SpecError` naming the tensors."""
+    m = model if isinstance(model, nn.Module) else _as_model(model, None)
+    cfg = getattr(m, "config", None)
+    if cfg is None or not hasattr(cfg, "num_attention_heads"):
+        raise SpecError(f"{type(m).__name__} has no transformers config with num_attention_heads: use mlp_spec or build a spec")
+    H = cfg.num_attention_heads; G = getattr(cfg, "num_key_value_heads", None) or H
+    h, res = cfg.hidden_size, "P_res" if residual else None
+    stack, blocks = _block_stack(m)
+    axes, output = _outer_axes(m, stack, h, res)
+    rope = not _has_absolute_positions(m, stack)
+    parts = [_block_spec(l, f"{stack}.{l}.", b, h, H, G, rope, res) for l, b in enumerate(blocks)]
+    acts = {"P_res": tuple(f"{stack}.{l}" for l in range(len(blocks)))} if res else {}
+    for p in parts:
+        axes.update(p["axes"]); acts.update({k: tuple(v) for k, v in p["acts"].items() if v})
+    inv = tuple(k for k, a in axes.items() if all(x is None for x in a))
+    inv += tuple(k for k, t in m.state_dict().items() if k not in axes and not t.dtype.is_floating_point)
     axes = {k: a for k, a in axes.items() if k not in inv}
-    return PermutationSpec(axes, inv, tuple(heads), {})
+    return PermutationSpec(axes, inv, tuple(p["head"] for p in parts), acts, {k: v for p in parts for k, v in p["derived"].items()},
+                           output, channel_axis=-1, site_transform=None, repair_sites=tuple(s for p in parts for s in p["repair"]))
+
+# %% ../nbs/06_lmc.ipynb #a3691162
+def model_spec(model: Any, *, template: nn.Module | None = None) -> PermutationSpec:
+    """The permutation spec of any supported model, derived from the model itself: `transformer_spec` for a
+    transformers model (a module with a config, or a folder whose `config.json` names one), `mlp_spec` for MLPs and
+    globally pooled CNNs (modules, or state dicts and checkpoints, with `template` a module of their architecture)."""
+    if not isinstance(model, nn.Module):
+        if isinstance(model, Mapping) and template is None: return mlp_spec(model)
+        try: model = _as_model(model, template)
+        except IncompatibleModels: return mlp_spec(model)
+    if hasattr(getattr(model, "config", None), "num_attention_heads"): return transformer_spec(model)
+    return mlp_spec(model)
 
 # %% ../nbs/06_lmc.ipynb #4af7cac2
 class Permutations(dict):
@@ -528,15 +744,20 @@ def _objective(spec: PermutationSpec, A: Mapping[str, Tensor], B: Mapping[str, T
     return float(sum((A[k].double() * _permute(B[k], ax, perms).double()).sum() for k, ax in spec.axes_to_perm.items()
                      if not _is_stat(k)))
 
-def _cost(spec, p, n, A, B, perms, p2a) -> np.ndarray:
-    "C[i, j] = Σ over the axes of p of ⟨A's unit i, π(B)'s unit j⟩ with every other permutation applied to B."
+def _cost(spec, p, sizes, A, B, perms, p2a) -> np.ndarray:
+    """C[i, j] = Σ over the axes of p of ⟨A's unit i, π(B)'s unit j⟩ with every other permutation (`perms`, derived
+    ones included) applied to B, plus the costs of the permutations derived from p folded onto it."""
+    n = sizes[p]
     C = torch.zeros(n, n, dtype=torch.float64)
-    for k, ax in p2a[p]:
+    for k, ax in p2a.get(p, []):
         if _is_stat(k): continue
         wa = A[k].double().movedim(ax, 0).reshape(n, -1)
         wb = _permute(B[k], spec.axes_to_perm[k], perms, skip=ax).double().movedim(ax, 0).reshape(n, -1)
         C += wa @ wb.T
-    return C.numpy()
+    C = C.numpy()
+    for d, rule in spec.derived.items():
+        if p in _sources(rule): C = C + _fold(rule, _cost(spec, d, sizes, A, B, perms, p2a), p, sizes)
+    return C
 
 def _lap(C: np.ndarray) -> np.ndarray:
     return linear_sum_assignment(C, maximize=True)[1]
@@ -564,10 +785,10 @@ def weight_matching(spec: PermutationSpec, a: Any, b: Any, max_iter: int = 100, 
     Σ_ℓ ⟨W_ℓ^A, P_ℓ W_ℓ^B P_{ℓ−1}ᵀ⟩ by coordinate descent. Each sweep visits the permutations in a random order
     (seeded per sweep); with the others fixed, one permutation is a linear assignment problem solved exactly with
     `scipy.optimize.linear_sum_assignment`. Head groups are solved jointly and exactly under their constraints
-    (an inner assignment per pair of heads, then one over heads). Stops after a sweep without progress (> 1e-12) or
-    `max_iter` sweeps. Local optima are real: `restarts > 1` adds runs from random initial permutations (seeds
-    `seed + r`) and keeps the best objective. Returns the permutations of B (apply them with
-    `apply_permutation(spec, perms, b)`)."""
+    (an inner assignment per pair of heads, then one over heads); derived permutations enter through their folded
+    costs. Stops after a sweep without progress (> 1e-12) or `max_iter` sweeps. Local optima are real: `restarts > 1`
+    adds runs from random initial permutations (seeds `seed + r`) and keeps the best objective. Returns the free
+    permutations of B (apply them with `apply_permutation(spec, perms, b)`)."""
     if not isinstance(spec, PermutationSpec): raise SpecError(f"spec must be a PermutationSpec (mlp_spec, transformer_spec), got {short_repr(spec, 40)}")
     if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1: raise SpecError(f"max_iter must be a positive integer, got {short_repr(max_iter, 20)}")
     A, B = _state(a), _state(b)
@@ -576,83 +797,122 @@ def weight_matching(spec: PermutationSpec, a: Any, b: Any, max_iter: int = 100, 
         runs = [weight_matching(spec, A, B, max_iter, seed + r, init if r == 0 else spec.random(A, seed + r), progress)
                 for r in range(restarts)]
         return max(runs, key=lambda p: p.history[-1])
-    perms = Permutations({p: torch.as_tensor(init[p]) if init and p in init else torch.arange(n) for p, n in sizes.items()})
-    p2a = spec.perm_to_axes
+    perms = Permutations({p: torch.as_tensor(init[p]) if init and p in init else torch.arange(sizes[p]) for p in spec.perms})
+    p2a, full = spec.perm_to_axes, spec.complete(perms)
     grouped = {p: g for g in spec.heads for p in g.perms}
-    units = [g for g in spec.heads] + [p for p in sizes if p not in grouped]
+    units = [g for g in spec.heads] + [p for p in spec.perms if p not in grouped]
     rng, history = np.random.default_rng(seed), []
     for it in tqdm(range(max_iter), desc="weight matching", disable=not progress):
         progressed = False
         for u in rng.permutation(len(units)):
             u = units[u]
             ps = list(u.perms) if isinstance(u, HeadGroup) else [u]
-            Cs = [_cost(spec, p, sizes[p], A, B, perms, p2a) for p in ps]
+            Cs = [_cost(spec, p, sizes, A, B, full, p2a) for p in ps]
             new = _solve_heads(u, Cs) if isinstance(u, HeadGroup) else [_lap(Cs[0])]
             old_v = sum(C[np.arange(len(C)), perms[p].numpy()].sum() for p, C in zip(ps, Cs))
-            new_v = sum(C[np.arange(len(C)), q].sum() for C, q in zip(Cs, new))
-            if new_v > old_v + 1e-12:
+            if sum(C[np.arange(len(C)), q].sum() for C, q in zip(Cs, new)) > old_v + 1e-12:
                 progressed = True
                 for p, q in zip(ps, new): perms[p] = torch.as_tensor(q, dtype=torch.long)
-        history.append(_objective(spec, A, B, perms))
+                full = spec.complete(perms)
+        history.append(_objective(spec, A, B, full))
         if not progressed: break
     perms.history, perms.iterations = history, len(history)
     return perms
 
 # %% ../nbs/06_lmc.ipynb #c2e17904
 class _Hooks:
-    "Record, per permutation, the output of the module named by `sites` as an (N, C) matrix (conv maps: every position a row)."
-    def __init__(self, model: nn.Module, sites: Mapping[str, str], transform: Callable[[Tensor], Tensor] | None = None):
+    """Record each site's activations as an (N, C) matrix: `"module"` its output, `"module:input"` its first input;
+    channels on `channel_axis` (1: conv maps, every position a row; −1: token sequences, every token a row)."""
+    def __init__(self, model: nn.Module, sites: Sequence[str], transform: Callable[[Tensor], Tensor] | None = None,
+                 channel_axis: int = 1):
         mods = dict(model.named_modules())
-        missing = [m for m in sites.values() if m not in mods]
-        if missing: raise SpecError(f"activation sites not found in the model: {missing}")
+        missing = [s for s in sites if s.removesuffix(":input") not in mods]
+        if missing: raise SpecError(f"activation sites not found in the model: {missing[:8]}")
         self.got: dict[str, Tensor] = {}
-        def hook(p):
-            def f(_m, _i, out):
-                out = _output(out).detach()
-                if transform is not None: out = transform(out)
-                self.got[p] = out.movedim(1, -1).reshape(-1, out.shape[1]) if out.dim() > 2 else out
+        def hook(s):
+            def f(_m, args, out=None):
+                z = _output(args[0] if out is None else out).detach()
+                if transform is not None: z = transform(z)
+                self.got[s] = z.movedim(channel_axis, -1).reshape(-1, z.shape[channel_axis]) if z.dim() > 2 else z
             return f
-        self.handles = [mods[m].register_forward_hook(hook(p)) for p, m in sites.items()]
+        self.handles = [mods[s[:-6]].register_forward_pre_hook(hook(s)) if s.endswith(":input")
+                        else mods[s].register_forward_hook(hook(s)) for s in dict.fromkeys(sites)]
     def __enter__(self): return self
     def __exit__(self, *exc):
         for h in self.handles: h.remove()
 
-# %% ../nbs/06_lmc.ipynb #3fee556c
-def activation_matching(spec: PermutationSpec, a: Any, b: Any, data: Any, *, model: nn.Module | None = None,
-                        measure: Literal["correlation", "cross_moment"] = "correlation",
-                        transform: Callable[[Tensor], Tensor] | None = torch.relu) -> Permutations:
-    """Activation matching (Ainsworth et al. 2023 §3.1; Jordan et al. 2023 use the correlation): for each permutation
-    independently, the statistic between A's and B's units at its activation site over `data`, either the Pearson
-    correlation (E[ab] − μ_aμ_b)/(σ_aσ_b + 1e-4) (default) or the cross-moment E[a bᵀ] (git-re-basin's code), then one
-    assignment each (maximised). Sites are the modules in `spec.activations` (Linear/Conv or their norm), passed
-    through `transform` (default ReLU: post-nonlinearity units); conv maps count every position as a sample."""
-    missing = [p for p in spec.perms if p not in spec.activations]
-    if missing or spec.heads: raise SpecError(f"activation matching needs an activation site for every permutation; none for {missing or 'head groups'}")
-    ma, mb = _as_model(a, model, "a"), _as_model(b, model, "b")
-    same_shapes(_state(ma), _state(mb)); spec.check(_state(ma))
-    acc: dict[str, dict[str, Tensor]] = {}
+# %% ../nbs/06_lmc.ipynb #9ae94e9c
+def _sites_of(spec: PermutationSpec, p: str) -> tuple[str, ...]:
+    s = spec.activations.get(p, ())
+    return (s,) if isinstance(s, str) else tuple(s)
+
+def _site_stats(ma: nn.Module, mb: nn.Module, sites: Sequence[str], data: Any, transform, channel_axis: int) -> dict:
+    "Per site, the float64 sums (n, Σa, Σb, Σa², Σb², Σabᵀ) of A's and B's units over `data`, batch by batch."
+    acc: dict[str, dict[str, Any]] = {}
     was = ma.training, mb.training
     ma.eval(); mb.eval()
     try:
-        with _Hooks(ma, spec.activations, transform) as ha, _Hooks(mb, spec.activations, transform) as hb, torch.no_grad():
+        with _Hooks(ma, sites, transform, channel_axis) as ha, _Hooks(mb, sites, transform, channel_axis) as hb, torch.no_grad():
             for x in _inputs(data):
-                ma(x); mb(x)
-                for p in spec.activations:
+                _call(ma, x); _call(mb, x)
+                for p in sites:
                     u, v = ha.got[p].double(), hb.got[p].double()
                     s = acc.setdefault(p, dict(n=0, sa=0, sb=0, saa=0, sbb=0, sab=0))
                     s["n"] += len(u); s["sa"] += u.sum(0); s["sb"] += v.sum(0)
                     s["saa"] += (u * u).sum(0); s["sbb"] += (v * v).sum(0); s["sab"] += u.T @ v
     finally:
         ma.train(was[0]); mb.train(was[1])
+    return acc
+
+# %% ../nbs/06_lmc.ipynb #06af4112
+def _site_matrix(s: Mapping[str, Any], measure: str) -> np.ndarray:
+    "The correlation (E[ab] − μ_aμ_b)/(σ_aσ_b + 1e-4) or the cross-moment E[abᵀ] of one site's sums."
+    n = s["n"]; ma_, mb_ = s["sa"] / n, s["sb"] / n
+    M = s["sab"] / n
+    if measure == "correlation":
+        sda = (s["saa"] / n - ma_ ** 2).clamp_min(0).sqrt(); sdb = (s["sbb"] / n - mb_ ** 2).clamp_min(0).sqrt()
+        M = (M - ma_[:, None] * mb_[None, :]) / (sda[:, None] * sdb[None, :] + 1e-4)
+    return M.numpy()
+
+def _perm_matrix(spec: PermutationSpec, p: str, mats: Mapping[str, np.ndarray], sizes: Mapping[str, int]) -> np.ndarray | None:
+    "The summed site matrices of p plus those of the permutations derived from it, folded onto p (None: no site)."
+    out = [mats[s] for s in _sites_of(spec, p)]
+    for d, rule in spec.derived.items():
+        if p in _sources(rule):
+            M = _perm_matrix(spec, d, mats, sizes)
+            if M is not None: out.append(_fold(rule, M, p, sizes))
+    return sum(out[1:], out[0]) if out else None
+
+# %% ../nbs/06_lmc.ipynb #3fee556c
+def activation_matching(spec: PermutationSpec, a: Any, b: Any, data: Any, *, model: nn.Module | None = None,
+                        measure: Literal["correlation", "cross_moment"] = "correlation",
+                        transform: Callable[[Tensor], Tensor] | None | Literal["spec"] = "spec") -> Permutations:
+    """Activation matching (Ainsworth et al. 2023 §3.1; Jordan et al. 2023 use the correlation): per permutation, the
+    statistic between A's and B's units at its activation sites over `data`, either the Pearson correlation
+    (E[ab] − μ_aμ_b)/(σ_aσ_b + 1e-4) (default) or the cross-moment E[abᵀ] (git-re-basin's code), summed over the
+    sites (the residual stream over every block's output, as Verma & Elbayad 2024 do for transformers; derived
+    permutations folded onto their sources), then one assignment each (maximised); head groups get the
+    head-constrained assignment of weight matching. Sites are `spec.activations`, passed through `transform`
+    (`"spec"`: the spec's `site_transform`, ReLU for `mlp_spec`'s pre-activation outputs, none for transformers'
+    FFN inputs and residual stream); conv maps count every position, sequences every token (padding included)."""
+    if measure not in ("correlation", "cross_moment"): raise SpecError(f"measure must be 'correlation' or 'cross_moment', not {measure!r}")
+    ma, mb = _as_model(a, model, "a"), _as_model(b, model, "b")
+    same_shapes(_state(ma), _state(mb)); sizes = spec.sizes(_state(ma))
+    grouped = {p for g in spec.heads for p in g.perms}
+    covered = lambda p: bool(_sites_of(spec, p)) or any(p in _sources(r) and covered(d) for d, r in spec.derived.items())
+    missing = [p for p in spec.perms if not covered(p)]
+    if missing: raise SpecError(f"activation matching needs an activation site for every permutation; none for {missing[:8]}")
+    if transform == "spec": transform = torch.relu if spec.site_transform == "relu" else None
+    sites = list(dict.fromkeys(s for p in spec.activations for s in _sites_of(spec, p)))
+    acc = _site_stats(ma, mb, sites, data, transform, spec.channel_axis)
+    if set(acc) != set(sites): raise SpecError(f"no activations recorded at {sorted(set(sites) - set(acc))[:4]} (empty data?)")
+    mats = {s: _site_matrix(acc[s], measure) for s in sites}
     perms = Permutations()
-    for p, s in acc.items():
-        n = s["n"]; ma_, mb_ = s["sa"] / n, s["sb"] / n
-        M = s["sab"] / n
-        if measure == "correlation":
-            sda = (s["saa"] / n - ma_ ** 2).clamp_min(0).sqrt(); sdb = (s["sbb"] / n - mb_ ** 2).clamp_min(0).sqrt()
-            M = (M - ma_[:, None] * mb_[None, :]) / (sda[:, None] * sdb[None, :] + 1e-4)
-        elif measure != "cross_moment": raise SpecError(f"measure must be 'correlation' or 'cross_moment', not {measure!r}")
-        perms[p] = torch.as_tensor(_lap(M.numpy()), dtype=torch.long)
+    for g in spec.heads:
+        perms.update({p: torch.as_tensor(q, dtype=torch.long) for p, q in
+                      zip(g.perms, _solve_heads(g, [_perm_matrix(spec, p, mats, sizes) for p in g.perms]))})
+    for p in spec.perms:
+        if p not in grouped: perms[p] = torch.as_tensor(_lap(_perm_matrix(spec, p, mats, sizes)), dtype=torch.long)
     perms.history, perms.iterations = [], 1
     return perms
 
@@ -674,18 +934,20 @@ def reset_batchnorm(model: nn.Module, data: Any) -> nn.Module:
 
 # %% ../nbs/06_lmc.ipynb #90d9e4ce
 def _weight_sites(model: nn.Module, spec: PermutationSpec | None) -> list[str]:
-    "The Linear/Conv modules whose outputs are hidden units: permuted on the output axis in `spec`, else all but the last."
+    """The layers whose outputs REPAIR corrects: the spec's `repair_sites`, else the Linear/Conv modules permuted on
+    their output axis in `spec`, else all but the last."""
+    if spec is not None and spec.repair_sites is not None: return list(spec.repair_sites)
     names = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))]
     if spec is None: return names[:-1]
     return [n for n in names if spec.axes_to_perm.get(f"{n}.weight" if n else "weight", (None,))[0] is not None]
 
-def _channel_stats(model: nn.Module, sites: Sequence[str], data: Any) -> dict[str, tuple[Tensor, Tensor]]:
+def _channel_stats(model: nn.Module, sites: Sequence[str], data: Any, channel_axis: int = 1) -> dict[str, tuple[Tensor, Tensor]]:
     "Per-channel mean and (biased) std of each site's output over `data`."
     acc = {}
     model.eval()
-    with _Hooks(model, {s: s for s in sites}) as h, torch.no_grad():
+    with _Hooks(model, sites, None, channel_axis) as h, torch.no_grad():
         for x in _inputs(data):
-            model(x)
+            _call(model, x)
             for s in sites:
                 z = h.got[s].double(); a = acc.setdefault(s, [0, 0, 0])
                 a[0] += len(z); a[1] += z.sum(0); a[2] += (z * z).sum(0)
@@ -697,26 +959,29 @@ def repair(a: Any, b_permuted: Any, alpha: float, data: Any, *, spec: Permutatio
     """REPAIR (Jordan, Sedghi, Saukh, Entezari & Neyshabur, ICLR 2023): build θ_α = (1 − α)·θ_A + α·π(θ_B) and
     rescale each hidden unit's pre-activation so that its mean and std over `data` equal the interpolated endpoint
     statistics μ* = (1 − α)μ_A + αμ_B, σ* = (1 − α)σ_A + ασ_B (the std, not the variance, is interpolated), fused
-    into the layer: W' = W·σ*/σ, b' = (b − μ)·σ*/σ + μ*. Layers are corrected in order, each measured after the
-    earlier ones are fixed (the reference's BN wrappers measure all at once in train mode). Networks with BatchNorm
-    get the equivalent BN reset instead. `b_permuted` must already be aligned to `a`. Returns a new module."""
+    into the layer: W' = W·σ*/σ, b' = (b − μ)·σ*/σ + μ*; a layer without a bias gets the scale only (its std is
+    matched, its mean scaled). Layers are corrected in order, each measured after the earlier ones are fixed (the
+    reference's BN wrappers measure all at once in train mode). MLPs: every hidden layer. Transformers
+    (`transformer_spec`, LayerNorm or RMSNorm): the FFN's linear input units (BERT's intermediate, GPT-2's `c_fc`,
+    ViT's `fc1`, with their biases; Llama's bias-free `up_proj`, scale only), measured over every token; the residual
+    stream and attention are not corrected (their norms re-standardise them). Networks with BatchNorm get the
+    equivalent BN reset instead. `b_permuted` must already be aligned to `a`. Returns a new module."""
     ma, mb = _as_model(a, model, "a"), _as_model(b_permuted, model, "b_permuted")
-    ip = _Interpolator([ma, mb], None)
-    work = ip.lerp(alpha)
+    work = _Interpolator([ma, mb], None).lerp(alpha)
     if any(isinstance(m, _BN) for m in work.modules()): return reset_batchnorm(work, data)
-    sites = _weight_sites(work, spec)
-    sa, sb = _channel_stats(ma, sites, data), _channel_stats(mb, sites, data)
+    if spec is None and hasattr(getattr(work, "config", None), "num_attention_heads"): spec = transformer_spec(work)
+    sites, ca = _weight_sites(work, spec), (spec.channel_axis if spec is not None else 1)
+    sa, sb = _channel_stats(ma, sites, data, ca), _channel_stats(mb, sites, data, ca)
     mods = dict(work.named_modules())
     for s in sites:
-        mu, sd = _channel_stats(work, [s], data)[s]
-        mu_t = (1 - alpha) * sa[s][0] + alpha * sb[s][0]
-        sd_t = (1 - alpha) * sa[s][1] + alpha * sb[s][1]
-        scale = sd_t / (sd + eps)
-        m = mods[s]
+        mu, sd = _channel_stats(work, [s], data, ca)[s]
+        mu_t, sd_t = (1 - alpha) * sa[s][0] + alpha * sb[s][0], (1 - alpha) * sa[s][1] + alpha * sb[s][1]
+        scale, m = sd_t / (sd + eps), mods[s]
+        out_axis = 1 if type(m).__name__ == "Conv1D" else 0
+        shape = [1] * m.weight.dim(); shape[out_axis] = -1
         with torch.no_grad():
-            m.weight.mul_(scale.to(m.weight.dtype).reshape(-1, *([1] * (m.weight.dim() - 1))))
-            if m.bias is None: m.bias = nn.Parameter(torch.zeros(m.weight.shape[0], dtype=m.weight.dtype))
-            m.bias.copy_(((m.bias.double() - mu) * scale + mu_t).to(m.bias.dtype))
+            m.weight.mul_(scale.to(m.weight.dtype).reshape(shape))
+            if m.bias is not None: m.bias.copy_(((m.bias.double() - mu) * scale + mu_t).to(m.bias.dtype))
     return work.eval()
 
 # %% ../nbs/06_lmc.ipynb #40ca3aed
@@ -747,14 +1012,14 @@ CORRECTIONS = {"none": "none", "repair": "REPAIR", "bn_reset": "BN reset"}
 
 def lmc_align(a: Any, b: Any, matching: str = "none", *, spec: PermutationSpec | None = None, data: Any = None,
               model: nn.Module | None = None, seed: int = 0) -> Any:
-    "B with its hidden units permuted onto A's: as is (`none`), by `weight_matching` or by `activation_matching` on `data`."
+    """B with its hidden units permuted onto A's: as is (`none`), by `weight_matching` or by `activation_matching` on
+    `data`, under `spec` (default: `model_spec` of A, any supported architecture)."""
     if matching not in MATCHINGS: raise CurveError(f"matching must be one of {list(MATCHINGS)}, not {matching!r}")
     if matching == "none": return b
-    spec = spec or mlp_spec(a if isinstance(a, nn.Module) else (model if model is not None else a))
+    if matching == "activation" and data is None: raise CurveError("activation matching needs `data` (inputs to measure the units on)")
+    spec = spec or model_spec(a, template=model)
     if matching == "weight": perms = weight_matching(spec, a, b, seed=seed, progress=False)
-    else:
-        if data is None: raise CurveError("activation matching needs `data` (inputs to measure the units on)")
-        perms = activation_matching(spec, a, b, data, model=model)
+    else: perms = activation_matching(spec, a, b, data, model=model)
     return apply_permutation(spec, perms, b)
 
 # %% ../nbs/06_lmc.ipynb #7985718f

@@ -13,7 +13,7 @@ from mergelab.config import merge, merge_config
 from mergelab.kinship import kinship_matrix
 from mergelab.interference import interference_report
 from mergelab.activations import delta_activations
-from mergelab.lmc import interpolation_curve, barrier, weight_matching, transformer_spec, mlp_spec
+from mergelab.lmc import interpolation_curve, barrier, weight_matching, model_spec, mlp_spec
 from mergelab.evaluate import evaluate, LMTask
 from mergelab.masks import tall_compress
 from mergelab.search import evolve
@@ -80,7 +80,7 @@ def pair(models):
     return list(models.values()) if isinstance(models, dict) else list(models)
 
 def _spec(base):
-    if isinstance(base, Path): return transformer_spec(open_module(base), CFG["num_attention_heads"])
+    if isinstance(base, Path): return model_spec(open_module(base))
     return mlp_spec(open_model(base).state_dict())
 
 ENTRY = {
