@@ -232,7 +232,9 @@ def zoo_inputs(zoo: Zoo, task: str | None = None) -> Any:
     "Training inputs of a zoo task (default the first) for activation statistics: its `train`, `finetune` or `pretrain` split."
     t = task or next(iter(zoo.data), None)
     for split in ("train", "finetune", "pretrain"):
-        if t is not None and split in zoo.data.get(t, {}): return zoo.data[t][split][0]
+        if t is not None and split in zoo.data.get(t, {}):
+            v = zoo.data[t][split]                       # a token tensor, an (x, y) pair or a list of splits
+            return v if isinstance(v, torch.Tensor) else v[0]
     raise ZooError(f"zoo {zoo.name!r} ships no training inputs; pass `data=`")
 
 # %% ../nbs/09_zoo.ipynb #b0db7254
@@ -418,6 +420,7 @@ def smollm2_tokenizer():
 # %% ../nbs/09_zoo.ipynb #037ac90f
 def build_smollm2(model: Any) -> nn.Module:
     "A `LlamaForCausalLM` (eval mode, fp32) holding `model`: a state dict, `Checkpoint`, path or `nn.Module`."
+    if isinstance(model, ZooModel): model = model.checkpoint()      # its own `module()` calls this builder
     try: return open_module(model, config=open_model(smollm2_path()).config)
     except IncompatibleModels as e: raise ZooError(f"not a SmolLM2-135M model: {e}") from None
 

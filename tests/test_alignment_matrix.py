@@ -123,3 +123,10 @@ def test_minilm_planted_permutations():
     assert max(float((back[k] - v).abs().max()) for k, v in a.state_dict().items() if v.dtype.is_floating_point) < 1e-5
     ids = torch.randint(1000, 2000, (2, 12), generator=torch.Generator().manual_seed(0))
     assert check_equivalent(a, apply_permutation(spec, planted, a), ids, spec=spec, perms=planted) < 1e-4
+
+
+def test_lmc_explorer_zoo_transformer():
+    "A transformer zoo in the explorer with no spec: activation matching and REPAIR on the zoo's own token inputs."
+    from mergelab.widgets import LMCExplorer
+    lx = LMCExplorer("tiny-llama", matching="activation", correction="repair", alphas=3)
+    assert lx.error is None and set(lx.curve.task) == {"count", "echo"} and lx.curve.loss.notna().all()
