@@ -1013,14 +1013,17 @@ CORRECTIONS = {"none": "none", "repair": "REPAIR", "bn_reset": "BN reset"}
 def lmc_align(a: Any, b: Any, matching: str = "none", *, spec: PermutationSpec | None = None, data: Any = None,
               model: nn.Module | None = None, seed: int = 0) -> Any:
     """B with its hidden units permuted onto A's: as is (`none`), by `weight_matching` or by `activation_matching` on
-    `data`, under `spec` (default: `model_spec` of A, any supported architecture)."""
+    `data`, under `spec` (default: `model_spec` of A, any supported architecture). With `data`, the aligned B is
+    checked to compute B's function (`check_equivalent`, fp32, 1e-4 absolute plus 1e-4 relative)."""
     if matching not in MATCHINGS: raise CurveError(f"matching must be one of {list(MATCHINGS)}, not {matching!r}")
     if matching == "none": return b
     if matching == "activation" and data is None: raise CurveError("activation matching needs `data` (inputs to measure the units on)")
     spec = spec or model_spec(a, template=model)
     if matching == "weight": perms = weight_matching(spec, a, b, seed=seed, progress=False)
     else: perms = activation_matching(spec, a, b, data, model=model)
-    return apply_permutation(spec, perms, b)
+    aligned = apply_permutation(spec, perms, b)
+    if data is not None: check_equivalent(_as_model(b, model, "b"), aligned, data, 1e-4, 1e-4, spec=spec, perms=perms)
+    return aligned
 
 # %% ../nbs/06_lmc.ipynb #7985718f
 def lmc_prepare(a: Any, b: Any, correction: str = "none", *, data: Any = None, spec: PermutationSpec | None = None,
