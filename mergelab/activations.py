@@ -100,6 +100,8 @@ def probe_states(model: nn.Module, ids: Sequence[Sequence[int]], *, layer: int |
                 inp = dict(input_ids=x) if embeds is None else dict(inputs_embeds=embeds[s:s + len(chunk), :x.shape[1]])
                 o = model(**inp, attention_mask=mask, output_hidden_states=layer != "pre_norm", use_cache=False,
                           **_keep_last(model))
+                if layer != "pre_norm" and not -len(o.hidden_states) <= layer < len(o.hidden_states):
+                    raise ActivationError(f"layer={layer}: the model has {len(o.hidden_states)} hidden states (embeddings and each block)")
                 h = (captured[-1] if layer == "pre_norm" else o.hidden_states[layer]).float()
                 if pooling == "mean": out.append((h * mask[..., None]).sum(1) / n[:, None])
                 else:
@@ -301,7 +303,9 @@ def fit(self: DeltaActivations, models: Any = None, y: Any = None) -> "DeltaActi
     "Load the base and tokenizer, tokenise the probes and compute the base's activations (P × d) once."
     self.model_, self.tokenizer_ = _load_base(self.base, self.tokenizer)
     if not self.probes: raise ActivationError("the probe set is empty")
-    self.ids_ = encode_probes(self.tokenizer_, self.probes, self.max_length)
+    cfg = getattr(self.model_, "config", None)                   # probes longer than the model's context are cut to it
+    ctx = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
+    self.ids_ = encode_probes(self.tokenizer_, self.probes, min(self.max_length, ctx) if isinstance(ctx, int) else self.max_length)
     self.pad_id_ = self.tokenizer_.pad_token_id if self.tokenizer_.pad_token_id is not None else 0
     self.base_states_ = self._states(self.model_)
     self._switch = _Switcher(self.model_)

@@ -4,10 +4,11 @@
 
 # %% ../nbs/03_config.ipynb #8345e9b4
 from __future__ import annotations
-import copy, json, math, os, re, warnings
+import copy, hashlib, json, math, os, re, warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
+import numpy as np
 import torch, yaml
 from fastcore.basics import patch
 from .io import (Checkpoint, LazyCheckpoint, AdapterCheckpoint, ShardedWriter, MergelabError, IncompatibleModels,
@@ -20,7 +21,7 @@ from .memory import MemoryEstimate, estimate_memory, check_memory
 
 # %% auto #0
 __all__ = ['MERGEKIT_FLAGS', 'MAX_CONFIG_BYTES', 'MAX_CONFIG_VALUES', 'MAX_CONFIG_DEPTH', 'dsl_value', 'parse_dtype',
-           'MergeConfig', 'load_yaml', 'Plan', 'build_plan', 'run_plan', 'merge_config', 'merge',
+           'MergeConfig', 'load_yaml', 'yaml_safe', 'Plan', 'build_plan', 'run_plan', 'merge_config', 'merge',
            'estimate_peak_memory', 'merge_setting_config']
 
 # %% ../nbs/03_config.ipynb #a7bf4333
@@ -190,6 +191,20 @@ def load(cls: MergeConfig, src: Any, root: str | Path | None = None) -> "MergeCo
     return cls(d["merge_method"], norm, _rooted(d.get("base_model"), root), slices, params, d.get("dtype"),
                d.get("out_dtype"), tok, bool(d.get("truncate_vocab", False)), norm_post, d)
 
+# %% ../nbs/03_config.ipynb #5d579ef4
+def yaml_safe(v: Any) -> Any:
+    """`v` with everything YAML cannot hold replaced by a short description: a tensor or array by its shape, dtype and
+    content hash, any other object by its type (types with a registered YAML representer kept). Data passed in memory
+    is described, never printed."""
+    if isinstance(v, (torch.Tensor, np.ndarray)):
+        t = torch.as_tensor(v).detach().cpu().contiguous()
+        h = hashlib.sha256(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"").hexdigest()[:12]
+        return f"<tensor {'×'.join(map(str, t.shape)) or 'scalar'} {str(t.dtype).removeprefix('torch.')} sha256:{h}>"
+    if isinstance(v, Mapping): return {str(k): yaml_safe(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)): return [yaml_safe(x) for x in v]
+    if v is None or isinstance(v, (str, bool, int, float)) or type(v) in yaml.SafeDumper.yaml_representers: return v
+    return f"<{type(v).__name__}>"
+
 # %% ../nbs/03_config.ipynb #e453d6a2
 @patch
 def to_yaml(self: MergeConfig) -> str:
@@ -198,8 +213,8 @@ def to_yaml(self: MergeConfig) -> str:
     d = {"merge_method": self.merge_method}
     if self.base_model is not None: d["base_model"] = ref(self.base_model)
     if self.slices: d["slices"] = [{**s, "sources": [{**x, "model": ref(x["model"])} for x in s["sources"]]} for s in self.slices]
-    else: d["models"] = [{"model": ref(m["model"]), **({"parameters": m["parameters"]} if m["parameters"] else {})} for m in self.models]
-    if self.parameters: d["parameters"] = self.parameters
+    else: d["models"] = [{"model": ref(m["model"]), **({"parameters": yaml_safe(m["parameters"])} if m["parameters"] else {})} for m in self.models]
+    if self.parameters: d["parameters"] = yaml_safe(self.parameters)
     for k in ("dtype", "out_dtype", "tokenizer_source"):
         if getattr(self, k) is not None: d[k] = getattr(self, k)
     if self.truncate_vocab: d["truncate_vocab"] = True

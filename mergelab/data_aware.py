@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn, Tensor
 from .io import Checkpoint, MergelabError, open_model, read_safetensors_header
 from .registry import ConfigError, merge_method, METHODS, ParamInfo
-from .scheduler import TensorGroup, layer_index
+from .scheduler import TensorGroup, layer_index, run_groups
 from .zoo import Zoo, load_zoo, build_mlp, cache_dir as user_cache_dir
 
 # %% auto #0
@@ -592,7 +592,9 @@ def _validate(name: str, kw: dict) -> None:
 
 # %% ../nbs/10_data_aware.ipynb #4579040d
 class _State:
-    "Statistics of one planned merge, computed once on first use."
+    """Statistics of one planned merge, computed in the prepare pass (`ensure`). What travels to a worker with
+    `client=` is the result only (cached-file handles, norms, coefficients), never the data or a lock."""
+    _RESULTS = ("kind", "done", "paths", "norms", "grams", "coef", "history")
     def __init__(self, kind: str, models: list[Checkpoint], base: Checkpoint | None, src: DataSource,
                  tasks: list[TaskData], cache: Path, params: dict, per_tensor: dict[str, dict]):
         self.kind, self.models, self.base, self.src, self.tasks, self.cache = kind, models, base, src, tasks, cache
@@ -601,26 +603,37 @@ class _State:
         with self.lock:
             if not self.done: getattr(self, f"_compute_{self.kind}")(); self.done = True
         return self
+    def __getstate__(self) -> dict:
+        if not self.done: raise DataError(f"{self.kind}: statistics are sent to workers only once computed")
+        return {k: v for k, v in self.__dict__.items() if k in self._RESULTS}
+    def __setstate__(self, d: dict): self.__dict__.update(d); self.lock = threading.Lock()
     def _settings(self, *names) -> dict: return {k: self.p[k] for k in names}
     def fisher(self, i: int, name: str) -> Tensor | None: return _LazyFile(self.paths[i]).get(name)
 
 # %% ../nbs/10_data_aware.ipynb #ced1ba0a
+def _model_statistics(job: tuple) -> Path:
+    """Compute one model's statistics on its task (`fisher_information` or `gram_matrices`) and save them atomically
+    to the cache: the unit of work of the statistics pass, a picklable job that runs on a dask worker with `client=`."""
+    prefix, ck, task, build, seed, settings, path = job
+    sd = ck.state_dict()
+    stats = (fisher_information(sd, task, build=build, seed=seed, **settings) if prefix == "fisher"
+             else gram_matrices(sd, task, build=build, **settings))
+    _save_atomic(stats, path, dict(kind=prefix, model=str(ck.name), task=task.name, n=len(task), **settings,
+                                   norm=float(sum(float((v.double() ** 2).sum()) for v in stats.values()) ** 0.5)))
+    return path
+
 @patch
-def _per_model(self: _State, prefix: str, fn: Callable, settings: dict) -> list[Path]:
-    "One cached statistics file per model: load it when present, else compute with `fn(model_sd, task)`."
-    paths, bar = [], _bar(len(self.models), f"{prefix} statistics")
+def _per_model(self: _State, prefix: str, settings: dict) -> list[Path]:
+    """One cached statistics file per model, keyed by the model's and the task's content hashes: loaded when present,
+    else computed by `_model_statistics`, one model at a time here or on the workers of an active `client=`."""
+    paths, jobs = [], []
     for ck, t in zip(self.models, self.tasks):
         key = _key(kind=prefix, model=model_hash(ck), data=t.fingerprint(), build=getattr(self.src.build, "__qualname__", ""),
                    seed=self.src.seed, **settings)
-        path = self.cache / f"{prefix}-{key}.safetensors"
-        if not path.is_file():
-            sd = ck.state_dict()
-            stats = fn(sd, t)
-            STATS[prefix] += 1
-            _save_atomic(stats, path, dict(kind=prefix, model=str(ck.name), task=t.name, n=len(t), **settings,
-                                           norm=float(sum(float((v.double() ** 2).sum()) for v in stats.values()) ** 0.5)))
-            del sd, stats
-        paths.append(path); bar.update()
+        paths.append(self.cache / f"{prefix}-{key}.safetensors")
+        if not paths[-1].is_file(): jobs.append((prefix, ck, t, self.src.build, self.src.seed, settings, paths[-1]))
+    bar = _bar(len(jobs), f"{prefix} statistics", bool(jobs))
+    for _ in run_groups(jobs, _model_statistics, threads=1, size=lambda j: 1): STATS[prefix] += 1; bar.update()
     bar.close()
     return paths
 
@@ -628,15 +641,12 @@ def _per_model(self: _State, prefix: str, fn: Callable, settings: dict) -> list[
 @patch
 def _compute_fisher(self: _State):
     s = self._settings("estimator", "batch_size", "num_batches")
-    self.paths = self._per_model("fisher", lambda sd, t: fisher_information(
-        sd, t, build=self.src.build, seed=self.src.seed, **s), s)
+    self.paths = self._per_model("fisher", s)
     self.norms = [_meta(p)["norm"] for p in self.paths]
-    self.files = [None] * len(self.paths)
 
 @patch
 def _compute_regmean(self: _State):
-    s = self._settings("batch_size", "num_batches")
-    self.paths = self._per_model("gram", lambda sd, t: gram_matrices(sd, t, build=self.src.build, **s), s)
+    self.paths = self._per_model("gram", self._settings("batch_size", "num_batches"))
     self.grams = [_LazyFile(p) for p in self.paths]
 
 # %% ../nbs/10_data_aware.ipynb #ecb1578f
@@ -647,14 +657,12 @@ def _compute_regmean_pp(self: _State):
     key = _key(kind="gram_pp", models=[model_hash(c) for c in self.models], data=[t.fingerprint() for t in self.tasks],
                build=getattr(self.src.build, "__qualname__", ""), alphas=alphas, **s)
     path = self.cache / f"gram_pp-{key}.safetensors"
-    if path.is_file():
-        flat, _ = _load(path)
-        self.grams = [{k.split("/", 1)[1]: v for k, v in flat.items() if k.split("/", 1)[0] == str(i)} for i in range(len(self.models))]
-        return
-    self.grams = regmean_pp_grams(self.models, self.tasks, self.src.build, alphas=alphas, **s)
-    STATS["gram_pp"] += 1
-    _save_atomic({f"{i}/{k}": v for i, g in enumerate(self.grams) for k, v in g.items()}, path,
-                 dict(kind="gram_pp", models=[str(c.name) for c in self.models], **s))
+    if not path.is_file():
+        grams = regmean_pp_grams(self.models, self.tasks, self.src.build, alphas=alphas, **s)
+        STATS["gram_pp"] += 1
+        _save_atomic({f"{i}/{k}": v for i, g in enumerate(grams) for k, v in g.items()}, path,
+                     dict(kind="gram_pp", models=[str(c.name) for c in self.models], **s))
+    self.grams = [_LazyFile(path, f"{i}/") for i in range(len(self.models))]   # read per tensor, as RegMean's
 
 # %% ../nbs/10_data_aware.ipynb #1633ffe8
 @patch
@@ -664,10 +672,10 @@ def _compute_adamerging(self: _State):
 
 # %% ../nbs/10_data_aware.ipynb #9505a310
 class _LazyFile:
-    "A cached statistics file read one tensor at a time (`in`, `[]`, `get`), so merging streams."
-    def __init__(self, path: Path): self.path, self.ck = path, open_model(path)
-    def __contains__(self, k) -> bool: return k in self.ck
-    def get(self, k: str) -> Tensor | None: return self.ck.get(k) if k in self.ck else None
+    "A cached statistics file read one tensor at a time (`in`, `[]`, `get`; names under `prefix`), so merging streams."
+    def __init__(self, path: Path, prefix: str = ""): self.path, self.prefix, self.ck = path, prefix, open_model(path)
+    def __contains__(self, k) -> bool: return self.prefix + k in self.ck
+    def get(self, k: str) -> Tensor | None: return self.ck.get(self.prefix + k) if self.prefix + k in self.ck else None
     __getitem__ = get
 
 # %% ../nbs/10_data_aware.ipynb #a7f503d7
@@ -735,6 +743,7 @@ def regmean_pp_grams(models: Sequence[Checkpoint], tasks: Sequence[TaskData], bu
 
 # %% ../nbs/10_data_aware.ipynb #afe139e5
 def _prepare(kind: str):
+    "The prepare pass of a data-aware method: pair models with tasks, compute (or load) the statistics, attach them."
     def prepare(groups: Sequence[TensorGroup], threads: int = 2, **_) -> list[TensorGroup]:
         groups = list(groups)
         if not groups: return groups
@@ -744,8 +753,9 @@ def _prepare(kind: str):
         src = data_source(g0.params["data"], default_split=METHODS[kind].data_split)
         tasks = src.pair(models)
         cache = stats_cache(g0.params.get("cache_dir"), models + [base])
-        state = _State(kind, models, base, src, tasks, cache, g0.params, {g.name: g.params for g in groups})
-        return [replace(g, params={**g.params, "_state": state}) for g in groups]
+        state = _State(kind, models, base, src, tasks, cache, g0.params, {g.name: g.params for g in groups}).ensure()
+        spec = src.spec or {"fingerprint": src.fingerprint()}            # the data itself stays here
+        return [replace(g, params={**g.params, "data": spec, "_state": state}) for g in groups]
     return prepare
 
 # %% ../nbs/10_data_aware.ipynb #f820c58b

@@ -200,6 +200,13 @@ def _spec(d):
     from mergelab.lmc import mlp_spec
     return mlp_spec({"layers.0.weight": torch.zeros(3, 3), "layers.0.bias": torch.zeros(3)})
 
+def _transformer_spec(d):
+    import transformers
+    from mergelab.lmc import transformer_spec
+    cfg = transformers.GPT2Config(vocab_size=16, n_embd=8, n_layer=1, n_head=2, n_positions=8, bos_token_id=0,
+                                     eos_token_id=0, add_cross_attention=True)
+    return transformer_spec(transformers.GPT2LMHeadModel(cfg))
+
 def _not_equivalent(d):
     from mergelab.lmc import check_equivalent
     torch.manual_seed(0)
@@ -251,6 +258,9 @@ _ANALYSIS_CASES = [
                 "evaluate the curve at both endpoints (interpolation_curve does)", _curve, "endpoints"),
     FailureCase("spec does not fit", SpecError, "a permutation spec for a model it cannot describe",
                 "give an MLP with at least two layers, or write the spec by hand", _spec, "at least two"),
+    FailureCase("transformer layout not placed", SpecError, "a transformer block with layers `BLOCK_ROLES` does not name "
+                "(cross-attention, an interleaved fused qkv, encoder-decoder stacks)", "add the block's module names to "
+                "`mergelab.lmc.BLOCK_ROLES`, or write the PermutationSpec by hand", _transformer_spec, "cannot place"),
     FailureCase("permutation changes the function", NotEquivalent, "a permutation applied to some tensors but not their partners",
                 "fix the spec so every axis of a permuted unit is permuted", _not_equivalent, "differs from the original"),
     FailureCase("unknown zoo domain", ZooError, "a digits domain that the zoo does not have", "use one of the listed domains", _zoo, "unknown digits domain"),

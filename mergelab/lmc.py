@@ -46,11 +46,15 @@ def _as_model(src: Any, model: nn.Module | None, what: str = "model") -> nn.Modu
     except IncompatibleModels as e: raise IncompatibleModels(f"{what}: {e}") from None
 
 def _inputs(data: Any) -> Iterable[Tensor]:
-    "The input tensors of `data`: a tensor, an `(x, y)` pair, or an iterable of tensors or `(x, ...)` batches."
-    if isinstance(data, Tensor): yield data; return
+    "The input tensors of `data`: a tensor, an `(x, y)` pair, or an iterable of tensors or `(x, ...)` batches (none empty)."
     if isinstance(data, tuple) and len(data) == 2 and all(isinstance(t, Tensor) for t in data) and len(data[0]) == len(data[1]):
-        yield data[0]; return
-    for batch in data: yield batch[0] if isinstance(batch, (tuple, list)) else batch
+        data = data[0]
+    if data is None or isinstance(data, (str, bytes)) or not hasattr(data, "__iter__"):
+        raise CurveError(f"data must be inputs (a tensor, an (x, y) pair, or batches), got {short_repr(data, 40)}")
+    for batch in [data] if isinstance(data, Tensor) else data:
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        if isinstance(x, Tensor) and (x.dim() == 0 or len(x) == 0): raise CurveError(f"an empty batch of inputs, shape {list(x.shape)}")
+        yield x
 
 def _call(m: nn.Module, x: Any) -> Any:
     "Run `m` on one batch: a tensor (`input_ids`, pixels, features) or a dict of keyword inputs."

@@ -357,6 +357,8 @@ def evolve(pool: Sequence[Any] | Mapping[str, Any], base: Any, evaluate: Callabl
     Deterministic under `seed` (also the merge seed of random methods) for any executor."""
     from scipy.stats import qmc
     from tqdm.auto import tqdm
+    if pool is None or isinstance(pool, (str, bytes)) or not hasattr(pool, "__iter__"):
+        raise SearchError(f"evolve: the pool must be a list or mapping of models, got {type(pool).__name__}")
     if not isinstance(pool, Mapping) and not list(pool): raise SearchError("evolve: the pool of models is empty; give at least one model to merge")
     named = model_names(pool, what="evolve"); names, pool = list(named), list(named.values())
     sp = SearchSpace.build(method, {"weight": (0.0, 1.0)} if space is None else space, names, fixed=fixed, blocks=blocks, filters=filters)

@@ -17,7 +17,7 @@ import ipywidgets as W
 from IPython.display import HTML, display, clear_output
 from fastcore.basics import patch
 from .io import (MergelabError, EvaluationError, adapter_ref, model_names, open_model, open_module, score_table,
-                         write_text_atomic)
+                         write_text_atomic, short_repr)
 from .registry import METHODS, Param, get_method
 from .config import MergeConfig, merge, merge_setting_config
 from .kinship import METRICS, delta_statistics, kinship_matrix, plot_kinship, plot_layer_kinship, layer_matrix, ranked_pairs
@@ -625,6 +625,8 @@ class LMCExplorer(_Explorer):
         self.curve = self.barriers = self.point = self.b_aligned = None
         self.error: Exception | None = None
         names = list(self.models)
+        for what, v, ok in (("matching", matching, MATCHINGS), ("correction", correction, CORRECTIONS), ("a", a, names), ("b", b, names)):
+            if v is not None and v not in ok: raise ExplorerError(f"{what} must be one of {list(ok)}, not {short_repr(v, 40)}")
         self._make_widgets(names, a, b, matching, correction, alpha)
         for w in (self.a_select, self.b_select, self.matching_select, self.correction_select):
             w.observe(self._setting_changed, names="value")

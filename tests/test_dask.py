@@ -108,3 +108,18 @@ def test_worker_errors_keep_their_class(family, client, tmp_path):
         merge([tmp_path / "nan", family / "b"], "linear", weight=0.5, out=tmp_path / "out", progress=False, client=client)
     assert k in str(e.value) and str(tmp_path / "nan") in str(e.value)
     assert not (tmp_path / "out").exists()
+
+@pytest.mark.parametrize("method", ["fisher", "regmean", "regmean_pp"])
+def test_data_aware_equal(client, tmp_path, method):
+    "The statistics pass runs on the workers (per-model jobs by path, results through the cache); the merge equals the local one."
+    from mergelab.zoo import load_zoo
+    zoo = load_zoo("digits")
+    names = list(zoo.experts)[:3]
+    models = {n: zoo.experts[n].path for n in names}
+    data = {"zoo": "digits", "split": "finetune", "n": 64, "tasks": names}
+    kw = dict(base=zoo.base.path, data=data, progress=False)
+    local = merge(models, method, cache_dir=tmp_path / "local", **kw)
+    remote = merge(models, method, cache_dir=tmp_path / "remote", client=client, **kw)
+    assert list(tmp_path.joinpath("remote").glob("*.safetensors"))           # computed there, not read from the local cache
+    assert local.keys() == remote.keys()
+    assert max(float((local[k] - remote[k]).abs().max()) for k in local) <= 1e-6

@@ -1,5 +1,5 @@
-"""Fuzzing the analysis APIs (kinship, interference, masks, LMC curves, barriers and alignment, embeddings, evaluation
-tables and sweeps): generated calls with good and bad models, bases and keyword values end in a result or a
+"""Fuzzing the analysis APIs (kinship, interference, masks, LMC curves, barriers and alignment of MLPs and
+transformers, Delta Activations and embeddings, evaluation tables and sweeps, search, the explorers): generated calls with good and bad models, bases and keyword values end in a result or a
 `MergelabError`, never another exception, never a hang (each call runs under a timer). At least 500 calls per run, in
 well under a minute."""
 import math, time
@@ -145,6 +145,56 @@ def test_fuzz_curves_alignment_embeddings_sweeps(data):
     else:
         t = pd.DataFrame({"accuracy": [.5, .6]}, index=pd.Index(["a", "b"], name="task"))
         run(merge_gain, pick(t, None, "x", {}), pick([t], [], None, [None], "x"))
+
+@pytest.fixture(scope="module")
+def tiny_gpt2():
+    "A tiny GPT-2 with a word-level tokenizer (both in memory): the transformer the alignment and activation calls get."
+    import transformers as T
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    T.logging.set_verbosity_error()
+    torch.manual_seed(0)
+    m = T.GPT2LMHeadModel(T.GPT2Config(vocab_size=16, n_embd=8, n_layer=1, n_head=2, n_positions=16, bos_token_id=0, eos_token_id=0)).eval()
+    vocab = {w: i for i, w in enumerate("<pad> a b c d e f g h".split())}
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="<pad>")); tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    return m, T.PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>")
+
+@settings(max_examples=120, **SETTINGS)
+@given(data=st.data())
+def test_fuzz_transformers_search_explorers(zoo, tiny_gpt2, data):
+    from mergelab.lmc import model_spec, transformer_spec, activation_matching, lmc_probe
+    from mergelab.activations import delta_activations
+    from mergelab.search import evolve
+    from mergelab.widgets import LMCExplorer, MergeExplorer, KinshipExplorer
+    CALLS["n"] += 1
+    gpt, tok = tiny_gpt2
+    pick = lambda *xs: data.draw(st.sampled_from(xs))
+    ids = torch.randint(1, 9, (2, 5), generator=torch.Generator().manual_seed(0))
+    ev = lambda m: float(m(ids).logits.float().pow(2).mean())
+    fn = pick("spec", "tspec", "amatch", "probe", "delta", "evolve", "lmcx", "mergex", "kinx")
+    if fn == "spec": run(model_spec, pick(gpt, gpt, tiny_sd(0), None, "nope", 3, torch.nn.Identity(), {}))
+    elif fn == "tspec": run(transformer_spec, pick(gpt, None, torch.nn.Linear(2, 2), "x"), residual=pick(True, False))
+    elif fn == "amatch":
+        run(activation_matching, transformer_spec(gpt), gpt, pick(gpt, None, "x"), pick(ids, [], None, torch.zeros(0, 5, dtype=torch.long)),
+            measure=pick("correlation", "cross_moment", "x"))
+    elif fn == "probe":
+        run(lmc_probe, gpt, gpt, pick(ev, lambda m: None, None), matching=pick("none", "weight", "activation", "x"),
+            correction=pick("none", "repair", "bn_reset", "x"), data=pick(ids, None), alphas=pick(3, [], "x"), progress=False)
+    elif fn == "delta":
+        run(delta_activations, pick([gpt], {"g": gpt}, [], None, [3]), pick(gpt, None, "nope"), pick(["a b c", "d e"], [], None, [""]),
+            tokenizer=pick(tok, tok, None, 3), layer=pick(-1, "pre_norm", 99, "x"), pooling=pick("last", "mean", "x"),
+            token=pick(-1, 0, 50), batch_size=pick(2, 0, -1))
+    elif fn == "evolve":
+        run(evolve, pick([zoo / "a", zoo / "b"], [], None, [zoo / "a", "nope"]), pick(zoo / "base", None, "nope"),
+            pick(lambda sd: 1.0, lambda sd: None, None, 3), method=pick("task_arithmetic", "ties", "nope"),
+            budget=pick(4, 0, -1, "x"), space=pick(None, {"weight": (0, 1)}, {"nope": (0, 1)}, {"weight": (1, 0)}, 3), progress=False)
+    elif fn == "lmcx":
+        run(LMCExplorer, pick({"A": gpt, "B": gpt}, {"A": gpt}, None, "nope", []), evaluate=pick(ev, None, lambda m: "x"),
+            data=pick(ids, None), matching=pick("none", "weight", "x"), alphas=pick(3, "x"))
+    elif fn == "mergex":
+        run(MergeExplorer, pick({"a": zoo / "a", "b": zoo / "b"}, {}, None, "nope", 3), pick(zoo / "base", None, "nope"),
+            evaluate=pick(lambda m: 1.0, None, 3))
+    else: run(KinshipExplorer, pick({"a": zoo / "a", "b": zoo / "b"}, {}, None, "nope", 3), pick(zoo / "base", None, "nope"),
+              metric=pick("pcc", "cosine", "x", None))
 
 def test_fuzz_analysis_count():
     "At least 500 generated calls, in under a minute of wall time (only meaningful when the whole module ran)."
