@@ -240,6 +240,12 @@ def run_stacked(self: _Switcher, ads: Sequence[AdapterCheckpoint], fn):
         for h in hooks: h.remove()
 
 # %% ../nbs/05_activations.ipynb #ec6a03d8
+def _default_pooling(model: nn.Module) -> Pooling:
+    """`"mean"` (over real tokens) for encoders — architectures transformers gives a masked-LM head (BERT, RoBERTa,
+    MiniLM ...) — and `"last"` (the last real token, the Delta Activations paper's choice for decoders) otherwise."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+    return "mean" if getattr(getattr(model, "config", None), "model_type", None) in MODEL_FOR_MASKED_LM_MAPPING_NAMES else "last"
+
 def _load_base(base: Any, tokenizer: Any) -> tuple[nn.Module, Any]:
     "The base as a module (`open_module`: its `config.json` names the architecture) and its tokenizer (`open_tokenizer`)."
     model = open_module(base)
@@ -251,8 +257,9 @@ def _load_base(base: Any, tokenizer: Any) -> tuple[nn.Module, Any]:
 # %% ../nbs/05_activations.ipynb #c1f0f154
 class DeltaActivations:
     """Delta Activations (Xu et al. 2025, arXiv:2509.04442): v(f) = mean over probes of h_f(x) − h_base(x). Defaults
-    are the reference implementation's protocol: `hidden_states[-1]` (after the final norm), last real token, the five
-    generic probes, fp32. `fit()` loads the base (an `nn.Module` or a Hugging Face directory) and computes its
+    are the reference implementation's protocol for decoders: `hidden_states[-1]` (after the final norm), last real
+    token, the five generic probes, fp32; `pooling="auto"` takes the mean over real tokens for encoders instead
+    (`_default_pooling`; `pooling="last", token=0` is the CLS token). Text models only (the probes are text). `fit()` loads the base (an `nn.Module` or a Hugging Face directory) and computes its
     activations once; `transform(models)` embeds fine-tunes: PEFT LoRA adapter directories (switched in place on the
     base) or full checkpoints (paths, `base+adapter`, state dicts, modules), and re-checks that the base's activations
     are bit-identical afterwards (`ActivationError` otherwise). `threads`: torch intra-op threads during forward passes
@@ -263,7 +270,7 @@ class DeltaActivations:
     layer lo are the base's; they are computed once (`layer_inputs`) and only layers lo.. run per adapter
     (`from_layer`), after checking on the base that this reproduces the full forward pass (else it is not used)."""
     def __init__(self, base: Any, tokenizer: Any = None, probes: Sequence[str] | None = None, *,
-                 layer: int | Literal["pre_norm"] = -1, token: int = -1, pooling: Pooling = "last",
+                 layer: int | Literal["pre_norm"] = -1, token: int = -1, pooling: Pooling | Literal["auto"] = "auto",
                  batch_size: int = 32, max_length: int = 256, verify: bool = True, threads: int | None = None,
                  stack: int = 1, reuse_prefix: bool = True):
         self.base, self.tokenizer, self.probes = base, tokenizer, list(probes or GENERIC_PROBES)
@@ -274,7 +281,7 @@ class DeltaActivations:
 # %% ../nbs/05_activations.ipynb #e1a75209
 @patch
 def _states(self: DeltaActivations, model: nn.Module, k: int = 1, on_chunk=None, lo: int = 0) -> Tensor:
-    kw = dict(layer=self.layer, token=self.token, pooling=self.pooling, batch_size=self.batch_size,
+    kw = dict(layer=self.layer, token=self.token, pooling=self.pooling_, batch_size=self.batch_size,
               pad_id=self.pad_id_, on_chunk=on_chunk)
     with intraop_threads(self.threads):
         if not lo: return probe_states(model, list(self.ids_) * k, **kw)
@@ -302,6 +309,9 @@ def _lo(self: DeltaActivations, keys: Sequence[str]) -> int:
 def fit(self: DeltaActivations, models: Any = None, y: Any = None) -> "DeltaActivations":
     "Load the base and tokenizer, tokenise the probes and compute the base's activations (P × d) once."
     self.model_, self.tokenizer_ = _load_base(self.base, self.tokenizer)
+    main = getattr(self.model_, "main_input_name", "input_ids")
+    if main != "input_ids": raise ActivationError(f"{type(self.model_).__name__} takes {main}, not text: Delta Activations embed text probes")
+    self.pooling_ = _default_pooling(self.model_) if self.pooling == "auto" else self.pooling
     if not self.probes: raise ActivationError("the probe set is empty")
     cfg = getattr(self.model_, "config", None)                   # probes longer than the model's context are cut to it
     ctx = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
@@ -350,7 +360,7 @@ def transform(self: DeltaActivations, models: Sequence[Any] | Mapping[str, Any])
     df = pd.DataFrame(torch.stack([v.mean(0) for v in V.values()]).double().numpy(), index=list(V),
                       columns=[f"d{i}" for i in range(self.base_states_.shape[1])])
     df.index.name = "model"
-    df.attrs["protocol"] = dict(layer=self.layer, token=self.token, pooling=self.pooling, n_probes=len(self.probes))
+    df.attrs["protocol"] = dict(layer=self.layer, token=self.token, pooling=self.pooling_, n_probes=len(self.probes))
     return df
 
 @patch
@@ -360,7 +370,7 @@ def fit_transform(self: DeltaActivations, models: Sequence[Any] | Mapping[str, A
 # %% ../nbs/05_activations.ipynb #d661b30c
 def delta_activations(models: Sequence[Any] | Mapping[str, Any], base: Any, probes: Sequence[str] | None = None, *,
                       tokenizer: Any = None, layer: int | Literal["pre_norm"] = -1, token: int = -1,
-                      pooling: Pooling = "last", batch_size: int = 32, max_length: int = 256,
+                      pooling: Pooling | Literal["auto"] = "auto", batch_size: int = 32, max_length: int = 256,
                       threads: int | None = None, stack: int = 1, reuse_prefix: bool = True) -> pd.DataFrame:
     "Delta Activations of `models` against `base` (one row per model); see `DeltaActivations` for the protocol."
     return DeltaActivations(base, tokenizer, probes, layer=layer, token=token, pooling=pooling, batch_size=batch_size,

@@ -4,7 +4,7 @@
 
 # %% ../nbs/10_data_aware.ipynb #bada7749
 from __future__ import annotations
-import hashlib, importlib, itertools, json, os, threading
+import functools, hashlib, importlib, itertools, json, os, threading
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -15,15 +15,16 @@ import torch, yaml
 from fastcore.basics import patch
 import torch.nn.functional as F
 from torch import nn, Tensor
-from .io import Checkpoint, MergelabError, open_model, read_safetensors_header
+from .io import Checkpoint, MergelabError, open_model, open_module, open_tokenizer, module_key_map, read_safetensors_header, short_repr
 from .registry import ConfigError, merge_method, METHODS, ParamInfo
 from .scheduler import TensorGroup, layer_index, run_groups
 from .zoo import Zoo, load_zoo, build_mlp, cache_dir as user_cache_dir
 
 # %% auto #0
-__all__ = ['STATS', 'Estimator', 'DATA_METHODS', 'DataError', 'TaskData', 'DataSource', 'data_source', 'model_hash',
-           'stats_cache', 'fisher_information', 'fisher_average', 'gram_matrices', 'regmean_solve', 'AdaMergingResult',
-           'adamerging', 'regmean_pp_grams', 'fisher', 'regmean', 'regmean_pp', 'adamerging_method']
+__all__ = ['TOKEN_FIELDS', 'INPUT_FIELDS', 'STATS', 'Estimator', 'DATA_METHODS', 'DataError', 'TaskData', 'DataSource',
+           'data_source', 'build_hf', 'auto_build', 'model_hash', 'stats_cache', 'fisher_information', 'fisher_average',
+           'Grams', 'gram_matrices', 'regmean_solve', 'AdaMergingResult', 'adamerging', 'regmean_pp_grams', 'fisher',
+           'regmean', 'regmean_pp', 'adamerging_method']
 
 # %% ../nbs/10_data_aware.ipynb #626d2e8e
 class DataError(ConfigError):
@@ -34,27 +35,44 @@ def _bytes(t: Tensor) -> bytes:
     t = t.detach().cpu().contiguous().reshape(-1)
     return t.view(torch.uint8).numpy().tobytes() if t.numel() else b""
 
+def _num_examples(x: Any) -> int: return len(next(iter(x.values()))) if isinstance(x, Mapping) else len(x)
+
+def _take(x: Any, idx: Any) -> Any:
+    "Rows `idx` (a slice or index tensor) of inputs: a tensor, a dict of fields, or a list (texts)."
+    if isinstance(x, Mapping): return {k: v[idx] for k, v in x.items()}
+    if isinstance(x, Tensor) or isinstance(idx, slice): return x[idx]
+    return [x[i] for i in idx.tolist()]
+
 def _hash_obj(h, x) -> None:
     if isinstance(x, Tensor): h.update(f"T{x.dtype}{tuple(x.shape)}".encode()); h.update(_bytes(x))
     elif isinstance(x, nn.Module):
         for k, v in sorted(x.state_dict().items()): h.update(k.encode()); _hash_obj(h, v)
     elif x is None: h.update(b"None")
+    elif isinstance(x, Mapping):
+        h.update(f"M{len(x)}".encode())
+        for k in sorted(x, key=str): h.update(str(k).encode()); _hash_obj(h, x[k])
+    elif isinstance(x, (list, tuple)) and any(isinstance(v, (Tensor, Mapping)) for v in x):
+        h.update(f"L{len(x)}".encode())
+        for v in x: _hash_obj(h, v)
     else: h.update(json.dumps(x, sort_keys=True, default=str).encode())
 
+# %% ../nbs/10_data_aware.ipynb #4f80b0ba
 @dataclass
 class TaskData:
-    "One task's `inputs` (N × …), optional `labels` (N,), and its `head` (None: the backbone outputs the logits)."
+    """One task's `inputs` (N × …, or a dict of such fields: `input_ids`, `attention_mask`, `pixel_values` ...),
+    optional `labels` (N,), and its `head` (None: the backbone outputs the logits)."""
     name: str
     inputs: Any
     labels: Tensor | None = None
     head: nn.Module | None = None
     features: Callable[[nn.Module, Any], Tensor] | None = None
-    def __len__(self) -> int: return len(self.inputs)
+    def __len__(self) -> int: return _num_examples(self.inputs)
     def batches(self, batch_size: int, num_batches: int | None = None):
         "The first `num_batches` (all when None or 0) consecutive batches `(x, y)`; `y` is None without labels."
         n = len(self) if not num_batches else min(len(self), batch_size * num_batches)
         for i in range(0, n, batch_size):
-            yield self.inputs[i:min(i + batch_size, n)], None if self.labels is None else self.labels[i:min(i + batch_size, n)]
+            sl = slice(i, min(i + batch_size, n))
+            yield _take(self.inputs, sl), None if self.labels is None else self.labels[sl]
     def fingerprint(self) -> str:
         h = hashlib.sha256()
         for x in (self.inputs, self.labels, self.head): _hash_obj(h, x)
@@ -64,9 +82,10 @@ class TaskData:
 # %% ../nbs/10_data_aware.ipynb #45637ab8
 @dataclass
 class DataSource:
-    "Per-task data for data-aware merging, the backbone `build` function, the sampling `seed`, and the `spec` it came from."
+    """Per-task data for data-aware merging, the backbone `build` function (None: from the models' `config.json`, or the
+    zoo MLP), the sampling `seed`, and the `spec` it came from."""
     tasks: dict[str, TaskData]
-    build: Callable[[Any], nn.Module] = build_mlp
+    build: Callable[[Any], nn.Module] | None = None
     seed: int = 0
     spec: dict = field(default_factory=dict)
     def __post_init__(self):
@@ -79,10 +98,11 @@ class DataSource:
         return hashlib.sha256("".join(t.fingerprint() for t in self.tasks.values()).encode()).hexdigest()[:24]
     def pair(self, models: Sequence[Checkpoint]) -> list[TaskData]:
         """The task of each model: by model directory name when every model is named after a task, else by order
-        when there is exactly one task per model. A task without a head takes `head.safetensors` beside its model."""
+        when there is exactly one task per model, or the one task for every model. A task without a head takes `head.safetensors` beside its model."""
         names = [_model_name(c) for c in models]
         if all(n in self.tasks for n in names) and len(set(names)) == len(names): chosen = names
         elif len(self.tasks) == len(models): chosen = list(self.tasks)
+        elif len(self.tasks) == 1: chosen = list(self.tasks) * len(models)        # one example set shared by every model
         else:
             raise DataError(f"cannot pair {len(models)} model(s) {names} with the {len(self.tasks)} task(s) "
                             f"{list(self.tasks)} of the data: name each model's directory after its task, or give "
@@ -121,11 +141,65 @@ def _import(ref: str | Callable) -> Callable:
 
 # %% ../nbs/10_data_aware.ipynb #f6705eaf
 def _subset(x: Any, y: Tensor | None, n: int | None, seed: int, task: str):
-    if n is None or n >= len(x): return x, y
+    if n is None or n >= _num_examples(x): return x, y
     if n <= 0: raise DataError(f"n must be positive, got {n}")
-    idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed + sum(map(ord, task))))[:n].sort().values
-    xs = x[idx] if isinstance(x, Tensor) else [x[i] for i in idx.tolist()]
+    idx = torch.randperm(_num_examples(x), generator=torch.Generator().manual_seed(seed + sum(map(ord, task))))[:n].sort().values
+    xs = _take(x, idx)
     return xs, None if y is None else y[idx]
+
+# %% ../nbs/10_data_aware.ipynb #fa815f5e
+TOKEN_FIELDS = ("input_ids", "attention_mask", "token_type_ids")
+INPUT_FIELDS = TOKEN_FIELDS + ("pixel_values", "position_ids")
+
+def _pad_cat(vs: Sequence[Tensor], key: str) -> Tensor:
+    "Concatenate batches of one field, right-padding token fields (B × T) with 0 to the longest."
+    if key in TOKEN_FIELDS and len({v.shape[1] for v in vs}) > 1:
+        T = max(v.shape[1] for v in vs)
+        vs = [F.pad(v, (0, T - v.shape[1])) for v in vs]
+    return torch.cat(list(vs))
+
+def _collate(batches: Sequence[Any], where: str) -> tuple[Any, Tensor | None]:
+    """Batches (tensors, `(x, y)` pairs, or dicts of fields with optional `labels`) as one example set `(inputs, labels)`;
+    token fields are right-padded, with an `attention_mask` added when padding is needed and none was given."""
+    xs, ys = [], []
+    for b in batches:
+        if isinstance(b, Mapping): b = dict(b); ys.append(b.pop("labels", None)); xs.append(b)
+        elif isinstance(b, (tuple, list)) and len(b) == 2: xs.append(b[0]); ys.append(b[1])
+        else: xs.append(b); ys.append(None)
+    if not xs: raise DataError(f"{where}: no examples")
+    y = None if any(v is None for v in ys) else torch.cat([torch.as_tensor(v).reshape(-1) for v in ys]).long()
+    if not isinstance(xs[0], Mapping): return torch.cat([torch.as_tensor(x) for x in xs]), y
+    unknown = sorted(set().union(*xs) - set(INPUT_FIELDS))
+    if unknown: raise DataError(f"{where}: unknown input field(s) {unknown}; known: {list(INPUT_FIELDS) + ['labels']}")
+    xs = [{k: torch.as_tensor(v) for k, v in x.items()} for x in xs]
+    if "input_ids" in xs[0] and "attention_mask" not in xs[0] and len({x["input_ids"].shape[1] for x in xs}) > 1:
+        xs = [{**x, "attention_mask": torch.ones_like(x["input_ids"])} for x in xs]
+    return {k: _pad_cat([x[k] for x in xs], k) for k in xs[0]}, y
+
+def _tokenize(texts: Sequence[str], tokenizer: Any, where: str, max_length: int = 256) -> dict[str, Tensor]:
+    "Texts as padded `input_ids` / `attention_mask` with `tokenizer` (an object, or a model folder to load it from)."
+    if tokenizer is None: raise DataError(f"{where}: texts need a tokenizer: pass tokenizer= (an object or a model folder)")
+    tok = open_tokenizer(tokenizer)
+    if getattr(tok, "pad_token", None) is None and getattr(tok, "eos_token", None) is not None: tok.pad_token = tok.eos_token
+    enc = tok(list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+    return {k: v for k, v in enc.items() if k in TOKEN_FIELDS}
+
+# %% ../nbs/10_data_aware.ipynb #d9cd8a37
+def _task_value(v: Any, tokenizer: Any, where: str) -> tuple[Any, Tensor | None]:
+    """One task's examples in any form researchers have, as `(inputs, labels)`: a tensor or array, an `(x, y)` pair,
+    a dict of fields (`input_ids`, `attention_mask`, `pixel_values`, `labels` ...), texts (tokenised with `tokenizer`),
+    a `torch.utils.data.Dataset` or `DataLoader` (iterated once, its batches collated)."""
+    from torch.utils.data import DataLoader, Dataset
+    if isinstance(v, tuple) and len(v) == 2 and not isinstance(v[0], str):
+        x, y0 = _task_value(v[0], tokenizer, where)
+        return x, (torch.as_tensor(v[1]) if v[1] is not None else y0)
+    if isinstance(v, (Tensor, np.ndarray)): return torch.as_tensor(v), None
+    if isinstance(v, Mapping): return _collate([v], where)
+    if isinstance(v, (list, tuple)) and v and all(isinstance(s, str) for s in v): return _tokenize(v, tokenizer, where), None
+    if isinstance(v, DataLoader): return _collate(list(v), where)
+    if isinstance(v, Dataset): return _collate(list(DataLoader(v, batch_size=64)), where)
+    raise DataError(f"{where}: cannot read examples from {short_repr(v, 60)}; give tensors, a dict of fields, texts "
+                    "(with tokenizer=), a Dataset or a DataLoader")
 
 # %% ../nbs/10_data_aware.ipynb #7b19f97b
 def _from_zoo(zoo: Zoo, split: str, n, tasks, seed) -> DataSource:
@@ -143,39 +217,67 @@ def _from_zoo(zoo: Zoo, split: str, n, tasks, seed) -> DataSource:
     return DataSource(out, zoo.build, seed, {"zoo": zoo.name, "split": split, **({"n": n} if n else {}),
                                             **({"tasks": names} if tasks else {}), "seed": seed})
 
+# %% ../nbs/10_data_aware.ipynb #7e003d0d
+def _read_texts(p: Path) -> dict[str, Any]:
+    """Texts from a `.txt` file (one example per non-empty line; task: the file's stem) or a `.jsonl` file (one object
+    per line with `text`, optional `task` (default the stem) and `label`): `{task: texts or (texts, labels)}`."""
+    rows = []
+    for i, line in enumerate(p.read_text(encoding="utf-8", errors="strict").splitlines()):
+        if not line.strip(): continue
+        if p.suffix == ".txt": rows.append((p.stem, line, None)); continue
+        try: o = json.loads(line)
+        except ValueError as e: raise DataError(f"data file {p}, line {i + 1}: not JSON ({e})") from None
+        if not isinstance(o, dict) or not isinstance(o.get("text"), str):
+            raise DataError(f"data file {p}, line {i + 1}: expected an object with a 'text' string")
+        rows.append((str(o.get("task", p.stem)), o["text"], o.get("label")))
+    out: dict[str, Any] = {}
+    for t in dict.fromkeys(r[0] for r in rows):
+        texts, labels = [r[1] for r in rows if r[0] == t], [r[2] for r in rows if r[0] == t]
+        out[t] = texts if all(l is None for l in labels) else (texts, torch.tensor(labels))
+    return out
+
 # %% ../nbs/10_data_aware.ipynb #c93ddba0
-def _read_file(p: Path) -> dict[str, Tensor]:
+def _read_file(p: Path) -> dict[str, Any]:
+    "A data file's examples by key: tensors (`.npz`, `.safetensors`, `.pt`/`.pth` read with `weights_only=True`) or texts."
     if not p.is_file(): raise DataError(f"data file {p} does not exist")
     try:
+        if p.suffix in (".txt", ".jsonl"): return _read_texts(p)
         if p.suffix == ".npz":
             with np.load(p, allow_pickle=False) as z: return {k: torch.from_numpy(z[k]) for k in z.files}
         d = open_model(p).state_dict()                    # safetensors, or a pickle read with weights_only=True
-    except DataError: raise
+    except (DataError, UnicodeDecodeError) as e:
+        if isinstance(e, DataError): raise
+        raise DataError(f"data file {p} is not UTF-8 text") from None
     except Exception as e: raise DataError(f"data file {p} cannot be read: {type(e).__name__}: {e}") from None
     if not isinstance(d, Mapping) or not all(isinstance(v, Tensor) for v in d.values()):
         raise DataError(f"data file {p}: expected a mapping of tensors, got {type(d).__name__}")
     return dict(d)
 
 # %% ../nbs/10_data_aware.ipynb #4e0a3a19
-def _from_tensors(d: Mapping[str, Any], build, n, tasks, seed, spec, where: str) -> DataSource:
+def _from_tensors(d: Mapping[str, Any], build, n, tasks, seed, spec, where: str, tokenizer: Any = None) -> DataSource:
+    "Per-task examples from keys `<task>`, `<task>.inputs`, `<task>.labels` or `<task>.<field>` (`INPUT_FIELDS`)."
     groups: dict[str, dict] = {}
     for k, v in d.items():
         t, _, part = str(k).partition(".")
-        if isinstance(v, tuple): groups.setdefault(t, {}).update(inputs=v[0], labels=v[1]); continue
-        if part not in ("", "inputs", "labels"):
-            raise DataError(f"{where}: key {k!r}: use '<task>', '<task>.inputs' or '<task>.labels'")
-        groups.setdefault(t, {})["labels" if part == "labels" else "inputs"] = v
+        g = groups.setdefault(t, {})
+        if part in ("", "inputs"): g["inputs"] = v
+        elif part == "labels": g["labels"] = v
+        elif part in INPUT_FIELDS: g.setdefault("fields", {})[part] = v
+        else: raise DataError(f"{where}: key {k!r}: use '<task>', '<task>.inputs', '<task>.labels' or '<task>.<field>' "
+                              f"with a field of {list(INPUT_FIELDS)}")
     names = list(tasks) if tasks else list(groups)
     out = {}
     for t in names:
-        g = groups.get(t)
-        if g is None or "inputs" not in g: raise DataError(f"{where}: no inputs for task {t!r}; tasks present: {list(groups)}")
-        x, y = g["inputs"], g.get("labels")
-        if isinstance(x, Tensor) and x.is_floating_point() is False and x.dtype != torch.long: x = x.float()
+        g = groups.get(t, {})
+        if not {"inputs", "fields"} & set(g): raise DataError(f"{where}: no inputs for task {t!r}; tasks present: {list(groups)}")
+        x, y = _task_value(g["fields"] if "fields" in g else g["inputs"], tokenizer, f"{where}, task {t!r}")
+        if g.get("labels") is not None: y = g["labels"]
+        if isinstance(x, Tensor) and x.dtype in (torch.uint8, torch.bool): x = x.float()
+        elif isinstance(x, Tensor) and not x.is_floating_point(): x = x.long()
         if y is not None:
             y = torch.as_tensor(y).long()
-            if y.ndim != 1 or len(y) != len(x):
-                raise DataError(f"{where}: task {t!r} has {len(x)} inputs but labels of shape {tuple(y.shape)}")
+            if y.ndim != 1 or len(y) != _num_examples(x):
+                raise DataError(f"{where}: task {t!r} has {_num_examples(x)} inputs but labels of shape {tuple(y.shape)}")
         x, y = _subset(x, y, n, seed, t)
         out[t] = TaskData(t, x, y)
     return DataSource(out, build, seed, spec)
@@ -203,20 +305,24 @@ def _spec_options(spec: Mapping, split, n, tasks, seed) -> tuple:
 
 # %% ../nbs/10_data_aware.ipynb #27ae4e75
 _SPEC_KEYS = {"zoo", "path", "split", "n", "tasks", "seed", "build"}
-_FILE_EXT = (".npz", ".safetensors", ".pt", ".pth")
+_FILE_EXT = (".npz", ".safetensors", ".pt", ".pth", ".txt", ".jsonl")
 
 def data_source(spec: Any = None, *, split: str | None = None, n: int | None = None, tasks: Sequence[str] | None = None,
-                seed: int | None = None, build: Callable | str | None = None, default_split: str = "train") -> DataSource:
+                seed: int | None = None, build: Callable | str | None = None, default_split: str = "train",
+                tokenizer: Any = None) -> DataSource:
     """A `DataSource` from a `DataSource`, a `Zoo`, a zoo name, a data file path (`.npz`, `.safetensors`, `.pt`/`.pth`
-    loaded with `weights_only=True`: keys `<task>` or `<task>.inputs` and optional `<task>.labels`), a mapping of
-    tensors per task, or a spec mapping `{zoo|path, split, n, tasks, seed, build}`. Keywords override the spec."""
+    loaded with `weights_only=True`: keys `<task>`, `<task>.inputs`, `<task>.<field>` and optional `<task>.labels`;
+    `.txt`/`.jsonl` texts, tokenised with `tokenizer`), examples per task in any form `_task_value` reads (tensors,
+    `(x, y)`, dicts of fields, texts, a Dataset or DataLoader), one such example set shared by every model, or a spec
+    mapping `{zoo|path, split, n, tasks, seed, build}`. Keywords override the spec. Nothing here is written to YAML:
+    a merge's record shows a spec, or in-memory data by its shape and content hash."""
     if isinstance(spec, DataSource): return _narrowed(spec, n, tasks)
     if spec is None: raise DataError("no data given: data-aware methods need `data`, e.g. data={'zoo': 'digits', "
                                      "'split': 'finetune', 'n': 256} or data={'path': 'inputs.npz'}")
     if isinstance(spec, Zoo): spec = {"zoo": spec, "split": split}
+    elif not isinstance(spec, (Mapping, str, os.PathLike)): spec = {"shared": spec}          # one example set for every model
     elif isinstance(spec, (str, os.PathLike)):
         spec = {"path": spec} if str(spec).endswith(_FILE_EXT) or os.sep in str(spec) else {"zoo": str(spec)}
-    if not isinstance(spec, Mapping): raise DataError(f"cannot make a data source from {type(spec).__name__} {spec!r}")
     spec = dict(spec)
     if ("zoo" in spec or "path" in spec) and set(spec) - _SPEC_KEYS:
         raise DataError(f"data spec: unknown key(s) {sorted(set(spec) - _SPEC_KEYS)}; known: {sorted(_SPEC_KEYS)}")
@@ -229,32 +335,56 @@ def data_source(spec: Any = None, *, split: str | None = None, n: int | None = N
         return _from_zoo(z, s or default_split, n, tasks, seed)
     if "path" in spec:
         p = Path(spec["path"]).expanduser()
-        b = _import(spec.get("build") or build or build_mlp)
-        return _from_tensors(_read_file(p), b, n, tasks, seed, {"path": str(p), **({"n": n} if n else {}),
-                             **({"tasks": list(tasks)} if tasks else {}), "seed": seed,
-                             **({"build": spec["build"]} if isinstance(spec.get("build"), str) else {})}, str(p))
-    if spec and all(isinstance(v, (Tensor, tuple)) for v in spec.values()):
-        return _from_tensors(spec, _import(build or build_mlp), n, tasks, seed, {}, "data")
-    raise DataError(f"data spec needs 'zoo' or 'path', got keys {sorted(spec)}")
+        b = spec.get("build") or build
+        return _from_tensors(_read_file(p), _import(b) if b is not None else None, n, tasks, seed, {"path": str(p),
+                             **({"n": n} if n else {}), **({"tasks": list(tasks)} if tasks else {}), "seed": seed,
+                             **({"build": spec["build"]} if isinstance(spec.get("build"), str) else {})}, str(p), tokenizer)
+    if spec and set(spec) <= set(INPUT_FIELDS) | {"labels"}: spec = {"shared": spec}      # one set of fields for every model
+    if not spec: raise DataError("data spec is empty: give {zoo: NAME}, {path: FILE} or examples per task")
+    return _from_tensors(spec, _import(build) if build is not None else None, n, tasks, seed, {}, "data", tokenizer)
 
 # %% ../nbs/10_data_aware.ipynb #1237ff24
 STATS: Counter = Counter()
 
 class _Net(nn.Module):
-    "Backbone `body`, then the task's `head`; `features(body, x)` replaces `body(x)` when given (text tasks)."
+    """Backbone `body`, then the task's `head`; `features(body, x)` replaces `body(x)` when given (text tasks). Dict
+    inputs are keyword arguments; a transformers output gives its logits (classes, or next-token distributions)."""
     def __init__(self, body: nn.Module, head: nn.Module | None, features: Callable | None = None):
         super().__init__()
         self.body, self.head, self.features = body, head, features
         if head is not None: head.requires_grad_(False)
     def forward(self, x):
-        h = self.features(self.body, x) if self.features is not None else self.body(x)
+        if self.features is not None: h = self.features(self.body, x)
+        else: h = self.body(**x) if isinstance(x, Mapping) else self.body(x)
+        if not isinstance(h, Tensor):
+            if getattr(h, "logits", None) is None:
+                raise DataError(f"{type(self.body).__name__} returns no logits: give a model with its task head "
+                                "(…ForSequenceClassification, …ForCausalLM, …ForImageClassification) or a `features` function")
+            h = h.logits
         return self.head(h) if self.head is not None else h
 
 # %% ../nbs/10_data_aware.ipynb #d49d24d2
+def build_hf(sd: Mapping[str, Tensor], config: Mapping) -> nn.Module:
+    "The transformers module `config` (a `config.json` dict) names, holding `sd` (fp32, eval mode; `trust_remote_code=False`)."
+    return open_module(dict(sd), config=config)
+
+def auto_build(ref: Any) -> Callable:
+    "The backbone builder of a model reference: its `config.json` architecture (`build_hf`) when it has one, else the zoo MLP's."
+    cfg = getattr(ref, "config", None) if isinstance(ref, Checkpoint) else None
+    if cfg is None and isinstance(ref, (str, os.PathLike)): cfg = open_model(ref).config
+    return functools.partial(build_hf, config=cfg) if isinstance(cfg, Mapping) and "model_type" in cfg else build_mlp
+
+def _module_sd(sd: Mapping[str, Tensor], body: nn.Module) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """`sd` under `body`'s parameter names (transformers renames some legacy checkpoint names on load, `module_key_map`),
+    and the way back (module name → checkpoint name), so that every statistic is keyed like the checkpoint."""
+    names = module_key_map(body, sd)
+    return {names[k]: v for k, v in sd.items()}, {v: k for k, v in names.items()}
+
 def _body(build: Callable, sd: Mapping[str, Tensor], what: str) -> nn.Module:
     body = build({k: v for k, v in sd.items()})
     body.eval()
-    missing = [k for k, _ in body.named_parameters() if k not in sd]
+    msd = _module_sd(sd, body)[0]
+    missing = [k for k, _ in body.named_parameters() if k not in msd]
     if missing: raise DataError(f"{what}: the module built from it has parameters {missing[:3]} that are not tensors of "
                                 "the checkpoint; give a `build` whose module's parameter names are the checkpoint's keys")
     return body
@@ -266,18 +396,23 @@ def _params(sd: Mapping[str, Tensor], body: nn.Module) -> dict[str, Tensor]:
     return {k: sd[k] if sd[k].dtype == torch.float64 else sd[k].float() for k in names}
 
 # %% ../nbs/10_data_aware.ipynb #5a89b647
-def _probe(net: _Net, params: Mapping[str, Tensor], task: TaskData, what: str) -> None:
+def _probe(net: _Net, params: Mapping[str, Tensor], task: TaskData, what: str) -> int:
+    "Run two examples through `net` before any heavy work, raising `DataError` on a mismatch; returns the outputs' rank."
     x, y = next(task.batches(2, 1))
     try:
         with torch.no_grad(): out = torch.func.functional_call(net, {f"body.{k}": v for k, v in params.items()}, (x,))
+    except DataError: raise
     except Exception as e:
-        shape = tuple(x.shape[1:]) if isinstance(x, Tensor) else type(x).__name__
+        shape = tuple(x.shape[1:]) if isinstance(x, Tensor) else {k: tuple(v.shape[1:]) for k, v in x.items()} if isinstance(x, Mapping) else type(x).__name__
         raise DataError(f"task {task.name!r}: inputs of shape {shape} do not fit {what} "
                         f"({type(e).__name__}: {e})") from None
-    if out.ndim != 2: raise DataError(f"task {task.name!r}: {what} with its head gives outputs of shape {tuple(out.shape)}, "
-                                      "expected (batch, classes); give the task's head")
-    if task.labels is not None and int(task.labels.max()) >= out.shape[1]:
+    tokens = isinstance(x, Mapping) and "input_ids" in x or isinstance(x, Tensor) and not x.is_floating_point()
+    if not (out.ndim == 2 or out.ndim == 3 and tokens):
+        raise DataError(f"task {task.name!r}: {what} with its head gives outputs of shape {tuple(out.shape)}, "
+                        "expected (batch, classes) or, for token inputs, (batch, tokens, vocabulary); give the task's head")
+    if out.ndim == 2 and task.labels is not None and int(task.labels.max()) >= out.shape[1]:
         raise DataError(f"task {task.name!r}: label {int(task.labels.max())} but the head has {out.shape[1]} classes")
+    return out.ndim
 
 # %% ../nbs/10_data_aware.ipynb #d1f2b9b5
 _HASHES: dict = {}
@@ -352,9 +487,9 @@ def _fisher_fusionbench(logp: Callable, params: dict[str, Tensor], x: Tensor, fi
 def _fisher_per_example(logp: Callable, params: dict[str, Tensor], x: Sequence, y: Tensor | None, estimator: str,
                         gen: torch.Generator, fisher: dict[str, Tensor]) -> None:
     "Add a batch of text inputs to `fisher`, one example at a time through autograd (classes weighted by p for `expected`)."
-    for j in range(len(x)):
+    for j in range(_num_examples(x)):
         ps = {k: v.clone().requires_grad_(True) for k, v in params.items()}
-        lp = logp(ps, x[j:j + 1])[0]
+        lp = logp(ps, _take(x, slice(j, j + 1)))[0]
         p = lp.detach().exp()
         ys = (range(len(p)) if estimator == "expected" else
               [int(torch.multinomial(p, 1, generator=gen))] if estimator == "sampled" else [int(y[j])])
@@ -384,22 +519,49 @@ def _fisher_vmap(logp: Callable, params: dict[str, Tensor], x: Tensor, y: Tensor
                             in_dims=(None, 0, 0), chunk_size=chunk)(params, x, yy)
         for k, g in G.items(): fisher[k] += (g.double() ** 2).sum(0)
 
+# %% ../nbs/10_data_aware.ipynb #06db6f29
+def _next_token_mask(x: Any) -> Tensor:
+    "Which next-token predictions (B × (T − 1)) are of real tokens: the attention mask shifted, or all of them."
+    ids = x["input_ids"] if isinstance(x, Mapping) else x
+    m = x.get("attention_mask") if isinstance(x, Mapping) else None
+    return (m[:, 1:] > 0) if m is not None else torch.ones(ids.shape[0], ids.shape[1] - 1, dtype=torch.bool)
+
+def _fisher_lm(logp: Callable, params: dict[str, Tensor], x: Any, estimator: str, gen: torch.Generator,
+               fisher: dict[str, Tensor]) -> None:
+    """Add a batch of token sequences to `fisher`, one sequence at a time: the squared gradient of Σₜ log p(yₜ | x<t)
+    over its real tokens, yₜ the true next token (`empirical`) or one drawn from the model (`sampled`)."""
+    for j in range(_num_examples(x)):
+        xj = _take(x, slice(j, j + 1))
+        ps = {k: v.clone().requires_grad_(True) for k, v in params.items()}
+        lp, m = logp(ps, xj)[0, :-1], _next_token_mask(xj)[0]
+        ids = (xj["input_ids"] if isinstance(xj, Mapping) else xj)[0, 1:]
+        y = torch.multinomial(lp.detach()[m].exp(), 1, generator=gen)[:, 0] if estimator == "sampled" else ids[m]
+        gs = torch.autograd.grad(lp[m].gather(1, y[:, None]).sum(), list(ps.values()), allow_unused=True)
+        for k, g in zip(ps, gs):
+            if g is not None: fisher[k] += g.double() ** 2
+
 # %% ../nbs/10_data_aware.ipynb #4b8530c4
-def fisher_information(model: Any, task: TaskData, *, build: Callable = build_mlp, estimator: Estimator = "expected",
+def fisher_information(model: Any, task: TaskData, *, build: Callable | None = None, estimator: Estimator = "expected",
                        batch_size: int = 32, num_batches: int | None = 8, seed: int = 0) -> dict[str, Tensor]:
     """Diagonal Fisher (float32, keyed like the checkpoint) of `model` (state dict, checkpoint, path or module) on `task`
-    through the task's head, averaged over the examples of the first `num_batches` batches (Matena & Raffel 2022)."""
+    through the task's head, averaged over the examples of the first `num_batches` batches (Matena & Raffel 2022).
+    Next-token outputs (causal LMs): one example is a sequence, its log-likelihood summed over its real tokens, with the
+    true next tokens (`empirical`) or sampled ones; the exact `expected` Fisher (a sum over the vocabulary at every
+    token) is refused there. `build`: default `auto_build` (the `config.json` architecture, else the zoo MLP)."""
     if estimator not in ("expected", "sampled", "empirical", "fusionbench"):
         raise DataError(f"unknown Fisher estimator {estimator!r}")
-    if estimator == "empirical" and task.labels is None:
-        raise DataError(f"task {task.name!r} has no labels; the empirical Fisher needs them (use estimator='expected')")
     if isinstance(model, nn.Module): body = model.eval(); sd = dict(body.state_dict())
     else:
         sd = model if isinstance(model, Mapping) else open_model(model).state_dict()
-        body = _body(build, sd, "the model")
+        body = _body(build or auto_build(model), sd, "the model")
+    sd, back = _module_sd(sd, body)
     net = _Net(body, task.head, task.features)
     params = {k: v.detach() for k, v in _params(sd, body).items() if k in dict(body.named_parameters())}
-    _probe(net, params, task, "the model")
+    lm = _probe(net, params, task, "the model") == 3
+    if lm and estimator == "expected":
+        raise DataError(f"task {task.name!r}: next-token outputs; use estimator='empirical' (true next tokens) or 'sampled'")
+    if estimator == "empirical" and task.labels is None and not lm:
+        raise DataError(f"task {task.name!r} has no labels; the empirical Fisher needs them (use estimator='expected')")
     fisher = {k: torch.zeros_like(v, dtype=torch.float64) for k, v in params.items()}
     gen = torch.Generator().manual_seed(seed)
     def logp(ps, x): return F.log_softmax(torch.func.functional_call(net, {f"body.{k}": v for k, v in ps.items()}, (x,)).float(), -1)
@@ -407,10 +569,11 @@ def fisher_information(model: Any, task: TaskData, *, build: Callable = build_ml
     for x, y in task.batches(batch_size, num_batches):
         STATS["forward"] += 1
         if estimator == "fusionbench": _fisher_fusionbench(logp, params, x, fisher)
-        elif not isinstance(x, Tensor): _fisher_per_example(logp, params, x, y, estimator, gen, fisher)   # text inputs
+        elif lm: _fisher_lm(logp, params, x, estimator, gen, fisher)
+        elif not isinstance(x, Tensor): _fisher_per_example(logp, params, x, y, estimator, gen, fisher)   # texts, fields
         else: _fisher_vmap(logp, params, x, y, estimator, gen, fisher)
-        n += len(x)
-    return {k: (v / n).float() for k, v in fisher.items()}
+        n += _num_examples(x)
+    return {back.get(k, k): (v / n).float() for k, v in fisher.items()}
 
 # %% ../nbs/10_data_aware.ipynb #c3c4098d
 def fisher_average(tensors: Sequence[Tensor], fishers: Sequence[Tensor], weights: Sequence[float] | None = None,
@@ -424,45 +587,71 @@ def fisher_average(tensors: Sequence[Tensor], fishers: Sequence[Tensor], weights
     return num / den
 
 # %% ../nbs/10_data_aware.ipynb #1e05e1f1
-def _linears(body: nn.Module, keys: Sequence[str]) -> dict[str, nn.Linear]:
-    "The backbone's `nn.Linear` modules whose weights are checkpoint tensors, by module name."
+def _is_conv1d(m: nn.Module) -> bool: return type(m).__name__ == "Conv1D"     # GPT-2's: y = x W + b, W stored in × out
+
+def _linears(body: nn.Module, keys: Sequence[str]) -> dict[str, nn.Module]:
+    "The backbone's linear layers (`nn.Linear`, GPT-2's `Conv1D`) whose weights are checkpoint tensors, by module name."
     ks = set(keys)
-    return {n: m for n, m in body.named_modules() if isinstance(m, nn.Linear) and _pkey(n, "weight") in ks}
+    return {n: m for n, m in body.named_modules() if (isinstance(m, nn.Linear) or _is_conv1d(m)) and _pkey(n, "weight") in ks}
 
 def _pkey(module: str, p: str) -> str: return f"{module}.{p}" if module else p
 
+class Grams(dict):
+    "Input Gram matrices by module name; `conv1d` names the modules whose weights are stored in × out."
+    conv1d: list[str] = []
+
 class _GramHooks:
-    "Forward pre-hooks accumulating Σ xxᵀ (float64) and the row count of the inputs of the given linear modules."
-    def __init__(self, mods: Mapping[str, nn.Linear]):
-        self.G = {n: torch.zeros(m.in_features, m.in_features, dtype=torch.float64) for n, m in mods.items()}
-        self.rows = dict.fromkeys(mods, 0)
+    """Forward pre-hooks accumulating Σ xxᵀ (float64) and the row count of the inputs of the given linear modules;
+    with `mask` set (B × T, an attention mask) only the rows of real tokens count."""
+    def __init__(self, mods: Mapping[str, nn.Module]):
+        self.G = {n: torch.zeros(*(2 * [m.weight.shape[0] if _is_conv1d(m) else m.in_features]), dtype=torch.float64)
+                  for n, m in mods.items()}
+        self.rows, self.conv1d = dict.fromkeys(mods, 0), [n for n, m in mods.items() if _is_conv1d(m)]
         self.order: list[str] = []
+        self.mask: Tensor | None = None
         self.handles = [m.register_forward_pre_hook(self._hook(n)) for n, m in mods.items()]
     def _hook(self, n):
         def hook(mod, args):
-            x = args[0].detach().reshape(-1, args[0].shape[-1]).double()
+            x = args[0].detach()
+            m = self.mask
+            x = x[m.bool()] if m is not None and x.dim() == 3 and tuple(x.shape[:2]) == tuple(m.shape) else x.reshape(-1, x.shape[-1])
+            x = x.double()
             self.G[n] += x.T @ x; self.rows[n] += x.shape[0]
             if n not in self.order: self.order.append(n)
         return hook
     def remove(self):
         for h in self.handles: h.remove()
-    def grams(self) -> dict[str, Tensor]: return {n: g / max(self.rows[n], 1) for n, g in self.G.items()}
+    def grams(self) -> Grams:
+        g = Grams({n: g / max(self.rows[n], 1) for n, g in self.G.items()}); g.conv1d = list(self.conv1d)
+        return g
 
-def gram_matrices(model: Any, task: TaskData, *, build: Callable = build_mlp, batch_size: int = 32,
-                  num_batches: int | None = 8) -> dict[str, Tensor]:
-    "Input Gram matrix XᵀX/N (float64) of every `nn.Linear` of `model` on `task`, keyed by module name (Jin et al. 2023)."
+# %% ../nbs/10_data_aware.ipynb #f7c37c59
+def _checkpoint_grams(g: Grams, back: Mapping[str, str]) -> Grams:
+    "Grams keyed by module path, re-keyed by the checkpoint's module path (its weight's name without `.weight`)."
+    to = lambda n: back.get(_pkey(n, "weight"), _pkey(n, "weight")).removesuffix("weight").removesuffix(".")
+    out = Grams({to(n): v for n, v in g.items()}); out.conv1d = [to(n) for n in g.conv1d]
+    return out
+
+def _mask_of(x: Any) -> Tensor | None: return x.get("attention_mask") if isinstance(x, Mapping) else None
+
+def gram_matrices(model: Any, task: TaskData, *, build: Callable | None = None, batch_size: int = 32,
+                  num_batches: int | None = 8) -> Grams:
+    """Input Gram matrix XᵀX/N (float64) of every linear layer (`nn.Linear`, GPT-2's `Conv1D`) of `model` on `task`,
+    keyed by module name (Jin et al. 2023); token inputs count their real tokens only (the attention mask)."""
     if isinstance(model, nn.Module): body = model.eval(); sd = dict(body.state_dict())
     else:
         sd = model if isinstance(model, Mapping) else open_model(model).state_dict()
-        body = _body(build, sd, "the model")
+        body = _body(build or auto_build(model), sd, "the model")
+    sd, back = _module_sd(sd, body)
     net = _Net(body, task.head, task.features)
     _probe(net, _params(sd, body), task, "the model")
     hooks = _GramHooks(_linears(body, list(sd)))
     try:
         with torch.no_grad():
-            for x, _ in task.batches(batch_size, num_batches): STATS["forward"] += 1; net(x)
+            for x, _ in task.batches(batch_size, num_batches):
+                STATS["forward"] += 1; hooks.mask = _mask_of(x); net(x)
     finally: hooks.remove()
-    return hooks.grams()
+    return _checkpoint_grams(hooks.grams(), back)
 
 # %% ../nbs/10_data_aware.ipynb #654a1a48
 def _shrink(G: Tensor, alpha: float) -> Tensor:
@@ -492,31 +681,38 @@ class AdaMergingResult:
 # %% ../nbs/10_data_aware.ipynb #59e2fd55
 def _task_vectors(models: Sequence[Checkpoint], base: Checkpoint, tasks: Sequence[TaskData], build: Callable) -> tuple:
     """The base's parameters θ₀ (as `_params` gives them) and their names, one `_Net` per task on the base's backbone,
-    and the task vectors stacked per tensor (models × …), each model probed on its task first."""
+    and the task vectors stacked per tensor (models × …), each model probed on its task first; and the way from module
+    names back to the checkpoint's."""
     b_sd = base.state_dict()
     body = _body(build, b_sd, f"base model {base.name}")
+    b_sd, back = _module_sd(b_sd, body)
     theta0 = _params(b_sd, body)
     names = list(theta0)
     nets = [_Net(body, t.head, t.features) for t in tasks]
     taus = {k: [] for k in names}
     for i, (ck, t) in enumerate(zip(models, tasks)):
-        sd = {k: ck.get(k).float() for k in names}
+        sd = {k: ck.get(back.get(k, k)).float() for k in names}
         _probe(nets[i], sd, t, f"model {ck.name}")
         for k in names: taus[k].append(sd[k] - theta0[k])
         del sd
     tau = {k: torch.stack(v) for k, v in taus.items()}; del taus
-    return theta0, names, nets, tau
+    return theta0, names, nets, tau, back
 
 # %% ../nbs/10_data_aware.ipynb #c454a2c9
 def _entropy(nets: Sequence[_Net], tasks: Sequence[TaskData], ps: dict[str, Tensor], batch_size: int,
              gen: torch.Generator) -> Tensor:
-    "AdaMerging's objective: Σₜ the mean prediction entropy of task t's model `ps` on a random batch of its inputs."
+    """AdaMerging's objective: Σₜ the mean prediction entropy of task t's model `ps` on a random batch of its inputs
+    (class logits: per example; next-token logits: per real token)."""
     loss = 0
     for net, t in zip(nets, tasks):
         idx = torch.randint(0, len(t), (min(batch_size, len(t)),), generator=gen)
-        x = t.inputs[idx] if isinstance(t.inputs, Tensor) else [t.inputs[i] for i in idx.tolist()]
+        x = _take(t.inputs, idx)
         p = torch.softmax(torch.func.functional_call(net, {f"body.{k}": v for k, v in ps.items()}, (x,)).float(), -1)
-        loss = loss + (-(p * torch.log(p + 1e-8)).sum(-1)).mean()
+        h = -(p * torch.log(p + 1e-8)).sum(-1)
+        if h.dim() == 2:                                      # next-token distributions: the entropy at real tokens
+            m = _mask_of(x); m = torch.ones_like(h) if m is None else m.to(h.dtype)
+            loss = loss + (h * m).sum() / m.sum().clamp_min(1)
+        else: loss = loss + h.mean()
         STATS["forward"] += 1
     return loss
 
@@ -526,7 +722,7 @@ def _ada_fit(models: Sequence[Checkpoint], base: Checkpoint, tasks: Sequence[Tas
              clamp: bool = False, seed: int = 0, progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
     "Learn the AdaMerging coefficients; returns (coefficients, history)."
     if granularity not in ("task", "layer"): raise DataError(f"granularity must be 'task' or 'layer', got {granularity!r}")
-    theta0, names, nets, tau = _task_vectors(models, base, tasks, build)
+    theta0, names, nets, tau, back = _task_vectors(models, base, tasks, build)
     G = 1 if granularity == "task" else len(names)
     lam = torch.full((len(models), G), float(init), requires_grad=True)
     opt = torch.optim.Adam([lam], lr=lr)
@@ -545,7 +741,7 @@ def _ada_fit(models: Sequence[Checkpoint], base: Checkpoint, tasks: Sequence[Tas
         bar.update(); bar.set_postfix(entropy=f"{h:.3f}", refresh=False)
     bar.close()
     L = (lam.clamp(0, 1) if clamp else lam).detach()
-    coef = pd.DataFrame(L.T.numpy(), index=pd.Index(["all"] if G == 1 else names, name="tensor"),
+    coef = pd.DataFrame(L.T.numpy(), index=pd.Index(["all"] if G == 1 else [back.get(k, k) for k in names], name="tensor"),
                         columns=pd.Index([t.name for t in tasks], name="task"))
     return coef, pd.DataFrame(hist, columns=["step", "entropy"])
 
@@ -568,7 +764,8 @@ def adamerging(models: Sequence[Any], base: Any, data: Any, *, granularity: Lite
     """AdaMerging (Yang et al. 2024): learn task-wise or layer-wise coefficients of the task vectors of `models` over
     `base` by entropy minimisation on `data`'s inputs (labels unused; default split `test`), then merge."""
     cks, b = [open_model(m) for m in models], open_model(base)
-    src = data_source(data, default_split="test")
+    src = data_source(data, default_split="test", tokenizer=b)
+    if src.build is None: src = replace(src, build=auto_build(b))
     tasks = src.pair(cks)
     coef, hist = _ada_fit(cks, b, tasks, src.build, granularity=granularity, init=init, lr=lr, steps=steps,
                           batch_size=batch_size, clamp=clamp, seed=seed, progress=progress)
@@ -618,7 +815,8 @@ def _model_statistics(job: tuple) -> Path:
     sd = ck.state_dict()
     stats = (fisher_information(sd, task, build=build, seed=seed, **settings) if prefix == "fisher"
              else gram_matrices(sd, task, build=build, **settings))
-    _save_atomic(stats, path, dict(kind=prefix, model=str(ck.name), task=task.name, n=len(task), **settings,
+    _save_atomic(dict(stats), path, dict(kind=prefix, model=str(ck.name), task=task.name, n=len(task), **settings,
+                                   conv1d=getattr(stats, "conv1d", []),
                                    norm=float(sum(float((v.double() ** 2).sum()) for v in stats.values()) ** 0.5)))
     return path
 
@@ -661,7 +859,7 @@ def _compute_regmean_pp(self: _State):
         grams = regmean_pp_grams(self.models, self.tasks, self.src.build, alphas=alphas, **s)
         STATS["gram_pp"] += 1
         _save_atomic({f"{i}/{k}": v for i, g in enumerate(grams) for k, v in g.items()}, path,
-                     dict(kind="gram_pp", models=[str(c.name) for c in self.models], **s))
+                     dict(kind="gram_pp", models=[str(c.name) for c in self.models], conv1d=grams[0].conv1d, **s))
     self.grams = [_LazyFile(path, f"{i}/") for i in range(len(self.models))]   # read per tensor, as RegMean's
 
 # %% ../nbs/10_data_aware.ipynb #1633ffe8
@@ -673,7 +871,9 @@ def _compute_adamerging(self: _State):
 # %% ../nbs/10_data_aware.ipynb #9505a310
 class _LazyFile:
     "A cached statistics file read one tensor at a time (`in`, `[]`, `get`; names under `prefix`), so merging streams."
-    def __init__(self, path: Path, prefix: str = ""): self.path, self.prefix, self.ck = path, prefix, open_model(path)
+    def __init__(self, path: Path, prefix: str = ""):
+        self.path, self.prefix, self.ck = path, prefix, open_model(path)
+        self.conv1d = _meta(path).get("conv1d", [])                 # Gram files: modules stored in × out
     def __contains__(self, k) -> bool: return self.prefix + k in self.ck
     def get(self, k: str) -> Tensor | None: return self.ck.get(self.prefix + k) if self.prefix + k in self.ck else None
     __getitem__ = get
@@ -695,16 +895,17 @@ def _block_of(n: str) -> tuple:
 
 # %% ../nbs/10_data_aware.ipynb #f8a61fac
 def _merge_block(block: Sequence[str], sds: list[dict], grams: list[dict], merged: dict[str, Tensor],
-                 alphas: Mapping[str, float] | float) -> None:
+                 alphas: Mapping[str, float] | float, conv1d: Sequence[str] = ()) -> None:
     "Merge one block's linears into `merged`: weights by `regmean_solve` with the models' Grams, biases by the mean."
     for n in block:
         w, b = _pkey(n, "weight"), _pkey(n, "bias")
         a = alphas if isinstance(alphas, (int, float)) else alphas.get(w, 0.95)
-        merged[w] = regmean_solve([sd[w] for sd in sds], [g[n] for g in grams], a)
+        if n in conv1d: merged[w] = regmean_solve([sd[w].T for sd in sds], [g[n] for g in grams], a).T.contiguous()
+        else: merged[w] = regmean_solve([sd[w] for sd in sds], [g[n] for g in grams], a)
         if b in sds[0]: merged[b] = sum(sd[b] for sd in sds) / len(sds)
 
 # %% ../nbs/10_data_aware.ipynb #cd2ba57f
-def regmean_pp_grams(models: Sequence[Checkpoint], tasks: Sequence[TaskData], build: Callable = build_mlp, *,
+def regmean_pp_grams(models: Sequence[Checkpoint], tasks: Sequence[TaskData], build: Callable | None = None, *,
                      granularity: Literal["block", "linear"] = "block", alphas: Mapping[str, float] | float = 0.95,
                      batch_size: int = 32, num_batches: int | None = 8, progress: bool = True) -> list[dict[str, Tensor]]:
     """RegMean++ Grams (Nguyen et al. 2025, arXiv:2508.03121): blocks in execution order; for each, model i runs on task i
@@ -714,7 +915,8 @@ def regmean_pp_grams(models: Sequence[Checkpoint], tasks: Sequence[TaskData], bu
     so it sees the merged linears before it in its layer. Tensors outside linears start averaged. Returns the Grams."""
     if granularity not in ("block", "linear"): raise DataError(f"granularity must be 'block' or 'linear', got {granularity!r}")
     sds = [{k: v.float() for k, v in c.state_dict().items()} for c in models]
-    body = _body(build, sds[0], f"model {models[0].name}")
+    body = _body(build or auto_build(models[0]), sds[0], f"model {models[0].name}")
+    back, sds = _module_sd(sds[0], body)[1], [_module_sd(sd, body)[0] for sd in sds]
     lin, names = _linears(body, list(sds[0])), list(_params(sds[0], body))
     nets = [_Net(body, t.head, t.features) for t in tasks]
     for sd, net, t, c in zip(sds, nets, tasks, models): _probe(net, _params(sd, body), t, f"model {c.name}")
@@ -722,7 +924,8 @@ def regmean_pp_grams(models: Sequence[Checkpoint], tasks: Sequence[TaskData], bu
     blocks = [list(b) for _, b in itertools.groupby(_linear_order(body, lin, sds[0], nets[0], tasks[0]), key)]
     in_linear = {_pkey(n, p) for n in lin for p in ("weight", "bias")}
     merged = {k: sum(sd[k] for sd in sds) / len(sds) for k in names if k not in in_linear}
-    grams: list[dict[str, Tensor]] = [{} for _ in models]
+    grams, conv1d = [Grams() for _ in models], [n for n, m in lin.items() if _is_conv1d(m)]
+    for g in grams: g.conv1d = conv1d
     bar = _bar(len(blocks), f"regmean++ {'layers' if granularity == 'block' else 'linears'}", progress)
     for block in blocks:
         kind, idx = key(block[0])
@@ -733,13 +936,14 @@ def regmean_pp_grams(models: Sequence[Checkpoint], tasks: Sequence[TaskData], bu
                 for n in block: hooks.G[n].zero_(); hooks.rows[n] = 0
                 ps = {f"body.{k}": sd[k] if k in own else merged.get(k, sd[k]) for k in names}
                 with torch.no_grad():
-                    for x, _ in t.batches(batch_size, num_batches): STATS["forward"] += 1; torch.func.functional_call(net, ps, (x,))
+                    for x, _ in t.batches(batch_size, num_batches):
+                        STATS["forward"] += 1; hooks.mask = _mask_of(x); torch.func.functional_call(net, ps, (x,))
                 grams[i].update({n: g for n, g in hooks.grams().items()})
         finally: hooks.remove()
-        _merge_block(block, sds, grams, merged, alphas)
+        _merge_block(block, sds, grams, merged, alphas, conv1d)
         bar.update()
     bar.close()
-    return grams
+    return [_checkpoint_grams(g, back) for g in grams]
 
 # %% ../nbs/10_data_aware.ipynb #afe139e5
 def _prepare(kind: str):
@@ -750,7 +954,8 @@ def _prepare(kind: str):
         g0 = groups[0]
         models = [c for c, _ in g0.inputs]
         base = g0.base[0] if g0.base is not None else None
-        src = data_source(g0.params["data"], default_split=METHODS[kind].data_split)
+        src = data_source(g0.params["data"], default_split=METHODS[kind].data_split, tokenizer=base or models[0])
+        if src.build is None: src = replace(src, build=auto_build(base or models[0]))
         tasks = src.pair(models)
         cache = stats_cache(g0.params.get("cache_dir"), models + [base])
         state = _State(kind, models, base, src, tasks, cache, g0.params, {g.name: g.params for g in groups}).ensure()
@@ -801,6 +1006,8 @@ def fisher(tensors: list[Tensor], base: Tensor | None, *, data: object = None, w
 def _regmean_tensor(tensors, name: str, grams: list[dict], alpha: float) -> Tensor:
     mod = name[:-len(".weight")] if name.endswith(".weight") else "" if name == "weight" else None
     if mod is not None and tensors[0].ndim == 2 and all(mod in g for g in grams):
+        if mod in getattr(grams[0], "conv1d", ()):                   # stored in × out: solve for the transpose
+            return regmean_solve([t.T for t in tensors], [g[mod] for g in grams], alpha).T.contiguous()
         return regmean_solve(tensors, [g[mod] for g in grams], alpha)
     return _mean(tensors)
 

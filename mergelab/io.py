@@ -19,8 +19,8 @@ __all__ = ['TOKENIZER_FILES', 'LOSS_METRICS', 'MergelabError', 'CheckpointNotFou
            'open_model', 'parse_size', 'check_output_path', 'temporary_sibling', 'clean_stale_temporaries',
            'exchange_paths', 'ShardedWriter', 'save_checkpoint', 'write_text_atomic', 'check_compatible', 'TaskVector',
            'task_vector', 'adapter_ref', 'model_name', 'model_paths', 'model_names', 'module_from_config',
-           'open_module', 'load_with_transformers', 'open_tokenizer', 'EvaluationError', 'lower_is_better',
-           'score_table', 'current_rss']
+           'module_key_map', 'open_module', 'load_with_transformers', 'open_tokenizer', 'EvaluationError',
+           'lower_is_better', 'score_table', 'current_rss']
 
 # %% ../nbs/00_io.ipynb #f6fda86f
 class MergelabError(Exception):
@@ -922,6 +922,18 @@ def module_from_config(config: Mapping, keys: Iterable[str] = ()) -> torch.nn.Mo
         return cls(hf) if cls is not None else auto.from_config(hf, trust_remote_code=False)
 
 # %% ../nbs/00_io.ipynb #141cbeec
+def module_key_map(m: torch.nn.Module, keys: Iterable[str]) -> dict[str, str]:
+    """Checkpoint key → `m`'s key, by transformers' own renamings of legacy checkpoint names (ViT's
+    `encoder.layer.N.attention.attention.query` is `layers.N.attention.q_proj` in transformers 5); identity where none
+    applies, or for modules transformers does not know."""
+    try:
+        from transformers.conversion_mapping import get_model_conversion_mapping
+        from transformers.core_model_loading import WeightRenaming, apply_renamings
+        ren = [c for c in get_model_conversion_mapping(m) if isinstance(c, WeightRenaming)]
+    except Exception: ren = []
+    return {k: apply_renamings(k, ren) if ren else k for k in keys}
+
+# %% ../nbs/00_io.ipynb #42cabe32
 def _load_into(m: torch.nn.Module, sd: Mapping[str, torch.Tensor], what: str) -> torch.nn.Module:
     "Load `sd` into `m` (adding or stripping the base-model prefix where the checkpoint's keys need it), ties, checks."
     own, pre = set(m.state_dict()), getattr(m, "base_model_prefix", "") or ""
@@ -929,6 +941,9 @@ def _load_into(m: torch.nn.Module, sd: Mapping[str, torch.Tensor], what: str) ->
         alt = {f"{pre}.{k}": v for k, v in sd.items()} if any(k.startswith(pre + ".") for k in own) else \
               {k.removeprefix(pre + "."): v for k, v in sd.items()}
         if len(set(alt) & own) > len(set(sd) & own): sd = alt
+    if set(sd) - own:                                            # legacy names transformers renames on load
+        names = module_key_map(m, sd)
+        if len(set(names.values()) & own) > len(set(sd) & own): sd = {names[k]: v for k, v in sd.items()}
     r = m.load_state_dict(dict(sd), strict=False)
     if hasattr(m, "tie_weights"): m.tie_weights()
     loaded = {p.data_ptr() for k, p in m.state_dict().items() if k in sd}
@@ -992,7 +1007,12 @@ def open_tokenizer(ref: Any) -> Any:
     folders = [f if f.is_dir() else f.parent for f in folders]
     for f in folders:
         if any((f / n).is_file() for n in TOKENIZER_FILES[:5] + ("vocab.txt", "vocab.json")):
-            try: return AutoTokenizer.from_pretrained(str(f), local_files_only=True, trust_remote_code=False)
+            try:
+                cls = _read_json(f / "tokenizer_config.json").get("tokenizer_class") if (f / "tokenizer_config.json").is_file() else None
+                if cls in ("TokenizersBackend", "PreTrainedTokenizerFast") and (f / "tokenizer.json").is_file():
+                    from transformers import PreTrainedTokenizerFast    # a generic tokenizer.json: not the model type's class
+                    return PreTrainedTokenizerFast.from_pretrained(str(f), local_files_only=True)
+                return AutoTokenizer.from_pretrained(str(f), local_files_only=True, trust_remote_code=False)
             except (OSError, ValueError) as e: raise IncompatibleModels(f"{f}: the tokenizer cannot be loaded ({e})") from None
     raise CheckpointNotFound(f"no tokenizer files in {[str(f) for f in folders] or 'the model'}; pass `tokenizer=` (an object or a folder)")
 

@@ -1,0 +1,138 @@
+"""Data-aware merging and Delta Activations on Hugging Face models with the user's own data: tiny random-init BERT,
+RoBERTa, GPT-2, Llama with grouped-query attention, Qwen2 and ViT fine-tunes (saved as HF folders) plus the zoo MLPs,
+× Fisher, RegMean, RegMean++, AdaMerging (task- and layer-wise) and Delta Activations, × data given as tensors, as a
+DataLoader and as texts with a tokenizer. Every cell merges (finite, every tensor present, inputs untouched) or
+raises a `MergelabError` saying what is not supported."""
+import math
+import pytest
+import torch
+import transformers as T
+from tokenizers import Tokenizer, models as tk_models, pre_tokenizers
+from torch.utils.data import DataLoader, TensorDataset
+from conftest import tree_checksums
+from mergelab.io import MergelabError, open_model
+from mergelab.config import merge
+from mergelab.activations import delta_activations
+
+T.logging.set_verbosity_error()
+V = 50
+C = dict(vocab_size=V, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48)
+ARCH = {
+    "bert": lambda: T.BertForSequenceClassification(T.BertConfig(**C, max_position_embeddings=32, num_labels=3)),
+    "roberta": lambda: T.RobertaForSequenceClassification(T.RobertaConfig(**C, max_position_embeddings=40, num_labels=3,
+                                                                          pad_token_id=1)),
+    "gpt2": lambda: T.GPT2LMHeadModel(T.GPT2Config(vocab_size=V, n_embd=32, n_layer=2, n_head=4, n_positions=32,
+                                                   bos_token_id=0, eos_token_id=0)),
+    "llama-gqa": lambda: T.LlamaForCausalLM(T.LlamaConfig(**C, num_key_value_heads=2, max_position_embeddings=32)),
+    "qwen2": lambda: T.Qwen2ForCausalLM(T.Qwen2Config(**C, num_key_value_heads=1, max_position_embeddings=32)),
+    "vit": lambda: T.ViTForImageClassification(T.ViTConfig(image_size=8, patch_size=4, num_channels=3, hidden_size=32,
+                                                           num_hidden_layers=2, num_attention_heads=4,
+                                                           intermediate_size=48, num_labels=3)),
+}
+METHODS = {"fisher": dict(estimator="empirical", num_batches=1), "regmean": dict(num_batches=1),
+           "regmean_pp": dict(num_batches=1), "adamerging-task": dict(granularity="task", steps=2),
+           "adamerging-layer": dict(granularity="layer", steps=2)}
+WORDS = ["<pad>"] + [f"w{i}" for i in range(V - 1)]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    tk = Tokenizer(tk_models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<pad>"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    return T.PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>")
+
+
+@pytest.fixture(scope="module")
+def family(tmp_path_factory, tokenizer):
+    "Per architecture: a base and two fine-tunes (the base plus small seeded deltas), saved as HF folders with a tokenizer."
+    root, out = tmp_path_factory.mktemp("da_matrix"), {}
+    for kind, make in ARCH.items():
+        torch.manual_seed(0)
+        base = make().eval()
+        d = root / kind
+        base.save_pretrained(d / "base"); tokenizer.save_pretrained(d / "base")
+        for i, name in enumerate(("a", "b")):
+            g = torch.Generator().manual_seed(i + 1)
+            ft = make().eval(); ft.load_state_dict(base.state_dict())
+            with torch.no_grad():
+                for p in ft.parameters(): p.add_(torch.randn(p.shape, generator=g) * 0.02)
+            ft.save_pretrained(d / name); tokenizer.save_pretrained(d / name)
+        out[kind] = d
+    sums = {k: tree_checksums(d) for k, d in out.items()}
+    yield out
+    assert {k: tree_checksums(d) for k, d in out.items()} == sums, "an input was modified"
+
+
+def examples(kind: str, form: str, tokenizer):
+    "Two tasks' examples in the requested form (labels included for classifiers)."
+    g = torch.Generator().manual_seed(0)
+    cls = kind in ("bert", "roberta", "vit")
+    out = {}
+    for t in ("a", "b"):
+        y = torch.randint(0, 3, (8,), generator=g)
+        if kind == "vit": x = torch.randn(8, 3, 8, 8, generator=g)
+        else: x = torch.randint(2, V, (8, 12), generator=g)
+        if form == "tensors": out[t] = (x, y) if cls else x
+        elif form == "loader":
+            if kind == "vit": out[t] = DataLoader(TensorDataset(x, y), batch_size=4)
+            else: out[t] = DataLoader([dict(input_ids=r, attention_mask=torch.ones_like(r), **({"labels": l} if cls else {}))
+                                       for r, l in zip(x, y)], batch_size=4)
+        else:
+            ids = torch.randint(2, V, (8, 12), generator=g)
+            texts = [" ".join(WORDS[i] for i in r[: 6 + j % 5].tolist()) for j, r in enumerate(ids)]   # ragged: padded
+            out[t] = (texts, y) if cls else texts
+    return out
+
+
+@pytest.mark.parametrize("form", ["tensors", "loader", "texts"])
+@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("kind", list(ARCH))
+def test_data_aware(family, tokenizer, kind, method, form):
+    d = family[kind]
+    name, kw = method.split("-")[0], dict(METHODS[method])
+    if kind in ("bert", "roberta", "vit") and name == "fisher": kw["estimator"] = "expected"     # classifiers: the paper's
+    data = examples(kind, form, tokenizer)                          # texts: tokenised with the base's own tokenizer
+    run = lambda: merge({"a": d / "a", "b": d / "b"}, name, base=d / "base", data=data, progress=False, **kw)
+    if form == "texts" and kind == "vit":
+        with pytest.raises(MergelabError): run()
+        return
+    sd = run()
+    a, b = open_model(d / "a").state_dict(), open_model(d / "b").state_dict()
+    assert set(sd) == set(a)
+    assert all(torch.isfinite(v).all() for v in sd.values() if v.is_floating_point())
+    # the statistics reached every linear layer under the checkpoint's names: no layer fell back to the plain average
+    # (a statistic keyed by another name, e.g. a renamed ViT module, would leave it at the mean)
+    linear = [k for k, v in a.items() if v.dim() == 2 and "embed" not in k and "wte" not in k and "wpe" not in k
+              and "lm_head" not in k and "classifier" not in k and "score" not in k]
+    at_mean = [k for k in linear if torch.allclose(sd[k].float(), (a[k].float() + b[k].float()) / 2, atol=1e-7)]
+    assert not at_mean, at_mean[:4]
+
+
+def test_zoo_mlps_all_forms(tmp_path):
+    "The zoo MLPs take the same forms: tensors, a DataLoader of (x, y) batches."
+    from mergelab.zoo import load_zoo
+    zoo = load_zoo("digits")
+    names = list(zoo.experts)[:2]
+    models = {n: zoo.experts[n].path for n in names}
+    tensors = {n: (zoo.data[n]["finetune"][0][:32], zoo.data[n]["finetune"][1][:32]) for n in names}
+    loader = {n: DataLoader(TensorDataset(*tensors[n]), batch_size=8) for n in names}
+    for name, kw in METHODS.items():
+        a = merge(models, name.split("-")[0], base=zoo.base.path, data=tensors, progress=False, cache_dir=tmp_path, **kw)
+        b = merge(models, name.split("-")[0], base=zoo.base.path, data=loader, progress=False, cache_dir=tmp_path, **kw)
+        assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5, name     # the same examples, the same merge
+
+
+@pytest.mark.parametrize("form", ["object", "path"])
+@pytest.mark.parametrize("kind", list(ARCH))
+def test_delta_activations(family, tokenizer, tmp_path, kind, form):
+    d = family[kind]
+    probes = ["w1 w2 w3 w4", "w5 w6 w7"]
+    tok = tokenizer
+    if form == "path":
+        tokenizer.save_pretrained(tmp_path / "tok"); tok = tmp_path / "tok"
+    if kind == "vit":
+        with pytest.raises(MergelabError): delta_activations({"a": d / "a", "b": d / "b"}, d / "base", probes, tokenizer=tok)
+        return
+    emb = delta_activations({"a": d / "a", "b": d / "b"}, d / "base", probes, tokenizer=tok)
+    assert list(emb.index) == ["a", "b"] and emb.shape[1] == 32 and emb.abs().sum().sum() > 0
+    assert emb.attrs["protocol"]["pooling"] == ("last" if kind in ("gpt2", "llama-gqa", "qwen2") else "mean")
