@@ -18,7 +18,7 @@ from torch import nn, Tensor
 from .io import Checkpoint, MergelabError, open_model, open_module, open_tokenizer, module_key_map, read_safetensors_header, short_repr
 from .registry import ConfigError, merge_method, METHODS, ParamInfo
 from .scheduler import TensorGroup, layer_index, run_groups
-from .zoo import Zoo, load_zoo, build_mlp, cache_dir as user_cache_dir
+from .zoo import Zoo, load_zoo, build_mlp, minilm_encode, minilm_features, cache_dir as user_cache_dir
 
 # %% auto #0
 __all__ = ['TOKEN_FIELDS', 'INPUT_FIELDS', 'STATS', 'Estimator', 'DATA_METHODS', 'DataError', 'TaskData', 'DataSource',
@@ -213,6 +213,8 @@ def _from_zoo(zoo: Zoo, split: str, n, tasks, seed) -> DataSource:
         if s not in splits: raise DataError(f"zoo {zoo.name!r}, task {t!r}: no split {split!r}; splits: {list(splits)}")
         x, y = _subset(*splits[s], n, seed, t)
         task = zoo.tasks.get(t)
+        if isinstance(x, list) and getattr(task, "features", None) is minilm_features:
+            x = minilm_encode(x)                           # encoded once: token statistics see the attention mask
         out[t] = TaskData(t, x, y, getattr(task, "head", None) or zoo.heads.get(t), getattr(task, "features", None))
     return DataSource(out, zoo.build, seed, {"zoo": zoo.name, "split": split, **({"n": n} if n else {}),
                                             **({"tasks": names} if tasks else {}), "seed": seed})

@@ -19,9 +19,9 @@ from .evaluate import ClassificationTask, evaluate
 __all__ = ['DIGITS_DOMAINS', 'DIGITS_SPLITS', 'DIGITS_GENTLE', 'DIGITS_LMC_DEEP', 'MINILM_INSTALL', 'MINILM_MAX_LEN', 'ZOOS',
            'SMOLLM2_INSTALL', 'SMOLLM2_GGUF', 'SMOLLM2_DOMAINS', 'SMOLLM2_LORA_TARGETS', 'TINY_LLAMA_TASKS', 'ZooError',
            'MLP', 'mlp_arch', 'build_mlp', 'digits_data', 'zoo_root', 'ZooModel', 'Zoo', 'zoo_inputs', 'minilm_path',
-           'text_tasks', 'minilm_tokenizer', 'minilm_features', 'build_minilm', 'load_zoo', 'cache_dir', 'smollm2_path',
-           'smollm2_tokenizer', 'build_smollm2', 'smollm2_domains', 'token_ids_hash', 'zoo_delta_activations',
-           'tiny_llama_batch', 'tiny_llama_data', 'build_tiny_llama']
+           'text_tasks', 'minilm_tokenizer', 'minilm_encode', 'minilm_features', 'build_minilm', 'load_zoo',
+           'cache_dir', 'smollm2_path', 'smollm2_tokenizer', 'build_smollm2', 'smollm2_domains', 'token_ids_hash',
+           'zoo_delta_activations', 'tiny_llama_batch', 'tiny_llama_data', 'build_tiny_llama']
 
 # %% ../nbs/09_zoo.ipynb #18be99bf
 class ZooError(MergelabError, ValueError):
@@ -309,9 +309,15 @@ def minilm_tokenizer():
     return _TOKENIZERS["minilm"]
 
 # %% ../nbs/09_zoo.ipynb #c936dc3f
-def minilm_features(module: nn.Module, texts) -> torch.Tensor:
-    "Mean-pooled, L2-normalised MiniLM sentence embeddings of `texts` (sentence-transformers' pooling)."
+def minilm_encode(texts) -> dict[str, torch.Tensor]:
+    "`texts` as padded MiniLM token ids and attention mask (at most `MINILM_MAX_LEN` tokens)."
     enc = minilm_tokenizer()(list(texts), padding=True, truncation=True, max_length=MINILM_MAX_LEN, return_tensors="pt")
+    return {k: enc[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc}
+
+def minilm_features(module: nn.Module, texts) -> torch.Tensor:
+    """Mean-pooled, L2-normalised MiniLM sentence embeddings of `texts` (sentence-transformers' pooling), or of
+    already encoded inputs (`minilm_encode`'s dict)."""
+    enc = dict(texts) if isinstance(texts, Mapping) else minilm_encode(texts)
     h = module(**enc).last_hidden_state
     m = enc["attention_mask"].unsqueeze(-1).to(h.dtype)
     return F.normalize((h * m).sum(1) / m.sum(1).clamp(min=1), dim=-1)

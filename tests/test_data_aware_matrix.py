@@ -120,6 +120,8 @@ def test_zoo_mlps_all_forms(tmp_path):
         a = merge(models, name.split("-")[0], base=zoo.base.path, data=tensors, progress=False, cache_dir=tmp_path, **kw)
         b = merge(models, name.split("-")[0], base=zoo.base.path, data=loader, progress=False, cache_dir=tmp_path, **kw)
         assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5, name     # the same examples, the same merge
+    texts = {n: ["an image is not text"] * 4 for n in names}                       # texts for an MLP: no tokenizer there
+    with pytest.raises(MergelabError): merge(models, "regmean", base=zoo.base.path, data=texts, progress=False, cache_dir=tmp_path)
 
 
 @pytest.mark.parametrize("form", ["object", "path"])
