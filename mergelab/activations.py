@@ -272,8 +272,8 @@ class DeltaActivations:
     def __init__(self, base: Any, tokenizer: Any = None, probes: Sequence[str] | None = None, *,
                  layer: int | Literal["pre_norm"] = -1, token: int = -1, pooling: Pooling | Literal["auto"] = "auto",
                  batch_size: int = 32, max_length: int = 256, verify: bool = True, threads: int | None = None,
-                 stack: int = 1, reuse_prefix: bool = True):
-        self.base, self.tokenizer, self.probes = base, tokenizer, list(probes or GENERIC_PROBES)
+                 stack: int = 1, reuse_prefix: bool = True, progress: bool = True):
+        self.base, self.tokenizer, self.probes, self.progress = base, tokenizer, list(probes or GENERIC_PROBES), progress
         self.threads, self.stack, self.reuse_prefix = threads, stack, reuse_prefix
         self.layer, self.token, self.pooling, self.batch_size = layer, token, pooling, batch_size
         self.max_length, self.verify = max_length, verify
@@ -333,6 +333,8 @@ def probe_deltas(self: DeltaActivations, models: Sequence[Any] | Mapping[str, An
     cks = [m if isinstance(m, Checkpoint) else sw._open(m) for m in models]
     out: dict[str, Tensor] = {}
     i, los = 0, set()
+    from tqdm.auto import tqdm
+    bar = tqdm(total=len(cks), desc="delta activations", unit="model", disable=not self.progress, leave=False)
     while i < len(cks):
         grp = [cks[i]]
         if self.stack > 1 and sw.stackable(cks[i]):
@@ -344,7 +346,8 @@ def probe_deltas(self: DeltaActivations, models: Sequence[Any] | Mapping[str, An
         else:
             H = sw.run_stacked(grp, lambda m, oc: self._states(m, len(grp), lambda a, b: oc(a, b, P), lo))
             for j in range(len(grp)): out[names[i + j]] = H[j * P:(j + 1) * P] - self.base_states_
-        i += len(grp)
+        i += len(grp); bar.update(len(grp))
+    bar.close()
     # adapters only ever touched layers ≥ min(lo), so the split run from there re-checks every weight they touched
     lo = min((l for l in los if l is not None), default=None)
     if self.verify and lo is not None and not torch.equal(self._states(self.model_, lo=lo),
@@ -371,11 +374,12 @@ def fit_transform(self: DeltaActivations, models: Sequence[Any] | Mapping[str, A
 def delta_activations(models: Sequence[Any] | Mapping[str, Any], base: Any, probes: Sequence[str] | None = None, *,
                       tokenizer: Any = None, layer: int | Literal["pre_norm"] = -1, token: int = -1,
                       pooling: Pooling | Literal["auto"] = "auto", batch_size: int = 32, max_length: int = 256,
-                      threads: int | None = None, stack: int = 1, reuse_prefix: bool = True) -> pd.DataFrame:
+                      threads: int | None = None, stack: int = 1, reuse_prefix: bool = True,
+                      progress: bool = True) -> pd.DataFrame:
     "Delta Activations of `models` against `base` (one row per model); see `DeltaActivations` for the protocol."
     return DeltaActivations(base, tokenizer, probes, layer=layer, token=token, pooling=pooling, batch_size=batch_size,
                             max_length=max_length, threads=threads, stack=stack,
-                            reuse_prefix=reuse_prefix).fit().transform(models)
+                            reuse_prefix=reuse_prefix, progress=progress).fit().transform(models)
 
 # %% ../nbs/05_activations.ipynb #64a8b293
 def cosine_similarity(embeddings: Any) -> pd.DataFrame:

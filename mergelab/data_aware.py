@@ -1020,7 +1020,9 @@ _RM_DOCS = _DOCS | dict(alpha=ParamInfo("off-diagonal scale α of the Grams (Fus
               paper="Jin et al. 2023, Dataless Knowledge Fusion by Merging Weights of Language Models (arXiv:2212.09849)")
 def regmean(tensors: list[Tensor], base: Tensor | None, *, data: object = None, alpha: float = 0.95, batch_size: int = 32,
             num_batches: int = 8, cache_dir: object = None, name: str = "", _state: Any = None) -> Tensor:
-    "RegMean (Jin et al. 2023): per linear layer W_Mᵀ = (Σ G̃ᵢ)⁻¹ Σ G̃ᵢ Wᵢᵀ from input Grams; other tensors averaged."
+    """RegMean (Jin et al. 2023): per linear layer W_Mᵀ = (Σ G̃ᵢ)⁻¹ Σ G̃ᵢ Wᵢᵀ from input Grams — every `nn.Linear` and
+    GPT-2 `Conv1D` of the checkpoint, an LM head included; embeddings, norms and biases averaged, as in the paper; task
+    heads kept outside the checkpoint (a zoo's) are not merged."""
     return _regmean_tensor(tensors, name, _need(_state, "regmean").grams, alpha)
 
 # %% ../nbs/10_data_aware.ipynb #14e75219

@@ -138,3 +138,29 @@ def test_delta_activations(family, tokenizer, tmp_path, kind, form):
     emb = delta_activations({"a": d / "a", "b": d / "b"}, d / "base", probes, tokenizer=tok)
     assert list(emb.index) == ["a", "b"] and emb.shape[1] == 32 and emb.abs().sum().sum() > 0
     assert emb.attrs["protocol"]["pooling"] == ("last" if kind in ("gpt2", "llama-gqa", "qwen2") else "mean")
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "txt", "safetensors"])
+def test_yaml_data_files(family, tmp_path, fmt):
+    "A data file named in the YAML: texts tokenised with the base's own tokenizer, or token fields; the record shows the path."
+    import json, yaml
+    from safetensors.torch import save_file
+    from mergelab.config import merge_config
+    d = family["gpt2"]
+    lines = {t: [" ".join(f"w{(i * 7 + j * 3 + k) % 40 + 1}" for k in range(5 + j % 4)) for j in range(6)] for i, t in enumerate("ab")}
+    if fmt == "jsonl":
+        f = tmp_path / "data.jsonl"
+        f.write_text("".join(json.dumps({"task": t, "text": s}) + "\n" for t, ss in lines.items() for s in ss))
+    elif fmt == "txt":
+        f = tmp_path / "a.txt"; f.write_text("\n".join(lines["a"] + lines["b"]) + "\n")      # one task: shared by both
+    else:
+        f = tmp_path / "data.safetensors"
+        g = torch.Generator().manual_seed(0)
+        save_file({f"{t}.{k}": v for t in "ab" for k, v in dict(input_ids=torch.randint(1, V, (6, 9), generator=g),
+                                                                 attention_mask=torch.ones(6, 9, dtype=torch.long)).items()}, str(f))
+    cfg = dict(merge_method="regmean", base_model=str(d / "base"), models=[{"model": str(d / "a")}, {"model": str(d / "b")}],
+               parameters=dict(data={"path": str(f)}, num_batches=1, cache_dir=str(tmp_path / "cache")))
+    out = merge_config(yaml.safe_dump(cfg), tmp_path / "out", progress=False)
+    rec = yaml.safe_load((out / "mergelab_config.yml").read_text())
+    assert rec["parameters"]["data"] == {"path": str(f)}
+    assert open_model(out).state_dict().keys() == open_model(d / "a").state_dict().keys()
