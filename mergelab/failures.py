@@ -207,6 +207,11 @@ def _transformer_spec(d):
                                      eos_token_id=0, add_cross_attention=True)
     return transformer_spec(transformers.GPT2LMHeadModel(cfg))
 
+def _empty_data(d):
+    from mergelab.lmc import activation_matching, mlp_spec
+    m = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    return activation_matching(mlp_spec(m), m, m, torch.zeros(0, 3))
+
 def _not_equivalent(d):
     from mergelab.lmc import check_equivalent
     torch.manual_seed(0)
@@ -282,6 +287,12 @@ _ANALYSIS_CASES = [
     FailureCase("bad search bounds", SearchError, "evolve over a parameter range with low ≥ high (checked before any merge)",
                 "give (low, high) with low < high", lambda d: evolve([d / "a", d / "b"], d / "base", lambda sd: 0.0,
                 "task_arithmetic", {"weight": (1, 0)}, budget=5, progress=False), "low < high"),
+    FailureCase("texts without a tokenizer", DataError, "data given as texts where no tokenizer is known (Python API, no tokenizer=)",
+                "pass tokenizer= (an object or a model folder); in a YAML merge the base's own tokenizer is used",
+                lambda d: data_source({"a": ["some text", "more text"]}), "need a tokenizer"),
+    FailureCase("empty alignment data", CurveError, "activation matching, REPAIR or a check given no inputs, or an empty batch",
+                "give inputs the models take (a tensor of examples, an (x, y) pair or a list of batches)", _empty_data,
+                "empty batch"),
 ]
 
 # %% ../nbs/90_failure_modes.ipynb #65622c6f

@@ -255,3 +255,35 @@ def test_analysis_misuse_is_named():
     a = {"0.weight": torch.randn(8, 4), "0.bias": torch.randn(8), "2.weight": torch.randn(3, 8), "2.bias": torch.randn(3)}
     b = {"0.weight": torch.randn(6, 4), "0.bias": torch.randn(6), "2.weight": torch.randn(3, 6), "2.bias": torch.randn(3)}
     with pytest.raises(SpecError, match="differ in shape"): weight_matching(mlp_spec(a), a, b, progress=False)
+
+def test_delta_activations_refuse_a_pickled_base_without_running_it(tmp_path):
+    "A base folder whose weights are a pickle that runs code: refused as unsafe before anything is unpickled."
+    import pickle, shutil
+    from mergelab.zoo import load_zoo
+    from mergelab.activations import delta_activations
+    z = load_zoo("tiny-llama")
+    evil, marker = tmp_path / "evil", tmp_path / "ran"
+    shutil.copytree(z.base.path, evil)
+    for f in evil.glob("*.safetensors"): f.unlink()
+    class Payload:
+        def __reduce__(self): return (os.system, (f"touch {marker}",))
+    (evil / "pytorch_model.bin").write_bytes(pickle.dumps({"model.embed_tokens.weight": Payload()}))
+    with pytest.raises(UnsafeCheckpoint, match="unpickling"):
+        delta_activations([m.path for m in z.experts.values()], evil, ["a b c"])
+    assert not marker.exists()
+
+def test_explorer_evaluator_contract(tmp_path):
+    "Any evaluator answer `score_table` reads works in the merge explorer; anything else is shown as an error, not raised."
+    import pandas as pd
+    from mergelab.zoo import load_zoo
+    from mergelab.widgets import MergeExplorer
+    z = load_zoo("digits")
+    models = {n: z.experts[n].path for n in list(z.experts)[:2]}
+    good = {"number": lambda m: 0.5, "mapping": lambda m: {"accuracy": 50.0},
+            "frame": lambda m: pd.DataFrame({"accuracy": [50.0, 60.0]}, index=pd.Index(["a", "b"], name="task"))}
+    for name, ev in good.items():
+        mx = MergeExplorer(models, z.base.path, evaluate=ev); mx.run()
+        assert mx.error is None, (name, mx.error)
+    for bad in (lambda m: None, lambda m: "good", lambda m: {"accuracy": "high"}):
+        mx = MergeExplorer(models, z.base.path, evaluate=bad); mx.run()
+        assert isinstance(mx.error, MergelabError) and "evaluator" in str(mx.error)
