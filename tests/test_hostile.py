@@ -287,3 +287,11 @@ def test_explorer_evaluator_contract(tmp_path):
     for bad in (lambda m: None, lambda m: "good", lambda m: {"accuracy": "high"}):
         mx = MergeExplorer(models, z.base.path, evaluate=bad); mx.run()
         assert isinstance(mx.error, MergelabError) and "evaluator" in str(mx.error)
+
+def test_mismatched_fan_in_fan_out_is_named(tmp_path):
+    "An adapter saved out × in but declaring fan_in_fan_out: the transposed delta does not fit its base tensor, named."
+    base, ad = model(tmp_path / "base", 0), adapter(tmp_path / "ad")
+    cfg = json.loads((ad / "adapter_config.json").read_text()) | {"fan_in_fan_out": True}
+    (ad / "adapter_config.json").write_text(json.dumps(cfg))
+    with pytest.raises(MergelabError, match="up_proj.weight' is \\[4, 8\\] but the base tensor is \\[8, 4\\]"):
+        open_model(f"{base}+{ad}").state_dict()
