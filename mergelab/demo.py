@@ -226,11 +226,11 @@ def lmc_section(quick: bool = False, a: str = "plain-s0", b: str = "plain-s1") -
     bt.columns = [f"{c} barrier" + (" (points)" if c == "accuracy" else "") for c in bt.columns]
     tables = {"barriers (midpoint definition)": bt.round(3)}
     if not quick:
-        rep = lmc_probe(A, B, ev, matching="weight", correction="repair", data=xtr, alphas=[0.5], progress=False)[0]
+        rep = lmc_probe(A, B, ev, matching="weight", correction="repair", data=xtr, alphas=[0, 0.5, 1], progress=False)[0]
         mid = pd.Series({"endpoints (mean)": (ev(A).accuracy.item() + ev(B).accuracy.item()) / 2,
                          "naive midpoint": curves["naive"].accuracy.iloc[n // 2],
                          "weight-matched midpoint": curves["weight matching"].accuracy.iloc[n // 2],
-                         "weight-matched + REPAIR": rep.accuracy.item()}, name="accuracy (%)")
+                         "weight-matched + REPAIR": rep.accuracy.iloc[1]}, name="accuracy (%)")
         tables["midpoint accuracy"] = mid.round(2).to_frame()
     fig = plot_curves(curves)
     nb, wb = bt.loc["naive", "loss barrier"], bt.loc["weight matching", "loss barrier"]
