@@ -15,10 +15,10 @@ import torch, yaml
 from fastcore.basics import patch
 import torch.nn.functional as F
 from torch import nn, Tensor
-from .io import Checkpoint, MergelabError, open_model, open_module, open_tokenizer, module_key_map, read_safetensors_header, short_repr
+from .io import Checkpoint, MergelabError, open_model, open_module, open_tokenizer, module_key_map, read_safetensors_header, short_repr, is_conv1d
 from .registry import ConfigError, merge_method, METHODS, ParamInfo
 from .scheduler import TensorGroup, layer_index, run_groups
-from .zoo import Zoo, load_zoo, build_mlp, minilm_encode, minilm_features, cache_dir as user_cache_dir
+from .zoo import Zoo, load_zoo, build_mlp, cache_dir as user_cache_dir
 
 # %% auto #0
 __all__ = ['TOKEN_FIELDS', 'INPUT_FIELDS', 'STATS', 'Estimator', 'DATA_METHODS', 'DataError', 'TaskData', 'DataSource',
@@ -96,6 +96,9 @@ class DataSource:
                 raise DataError(f"task {t.name!r}: {len(t.labels)} labels for {len(t)} inputs")
     def fingerprint(self) -> str:
         return hashlib.sha256("".join(t.fingerprint() for t in self.tasks.values()).encode()).hexdigest()[:24]
+    def built_for(self, ref: Any) -> "DataSource":
+        "This source with its `build` resolved for model `ref` when none was given (`auto_build`)."
+        return self if self.build is not None else replace(self, build=auto_build(ref))
     def pair(self, models: Sequence[Checkpoint]) -> list[TaskData]:
         """The task of each model: by model directory name when every model is named after a task, else by order
         when there is exactly one task per model, or the one task for every model. A task without a head takes `head.safetensors` beside its model."""
@@ -213,8 +216,8 @@ def _from_zoo(zoo: Zoo, split: str, n, tasks, seed) -> DataSource:
         if s not in splits: raise DataError(f"zoo {zoo.name!r}, task {t!r}: no split {split!r}; splits: {list(splits)}")
         x, y = _subset(*splits[s], n, seed, t)
         task = zoo.tasks.get(t)
-        if isinstance(x, list) and getattr(task, "features", None) is minilm_features:
-            x = minilm_encode(x)                           # encoded once: token statistics see the attention mask
+        encode = getattr(getattr(task, "features", None), "encode", None)
+        if isinstance(x, list) and encode is not None: x = encode(x)   # encoded once: token statistics see the attention mask
         out[t] = TaskData(t, x, y, getattr(task, "head", None) or zoo.heads.get(t), getattr(task, "features", None))
     return DataSource(out, zoo.build, seed, {"zoo": zoo.name, "split": split, **({"n": n} if n else {}),
                                             **({"tasks": names} if tasks else {}), "seed": seed})
@@ -464,9 +467,6 @@ def _save_atomic(tensors: dict[str, Tensor], path: Path, meta: dict) -> None:
     finally:
         if tmp.exists(): tmp.unlink()
 
-def _load(path: Path) -> tuple[dict[str, Tensor], dict]:
-    return open_model(path).state_dict(), _meta(path)
-
 def _meta(path: Path) -> dict: return json.loads(read_safetensors_header(path)[1].get("mergelab", "{}"))
 
 def _bar(total: int, desc: str, progress: bool = True):
@@ -589,12 +589,10 @@ def fisher_average(tensors: Sequence[Tensor], fishers: Sequence[Tensor], weights
     return num / den
 
 # %% ../nbs/10_data_aware.ipynb #1e05e1f1
-def _is_conv1d(m: nn.Module) -> bool: return type(m).__name__ == "Conv1D"     # GPT-2's: y = x W + b, W stored in × out
-
 def _linears(body: nn.Module, keys: Sequence[str]) -> dict[str, nn.Module]:
     "The backbone's linear layers (`nn.Linear`, GPT-2's `Conv1D`) whose weights are checkpoint tensors, by module name."
     ks = set(keys)
-    return {n: m for n, m in body.named_modules() if (isinstance(m, nn.Linear) or _is_conv1d(m)) and _pkey(n, "weight") in ks}
+    return {n: m for n, m in body.named_modules() if (isinstance(m, nn.Linear) or is_conv1d(m)) and _pkey(n, "weight") in ks}
 
 def _pkey(module: str, p: str) -> str: return f"{module}.{p}" if module else p
 
@@ -606,9 +604,9 @@ class _GramHooks:
     """Forward pre-hooks accumulating Σ xxᵀ (float64) and the row count of the inputs of the given linear modules;
     with `mask` set (B × T, an attention mask) only the rows of real tokens count."""
     def __init__(self, mods: Mapping[str, nn.Module]):
-        self.G = {n: torch.zeros(*(2 * [m.weight.shape[0] if _is_conv1d(m) else m.in_features]), dtype=torch.float64)
+        self.G = {n: torch.zeros(*(2 * [m.weight.shape[0] if is_conv1d(m) else m.in_features]), dtype=torch.float64)
                   for n, m in mods.items()}
-        self.rows, self.conv1d = dict.fromkeys(mods, 0), [n for n, m in mods.items() if _is_conv1d(m)]
+        self.rows, self.conv1d = dict.fromkeys(mods, 0), [n for n, m in mods.items() if is_conv1d(m)]
         self.order: list[str] = []
         self.mask: Tensor | None = None
         self.handles = [m.register_forward_pre_hook(self._hook(n)) for n, m in mods.items()]
@@ -658,6 +656,11 @@ def gram_matrices(model: Any, task: TaskData, *, build: Callable | None = None, 
 # %% ../nbs/10_data_aware.ipynb #654a1a48
 def _shrink(G: Tensor, alpha: float) -> Tensor:
     return alpha * G + (1 - alpha) * torch.diag_embed(torch.diagonal(G)) if alpha != 1 else G
+
+def _regmean_weight(weights: Sequence[Tensor], grams: Sequence[Tensor], alpha: float, in_by_out: bool) -> Tensor:
+    "`regmean_solve` for weights stored out × in (`nn.Linear`) or in × out (GPT-2's `Conv1D`: solved for the transpose)."
+    if not in_by_out: return regmean_solve(weights, grams, alpha)
+    return regmean_solve([w.T for w in weights], grams, alpha).T.contiguous()
 
 def regmean_solve(weights: Sequence[Tensor], grams: Sequence[Tensor], alpha: float = 0.95) -> Tensor:
     "RegMean's closed form W_Mᵀ = (Σ G̃ᵢ)⁻¹ Σ G̃ᵢ Wᵢᵀ with G̃ = αG + (1 − α)diag(G) (float64 Cholesky, tiny ridge to the mean)."
@@ -766,8 +769,7 @@ def adamerging(models: Sequence[Any], base: Any, data: Any, *, granularity: Lite
     """AdaMerging (Yang et al. 2024): learn task-wise or layer-wise coefficients of the task vectors of `models` over
     `base` by entropy minimisation on `data`'s inputs (labels unused; default split `test`), then merge."""
     cks, b = [open_model(m) for m in models], open_model(base)
-    src = data_source(data, default_split="test", tokenizer=b)
-    if src.build is None: src = replace(src, build=auto_build(b))
+    src = data_source(data, default_split="test", tokenizer=b).built_for(b)
     tasks = src.pair(cks)
     coef, hist = _ada_fit(cks, b, tasks, src.build, granularity=granularity, init=init, lr=lr, steps=steps,
                           batch_size=batch_size, clamp=clamp, seed=seed, progress=progress)
@@ -902,8 +904,7 @@ def _merge_block(block: Sequence[str], sds: list[dict], grams: list[dict], merge
     for n in block:
         w, b = _pkey(n, "weight"), _pkey(n, "bias")
         a = alphas if isinstance(alphas, (int, float)) else alphas.get(w, 0.95)
-        if n in conv1d: merged[w] = regmean_solve([sd[w].T for sd in sds], [g[n] for g in grams], a).T.contiguous()
-        else: merged[w] = regmean_solve([sd[w] for sd in sds], [g[n] for g in grams], a)
+        merged[w] = _regmean_weight([sd[w] for sd in sds], [g[n] for g in grams], a, n in conv1d)
         if b in sds[0]: merged[b] = sum(sd[b] for sd in sds) / len(sds)
 
 # %% ../nbs/10_data_aware.ipynb #cd2ba57f
@@ -926,7 +927,7 @@ def regmean_pp_grams(models: Sequence[Checkpoint], tasks: Sequence[TaskData], bu
     blocks = [list(b) for _, b in itertools.groupby(_linear_order(body, lin, sds[0], nets[0], tasks[0]), key)]
     in_linear = {_pkey(n, p) for n in lin for p in ("weight", "bias")}
     merged = {k: sum(sd[k] for sd in sds) / len(sds) for k in names if k not in in_linear}
-    grams, conv1d = [Grams() for _ in models], [n for n, m in lin.items() if _is_conv1d(m)]
+    grams, conv1d = [Grams() for _ in models], [n for n, m in lin.items() if is_conv1d(m)]
     for g in grams: g.conv1d = conv1d
     bar = _bar(len(blocks), f"regmean++ {'layers' if granularity == 'block' else 'linears'}", progress)
     for block in blocks:
@@ -956,8 +957,7 @@ def _prepare(kind: str):
         g0 = groups[0]
         models = [c for c, _ in g0.inputs]
         base = g0.base[0] if g0.base is not None else None
-        src = data_source(g0.params["data"], default_split=METHODS[kind].data_split, tokenizer=base or models[0])
-        if src.build is None: src = replace(src, build=auto_build(base or models[0]))
+        src = data_source(g0.params["data"], default_split=METHODS[kind].data_split, tokenizer=base or models[0]).built_for(base or models[0])
         tasks = src.pair(models)
         cache = stats_cache(g0.params.get("cache_dir"), models + [base])
         state = _State(kind, models, base, src, tasks, cache, g0.params, {g.name: g.params for g in groups}).ensure()
@@ -1008,9 +1008,7 @@ def fisher(tensors: list[Tensor], base: Tensor | None, *, data: object = None, w
 def _regmean_tensor(tensors, name: str, grams: list[dict], alpha: float) -> Tensor:
     mod = name[:-len(".weight")] if name.endswith(".weight") else "" if name == "weight" else None
     if mod is not None and tensors[0].ndim == 2 and all(mod in g for g in grams):
-        if mod in getattr(grams[0], "conv1d", ()):                   # stored in × out: solve for the transpose
-            return regmean_solve([t.T for t in tensors], [g[mod] for g in grams], alpha).T.contiguous()
-        return regmean_solve(tensors, [g[mod] for g in grams], alpha)
+        return _regmean_weight(tensors, [g[mod] for g in grams], alpha, mod in getattr(grams[0], "conv1d", ()))
     return _mean(tensors)
 
 _RM_DOCS = _DOCS | dict(alpha=ParamInfo("off-diagonal scale α of the Grams (FusionBench CLIP default 0.95)", range=(0, 1), step=0.05))

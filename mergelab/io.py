@@ -18,7 +18,7 @@ __all__ = ['TOKENIZER_FILES', 'LOSS_METRICS', 'MergelabError', 'CheckpointNotFou
            'TorchCheckpoint', 'user_path', 'inside_model', 'AdapterCheckpoint', 'apply_adapter', 'split_adapter_ref',
            'open_model', 'parse_size', 'check_output_path', 'temporary_sibling', 'clean_stale_temporaries',
            'exchange_paths', 'ShardedWriter', 'save_checkpoint', 'write_text_atomic', 'check_compatible', 'TaskVector',
-           'task_vector', 'adapter_ref', 'model_name', 'model_paths', 'model_names', 'module_from_config',
+           'task_vector', 'adapter_ref', 'model_name', 'model_paths', 'model_names', 'module_from_config', 'is_conv1d',
            'module_key_map', 'open_module', 'load_with_transformers', 'open_tokenizer', 'EvaluationError',
            'lower_is_better', 'score_table', 'current_rss']
 
@@ -922,6 +922,10 @@ def module_from_config(config: Mapping, keys: Iterable[str] = ()) -> torch.nn.Mo
         return cls(hf) if cls is not None else auto.from_config(hf, trust_remote_code=False)
 
 # %% ../nbs/00_io.ipynb #141cbeec
+def is_conv1d(m: torch.nn.Module) -> bool:
+    "GPT-2's `Conv1D`: a linear layer y = x W + b whose weight is stored in × out (transposed from `nn.Linear`)."
+    return type(m).__name__ == "Conv1D"
+
 def module_key_map(m: torch.nn.Module, keys: Iterable[str]) -> dict[str, str]:
     """Checkpoint key → `m`'s key, by transformers' own renamings of legacy checkpoint names (ViT's
     `encoder.layer.N.attention.attention.query` is `layers.N.attention.q_proj` in transformers 5); identity where none

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from scipy.optimize import linear_sum_assignment
 from tqdm.auto import tqdm
 from fastcore.basics import patch
-from .io import MergelabError, IncompatibleModels, open_model, open_module, score_table, lower_is_better, short_repr
+from .io import MergelabError, IncompatibleModels, open_model, open_module, score_table, lower_is_better, short_repr, is_conv1d
 from .methods import slerp_tensors
 
 # %% auto #0
@@ -603,7 +603,7 @@ def _stream_readers(model: nn.Module, last_block: nn.Module, norms: Sequence[str
     return {n for n, p in reads.items() if p in stream}, getattr(out, "logits", None) is not None
 
 # %% ../nbs/06_lmc.ipynb #03f80c7c
-def _is_linear(m: nn.Module) -> bool: return isinstance(m, nn.Linear) or type(m).__name__ == "Conv1D"
+def _is_linear(m: nn.Module) -> bool: return isinstance(m, nn.Linear) or is_conv1d(m)
 
 def _is_norm(m: nn.Module, h: int) -> bool:
     "A module whose own parameters are all vectors of the hidden size (LayerNorm, RMSNorm and their variants)."
@@ -612,8 +612,7 @@ def _is_norm(m: nn.Module, h: int) -> bool:
 
 def _weight_axes(m: nn.Module, out: str | None, inp: str | None) -> dict[str, tuple]:
     "Axes of a Linear's (out × in) or GPT-2 Conv1D's (in × out) weight and bias."
-    conv1d = type(m).__name__ == "Conv1D"
-    ax = {"weight": (inp, out) if conv1d else (out, inp)}
+    ax = {"weight": (inp, out) if is_conv1d(m) else (out, inp)}
     if getattr(m, "bias", None) is not None: ax["bias"] = (out,)
     return ax
 
@@ -673,7 +672,7 @@ def _block_spec(l: int, bp: str, block: nn.Module, h: int, H: int, G: int, rope:
                qkv=f"P_qkv_{l}")
     axes, roles = _block_axes(bp, block, h, sym)
     width = {k: block.get_submodule(ns[0]).weight.shape for k, ns in roles.items()}
-    conv1d = lambda k: type(block.get_submodule(roles[k][0])).__name__ == "Conv1D"
+    conv1d = lambda k: is_conv1d(block.get_submodule(roles[k][0]))
     n_q = (width["qkv"][-1 if conv1d("qkv") else 0] * H // (H + 2 * G)) if "qkv" in roles else width["q"][-1 if conv1d("q") else 0]
     if n_q % H: raise SpecError(f"{bp}: {n_q} query units do not split into {H} heads")
     d, derived = n_q // H, {}
@@ -981,7 +980,7 @@ def repair(a: Any, b_permuted: Any, alpha: float, data: Any, *, spec: Permutatio
         mu, sd = _channel_stats(work, [s], data, ca)[s]
         mu_t, sd_t = (1 - alpha) * sa[s][0] + alpha * sb[s][0], (1 - alpha) * sa[s][1] + alpha * sb[s][1]
         scale, m = sd_t / (sd + eps), mods[s]
-        out_axis = 1 if type(m).__name__ == "Conv1D" else 0
+        out_axis = 1 if is_conv1d(m) else 0
         shape = [1] * m.weight.dim(); shape[out_axis] = -1
         with torch.no_grad():
             m.weight.mul_(scale.to(m.weight.dtype).reshape(shape))

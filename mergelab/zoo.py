@@ -322,6 +322,8 @@ def minilm_features(module: nn.Module, texts) -> torch.Tensor:
     m = enc["attention_mask"].unsqueeze(-1).to(h.dtype)
     return F.normalize((h * m).sum(1) / m.sum(1).clamp(min=1), dim=-1)
 
+minilm_features.encode = minilm_encode     # text tasks may be encoded once, ahead of the forward passes (data-aware statistics)
+
 # %% ../nbs/09_zoo.ipynb #1a86f723
 def build_minilm(model: Any) -> nn.Module:
     "A `BertModel` (eval mode) holding `model`: a state dict, `Checkpoint`, path or `nn.Module`."
