@@ -474,7 +474,7 @@ def slerp_tensors(t: float, v0: Tensor, v1: Tensor, dot_threshold: float = 0.999
     return out.reshape(v0.shape)
 
 # %% ../nbs/02_methods.ipynb #7ab5d4e9
-@merge_method("slerp", base="required", min_models=1, max_models=1, compute="fp32", work_factor=2.0,
+@merge_method("slerp", base="required", min_models=1, max_models=1, compute="fp32", work_factor=2.0, unchanged_is_base=False,
               params={"t": ParamInfo("position on the arc: 0 the base, 1 the other model", step=0.05, slider=(0, 1), start=0.5)},
               paper="Shoemake 1985, Animating rotation with quaternion curves (SIGGRAPH)", presets=_MKP)
 def slerp(tensors: list[Tensor], base: Tensor, *, t: float) -> Tensor:

@@ -101,7 +101,8 @@ class MergeMethod:
     """A registered merge method: the pure function plus every fact the planner, the memory guard, the CLI and the
     widgets read about it. `work_factor`: working memory of one call as a multiple of its n + 1 input tensors in the
     compute dtype (measured below); `data`: what a data-aware method learns from (`GRAD`: gradients, `ACT`: activations,
-    `TTA`: unlabelled test inputs) and `data_split` the split it reads unless told."""
+    `TTA`: unlabelled test inputs) and `data_split` the split it reads unless told; `unchanged_is_base`: a tensor no model
+    changed merges to the base's own value, bit for bit (task-vector methods), so the engine copies it unmerged."""
     name: str
     fn: Callable
     params: dict[str, Param]
@@ -117,6 +118,7 @@ class MergeMethod:
     validate: Callable[[str, dict], None] | None = None
     data: Literal["GRAD", "ACT", "TTA"] | None = None
     data_split: str | None = None
+    unchanged_is_base: bool = False   # every model at the base's value -> the base, bit for bit (the engine copies it)
     @property
     def doc(self) -> str: return inspect.getdoc(self.fn) or ""
     def __call__(self, tensors: Sequence[torch.Tensor], base: torch.Tensor | None = None, **params) -> torch.Tensor:
@@ -164,22 +166,25 @@ def _extras(self: MergeMethod, kw: dict, name: str, seed: int | None) -> dict:
     if "generator" in self.wants: kw["generator"] = tensor_generator(seed, name)
     return kw
 
-# %% ../nbs/01_registry.ipynb #a1f0c3d4
-METHODS: dict[str, MergeMethod] = {}
-
+# %% ../nbs/01_registry.ipynb #586ee7cc
 def did_you_mean(name: str, options) -> str:
+    "The closest of `options` to an unknown `name` as \"; did you mean 'x'?\", or \"\"."
     m = difflib.get_close_matches(name.replace("-", "_"), list(options), n=1, cutoff=0.6)
     return f"; did you mean {m[0]!r}?" if m else ""
+
+# %% ../nbs/01_registry.ipynb #a1f0c3d4
+METHODS: dict[str, MergeMethod] = {}
 
 def merge_method(name: str, *, work_factor: float, base: str = "required", per_model: Sequence[str] = (),
                  min_models: int = 1, max_models: int | None = None, compute: str = "input", paper: str = "",
                  presets: dict | None = None, params: dict[str, ParamInfo | str] | None = None,
                  prepare: Callable | None = None, validate: Callable[[str, dict], None] | None = None,
-                 data: str | None = None, data_split: str | None = None):
+                 data: str | None = None, data_split: str | None = None, unchanged_is_base: bool | None = None):
     """Register `fn(tensors, base, *, params...)` under `name`: types and defaults come from its signature, each
     parameter's doc, range and slider from `params` (a `ParamInfo` or just the doc; names not in the signature are
     ignored, so a family shares one table). `work_factor` is required (see `MergeMethod`). `validate(name, resolved)`
-    checks joint rules across parameters once each value passed its own type and range check."""
+    checks joint rules across parameters once each value passed its own type and range check; `unchanged_is_base`
+    defaults to `base == "required"` (task-vector methods), interpolations set it False."""
     if isinstance(work_factor, bool) or not isinstance(work_factor, (int, float)) or not work_factor > 0:
         raise TypeError(f"{name}: work_factor must be a positive number, got {work_factor!r}")
     if (data is None) != (data_split is None): raise TypeError(f"{name}: a data-aware method declares data and data_split")
@@ -200,7 +205,8 @@ def merge_method(name: str, *, work_factor: float, base: str = "required", per_m
         missing = set(per_model) - set(ps)
         if missing: raise TypeError(f"{name}: per-model parameters {missing} are not in the signature")
         METHODS[name] = MergeMethod(name, fn, ps, base, work_factor, min_models, max_models, compute, paper, presets or {},
-                                    prepare, frozenset(wants), validate, data, data_split)
+                                    prepare, frozenset(wants), validate, data, data_split,
+                                    base == "required" if unchanged_is_base is None else unchanged_is_base)
         return fn
     return deco
 

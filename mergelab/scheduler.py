@@ -90,6 +90,7 @@ def _finite_check(t: torch.Tensor, what: str, policy: str):
         if policy == "error": raise NonFiniteTensor(msg + "; fix the input or pass on_nonfinite='warn'/'ignore'")
         import warnings; warnings.warn(msg)
 
+# %% ../nbs/01a_scheduler.ipynb #e7248ff8
 def merge_group(g: TensorGroup, method: MergeMethod, *, dtype: torch.dtype | None = None,
                 compute_dtype: torch.dtype | None = None, out_dtype: torch.dtype | None = None,
                 seed: int | None = None, on_nonfinite: NonFinitePolicy = "error",
@@ -102,6 +103,8 @@ def merge_group(g: TensorGroup, method: MergeMethod, *, dtype: torch.dtype | Non
     for t, (c, k) in zip(ts, g.inputs): _finite_check(t, f"tensor {k!r} of {c.name}", on_nonfinite)
     if b is not None: _finite_check(b, f"tensor {g.base[1]!r} of base {g.base[0].name}", on_nonfinite)
     target = out_dtype or dtype or first.dtype
+    if b is not None and method.unchanged_is_base and all(torch.equal(t, b) for t in ts):
+        return b.to(dtype=target)   # no model changed this tensor: a task-vector method returns the base, unread by it
     cd = compute_dtype or (torch.float32 if (method.compute == "fp32" and first.dtype != torch.float64)
                            or first.dtype.itemsize == 1 else first.dtype)      # float8 has no arithmetic of its own
     ts = [t.to(device=device, dtype=cd) for t in ts]
