@@ -378,13 +378,15 @@ def plot_disentanglement(table: pd.DataFrame, ax=None, **kw):
 
 # %% ../nbs/07_interference.ipynb #b8c3b1c8
 def plot_interference(table: pd.DataFrame, measures: Sequence[str] | None = None, ax=None, **kw):
-    "Layer × measure heatmap from `interference_report(by='layer')`; each measure column scaled to [0, 1] for colour, annotated with raw values."
+    """Layer × measure heatmap from `interference_report(by='layer')`, annotated with the raw values; colour is each
+    value over its measure's largest magnitude, so two layers with close values get close colours (a min–max scale
+    would paint any two rows black and white) and thirty layers read as a profile."""
     import seaborn as sns
     w = table.pivot(index="layer", columns="measure", values="value")
     w = w[[m for m in (measures or MEASURES) if m in w.columns]].dropna(axis=1, how="all")
-    rng = (w.max() - w.min()).replace(0, 1)
-    ax = sns.heatmap((w - w.min()) / rng, annot=w.round(2) if w.size <= 400 else False, fmt="", cmap="mako",
-                     cbar_kws={"label": "scaled per measure"}, ax=ax, **kw)
+    col = w / w.abs().max().replace(0, 1)
+    ax = sns.heatmap(col, annot=w.round(2) if w.size <= 400 else False, fmt="", cmap="mako", vmin=min(0.0, float(col.min().min())),
+                     vmax=1, cbar_kws={"label": "value / the measure's largest |value|"}, ax=ax, **kw)
     ax.set_title("interference per layer (layer −1: outside the block stack)")
     return ax
 
