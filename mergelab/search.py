@@ -18,7 +18,8 @@ from .config import MergeConfig, build_plan, merge_config, merge
 from .kinship import Metric, kinship_matrix
 
 # %% auto #0
-__all__ = ['SearchError', 'Gene', 'SearchSpace', 'Candidate', 'SearchResult', 'evolve', 'kinship_greedy_merge']
+__all__ = ['SearchError', 'Gene', 'SearchSpace', 'Candidate', 'SearchResult', 'evolve', 'kinship_greedy_merge', 'MethodTable',
+           'tune_methods']
 
 # %% ../nbs/11_search.ipynb #55856f60
 class SearchError(MergelabError, ValueError):
@@ -436,3 +437,60 @@ def kinship_greedy_merge(pool: Mapping[str, Any] | Sequence[Any], base: Any, eva
         best = max(best, *scores.values())
         if stall >= patience: break
     return pd.DataFrame(rows)
+
+# %% ../nbs/11_search.ipynb #dc4fb083
+@dataclass
+class MethodTable:
+    "The result of `tune_methods`: one row per method, each method's tuned setting and sweep, the experts' accuracies."
+    table: pd.DataFrame                 # normalized test accuracy per task, averages, setting, validation score, cost
+    tuned: dict[str, dict]              # label -> best parameters on the validation split
+    sweeps: dict[str, pd.DataFrame]     # label -> the validation objective over its grid
+    experts: pd.DataFrame               # accuracy of each task's expert on its validation and test splits
+    tasks: list[str]
+    def _repr_html_(self) -> str: return self.table.round(1)._repr_html_()
+
+# %% ../nbs/11_search.ipynb #45d02fb5
+def _setting(best: Mapping) -> str:
+    return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in best.items()) or "—"
+
+def _best(s: pd.DataFrame, grid) -> tuple[dict, float]:
+    "The grid point with the highest validation objective (the first on ties) and its score."
+    i = int(s.val.to_numpy().argmax())
+    best = {k: type(v[0])(s[k].iloc[i]) for k, v in grid.items()} if isinstance(grid, Mapping) else dict(grid[i])
+    return best, float(s.val.iloc[i])
+
+# %% ../nbs/11_search.ipynb #d141434f
+def tune_methods(zoo: Any, grids: Sequence[tuple[str, str, Mapping, Any]], *, val: str = "val", seed: int = 0,
+                 threads: int = 1, progress: bool = True) -> MethodTable:
+    """Every method of `grids` — `(label, method, fixed parameters, grid)`, the grid as `sweep` takes it — merged from
+    the experts of `zoo` (a loaded zoo), tuned on the average normalized accuracy of its `val` split, then its best setting
+    merged once more and scored on the test split: the protocol of Ilharco et al. 2023 and FusionBench (hyper-parameters
+    chosen on validation data, never on test). Normalized accuracy = merged / expert accuracy per task, in %."""
+    from tqdm.auto import tqdm
+    from mergelab.evaluate import evaluate, normalized_accuracy, sweep
+    from mergelab.zoo import split_tasks
+    bad = [g for g in grids if len(g) != 4 or not isinstance(g[2], Mapping)]
+    if bad: raise SearchError(f"grids take (label, method, fixed parameters, grid) tuples; got {bad[0]!r}")
+    for _, method, _, _ in grids: get_method(method)          # unknown names fail here, before any merge
+    pool, vt = dict(zoo.experts), split_tasks(zoo, val)
+    ex = pd.DataFrame({"validation": {t: evaluate(m, [vt[t]], progress=False).accuracy.item() for t, m in pool.items()},
+                       "test": {t: zoo.evaluate(m, [t], progress=False).accuracy.item() for t, m in pool.items()}})
+    def merged(method: str, p: Mapping) -> dict:
+        base = None if get_method(method).base == "none" else zoo.base
+        return merge(list(pool.values()), method, base=base, seed=seed, threads=threads, progress=False, **p)
+    def score(sd: Any, label: str, setting: str, v: float, n: int, t0: float) -> dict:
+        test = zoo.evaluate(sd, progress=False).accuracy
+        na = normalized_accuracy(test, ex.test)
+        return dict(method=label, setting=setting, **na.to_dict(), avg_normalized=float(na.mean()),
+                    avg_accuracy=float(test.mean()), val_normalized=v, candidates=n, seconds=time.time() - t0)
+    rows, tuned, sweeps = [], {}, {}
+    for label, method, fixed, grid in tqdm(grids, desc="methods", disable=not progress):
+        t0 = time.time()
+        s = sweep(lambda **p: {"val": float(normalized_accuracy(evaluate(merged(method, {**fixed, **p}), vt, progress=False),
+                                                                ex.validation).mean())}, grid, progress=False)
+        tuned[label], v = _best(s, grid)
+        sweeps[label] = s
+        rows.append(score(merged(method, {**fixed, **tuned[label]}), label, _setting(tuned[label]), v, len(s), t0))
+    rows.append(score(zoo.base, "base (λ = 0)", "—", float("nan"), 0, time.time()))
+    table = pd.DataFrame(rows).set_index("method").sort_values("avg_normalized", ascending=False)
+    return MethodTable(table, tuned, sweeps, ex, list(pool))
