@@ -469,7 +469,7 @@ def tune_methods(zoo: Any, grids: Sequence[tuple[str, str, Mapping, Any]], *, va
     from tqdm.auto import tqdm
     from mergelab.evaluate import evaluate, normalized_accuracy, sweep
     from mergelab.zoo import split_tasks
-    bad = [g for g in grids if len(g) != 4 or not isinstance(g[2], Mapping)]
+    bad = [g for g in grids if not isinstance(g, (tuple, list)) or len(g) != 4 or not isinstance(g[2], Mapping)]
     if bad: raise SearchError(f"grids take (label, method, fixed parameters, grid) tuples; got {bad[0]!r}")
     for _, method, _, _ in grids: get_method(method)          # unknown names fail here, before any merge
     pool, vt = dict(zoo.experts), split_tasks(zoo, val)
@@ -479,10 +479,8 @@ def tune_methods(zoo: Any, grids: Sequence[tuple[str, str, Mapping, Any]], *, va
         base = None if get_method(method).base == "none" else zoo.base
         return merge(list(pool.values()), method, base=base, seed=seed, threads=threads, progress=False, **p)
     def score(sd: Any, label: str, setting: str, v: float, n: int, t0: float) -> dict:
-        test = zoo.evaluate(sd, progress=False).accuracy
-        na = normalized_accuracy(test, ex.test)
-        return dict(method=label, setting=setting, **na.to_dict(), avg_normalized=float(na.mean()),
-                    avg_accuracy=float(test.mean()), val_normalized=v, candidates=n, seconds=time.time() - t0)
+        return dict(method=label, setting=setting, **_scored(zoo, sd, ex.test), val_normalized=v, candidates=n,
+                    seconds=time.time() - t0)
     rows, tuned, sweeps = [], {}, {}
     for label, method, fixed, grid in tqdm(grids, desc="methods", disable=not progress):
         t0 = time.time()
@@ -494,3 +492,20 @@ def tune_methods(zoo: Any, grids: Sequence[tuple[str, str, Mapping, Any]], *, va
     rows.append(score(zoo.base, "base (λ = 0)", "—", float("nan"), 0, time.time()))
     table = pd.DataFrame(rows).set_index("method").sort_values("avg_normalized", ascending=False)
     return MethodTable(table, tuned, sweeps, ex, list(pool))
+
+# %% ../nbs/11_search.ipynb #1161e4f2
+def _scored(zoo: Any, model: Any, expert_test: pd.Series) -> dict:
+    "Test accuracy of `model` on every task of `zoo`, normalized by the experts' (%), per task and on average."
+    from mergelab.evaluate import normalized_accuracy
+    test = zoo.evaluate(model, progress=False).accuracy
+    na = normalized_accuracy(test, expert_test)
+    return dict(**na.to_dict(), avg_normalized=float(na.mean()), avg_accuracy=float(test.mean()))
+
+@patch
+def add(self: MethodTable, zoo: Any, label: str, model: Any, *, setting: str = "—", val: float = float("nan"),
+        candidates: int = 0, seconds: float = 0.0) -> MethodTable:
+    "Score `model` on `zoo`'s test split as `tune_methods` scores its rows and add it as row `label` (e.g. a search's best)."
+    row = dict(setting=setting, **_scored(zoo, model, self.experts.test), val_normalized=val, candidates=candidates, seconds=seconds)
+    self.table = pd.concat([self.table.drop(index=label, errors="ignore"), pd.DataFrame([row], index=[label])])
+    self.table = self.table.rename_axis("method").sort_values("avg_normalized", ascending=False)
+    return self
