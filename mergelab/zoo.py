@@ -522,7 +522,8 @@ def build_minilm8_zoo(out: str | Path, *, progress: bool = True, **recipe) -> di
     out, t0, r = Path(out), time.time(), MINILM8_RECIPE | recipe
     if out.exists(): raise ZooError(f"{out} exists; give a new directory")
     data, src = minilm8_data(r["seed"], r["n_train"], r["n_val"], r["n_test"]), minilm_path()
-    base, cfg = open_model(src).state_dict(), open_model(src).config
+    ck = open_model(src)
+    base, cfg = ck.state_dict(), ck.config
     zero, experts, metrics = build_minilm(base), {}, {}
     tmp = out.parent / f".{out.name}.building-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True); (tmp / "experts").mkdir(parents=True)
