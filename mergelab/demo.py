@@ -65,18 +65,6 @@ EIGHT_TASK_GRIDS = [   # (label, method, fixed parameters, grid searched on vali
     ("Iso-C", "iso_c", {}, {"lambda": [1.0, 1.3]}),
 ]
 
-def _tuned_figure(mt) -> bytes:
-    "Normalized test accuracy per task (heat map) and on average (bars) of a `MethodTable`."
-    import matplotlib.pyplot as plt, seaborn as sns
-    t = mt.table
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 0.42 * len(t) + 1.6), gridspec_kw=dict(width_ratios=[3, 1.4]))
-    sns.heatmap(t[mt.tasks], annot=True, fmt=".0f", cmap="viridis", vmin=0, vmax=110, ax=a1, cbar=False)
-    a1.set(xlabel="task (its own zero-shot head)", ylabel="", title="normalized test accuracy (% of the task's expert)")
-    sns.barplot(x=t.avg_normalized, y=t.index, ax=a2, color="#4c72b0")
-    a2.set(xlabel="mean over the 8 tasks (%)", ylabel="", yticklabels=[])
-    fig.tight_layout()
-    return figure_png(fig)
-
 # %% ../nbs/21_demo.ipynb #3d79b841
 def eight_tasks_section(quick: bool = False) -> Section:
     "Merging the `minilm-8` experts, each method tuned on validation and scored on test (`tune_methods`)."
@@ -104,7 +92,7 @@ def eight_tasks_section(quick: bool = False) -> Section:
                "no method beats task arithmetic here."))
     tab = mt.table[["setting", *mt.tasks, "avg_normalized", "avg_accuracy", "val_normalized", "candidates"]].round(1)
     return Section("eight-tasks", title, text, tables={"normalized test accuracy (%), tuned on validation": tab},
-                   figures={"Normalized test accuracy per task and on average; each method tuned on the validation split.": _tuned_figure(mt)},
+                   figures={"Normalized test accuracy per task, and on average on validation and test; each method tuned on validation.": figure_png(mt.plot())},
                    results=dict(table=mt.table, tuned=mt.tuned, experts=mt.experts))
 
 # %% ../nbs/21_demo.ipynb #2da41b1f

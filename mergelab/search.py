@@ -509,3 +509,18 @@ def add(self: MethodTable, zoo: Any, label: str, model: Any, *, setting: str = "
     self.table = pd.concat([self.table.drop(index=label, errors="ignore"), pd.DataFrame([row], index=[label])])
     self.table = self.table.rename_axis("method").sort_values("avg_normalized", ascending=False)
     return self
+
+# %% ../nbs/11_search.ipynb #6a210da3
+@patch
+def plot(self: MethodTable, title: str = ""):
+    "Normalized test accuracy per task (heat map) and the average over tasks on validation and test (bars); the figure."
+    import matplotlib.pyplot as plt, seaborn as sns
+    t = self.table
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(13, 0.45 * len(t) + 1.5), gridspec_kw=dict(width_ratios=[3, 2]))
+    sns.heatmap(t[self.tasks], annot=True, fmt=".0f", cmap="viridis", vmin=0, vmax=110, ax=a1, cbar=False)
+    a1.set(xlabel="task (its own head)", ylabel="", title=title or "normalized test accuracy (% of the task's expert)")
+    long = t[["val_normalized", "avg_normalized"]].rename(columns={"val_normalized": "validation", "avg_normalized": "test"})
+    long = long.reset_index().melt("method", var_name="split", value_name="avg normalized accuracy (%)")
+    sns.barplot(data=long, y="method", x="avg normalized accuracy (%)", hue="split", ax=a2)
+    a2.set(ylabel="", yticklabels=[], title=f"average over the {len(self.tasks)} tasks"); fig.tight_layout()
+    return fig

@@ -494,13 +494,13 @@ def finetune_minilm8(base: Mapping[str, torch.Tensor], train: pd.DataFrame, head
 
 # %% ../nbs/09_zoo.ipynb #11cc3b89
 def _task_vector_geometry(base: Mapping[str, torch.Tensor], experts: Mapping[str, Mapping[str, torch.Tensor]]) -> dict:
-    "‖τ‖/‖θ₀‖ per expert and the pairwise cosines of the task vectors, over the fine-tuned (non-embedding) tensors."
-    keys = [k for k, v in base.items() if v.is_floating_point() and not k.startswith("embeddings.")]
-    th = torch.cat([base[k].flatten().double() for k in keys])
-    tau = torch.stack([torch.cat([(e[k].double() - base[k].double()).flatten() for k in keys]) for e in experts.values()])
-    cos = F.normalize(tau, dim=1) @ F.normalize(tau, dim=1).T
-    names = list(experts)
-    return dict(tau_ratio={t: round(float(tau[i].norm() / th.norm()), 5) for i, t in enumerate(names)},
+    """‖τ‖/‖θ₀‖ per expert (θ₀ over the fine-tuned, non-embedding tensors) and the pairwise cosines of the task vectors,
+    from one exact kinship pass (`delta_statistics`)."""
+    from mergelab.kinship import delta_statistics
+    st = delta_statistics(dict(experts), base, progress=False).total()
+    th = torch.cat([v.flatten().double() for k, v in base.items() if v.is_floating_point() and not k.startswith("embeddings.")])
+    cos, names = st.metric("cosine"), list(experts)
+    return dict(tau_ratio={t: round(float(st.norms[i] / th.norm()), 5) for i, t in enumerate(names)},
                 cosine={a: {b: round(float(cos[i, j]), 4) for j, b in enumerate(names)} for i, a in enumerate(names)})
 
 # %% ../nbs/09_zoo.ipynb #917a538e
