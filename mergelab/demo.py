@@ -14,9 +14,9 @@ import torch
 from .io import MergelabError, OutputExists
 
 # %% auto #0
-__all__ = ['EIGHT_TASK_GRIDS', 'DIGITS_RECIPES', 'DemoError', 'Section', 'Report', 'figure_png', 'eight_tasks_section',
-           'merges_section', 'kinship_section', 'activations_section', 'lmc_section', 'interference_section',
-           'llama_section', 'render_html', 'write_report', 'run_demo']
+__all__ = ['EIGHT_TASK_GRIDS', 'LLM_RECIPES', 'LLM_QUICK', 'DIGITS_RECIPES', 'DemoError', 'Section', 'Report', 'figure_png',
+           'eight_tasks_section', 'llm_section', 'merges_section', 'kinship_section', 'activations_section',
+           'lmc_section', 'interference_section', 'llama_section', 'render_html', 'write_report', 'run_demo']
 
 # %% ../nbs/21_demo.ipynb #f60ddffd
 class DemoError(MergelabError, ValueError):
@@ -94,6 +94,56 @@ def eight_tasks_section(quick: bool = False) -> Section:
     return Section("eight-tasks", title, text, tables={"normalized test accuracy (%), tuned on validation": tab},
                    figures={"Normalized test accuracy per task, and on average on validation and test; each method tuned on validation.": figure_png(mt.plot())},
                    results=dict(table=mt.table, tuned=mt.tuned, experts=mt.experts))
+
+# %% ../nbs/21_demo.ipynb #a2f96b68
+LLM_RECIPES: dict[str, tuple[str, dict]] = {   # label: (method, parameters), the papers' defaults for 4 experts
+    "averaging": ("linear", dict(weight=1.0)),
+    "task arithmetic": ("task_arithmetic", dict(weight=0.3)),
+    "TIES": ("ties", dict(weight=1.0, density=0.2)),
+    "DARE-TIES": ("dare_ties", dict(weight=0.5, density=0.5)),
+    "TSV-M": ("tsv", {}),
+}
+LLM_QUICK = ("task arithmetic", "TIES")   # the quick run's merges
+
+# %% ../nbs/21_demo.ipynb #3c48faa0
+def llm_section(quick: bool = False, windows: int | None = None) -> Section:
+    """Merge one `smollm2-domains` expert per domain with each of `LLM_RECIPES` and score the base, the experts and the
+    merges by perplexity on every domain's first `windows` held-out windows (5 quick, 10 full)."""
+    import matplotlib.pyplot as plt, seaborn as sns
+    from mergelab.zoo import load_zoo, ZooError, SMOLLM2_DOMAINS
+    from mergelab.evaluate import evaluate, LMTask
+    from mergelab.config import merge
+    from mergelab.kinship import intraop_threads
+    title = "LLM merging: SmolLM2 domain experts (smollm2-domains)"
+    try: sz = load_zoo("smollm2-domains")
+    except ZooError as e: return Section("llm", title, skipped=str(e))
+    n = windows or (5 if quick else 10)
+    experts = {d: sz.experts[f"{d}-0"] for d in SMOLLM2_DOMAINS}
+    tasks = {d: LMTask(d, sz.tasks[d].input_ids[:n], batch_size=n) for d in SMOLLM2_DOMAINS}
+    recipes = {k: v for k, v in LLM_RECIPES.items() if not quick or k in LLM_QUICK}
+    with intraop_threads(os.cpu_count() or 1):                           # the forward passes use every core
+        merged = {k: merge(list(experts.values()), m, base=None if m == "linear" else sz.base, seed=0, progress=False, **kw)
+                  for k, (m, kw) in recipes.items()}
+        ppl = pd.DataFrame({name: evaluate(m, tasks, build=sz.build, progress=False).perplexity for name, m in
+                            {"base": sz.base, **{f"expert: {d}": p for d, p in experts.items()}, **merged}.items()}).T
+    rel = 100 * (ppl / ppl.loc["base"] - 1)                                  # % perplexity change vs the base
+    own = pd.Series({d: rel.loc[f"expert: {d}", d] for d in experts})
+    kept = (rel.loc[list(merged), list(experts)] / own).rename_axis("merge")   # share of each expert's own-domain gain
+    fig, ax = plt.subplots(figsize=(7, 0.42 * len(rel) + 1.4))
+    sns.heatmap(rel, annot=True, fmt=".1f", cmap="vlag", center=0, ax=ax, cbar_kws={"label": "perplexity vs base (%)"})
+    ax.axhline(1, c="k", lw=1); ax.axhline(1 + len(experts), c="k", lw=1)
+    ax.set(xlabel="held-out domain", ylabel="", title=f"SmolLM2-135M: base, {len(experts)} domain experts, {len(merged)} merges")
+    mean = kept.mean(axis=1).sort_values(ascending=False)
+    text = (f"Each expert lowers its own domain's perplexity by {-own.max():.0f}–{-own.min():.0f} %. "
+            + ("Every merge is better than the base on every domain. " if (rel.loc[list(merged)] < 0).all().all() else "")
+            + f"On average over the four domains **{mean.index[0]}** keeps the largest share of the experts' gains "
+            f"({mean.iloc[0]:.2f}), {mean.index[-1]} the smallest ({mean.iloc[-1]:.2f}); the domain the merges keep least is "
+            f"{kept.mean().idxmin()} ({kept.mean().min():.2f} on average), the best kept {kept.mean().idxmax()} "
+            f"({kept.mean().max():.2f}). {n} held-out windows of 64 tokens per domain.")
+    kept_tab = kept.assign(mean=kept.mean(axis=1)).round(2)
+    return Section("llm", title, text, tables={"share of each expert's own-domain gain kept": kept_tab, "perplexity": ppl.round(2)},
+                   figures={"Perplexity on each domain's held-out text, as % change from the base (blue: better).": figure_png(fig)},
+                   results=dict(perplexity=ppl, change=rel, kept=kept))
 
 # %% ../nbs/21_demo.ipynb #2da41b1f
 DIGITS_RECIPES: dict[str, dict] = {
@@ -418,7 +468,8 @@ def run_demo(out: str | Path = "mergelab-demo", *, quick: bool = False, cache: s
                     started=time.strftime("%Y-%m-%d %H:%M:%S %Z"), command=command or f"run_demo({str(out)!r}, quick={quick})")
     zoo = {}
     def digits(): zoo.setdefault("z", load_zoo("digits")); return zoo["z"]
-    steps: list[tuple[str, Callable[[], Section]]] = [("eight tasks", lambda: eight_tasks_section(quick)), ("merges", lambda: merges_section(digits(), quick)), ("kinship", lambda: kinship_section(digits(), quick)),
+    steps: list[tuple[str, Callable[[], Section]]] = [("eight tasks", lambda: eight_tasks_section(quick)), ("LLM", lambda: llm_section(quick)),
+             ("merges", lambda: merges_section(digits(), quick)), ("kinship", lambda: kinship_section(digits(), quick)),
              ("Delta Activations", lambda: activations_section(quick)), ("LMC", lambda: lmc_section(quick)),
              ("interference", lambda: interference_section(digits(), quick)), ("HF checkpoints", lambda: llama_section(Path(cache), quick))]
     sections = []
