@@ -66,15 +66,16 @@ EIGHT_TASK_GRIDS = [   # (label, method, fixed parameters, grid searched on vali
 ]
 
 # %% ../nbs/21_demo.ipynb #3d79b841
-def eight_tasks_section(quick: bool = False) -> Section:
-    "Merging the `minilm-8` experts, each method tuned on validation and scored on test (`tune_methods`)."
+def eight_tasks_section(quick: bool = False, zoo: Any = None) -> Section:
+    """Merging the `minilm-8` experts, each method tuned on validation and scored on test (`tune_methods`); `zoo`: an
+    already loaded zoo of that layout (default: `load_zoo("minilm-8")`, built on first use by the full run)."""
     from mergelab.zoo import load_zoo, minilm8_built, ZooError
     from mergelab.search import tune_methods
     title = "Eight tasks in the papers' regime (minilm-8)"
-    if quick and not minilm8_built():
+    if zoo is None and quick and not minilm8_built():
         return Section("eight-tasks", title, skipped="the minilm-8 zoo is not built yet: `mergelab demo` without --quick "
                        "builds it once (about 3 minutes on 2 cores)")
-    try: z8 = load_zoo("minilm-8")
+    try: z8 = zoo if zoo is not None else load_zoo("minilm-8")
     except ZooError as e: return Section("eight-tasks", title, skipped=str(e))
     from mergelab.kinship import intraop_threads
     with intraop_threads(os.cpu_count() or 1):                # the encoder's forward passes use every core
@@ -398,7 +399,7 @@ _CSS = """body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;max-wid
 h1{margin-bottom:.2em}h2{border-bottom:2px solid #4c72b0;padding-bottom:.2em;margin-top:2em}.meta{color:#666;font-size:.9em}
 table.dataframe{border-collapse:collapse;font-size:.85em;margin:.6em 0 1.2em}table.dataframe td,table.dataframe th{border:1px solid #ccc;padding:3px 7px;text-align:right}
 table.dataframe th{background:#f0f3f8}figure{margin:1em 0}figure img{max-width:100%}figcaption{color:#555;font-size:.9em}
-.skipped{background:#fff4e0;border-left:4px solid #e0a030;padding:.5em 1em}nav a{margin-right:1em}code{background:#f3f3f3;padding:0 3px}"""
+.skipped{background:#fff4e0;border-left:4px solid #e0a030;padding:.5em 1em}nav a{margin-right:1em}div.table{overflow-x:auto}code{background:#f3f3f3;padding:0 3px}"""
 
 def _inline(text: str) -> str:
     import re
@@ -425,7 +426,7 @@ def render_html(report: Report) -> str:
             parts.append(f"<figure><img alt='{html.escape(cap, quote=True)}' src='data:image/png;base64,{base64.b64encode(png).decode()}'>"
                          f"<figcaption>{_inline(cap)}</figcaption></figure>")
         for name, df in x.tables.items():
-            parts.append(f"<h3>{html.escape(name)}</h3>" + df.to_html(escape=True, border=0, na_rep="–"))
+            parts.append(f"<h3>{html.escape(name)}</h3><div class='table'>" + df.to_html(escape=True, border=0, na_rep="–") + "</div>")
         parts.append(f"<p class='meta'>{x.seconds:.1f} s</p></section>")
     parts.append("</body></html>")
     return "\n".join(parts)

