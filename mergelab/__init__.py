@@ -22,6 +22,7 @@ _PILLARS = {"kinship_matrix": "kinship", "DeltaActivations": "activations", "del
             "load_zoo": "zoo"}
 
 def __getattr__(name: str):
+    "A pillar's entry point named in `_PILLARS` (`mergelab.kinship_matrix`, `mergelab.load_zoo`, ...), imported on first use."
     if name in _PILLARS:
         import importlib
         return getattr(importlib.import_module(f"mergelab.{_PILLARS[name]}"), name)
