@@ -11,17 +11,14 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 import torch
-from .io import MergelabError, OutputExists
+from .io import OutputExists
 
 # %% auto #0
-__all__ = ['EIGHT_TASK_GRIDS', 'LLM_RECIPES', 'LLM_QUICK', 'DIGITS_RECIPES', 'DemoError', 'Section', 'Report', 'figure_png',
+__all__ = ['EIGHT_TASK_GRIDS', 'LLM_RECIPES', 'LLM_QUICK', 'DIGITS_RECIPES', 'Section', 'Report', 'figure_png',
            'eight_tasks_section', 'llm_section', 'merges_section', 'kinship_section', 'activations_section',
            'lmc_section', 'interference_section', 'llama_section', 'render_html', 'write_report', 'run_demo']
 
 # %% ../nbs/21_demo.ipynb #f60ddffd
-class DemoError(MergelabError, ValueError):
-    "The demo cannot write its report as asked (e.g. the output directory holds something else)."
-
 @dataclass
 class Section:
     "One part of the demo report."
@@ -79,7 +76,8 @@ def eight_tasks_section(quick: bool = False, zoo: Any = None) -> Section:
     except ZooError as e: return Section("eight-tasks", title, skipped=str(e))
     from mergelab.kinship import intraop_threads
     with intraop_threads(os.cpu_count() or 1):                # the encoder's forward passes use every core
-        mt = tune_methods(z8, EIGHT_TASK_GRIDS[:3] if quick else EIGHT_TASK_GRIDS, progress=False)
+        mt = tune_methods(z8, [(l, m, kw, {k: v[:1] for k, v in g.items()} if isinstance(g, dict) else g[:1])   # quick: one
+                               for l, m, kw, g in EIGHT_TASK_GRIDS[:3]] if quick else EIGHT_TASK_GRIDS, progress=False)  # setting each
     a, ex = mt.table.avg_normalized, mt.experts.test
     best = a.drop("base (λ = 0)").idxmax()
     text = (f"Eight experts ({ex.min():.0f}–{ex.max():.0f} % test accuracy on their own tasks), task vectors "

@@ -2,7 +2,7 @@
 `nbdev_proc_nbs` runs before Quarto: export and hidden cells dropped, a `show_doc` cell after every exported definition,
 backticked names linked to their pages) and is rendered by nbconvert into the page Quarto would write (nbdev's
 `output-file` name, e.g. `04_kinship.ipynb` -> `kinship.html`), with the sidebar nbdev generates for `_quarto.yml`.
-`show_doc` cells run in the shell that executed the notebook, so a page costs no second execution."""
+`show_doc` cells run with the notebook, each after its definition, so a page costs no second execution."""
 import contextlib, html, io, re
 from pathlib import Path
 
@@ -40,24 +40,13 @@ def title_of(nb: Path) -> str:
         if c["cell_type"] == "markdown" and s.startswith("# "): return s.splitlines()[0][2:].strip()
     return nb.stem
 
-class run_show_docs:
-    "nbdev's `exec_show_docs`, but in the shell that already ran the notebook: only the `show_doc` cells execute."
-    def __init__(self, shell): self.shell = shell
-    def __call__(self, nb):
-        def proc(cell):
-            if getattr(cell, "has_sd", False) or (cell.cell_type == "code" and cell.source.lstrip().startswith("show_doc(")):
-                self.shell.cell(cell)
-                if self.shell.exc: raise RuntimeError(f"show_doc failed in {getattr(nb, 'path_', '?')}: {cell.source}") from self.shell.exc
-        return proc
-
-def docs_notebook(nb, shell):
-    "Apply nbdev's docs processors to the executed notebook `nb` (an execnb notebook whose cells carry `directives_`)."
+def docs_notebook(nb):
+    """Apply nbdev's docs processors to the executed notebook `nb` (run by `run_notebook(..., docs=True)`: its `show_doc`
+    cells already ran, in order; its cells carry the `directives_` they were run with)."""
     from nbdev.process import NBProcessor
     from nbdev import processors as P
-    shell.run_cell("from nbdev.showdoc import show_doc")
-    procs = [P.populate_language, P.add_show_docs, P.strip_ansi, P.hide_line, P.filter_stream_, P.rm_header_dash,
-             P.clean_show_doc, run_show_docs(shell)(nb), P.rm_export, P.clean_magics, P.hide_, P.add_links,
-             P.strip_hidden_metadata]
+    procs = [P.strip_ansi, P.hide_line, P.filter_stream_, P.rm_header_dash, P.clean_show_doc,
+             P.rm_export, P.clean_magics, P.hide_, P.add_links, P.strip_hidden_metadata]
     directives = [c.directives_ for c in nb.cells]     # extracted (and removed from the source) when the notebook ran
     proc = NBProcessor(nb=nb, procs=procs)
     for c, d in zip(nb.cells, directives): c.directives_ = d

@@ -15,15 +15,18 @@ NBS = sorted(p for p in Path(CFG.nbs_path).rglob("*.ipynb")
              if not any(part.startswith(("_", ".")) for part in p.relative_to(CFG.nbs_path).parts))
 SITE = Path(os.environ.get("MERGELAB_DOCS_DIR") or ROOT / "tests" / "artifacts" / "docs")
 
-def run_notebook(fn: Path, skip_flags=()):
+def run_notebook(fn: Path, skip_flags=(), docs: bool = False):
     """Execute `fn` as nbdev 2.4's `nbdev.test.test_nb` does (same processor, same cells skipped, same shell), but keep
-    the executed notebook and its shell. Returns (ok, seconds, notebook, formatted traceback or None, shell)."""
+    the executed notebook and its shell. `docs`: nbdev's `add_show_docs` first inserts a `show_doc` cell after every
+    exported definition, run in order with the rest (as nbdev's docs pass runs them after the export cells), for the
+    documentation page. Returns (ok, seconds, notebook, formatted traceback or None, shell)."""
     from fastcore.xtras import working_directory
     from execnb.shell import CaptureShell
     from nbdev.process import NBProcessor
     from nbdev.frontmatter import FrontmatterProc
+    from nbdev.processors import add_show_docs
     flags = set(skip_flags)
-    nb = NBProcessor(fn, procs=FrontmatterProc, process=True).nb
+    nb = NBProcessor(fn, procs=[FrontmatterProc, add_show_docs] if docs else FrontmatterProc, process=True).nb
     def no_eval(cell):
         if cell.cell_type != "code": return True
         if "nbdev_export" + "(" in cell.source: return True
@@ -32,6 +35,7 @@ def run_notebook(fn: Path, skip_flags=()):
         return flags & direc.keys()
     if str(ROOT) not in sys.path: sys.path.insert(0, str(ROOT))
     t0, shell = time.time(), CaptureShell(fn)
+    if docs: shell.run_cell("from nbdev.showdoc import show_doc")
     try:
         with working_directory(fn.parent): shell.run_all(nb, exc_stop=True, preproc=no_eval)
         return True, time.time() - t0, nb, None, shell
@@ -55,11 +59,11 @@ def test_notebooks_found():
 def test_notebook(nb):
     os.environ["IN_TEST"] = "1"
     run = set(os.environ.get("MERGELAB_TEST_FLAGS", "").replace(",", " ").split())   # e.g. "slow": run those cells too
-    ok, secs, executed, tb, shell = run_notebook(nb, [f for f in CFG.tst_flags.split() if f not in run])
+    ok, secs, executed, tb, shell = run_notebook(nb, [f for f in CFG.tst_flags.split() if f not in run], docs=True)
     assert ok, f"{nb.name} failed:\n{tb}"
     bad = error_outputs(executed)
     assert not bad, f"{nb.name}: error outputs {bad}"
     from docs_site import docs_notebook, render_page, sidebar, title_of
-    html = render_page(docs_notebook(executed, shell), SITE, sidebar()).read_text()
+    html = render_page(docs_notebook(executed), SITE, sidebar()).read_text()
     title = html_lib.escape(title_of(nb).split(":")[0], quote=False)
     assert title in html, f"{nb.name}: its page lacks its title {title!r}"

@@ -19,9 +19,9 @@ def site(tmp_path):
     pages = D.sidebar()
     if {p for p, _ in pages} <= D.RENDERED: return SITE, pages, True
     for nb in (D.NBS / "index.ipynb", D.NBS / PILLAR):
-        ok, _, executed, tb, shell = run_notebook(nb, ["slow"])
+        ok, _, executed, tb, _ = run_notebook(nb, ["slow"], docs=True)
         assert ok, tb
-        D.render_page(D.docs_notebook(executed, shell), tmp_path, pages)
+        D.render_page(D.docs_notebook(executed), tmp_path, pages)
     return tmp_path, pages, False
 
 def test_docs_site_in_chromium(site):
