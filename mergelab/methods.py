@@ -101,7 +101,11 @@ def sparsify_magnitude(delta: Tensor, density: float, rescale="none", threshold:
         k = max(1, int(density * delta.numel()))
         w = delta.abs().reshape(-1)
         if w.device.type == "cpu": w = w.float()
-        mask = topk_mask(w, k, tie_break).to(delta.dtype).reshape_as(delta)
+        nz = w > 0
+        # at most k non-zero entries: the top k hold all of them, and which zeros fill the rest changes no output value
+        # (a frozen tensor, a sparse delta): no selection needed
+        keep = nz if int(nz.sum()) <= k else topk_mask(w, k, tie_break)
+        mask = keep.to(delta.dtype).reshape_as(delta)
     return rescale_masked(delta, mask, rescale, density)
 
 # %% ../nbs/02_methods.ipynb #85bdc7c4
