@@ -2,7 +2,7 @@
 shipped metrics and tensors (all four digits sets: digits, digits-gentle, digits-lmc,
 digits-lmc-deep); so is the `tiny-llama` zoo by `data/zoo/build_tiny_llama.py` (about 10 s). Also checks the zoo's
 size budget and that loading + evaluating it takes seconds."""
-import json, subprocess, sys, time
+import json, re, subprocess, sys, time
 from pathlib import Path
 import pytest
 
@@ -153,3 +153,19 @@ def test_minilm8_builder_writes_a_loadable_zoo(tmp_path, monkeypatch):
     assert r.returncode == 0, r.stderr[-2000:]
     acc = z.evaluate(str(tmp_path / "out"), progress=False).accuracy
     assert acc.notna().all() and len(acc) == 8
+
+def test_readme_first_example(monkeypatch, tmp_path):
+    "The README's first Python example, run as written (on the minilm-8 zoo the set-up command builds)."
+    from mergelab.zoo import minilm8_built
+    if not minilm8_built():
+        pytest.skip("the minilm-8 zoo is not built: `bash .ci/dev test` builds it before the tests (about 3 minutes)")
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    code = re.search(r"```python\n(.*?)```", text, re.S).group(1)
+    assert 'load_zoo("minilm-8")' in code, "the README's first example is not the minilm-8 one"
+    monkeypatch.chdir(tmp_path)
+    *body, last = code.strip().splitlines()                  # the example ends with the table it shows
+    ns = {}
+    exec(compile("\n".join(body), "README.md", "exec"), ns)
+    acc = eval(compile(last.split("#")[0], "README.md", "eval"), ns).accuracy
+    zero_shot = {t: m["zero_shot"] for t, m in ns["zoo"].manifest["metrics"].items()}   # the base's, measured at build
+    assert sorted(acc.index) == sorted(zero_shot) and acc.mean() > sum(zero_shot.values()) / 8 + 5, acc  # the merge gains
