@@ -15,6 +15,7 @@ from fastcore.basics import patch
 from .io import (Checkpoint, AdapterCheckpoint, MergelabError, IncompatibleModels, open_model, open_module,
                          open_tokenizer, model_names, short_repr)
 from .kinship import DeltaStats, kinship_matrix, intraop_threads
+from .scheduler import parse_device, model_device
 
 # %% auto #0
 __all__ = ['PROBE_TEMPLATE', 'PREAMBLES', 'GENERIC_PROBES', 'Pooling', 'ActivationError', 'encode_probes', 'probe_states',
@@ -79,8 +80,9 @@ def probe_states(model: nn.Module, ids: Sequence[Sequence[int]], *, layer: int |
     takes real token `token` (negative: counted from each sequence's last real token; −1 = the last), `"mean"` the
     mean over real tokens. `on_chunk(start, stop)` is called before each forward pass with the rows it covers.
     `embeds` (P × L_max × d, right-padded) is fed as `inputs_embeds` instead of the ids' embeddings, e.g. the states
-    entering a later layer, inside `from_layer`. Only the last position's logits are computed, where the model allows."""
-    lengths = _probe_lengths(ids, token, pooling, batch_size)
+    entering a later layer, inside `from_layer`. Only the last position's logits are computed, where the model allows.
+    The batches go to the model's device; the states come back to the CPU."""
+    lengths, dev = _probe_lengths(ids, token, pooling, batch_size), model_device(model)
     captured: list[Tensor] = []
     hook = None
     if layer == "pre_norm":
@@ -95,6 +97,7 @@ def probe_states(model: nn.Module, ids: Sequence[Sequence[int]], *, layer: int |
                 x = torch.full((len(chunk), int(n.max())), pad_id, dtype=torch.long)
                 for i, t in enumerate(chunk): x[i, :len(t)] = torch.as_tensor(t)
                 mask = (torch.arange(x.shape[1])[None] < n[:, None]).long()
+                x, mask, n = x.to(dev), mask.to(dev), n.to(dev)
                 captured.clear()
                 if on_chunk is not None: on_chunk(s, s + len(chunk))
                 inp = dict(input_ids=x) if embeds is None else dict(inputs_embeds=embeds[s:s + len(chunk), :x.shape[1]])
@@ -103,10 +106,10 @@ def probe_states(model: nn.Module, ids: Sequence[Sequence[int]], *, layer: int |
                 if layer != "pre_norm" and not -len(o.hidden_states) <= layer < len(o.hidden_states):
                     raise ActivationError(f"layer={layer}: the model has {len(o.hidden_states)} hidden states (embeddings and each block)")
                 h = (captured[-1] if layer == "pre_norm" else o.hidden_states[layer]).float()
-                if pooling == "mean": out.append((h * mask[..., None]).sum(1) / n[:, None])
+                if pooling == "mean": out.append(((h * mask[..., None]).sum(1) / n[:, None]).cpu())
                 else:
                     pos = n + token if token < 0 else torch.full_like(n, token)
-                    out.append(h[torch.arange(len(chunk)), pos])
+                    out.append(h[torch.arange(len(chunk), device=dev), pos].cpu())
     finally:
         if hook is not None: hook.remove()
     return torch.cat(out)
@@ -125,9 +128,9 @@ class _Stop(Exception): pass
 
 def layer_inputs(model: nn.Module, ids: Sequence[Sequence[int]], lo: int, *, batch_size: int = 32,
                  pad_id: int = 0) -> Tensor:
-    """The hidden states entering decoder layer `lo` (P × L_max × d, right-padded) on tokenised probes; the forward
-    pass stops there."""
-    layers, got = _decoder_layers(model), []
+    """The hidden states entering decoder layer `lo` (P × L_max × d, right-padded, on the model's device) on tokenised
+    probes; the forward pass stops there."""
+    layers, got, dev = _decoder_layers(model), [], model_device(model)
     def grab(m, args, kwargs):
         got.append((args[0] if args else kwargs["hidden_states"]).detach()); raise _Stop
     h = layers[lo].register_forward_pre_hook(grab, with_kwargs=True)
@@ -141,7 +144,7 @@ def layer_inputs(model: nn.Module, ids: Sequence[Sequence[int]], lo: int, *, bat
                 for i, t in enumerate(chunk): x[i, :len(t)] = torch.as_tensor(t)
                 mask = (torch.arange(x.shape[1])[None] < n[:, None]).long()
                 got.clear()
-                try: model(input_ids=x, attention_mask=mask, use_cache=False)
+                try: model(input_ids=x.to(dev), attention_mask=mask.to(dev), use_cache=False)
                 except _Stop: pass
                 out.append(torch.nn.functional.pad(got[-1], (0, 0, 0, L - x.shape[1])))
     finally: h.remove()
@@ -202,7 +205,7 @@ def _adapter(self: _Switcher, ad: AdapterCheckpoint, fn):
     saved = {k: self.params[k].detach().clone() for k in keys}
     try:
         with torch.no_grad():
-            for k in keys: self.params[k].add_(ad.delta(k).to(self.params[k].dtype))
+            for k in keys: self.params[k].add_(ad.delta(k).to(self.params[k].device, self.params[k].dtype))
         return fn(self.base)
     finally:
         with torch.no_grad():
@@ -222,13 +225,13 @@ def run_stacked(self: _Switcher, ads: Sequence[AdapterCheckpoint], fn):
     keys = ads[0].delta_keys()
     if any(sorted(a.delta_keys()) != sorted(keys) for a in ads):
         raise IncompatibleModels("stacked adapters must target the same modules")
-    mods, rows, hooks = self.modules, {}, []
+    mods, rows, hooks, dev = self.modules, {}, [], model_device(self.base)
     def on_chunk(start: int, stop: int, per: int):
-        rows["idx"] = torch.arange(start, stop) // per
+        rows["idx"] = torch.arange(start, stop, device=dev) // per
     for k in keys:
         p = [a._pairs[k] for a in ads]
-        A = torch.stack([a.get(q["A"], torch.float32) for a, q in zip(ads, p)])
-        B = torch.stack([a.get(q["B"], torch.float32) * a.scaling(k) for a, q in zip(ads, p)])
+        A = torch.stack([a.get(q["A"], torch.float32) for a, q in zip(ads, p)]).to(dev)
+        B = torch.stack([a.get(q["B"], torch.float32) * a.scaling(k) for a, q in zip(ads, p)]).to(dev)
         if A.shape[1:] != A[0].shape or B.shape[2] != A.shape[1]: raise IncompatibleModels(f"LoRA shapes differ at {k}")
         def hook(m, i, o, A=A, B=B):
             j = rows["idx"]
@@ -268,15 +271,18 @@ class DeltaActivations:
     merging ΔW into the weights: the same function up to float rounding, several times faster for small models.
     `reuse_prefix`: for adapters that change only decoder layers ≥ lo of a Llama-family base, the states entering
     layer lo are the base's; they are computed once (`layer_inputs`) and only layers lo.. run per adapter
-    (`from_layer`), after checking on the base that this reproduces the full forward pass (else it is not used)."""
+    (`from_layer`), after checking on the base that this reproduces the full forward pass (else it is not used).
+    `device` ('cuda', 'cuda:1', 'mps'; default: where the base is, the CPU for a folder): the base runs there (a module
+    passed as the base is copied, never moved), fine-tunes are switched in there, the embeddings come back to the CPU."""
     def __init__(self, base: Any, tokenizer: Any = None, probes: Sequence[str] | None = None, *,
                  layer: int | Literal["pre_norm"] = -1, token: int = -1, pooling: Pooling | Literal["auto"] = "auto",
                  batch_size: int = 32, max_length: int = 256, verify: bool = True, threads: int | None = None,
-                 stack: int = 1, reuse_prefix: bool = True, progress: bool = True):
+                 stack: int = 1, reuse_prefix: bool = True, progress: bool = True, device: Any = None):
         self.base, self.tokenizer, self.probes, self.progress = base, tokenizer, list(probes or GENERIC_PROBES), progress
         self.threads, self.stack, self.reuse_prefix = threads, stack, reuse_prefix
         self.layer, self.token, self.pooling, self.batch_size = layer, token, pooling, batch_size
-        self.max_length, self.verify = max_length, verify
+        self.max_length, self.verify, self.device = max_length, verify, device
+        parse_device(device)                                         # an unknown or absent device fails here, before any work
 
 # %% ../nbs/05_activations.ipynb #e1a75209
 @patch
@@ -309,6 +315,8 @@ def _lo(self: DeltaActivations, keys: Sequence[str]) -> int:
 def fit(self: DeltaActivations, models: Any = None, y: Any = None) -> "DeltaActivations":
     "Load the base and tokenizer, tokenise the probes and compute the base's activations (P × d) once."
     self.model_, self.tokenizer_ = _load_base(self.base, self.tokenizer)
+    if (dev := parse_device(self.device)) is not None and model_device(self.model_) != dev:
+        self.model_ = (copy.deepcopy(self.model_) if self.model_ is self.base else self.model_).to(dev)
     main = getattr(self.model_, "main_input_name", "input_ids")
     if main != "input_ids": raise ActivationError(f"{type(self.model_).__name__} takes {main}, not text: Delta Activations embed text probes")
     self.pooling_ = _default_pooling(self.model_) if self.pooling == "auto" else self.pooling
@@ -375,11 +383,11 @@ def delta_activations(models: Sequence[Any] | Mapping[str, Any], base: Any, prob
                       tokenizer: Any = None, layer: int | Literal["pre_norm"] = -1, token: int = -1,
                       pooling: Pooling | Literal["auto"] = "auto", batch_size: int = 32, max_length: int = 256,
                       threads: int | None = None, stack: int = 1, reuse_prefix: bool = True,
-                      progress: bool = True) -> pd.DataFrame:
+                      progress: bool = True, device: Any = None) -> pd.DataFrame:
     "Delta Activations of `models` against `base` (one row per model); see `DeltaActivations` for the protocol."
     return DeltaActivations(base, tokenizer, probes, layer=layer, token=token, pooling=pooling, batch_size=batch_size,
                             max_length=max_length, threads=threads, stack=stack,
-                            reuse_prefix=reuse_prefix, progress=progress).fit().transform(models)
+                            reuse_prefix=reuse_prefix, progress=progress, device=device).fit().transform(models)
 
 # %% ../nbs/05_activations.ipynb #64a8b293
 def cosine_similarity(embeddings: Any) -> pd.DataFrame:

@@ -4,7 +4,7 @@
 
 # %% ../nbs/08_evaluate.ipynb #cd6b8c70
 from __future__ import annotations
-import itertools, math
+import copy, itertools, math
 from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from .io import MergelabError, EvaluationError, open_model, open_module, lower_is_better, short_repr
-from .scheduler import run_groups
+from .scheduler import run_groups, parse_device, model_device
 from .masks import tall_compress, tall_reconstruct
 
 # %% auto #0
@@ -25,6 +25,16 @@ Build = Callable[[Any], nn.Module]
 
 def _batches(x: Any, bs: int) -> Iterable[Any]:
     for i in range(0, len(x), bs): yield x[i:i + bs]
+
+def _on(x: Any, dev: torch.device) -> Any:
+    "A batch on `dev`: tensors (also inside a mapping) are moved; anything else (texts) is left to the task's `features`."
+    if isinstance(x, torch.Tensor): return x.to(dev)
+    if isinstance(x, Mapping): return {k: _on(v, dev) for k, v in x.items()}
+    return x
+
+def _head_on(head: nn.Module | None, dev: torch.device) -> nn.Module | None:
+    "The task's head on `dev`: itself when it is there, else a copy (a task's head is never moved)."
+    return head if head is None or model_device(head) == dev else copy.deepcopy(head).to(dev)
 
 @dataclass
 class ClassificationTask:
@@ -45,10 +55,12 @@ class ClassificationTask:
     def n_batches(self) -> int: return math.ceil(len(self) / self.batch_size)
     def score(self, module: nn.Module, step: Callable[[], None] = lambda: None) -> dict[str, float]:
         "Accuracy (%) and mean cross-entropy of `module` on this task."
-        correct, loss = 0, 0.0
+        correct, loss, dev = 0, 0.0, model_device(module)
+        head = _head_on(self.head, dev)
         for x, y in zip(_batches(self.inputs, self.batch_size), _batches(self.labels, self.batch_size)):
+            x, y = _on(x, dev), y.to(dev)
             h = self.features(module, x) if self.features is not None else module(x)
-            logits = self.head(h) if self.head is not None else h
+            logits = head(h) if head is not None else h
             loss += F.cross_entropy(logits.float(), y, reduction="sum").item()
             correct += (logits.argmax(-1) == y).sum().item()
             step()
@@ -72,8 +84,9 @@ class LMTask:
     def score(self, module: nn.Module, step: Callable[[], None] = lambda: None) -> dict[str, float]:
         "Mean next-token loss over all predicted tokens and its perplexity."
         mask = self.attention_mask if self.attention_mask is not None else torch.ones_like(self.input_ids)
-        nll, ntok = 0.0, 0
+        nll, ntok, dev = 0.0, 0, model_device(module)
         for ids, m in zip(_batches(self.input_ids, self.batch_size), _batches(mask, self.batch_size)):
+            ids, m = ids.to(dev), m.to(dev)
             logits = module(input_ids=ids, attention_mask=m).logits[:, :-1].float()
             tgt = ids[:, 1:].masked_fill(m[:, 1:] == 0, -100)
             nll += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1), ignore_index=-100,
@@ -92,11 +105,15 @@ def _module(model: Any, fn: Build | None, task: str, state: Callable[[], Mapping
         raise EvaluationError(f"task {task!r}: cannot build a module from the {type(model).__name__} ({e}); pass "
                               "build=fn(state_dict) -> nn.Module, or use tasks from `mergelab.zoo.load_zoo(...)`, which carry one") from None
 
+# %% ../nbs/08_evaluate.ipynb #23046ca9
 def evaluate(model: Any, tasks: Sequence | Mapping, *, build: Build | None = None, progress: bool = True,
-             desc: str = "evaluate") -> pd.DataFrame:
+             desc: str = "evaluate", device: Any = None) -> pd.DataFrame:
     """Score `model` (any reference `open_model` takes, or a module) on every task: one row per task (index `task`) with
     `accuracy` and `loss` for classification, `loss` and `perplexity` for LM tasks, and `n` (examples or tokens).
-    Every module is built before any task is scored. Batched, under `torch.inference_mode`, in eval mode."""
+    Every module is built before any task is scored. Batched, under `torch.inference_mode`, in eval mode. `device`
+    ('cuda', 'cuda:1', 'mps'): the module, each batch and each head run there (a module passed in is copied, never
+    moved; so are the tasks' heads); the scores are the same within float tolerance."""
+    dev = parse_device(device)
     tasks = list(tasks.values()) if isinstance(tasks, Mapping) else list(tasks)
     if not tasks: raise EvaluationError("evaluate: no tasks given; pass a list (or dict) of tasks")
     sd = {}
@@ -107,6 +124,8 @@ def evaluate(model: Any, tasks: Sequence | Mapping, *, build: Build | None = Non
     for t in tasks:
         fn = build or getattr(t, "build", None)
         if id(fn) not in built: built[id(fn)] = _module(model, fn, t.name, state)
+    if dev is not None:
+        built = {k: (copy.deepcopy(m) if m is model else m).to(dev) if model_device(m) != dev else m for k, m in built.items()}
     from tqdm.auto import tqdm
     bar = tqdm(total=sum(t.n_batches() for t in tasks), desc=desc, unit="batch", disable=not progress, leave=False)
     rows = []

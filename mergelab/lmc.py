@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from fastcore.basics import patch
 from .io import MergelabError, IncompatibleModels, open_model, open_module, score_table, lower_is_better, short_repr, is_conv1d
 from .methods import slerp_tensors
+from .scheduler import parse_device
 
 # %% auto #0
 __all__ = ['BLOCK_ROLES', 'ROLE_AXES', 'MATCHINGS', 'CORRECTIONS', 'SpecError', 'CurveError', 'NotEquivalent',
@@ -79,11 +80,13 @@ def _rows(res: Any, **coords) -> list[dict]:
 
 # %% ../nbs/06_lmc.ipynb #af7ad5a3
 class _Interpolator:
-    "One preallocated working model whose float tensors are overwritten in place by combinations of fixed endpoints."
-    def __init__(self, ends: Sequence[Any], model: nn.Module | None):
+    """One preallocated working model whose float tensors are overwritten in place by combinations of fixed endpoints;
+    with `device`, the working model and the endpoints live there (the inputs are copied, never moved)."""
+    def __init__(self, ends: Sequence[Any], model: nn.Module | None, device: Any = None):
         tmpl = next((e for e in ends if isinstance(e, nn.Module)), model)
         if tmpl is None: tmpl = _as_model(ends[0], None, "endpoint 0")
         self.model = copy.deepcopy(tmpl)
+        if (dev := parse_device(device)) is not None: self.model.to(dev)
         self.live = self.model.state_dict(keep_vars=True)
         states = [_state(e) for e in ends]
         for i, s in enumerate(states):
@@ -96,7 +99,7 @@ class _Interpolator:
         self.keys = [k for k, v in self.live.items() if v.dtype.is_floating_point]
         for k, v in self.live.items():                               # integer buffers (BN counters) come from the first endpoint
             if not v.dtype.is_floating_point: v.copy_(states[0][k])
-        self.ends = [{k: s[k].to(self.live[k].dtype) for k in self.keys} for s in states]
+        self.ends = [{k: s[k].to(self.live[k].device, self.live[k].dtype) for k in self.keys} for s in states]
 
     @torch.no_grad()
     def lerp(self, alpha: float, path: str = "linear") -> nn.Module:
@@ -117,14 +120,17 @@ def _run(evaluate, model, prepare, *args):
 # %% ../nbs/06_lmc.ipynb #bab773d0
 def interpolation_curve(a: Any, b: Any, evaluate: Callable[[nn.Module], Any], alphas: int | Sequence[float] = 25,
                         path: Literal["linear", "slerp"] = "linear", *, model: nn.Module | None = None,
-                        prepare: Callable[[nn.Module, float], Any] | None = None, progress: bool = True) -> pd.DataFrame:
+                        prepare: Callable[[nn.Module, float], Any] | None = None, progress: bool = True,
+                        device: Any = None) -> pd.DataFrame:
     """Evaluate θ(α) = (1 − α)·θ_A + α·θ_B along the path between two models (Frankle et al. 2020; Ainsworth et al.
     2023 use 25 points in [0, 1]). All float tensors are interpolated, BN running statistics included; pass
     `prepare=lambda m, alpha: reset_batchnorm(m, data)` to recompute them at each α.
 
     One working model is allocated once and overwritten in place with `torch.lerp`, so the cost is that of the
     evaluations. `evaluate(model)` returns a loss, a `{metric: value}` dict, or `{task: {metric: value}}`; the result
-    is a tidy frame with columns `alpha`, (`task`,) and the metrics. `alphas` may leave [0, 1] (extrapolation)."""
+    is a tidy frame with columns `alpha`, (`task`,) and the metrics. `alphas` may leave [0, 1] (extrapolation).
+    `device` ('cuda', 'cuda:1', 'mps'): the working model and both endpoints live there, so `evaluate` receives a module
+    on that device (`mergelab.evaluate` and the zoos' tasks move their batches to it)."""
     if path not in ("linear", "slerp"): raise CurveError(f"path must be 'linear' or 'slerp', not {short_repr(path, 30)}")
     if not callable(evaluate): raise CurveError(f"evaluate must be a function model -> score, got {short_repr(evaluate, 40)}")
     if model is not None and not isinstance(model, nn.Module): raise CurveError(f"model must be an nn.Module, got {short_repr(model, 40)}")
@@ -132,7 +138,7 @@ def interpolation_curve(a: Any, b: Any, evaluate: Callable[[nn.Module], Any], al
     except (TypeError, ValueError): alphas = np.array([np.nan])
     if alphas.ndim != 1 or not len(alphas) or not np.isfinite(alphas).all():
         raise CurveError(f"alphas must be a count ≥ 1 or finite α values, got {short_repr(alphas, 40)}")
-    ip, rows = _Interpolator([a, b], model), []
+    ip, rows = _Interpolator([a, b], model, device), []
     ip.model.eval()
     for al in tqdm(alphas, desc="interpolation", disable=not progress):
         rows += _rows(_run(evaluate, ip.lerp(al, path), prepare, float(al)), alpha=float(al))
@@ -219,12 +225,13 @@ def plane(self: _Interpolator, x: float, y: float) -> nn.Module:
 # %% ../nbs/06_lmc.ipynb #9cd3cdcf
 def plane(a: Any, b: Any, c: Any, evaluate: Callable[[nn.Module], Any], n: int = 11, *, margin: float = 0.2,
           model: nn.Module | None = None, prepare: Callable[[nn.Module, float, float], Any] | None = None,
-          progress: bool = True) -> pd.DataFrame:
+          progress: bool = True, device: Any = None) -> pd.DataFrame:
     """Evaluate the plane θ(x, y) = θ_A + x·(θ_B − θ_A) + y·(θ_C − θ_A) through three models (Garipov et al. 2018)
     on an n × n grid over [−margin, 1 + margin]²: A is at (0, 0), B at (1, 0), C at (0, 1). With a base and two
-    fine-tunes this is θ₀ + x·τ₁ + y·τ₂. One working model is overwritten in place. Tidy frame: `x`, `y`, (`task`,), metrics."""
+    fine-tunes this is θ₀ + x·τ₁ + y·τ₂. One working model is overwritten in place (on `device`, as in
+    `interpolation_curve`). Tidy frame: `x`, `y`, (`task`,), metrics."""
     grid = np.linspace(-margin, 1 + margin, n)
-    ip, rows = _Interpolator([a, b, c], model), []
+    ip, rows = _Interpolator([a, b, c], model, device), []
     ip.model.eval()
     for x in tqdm(grid, desc="plane", disable=not progress):
         for y in grid: rows += _rows(_run(evaluate, ip.plane(x, y), prepare, float(x), float(y)), x=float(x), y=float(y))

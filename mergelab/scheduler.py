@@ -12,14 +12,15 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Literal, Sequence, get_args
 import torch
+from torch import nn
 from .io import Checkpoint, MergelabError, InvalidValue, ShardedWriter, open_model, short_repr
 from .registry import ConfigError, MergeMethod, did_you_mean
 
 # %% auto #0
 __all__ = ['Source', 'LAYER_RE', 'NonFinitePolicy', 'NonFiniteTensor', 'TensorGroup', 'read_group', 'layer_index', 'num_layers',
            'layer_prepare', 'merge_group', 'Interrupted', 'request_stop', 'check_stop', 'check_threads', 'parse_device',
-           'nonfinite_policy', 'MissingDependency', 'require_dask', 'using_client', 'open_cached', 'dumps_by_path',
-           'run_groups', 'map_reduce', 'execute']
+           'nonfinite_policy', 'model_device', 'MissingDependency', 'require_dask', 'using_client', 'open_cached',
+           'dumps_by_path', 'run_groups', 'map_reduce', 'execute']
 
 # %% ../nbs/01a_scheduler.ipynb #95ea1d99
 class NonFiniteTensor(MergelabError, ValueError):
@@ -154,6 +155,13 @@ def nonfinite_policy(policy: Any) -> str:
     if policy in get_args(NonFinitePolicy): return policy
     raise ConfigError(f"on_nonfinite must be one of {list(get_args(NonFinitePolicy))}, got {str(policy)[:40]!r}"
                       + did_you_mean(str(policy), get_args(NonFinitePolicy)))
+
+# %% ../nbs/01a_scheduler.ipynb #c648a48e
+def model_device(module: nn.Module) -> torch.device:
+    "The device of `module`'s first parameter (or buffer); the CPU for a module that holds neither."
+    for t in module.parameters(): return t.device
+    for t in module.buffers(): return t.device
+    return torch.device("cpu")
 
 # %% ../nbs/01a_scheduler.ipynb #66b0da22
 class MissingDependency(MergelabError, ImportError):

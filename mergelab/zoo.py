@@ -14,6 +14,7 @@ from torch import nn
 import pandas as pd
 from .io import Checkpoint, MergelabError, IncompatibleModels, apply_adapter, open_model, open_module, open_tokenizer
 from .evaluate import ClassificationTask, evaluate
+from .scheduler import model_device
 
 # %% auto #0
 __all__ = ['DIGITS_DOMAINS', 'DIGITS_SPLITS', 'DIGITS_GENTLE', 'DIGITS_LMC_DEEP', 'MINILM_INSTALL', 'MINILM_MAX_LEN', 'ZOOS',
@@ -343,8 +344,9 @@ def minilm_features(module: nn.Module, texts) -> torch.Tensor:
     """Mean-pooled, L2-normalised MiniLM sentence embeddings of `texts` (sentence-transformers' pooling), or of
     already encoded inputs (`minilm_encode`'s dict)."""
     enc = dict(texts) if isinstance(texts, Mapping) else minilm_encode(texts)
-    h = module(**enc).last_hidden_state
-    m = enc["attention_mask"].unsqueeze(-1).to(h.dtype)
+    dev = model_device(module)
+    h = module(**{k: v.to(dev) for k, v in enc.items()}).last_hidden_state
+    m = enc["attention_mask"].to(dev).unsqueeze(-1).to(h.dtype)
     return F.normalize((h * m).sum(1) / m.sum(1).clamp(min=1), dim=-1)
 
 minilm_features.encode = minilm_encode     # text tasks may be encoded once, ahead of the forward passes (data-aware statistics)
