@@ -5,8 +5,11 @@
 Generates a Llama-shaped bf16 family (a base and 3 fine-tunes, `merge_bench.make_models`), then for each check prints
 the CPU and device wall times, their ratio, and the largest difference of the results against its tolerance:
 merges (linear, task_arithmetic, ties, dare_ties with a seed: the drop masks are drawn on the CPU, so they are the same,
-slerp) and the exact kinship matrix (float64 on the device). Exit code 1 when a difference exceeds its tolerance. On a
-machine without the device it says so and runs the same code with device='cpu' (a dry run of the script). Not a test.
+slerp), the exact kinship matrix (float64 on the device), the evaluation of a merge (perplexity on random token
+windows), an LMC interpolation curve, the data-aware statistics (empirical Fisher, RegMean Grams) through `merge`,
+AdaMerging's learned coefficients, and Delta Activations (a word-level tokenizer built here). Exit code 1 when a
+difference exceeds its tolerance. On a machine without the device it says so and runs the same code with device='cpu'
+(a dry run of the script). Not a test.
 """
 from __future__ import annotations
 import argparse, sys, tempfile, time
@@ -53,8 +56,59 @@ def main() -> int:
     diff = float((kc - kd).abs().max().max())
     ok &= diff <= 1e-10
     print(f"{'kinship (pcc, float64)':24} {tc:8.2f} {td:9.2f} {td / tc:7.2f} {diff:11.2e} {1e-10:10.1e}")
+    ok &= forward_checks(base, fts, device)
     print("all within tolerance" if ok else "SOME CHECKS EXCEED THEIR TOLERANCE")
     return 0 if ok else 1
+
+def forward_checks(base: Path, fts: list[Path], device: str) -> bool:
+    """The pillars that run forward (and backward) passes: each on the CPU and on `device`, results compared as
+    relative differences (float32 forward passes on different hardware agree to about 1e-4)."""
+    import pandas as pd
+    from tokenizers import Tokenizer, models as tk_models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+    from mergelab.config import merge
+    from mergelab.evaluate import evaluate, LMTask
+    from mergelab.lmc import interpolation_curve
+    from mergelab.data_aware import adamerging
+    from mergelab.activations import delta_activations
+    from mergelab.io import open_module, open_model
+    vocab = open_model(base).config["vocab_size"]
+    g = torch.Generator().manual_seed(0)
+    ids = {n: torch.randint(0, vocab, (8, 64), generator=g) for n in ("a", "b", "c")}
+    tasks = [LMTask(n, x, batch_size=4) for n, x in ids.items()]
+    data = {f.name: ids[n][:4] for f, n in zip(fts, ids)}
+    words = [f"w{i}" for i in range(vocab)]
+    tk = Tokenizer(tk_models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="w0"))
+    tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="w0", pad_token="w0")
+    probes = [" ".join(words[j] for j in torch.randint(0, vocab, (12,), generator=g).tolist()) for _ in range(5)]
+    ppl = lambda m, **kw: evaluate(m, tasks, progress=False, **kw).loss
+    A = open_module(fts[0], dtype=torch.float32)
+    rel = lambda a, b: float(((a - b).abs() / b.abs().clamp_min(1e-12)).max())
+    checks = {
+        "evaluate (LM loss)": (lambda **kw: ppl(fts[1], **kw).values, 1e-3),
+        "LMC curve (5 points)": (lambda **kw: interpolation_curve(fts[0], fts[1], lambda m: evaluate(m, tasks[:1], progress=False),
+                                                               alphas=5, progress=False, model=A, **kw).loss.values, 1e-3),
+        "merge fisher (empirical)": (lambda **kw: torch.cat([v.float().flatten() for v in merge(
+            fts, "fisher", base=base, data=data, estimator="empirical", num_batches=1, batch_size=4, progress=False,
+            cache_dir=tempfile.mkdtemp(), **kw).values()]), 1e-2),
+        "merge regmean": (lambda **kw: torch.cat([v.float().flatten() for v in merge(
+            fts, "regmean", base=base, data=data, num_batches=1, batch_size=4, progress=False,
+            cache_dir=tempfile.mkdtemp(), **kw).values()]), 1e-2),
+        "adamerging (task, 5 steps)": (lambda **kw: torch.tensor(adamerging(fts, base, data, granularity="task", steps=5,
+                                                                           batch_size=4, progress=False, **kw).coefficients.values), 1e-3),
+        "delta activations": (lambda **kw: torch.tensor(delta_activations(fts, base, probes, tokenizer=tok, progress=False,
+                                                                          **kw).values), 1e-2),
+    }
+    ok = True
+    for name, (fn, tol) in checks.items():
+        c, tc = timed(lambda: fn())
+        d, td = timed(lambda: fn(device=device))
+        c, d = (x.detach().cpu().double() if isinstance(x, torch.Tensor) else torch.as_tensor(x, dtype=torch.float64) for x in (c, d))
+        diff = rel(d, c) if name != "delta activations" else float((d - c).norm() / c.norm())
+        ok &= diff <= tol
+        print(f"{name:24} {tc:8.2f} {td:9.2f} {td / tc:7.2f} {diff:11.2e} {tol:10.1e}")
+    return ok
 
 if __name__ == "__main__":
     sys.exit(main())

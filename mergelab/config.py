@@ -357,11 +357,12 @@ def _plain_groups(method: MergeMethod, cfg: MergeConfig, models: list[Checkpoint
 # %% ../nbs/03_config.ipynb #d786fef4
 def build_plan(cfg: MergeConfig | Mapping | str | Path, *, seed: int | None = None, threads: int = 2,
                collect: bool = False, max_shard_size: int | str = "5GB", compute_dtype: Any = None,
-               force: bool = False, available: int | None = None, prepare: bool = True) -> Plan:
+               force: bool = False, available: int | None = None, prepare: bool = True, device: Any = None) -> Plan:
     """Validate `cfg` completely and plan one `TensorGroup` per output tensor. Before any tensor is read (a model-wide
     `prepare` pass reads), the memory guard estimates the peak (`estimate_memory`, for `threads`, the writer's
     `max_shard_size`, or the whole result with `collect=True`) and raises `InsufficientMemory` when it exceeds the
-    `available` memory (default: `available_memory()`), unless `force`."""
+    `available` memory (default: `available_memory()`), unless `force`. `device`: where a model-wide pass runs its
+    forward passes (the data-aware methods' statistics)."""
     cfg = MergeConfig.load(cfg)
     guard = lambda method, groups, dtype, out_dtype: check_memory(
         estimate_memory(groups, method, threads=threads, dtype=dtype, out_dtype=out_dtype, collect=collect,
@@ -379,7 +380,7 @@ def build_plan(cfg: MergeConfig | Mapping | str | Path, *, seed: int | None = No
     seed = seed if seed is not None else cfg.parameters.get("seed")
     if prepare and method.prepare is not None:      # model-wide passes see the dtypes and random streams the merge will use
         groups = method.prepare(groups, threads=threads, dtype=parse_dtype(cfg.dtype),
-                                compute_dtype=parse_dtype(compute_dtype), seed=seed)
+                                compute_dtype=parse_dtype(compute_dtype), seed=seed, device=device)
     donor = _ref_path(cfg.base_model) if base is not None else _ref_path(models_cfg[0]["model"])
     config = (base or models[0]).config
     return Plan(method, groups, models, base, config, donor if donor and donor.is_dir() else None,
@@ -620,7 +621,8 @@ def merge_config(config: Any, out: str | Path | None = None, *, overwrite: bool 
     cfg = MergeConfig.load(config)
     if dtype is not None: cfg.dtype = dtype
     with using_client(client):
-        plan = _validated(cfg, out, overwrite, seed, threads, max_shard_size=max_shard_size, compute_dtype=compute_dtype, force=force)
+        plan = _validated(cfg, out, overwrite, seed, threads, max_shard_size=max_shard_size, compute_dtype=compute_dtype, force=force,
+                          device=device)
         return run_plan(plan, out, max_shard_size=max_shard_size, overwrite=overwrite, threads=threads, progress=progress,
                         compute_dtype=compute_dtype, on_nonfinite=on_nonfinite, record=cfg.to_yaml(), client=client,
                         device=device)
@@ -659,7 +661,8 @@ def merge(models: Sequence[Any] | Mapping[str, Any], method: str = "linear", bas
         d["postprocess"] = [p if isinstance(p, str) else p for p in postprocess]
     cfg = MergeConfig.load({k: v for k, v in d.items() if v is not None})
     with using_client(client):
-        plan = _validated(cfg, out, overwrite, seed, threads, max_shard_size=max_shard_size, compute_dtype=compute_dtype, force=force)
+        plan = _validated(cfg, out, overwrite, seed, threads, max_shard_size=max_shard_size, compute_dtype=compute_dtype, force=force,
+                          device=device)
         return run_plan(plan, out, max_shard_size=max_shard_size, overwrite=overwrite, threads=threads, progress=progress,
                         compute_dtype=compute_dtype, on_nonfinite=on_nonfinite, record=cfg.to_yaml(), client=client,
                         device=device)

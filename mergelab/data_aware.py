@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn, Tensor
 from .io import Checkpoint, MergelabError, open_model, open_module, open_tokenizer, module_key_map, read_safetensors_header, short_repr, is_conv1d
 from .registry import ConfigError, merge_method, METHODS, ParamInfo
-from .scheduler import TensorGroup, layer_index, run_groups
+from .scheduler import TensorGroup, layer_index, run_groups, parse_device, model_device, to_device, module_on
 from .zoo import Zoo, load_zoo, build_mlp, cache_dir as user_cache_dir
 
 # %% auto #0
@@ -404,6 +404,7 @@ def _params(sd: Mapping[str, Tensor], body: nn.Module) -> dict[str, Tensor]:
 def _probe(net: _Net, params: Mapping[str, Tensor], task: TaskData, what: str) -> int:
     "Run two examples through `net` before any heavy work, raising `DataError` on a mismatch; returns the outputs' rank."
     x, y = next(task.batches(2, 1))
+    x = to_device(x, model_device(net))
     try:
         with torch.no_grad(): out = torch.func.functional_call(net, {f"body.{k}": v for k, v in params.items()}, (x,))
     except DataError: raise
@@ -494,7 +495,7 @@ def _fisher_per_example(logp: Callable, params: dict[str, Tensor], x: Sequence, 
         lp = logp(ps, _take(x, slice(j, j + 1)))[0]
         p = lp.detach().exp()
         ys = (range(len(p)) if estimator == "expected" else
-              [int(torch.multinomial(p, 1, generator=gen))] if estimator == "sampled" else [int(y[j])])
+              [int(torch.multinomial(p.cpu(), 1, generator=gen))] if estimator == "sampled" else [int(y[j])])
         for c in ys:
             gs = torch.autograd.grad(lp[c], list(ps.values()), retain_graph=True, allow_unused=True)
             w = float(p[c]) if estimator == "expected" else 1.0
@@ -514,7 +515,7 @@ def _fisher_vmap(logp: Callable, params: dict[str, Tensor], x: Tensor, y: Tensor
         for k, g in J.items(): fisher[k] += torch.einsum("bc,bc...->...", p, g.double() ** 2)
     else:
         if estimator == "sampled":
-            with torch.no_grad(): yy = torch.multinomial(logp(params, x).exp(), 1, generator=gen)[:, 0]
+            with torch.no_grad(): yy = torch.multinomial(logp(params, x).exp().cpu(), 1, generator=gen)[:, 0].to(x.device)
         else: yy = y
         chunk = max(1, 2 ** 26 // sum(v.numel() for v in params.values()))
         G = torch.func.vmap(torch.func.grad(lambda ps, xi, yi: one(ps, xi).gather(0, yi[None])[0]),
@@ -526,7 +527,7 @@ def _next_token_mask(x: Any) -> Tensor:
     "Which next-token predictions (B × (T − 1)) are of real tokens: the attention mask shifted, or all of them."
     ids = x["input_ids"] if isinstance(x, Mapping) else x
     m = x.get("attention_mask") if isinstance(x, Mapping) else None
-    return (m[:, 1:] > 0) if m is not None else torch.ones(ids.shape[0], ids.shape[1] - 1, dtype=torch.bool)
+    return (m[:, 1:] > 0) if m is not None else torch.ones(ids.shape[0], ids.shape[1] - 1, dtype=torch.bool, device=ids.device)
 
 def _fisher_lm(logp: Callable, params: dict[str, Tensor], x: Any, estimator: str, gen: torch.Generator,
                fisher: dict[str, Tensor]) -> None:
@@ -537,19 +538,22 @@ def _fisher_lm(logp: Callable, params: dict[str, Tensor], x: Any, estimator: str
         ps = {k: v.clone().requires_grad_(True) for k, v in params.items()}
         lp, m = logp(ps, xj)[0, :-1], _next_token_mask(xj)[0]
         ids = (xj["input_ids"] if isinstance(xj, Mapping) else xj)[0, 1:]
-        y = torch.multinomial(lp.detach()[m].exp(), 1, generator=gen)[:, 0] if estimator == "sampled" else ids[m]
+        y = torch.multinomial(lp.detach()[m].exp().cpu(), 1, generator=gen)[:, 0].to(lp.device) if estimator == "sampled" else ids[m]
         gs = torch.autograd.grad(lp[m].gather(1, y[:, None]).sum(), list(ps.values()), allow_unused=True)
         for k, g in zip(ps, gs):
             if g is not None: fisher[k] += g.double() ** 2
 
 # %% ../nbs/10_data_aware.ipynb #4b8530c4
 def fisher_information(model: Any, task: TaskData, *, build: Callable | None = None, estimator: Estimator = "expected",
-                       batch_size: int = 32, num_batches: int | None = 8, seed: int = 0) -> dict[str, Tensor]:
+                       batch_size: int = 32, num_batches: int | None = 8, seed: int = 0, device: Any = None) -> dict[str, Tensor]:
     """Diagonal Fisher (float32, keyed like the checkpoint) of `model` (state dict, checkpoint, path or module) on `task`
     through the task's head, averaged over the examples of the first `num_batches` batches (Matena & Raffel 2022).
     Next-token outputs (causal LMs): one example is a sequence, its log-likelihood summed over its real tokens, with the
     true next tokens (`empirical`) or sampled ones; the exact `expected` Fisher (a sum over the vocabulary at every
-    token) is refused there. `build`: default `auto_build` (the `config.json` architecture, else the zoo MLP)."""
+    token) is refused there. `build`: default `auto_build` (the `config.json` architecture, else the zoo MLP). `device`
+    ('cuda', …): forward and backward passes run there (a module or head passed in is copied, never moved); the
+    Fisher comes back to the CPU; samples are drawn on the CPU from the seeded generator, as without a device."""
+    dev = parse_device(device)
     if estimator not in ("expected", "sampled", "empirical", "fusionbench"):
         raise DataError(f"unknown Fisher estimator {estimator!r}")
     if isinstance(model, nn.Module): body = model.eval(); sd = dict(body.state_dict())
@@ -557,8 +561,9 @@ def fisher_information(model: Any, task: TaskData, *, build: Callable | None = N
         sd = model if isinstance(model, Mapping) else open_model(model).state_dict()
         body = _body(build or auto_build(model), sd, "the model")
     sd, back = _module_sd(sd, body)
-    net = _Net(body, task.head, task.features)
-    params = {k: v.detach() for k, v in _params(sd, body).items() if k in dict(body.named_parameters())}
+    body = module_on(body, dev) if body is model else body.to(dev) if dev is not None else body
+    net = _Net(body, module_on(task.head, dev), task.features)
+    params = {k: to_device(v.detach(), dev) for k, v in _params(sd, body).items() if k in dict(body.named_parameters())}
     lm = _probe(net, params, task, "the model") == 3
     if lm and estimator == "expected":
         raise DataError(f"task {task.name!r}: next-token outputs; use estimator='empirical' (true next tokens) or 'sampled'")
@@ -569,13 +574,14 @@ def fisher_information(model: Any, task: TaskData, *, build: Callable | None = N
     def logp(ps, x): return F.log_softmax(torch.func.functional_call(net, {f"body.{k}": v for k, v in ps.items()}, (x,)).float(), -1)
     n = 0
     for x, y in task.batches(batch_size, num_batches):
+        x, y = to_device(x, dev), to_device(y, dev)
         STATS["forward"] += 1
         if estimator == "fusionbench": _fisher_fusionbench(logp, params, x, fisher)
         elif lm: _fisher_lm(logp, params, x, estimator, gen, fisher)
         elif not isinstance(x, Tensor): _fisher_per_example(logp, params, x, y, estimator, gen, fisher)   # texts, fields
         else: _fisher_vmap(logp, params, x, y, estimator, gen, fisher)
         n += _num_examples(x)
-    return {back.get(k, k): (v / n).float() for k, v in fisher.items()}
+    return {back.get(k, k): (v / n).float().cpu() for k, v in fisher.items()}
 
 # %% ../nbs/10_data_aware.ipynb #c3c4098d
 def fisher_average(tensors: Sequence[Tensor], fishers: Sequence[Tensor], weights: Sequence[float] | None = None,
@@ -604,8 +610,8 @@ class _GramHooks:
     """Forward pre-hooks accumulating Σ xxᵀ (float64) and the row count of the inputs of the given linear modules;
     with `mask` set (B × T, an attention mask) only the rows of real tokens count."""
     def __init__(self, mods: Mapping[str, nn.Module]):
-        self.G = {n: torch.zeros(*(2 * [m.weight.shape[0] if is_conv1d(m) else m.in_features]), dtype=torch.float64)
-                  for n, m in mods.items()}
+        self.G = {n: torch.zeros(*(2 * [m.weight.shape[0] if is_conv1d(m) else m.in_features]), dtype=torch.float64,
+                                 device=m.weight.device) for n, m in mods.items()}
         self.rows, self.conv1d = dict.fromkeys(mods, 0), [n for n, m in mods.items() if is_conv1d(m)]
         self.order: list[str] = []
         self.mask: Tensor | None = None
@@ -622,7 +628,7 @@ class _GramHooks:
     def remove(self):
         for h in self.handles: h.remove()
     def grams(self) -> Grams:
-        g = Grams({n: g / max(self.rows[n], 1) for n, g in self.G.items()}); g.conv1d = list(self.conv1d)
+        g = Grams({n: (g / max(self.rows[n], 1)).cpu() for n, g in self.G.items()}); g.conv1d = list(self.conv1d)
         return g
 
 # %% ../nbs/10_data_aware.ipynb #f7c37c59
@@ -635,21 +641,24 @@ def _checkpoint_grams(g: Grams, back: Mapping[str, str]) -> Grams:
 def _mask_of(x: Any) -> Tensor | None: return x.get("attention_mask") if isinstance(x, Mapping) else None
 
 def gram_matrices(model: Any, task: TaskData, *, build: Callable | None = None, batch_size: int = 32,
-                  num_batches: int | None = 8) -> Grams:
+                  num_batches: int | None = 8, device: Any = None) -> Grams:
     """Input Gram matrix XᵀX/N (float64) of every linear layer (`nn.Linear`, GPT-2's `Conv1D`) of `model` on `task`,
-    keyed by module name (Jin et al. 2023); token inputs count their real tokens only (the attention mask)."""
+    keyed by module name (Jin et al. 2023); token inputs count their real tokens only (the attention mask). `device`:
+    the forward passes and the float64 sums run there (inputs copied, never moved); the Grams come back to the CPU."""
+    dev = parse_device(device)
     if isinstance(model, nn.Module): body = model.eval(); sd = dict(body.state_dict())
     else:
         sd = model if isinstance(model, Mapping) else open_model(model).state_dict()
         body = _body(build or auto_build(model), sd, "the model")
     sd, back = _module_sd(sd, body)
-    net = _Net(body, task.head, task.features)
-    _probe(net, _params(sd, body), task, "the model")
+    body = module_on(body, dev) if body is model else body.to(dev) if dev is not None else body
+    net = _Net(body, module_on(task.head, dev), task.features)
+    _probe(net, {k: to_device(v, dev) for k, v in _params(sd, body).items()}, task, "the model")
     hooks = _GramHooks(_linears(body, list(sd)))
     try:
         with torch.no_grad():
             for x, _ in task.batches(batch_size, num_batches):
-                STATS["forward"] += 1; hooks.mask = _mask_of(x); net(x)
+                x = to_device(x, dev); STATS["forward"] += 1; hooks.mask = _mask_of(x); net(x)
     finally: hooks.remove()
     return _checkpoint_grams(hooks.grams(), back)
 
@@ -684,19 +693,21 @@ class AdaMergingResult:
     history: pd.DataFrame
 
 # %% ../nbs/10_data_aware.ipynb #59e2fd55
-def _task_vectors(models: Sequence[Checkpoint], base: Checkpoint, tasks: Sequence[TaskData], build: Callable) -> tuple:
+def _task_vectors(models: Sequence[Checkpoint], base: Checkpoint, tasks: Sequence[TaskData], build: Callable,
+                  device: torch.device | None = None) -> tuple:
     """The base's parameters θ₀ (as `_params` gives them) and their names, one `_Net` per task on the base's backbone,
     and the task vectors stacked per tensor (models × …), each model probed on its task first; and the way from module
-    names back to the checkpoint's."""
+    names back to the checkpoint's; all on `device` when given."""
     b_sd = base.state_dict()
     body = _body(build, b_sd, f"base model {base.name}")
+    if device is not None: body.to(device)
     b_sd, back = _module_sd(b_sd, body)
-    theta0 = _params(b_sd, body)
+    theta0 = {k: to_device(v, device) for k, v in _params(b_sd, body).items()}
     names = list(theta0)
-    nets = [_Net(body, t.head, t.features) for t in tasks]
+    nets = [_Net(body, module_on(t.head, device), t.features) for t in tasks]
     taus = {k: [] for k in names}
     for i, (ck, t) in enumerate(zip(models, tasks)):
-        sd = {k: ck.get(back.get(k, k)).float() for k in names}
+        sd = {k: to_device(ck.get(back.get(k, k)).float(), device) for k in names}
         _probe(nets[i], sd, t, f"model {ck.name}")
         for k in names: taus[k].append(sd[k] - theta0[k])
         del sd
@@ -711,7 +722,7 @@ def _entropy(nets: Sequence[_Net], tasks: Sequence[TaskData], ps: dict[str, Tens
     loss = 0
     for net, t in zip(nets, tasks):
         idx = torch.randint(0, len(t), (min(batch_size, len(t)),), generator=gen)
-        x = _take(t.inputs, idx)
+        x = to_device(_take(t.inputs, idx), model_device(net))
         p = torch.softmax(torch.func.functional_call(net, {f"body.{k}": v for k, v in ps.items()}, (x,)).float(), -1)
         h = -(p * torch.log(p + 1e-8)).sum(-1)
         if h.dim() == 2:                                      # next-token distributions: the entropy at real tokens
@@ -724,12 +735,13 @@ def _entropy(nets: Sequence[_Net], tasks: Sequence[TaskData], ps: dict[str, Tens
 # %% ../nbs/10_data_aware.ipynb #0ce0fe29
 def _ada_fit(models: Sequence[Checkpoint], base: Checkpoint, tasks: Sequence[TaskData], build: Callable, *,
              granularity: str = "layer", init: float = 0.3, lr: float = 1e-3, steps: int = 1000, batch_size: int = 16,
-             clamp: bool = False, seed: int = 0, progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
-    "Learn the AdaMerging coefficients; returns (coefficients, history)."
+             clamp: bool = False, seed: int = 0, progress: bool = True, device: torch.device | None = None
+             ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    "Learn the AdaMerging coefficients (the forward and backward passes on `device` when given); returns (coefficients, history)."
     if granularity not in ("task", "layer"): raise DataError(f"granularity must be 'task' or 'layer', got {granularity!r}")
-    theta0, names, nets, tau, back = _task_vectors(models, base, tasks, build)
+    theta0, names, nets, tau, back = _task_vectors(models, base, tasks, build, device)
     G = 1 if granularity == "task" else len(names)
-    lam = torch.full((len(models), G), float(init), requires_grad=True)
+    lam = torch.full((len(models), G), float(init), requires_grad=True, device=device)
     opt = torch.optim.Adam([lam], lr=lr)
     gen = torch.Generator().manual_seed(seed)
     def merged(L):
@@ -746,7 +758,7 @@ def _ada_fit(models: Sequence[Checkpoint], base: Checkpoint, tasks: Sequence[Tas
         bar.update(); bar.set_postfix(entropy=f"{h:.3f}", refresh=False)
     bar.close()
     L = (lam.clamp(0, 1) if clamp else lam).detach()
-    coef = pd.DataFrame(L.T.numpy(), index=pd.Index(["all"] if G == 1 else [back.get(k, k) for k in names], name="tensor"),
+    coef = pd.DataFrame(L.T.cpu().numpy(), index=pd.Index(["all"] if G == 1 else [back.get(k, k) for k in names], name="tensor"),
                         columns=pd.Index([t.name for t in tasks], name="task"))
     return coef, pd.DataFrame(hist, columns=["step", "entropy"])
 
@@ -765,14 +777,16 @@ def _coef_row(coef: pd.DataFrame, name: str) -> list[float] | None:
 # %% ../nbs/10_data_aware.ipynb #82dae2e8
 def adamerging(models: Sequence[Any], base: Any, data: Any, *, granularity: Literal["task", "layer"] = "layer",
                init: float = 0.3, lr: float = 1e-3, steps: int = 1000, batch_size: int = 16, clamp: bool = False,
-               seed: int = 0, progress: bool = True) -> AdaMergingResult:
+               seed: int = 0, progress: bool = True, device: Any = None) -> AdaMergingResult:
     """AdaMerging (Yang et al. 2024): learn task-wise or layer-wise coefficients of the task vectors of `models` over
-    `base` by entropy minimisation on `data`'s inputs (labels unused; default split `test`), then merge."""
+    `base` by entropy minimisation on `data`'s inputs (labels unused; default split `test`), then merge. `device`: where
+    the coefficients are learned (the merge itself streams on the CPU)."""
+    dev = parse_device(device)
     cks, b = [open_model(m) for m in models], open_model(base)
     src = data_source(data, default_split="test", tokenizer=b).built_for(b)
     tasks = src.pair(cks)
     coef, hist = _ada_fit(cks, b, tasks, src.build, granularity=granularity, init=init, lr=lr, steps=steps,
-                          batch_size=batch_size, clamp=clamp, seed=seed, progress=progress)
+                          batch_size=batch_size, clamp=clamp, seed=seed, progress=progress, device=dev)
     sd = {}
     for k in b.keys():
         bt, row = b.get(k), _coef_row(coef, k)
@@ -794,11 +808,13 @@ def _validate(name: str, kw: dict) -> None:
 # %% ../nbs/10_data_aware.ipynb #4579040d
 class _State:
     """Statistics of one planned merge, computed in the prepare pass (`ensure`). What travels to a worker with
-    `client=` is the result only (cached-file handles, norms, coefficients), never the data or a lock."""
+    `client=` is the result only (cached-file handles, norms, coefficients), never the data or a lock. `device`: where
+    the statistics' forward and backward passes run (the merge's `device=`)."""
     _RESULTS = ("kind", "done", "paths", "norms", "grams", "coef", "history")
     def __init__(self, kind: str, models: list[Checkpoint], base: Checkpoint | None, src: DataSource,
-                 tasks: list[TaskData], cache: Path, params: dict, per_tensor: dict[str, dict]):
+                 tasks: list[TaskData], cache: Path, params: dict, per_tensor: dict[str, dict], device: Any = None):
         self.kind, self.models, self.base, self.src, self.tasks, self.cache = kind, models, base, src, tasks, cache
+        self.device = device
         self.p, self.per_tensor, self.lock, self.done = params, per_tensor, threading.Lock(), False
     def ensure(self) -> "_State":
         with self.lock:
@@ -815,10 +831,10 @@ class _State:
 def _model_statistics(job: tuple) -> Path:
     """Compute one model's statistics on its task (`fisher_information` or `gram_matrices`) and save them atomically
     to the cache: the unit of work of the statistics pass, a picklable job that runs on a dask worker with `client=`."""
-    prefix, ck, task, build, seed, settings, path = job
+    prefix, ck, task, build, seed, settings, path, device = job
     sd = ck.state_dict()
-    stats = (fisher_information(sd, task, build=build, seed=seed, **settings) if prefix == "fisher"
-             else gram_matrices(sd, task, build=build, **settings))
+    stats = (fisher_information(sd, task, build=build, seed=seed, device=device, **settings) if prefix == "fisher"
+             else gram_matrices(sd, task, build=build, device=device, **settings))
     _save_atomic(dict(stats), path, dict(kind=prefix, model=str(ck.name), task=task.name, n=len(task), **settings,
                                    conv1d=getattr(stats, "conv1d", []),
                                    norm=float(sum(float((v.double() ** 2).sum()) for v in stats.values()) ** 0.5)))
@@ -833,7 +849,7 @@ def _per_model(self: _State, prefix: str, settings: dict) -> list[Path]:
         key = _key(kind=prefix, model=model_hash(ck), data=t.fingerprint(), build=getattr(self.src.build, "__qualname__", ""),
                    seed=self.src.seed, **settings)
         paths.append(self.cache / f"{prefix}-{key}.safetensors")
-        if not paths[-1].is_file(): jobs.append((prefix, ck, t, self.src.build, self.src.seed, settings, paths[-1]))
+        if not paths[-1].is_file(): jobs.append((prefix, ck, t, self.src.build, self.src.seed, settings, paths[-1], self.device))
     bar = _bar(len(jobs), f"{prefix} statistics", bool(jobs))
     for _ in run_groups(jobs, _model_statistics, threads=1, size=lambda j: 1): STATS[prefix] += 1; bar.update()
     bar.close()
@@ -860,7 +876,7 @@ def _compute_regmean_pp(self: _State):
                build=getattr(self.src.build, "__qualname__", ""), alphas=alphas, **s)
     path = self.cache / f"gram_pp-{key}.safetensors"
     if not path.is_file():
-        grams = regmean_pp_grams(self.models, self.tasks, self.src.build, alphas=alphas, **s)
+        grams = regmean_pp_grams(self.models, self.tasks, self.src.build, alphas=alphas, device=self.device, **s)
         STATS["gram_pp"] += 1
         _save_atomic({f"{i}/{k}": v for i, g in enumerate(grams) for k, v in g.items()}, path,
                      dict(kind="gram_pp", models=[str(c.name) for c in self.models], conv1d=grams[0].conv1d, **s))
@@ -870,7 +886,8 @@ def _compute_regmean_pp(self: _State):
 @patch
 def _compute_adamerging(self: _State):
     s = self._settings("granularity", "init", "lr", "steps", "batch_size", "clamp")
-    self.coef, self.history = _ada_fit(self.models, self.base, self.tasks, self.src.build, seed=self.src.seed, **s)
+    self.coef, self.history = _ada_fit(self.models, self.base, self.tasks, self.src.build, seed=self.src.seed,
+                                       device=parse_device(self.device), **s)
 
 # %% ../nbs/10_data_aware.ipynb #9505a310
 class _LazyFile:
@@ -888,7 +905,8 @@ def _linear_order(body: nn.Module, lin: Mapping[str, nn.Linear], sd: Mapping[str
     probe = _GramHooks(lin)
     try:
         with torch.no_grad():
-            torch.func.functional_call(net, {f"body.{k}": v for k, v in _params(sd, body).items()}, (next(task.batches(2, 1))[0],))
+            torch.func.functional_call(net, {f"body.{k}": v for k, v in _params(sd, body).items()},
+                                       (to_device(next(task.batches(2, 1))[0], model_device(body)),))
     finally: probe.remove()
     return probe.order + [n for n in lin if n not in probe.order]
 
@@ -910,18 +928,22 @@ def _merge_block(block: Sequence[str], sds: list[dict], grams: list[dict], merge
 # %% ../nbs/10_data_aware.ipynb #cd2ba57f
 def regmean_pp_grams(models: Sequence[Checkpoint], tasks: Sequence[TaskData], build: Callable | None = None, *,
                      granularity: Literal["block", "linear"] = "block", alphas: Mapping[str, float] | float = 0.95,
-                     batch_size: int = 32, num_batches: int | None = 8, progress: bool = True) -> list[dict[str, Tensor]]:
+                     batch_size: int = 32, num_batches: int | None = 8, progress: bool = True,
+                     device: Any = None) -> list[dict[str, Tensor]]:
     """RegMean++ Grams (Nguyen et al. 2025, arXiv:2508.03121): blocks in execution order; for each, model i runs on task i
     with every earlier block merged, the Grams of the block's linears are collected, then the block is merged
     (`regmean_solve` for its linears, the mean for its other tensors). `"block"` (the paper's and FusionBench's
     `regmean_plusplus`): a block is a layer, whose linears see model i's own layer; `"linear"`: each linear is a block,
-    so it sees the merged linears before it in its layer. Tensors outside linears start averaged. Returns the Grams."""
+    so it sees the merged linears before it in its layer. Tensors outside linears start averaged. Returns the Grams
+    (on the CPU; computed on `device` when given)."""
+    dev = parse_device(device)
     if granularity not in ("block", "linear"): raise DataError(f"granularity must be 'block' or 'linear', got {granularity!r}")
-    sds = [{k: v.float() for k, v in c.state_dict().items()} for c in models]
+    sds = [{k: to_device(v.float(), dev) for k, v in c.state_dict().items()} for c in models]
     body = _body(build or auto_build(models[0]), sds[0], f"model {models[0].name}")
+    if dev is not None: body.to(dev)
     back, sds = _module_sd(sds[0], body)[1], [_module_sd(sd, body)[0] for sd in sds]
     lin, names = _linears(body, list(sds[0])), list(_params(sds[0], body))
-    nets = [_Net(body, t.head, t.features) for t in tasks]
+    nets = [_Net(body, module_on(t.head, dev), t.features) for t in tasks]
     for sd, net, t, c in zip(sds, nets, tasks, models): _probe(net, _params(sd, body), t, f"model {c.name}")
     key = _block_of if granularity == "block" else (lambda n: ("linear", n))
     blocks = [list(b) for _, b in itertools.groupby(_linear_order(body, lin, sds[0], nets[0], tasks[0]), key)]
@@ -940,7 +962,7 @@ def regmean_pp_grams(models: Sequence[Checkpoint], tasks: Sequence[TaskData], bu
                 ps = {f"body.{k}": sd[k] if k in own else merged.get(k, sd[k]) for k in names}
                 with torch.no_grad():
                     for x, _ in t.batches(batch_size, num_batches):
-                        STATS["forward"] += 1; hooks.mask = _mask_of(x); torch.func.functional_call(net, ps, (x,))
+                        x = to_device(x, dev); STATS["forward"] += 1; hooks.mask = _mask_of(x); torch.func.functional_call(net, ps, (x,))
                 grams[i].update({n: g for n, g in hooks.grams().items()})
         finally: hooks.remove()
         _merge_block(block, sds, grams, merged, alphas, conv1d)
@@ -951,7 +973,7 @@ def regmean_pp_grams(models: Sequence[Checkpoint], tasks: Sequence[TaskData], bu
 # %% ../nbs/10_data_aware.ipynb #afe139e5
 def _prepare(kind: str):
     "The prepare pass of a data-aware method: pair models with tasks, compute (or load) the statistics, attach them."
-    def prepare(groups: Sequence[TensorGroup], threads: int = 2, **_) -> list[TensorGroup]:
+    def prepare(groups: Sequence[TensorGroup], threads: int = 2, device: Any = None, **_) -> list[TensorGroup]:
         groups = list(groups)
         if not groups: return groups
         g0 = groups[0]
@@ -960,7 +982,7 @@ def _prepare(kind: str):
         src = data_source(g0.params["data"], default_split=METHODS[kind].data_split, tokenizer=base or models[0]).built_for(base or models[0])
         tasks = src.pair(models)
         cache = stats_cache(g0.params.get("cache_dir"), models + [base])
-        state = _State(kind, models, base, src, tasks, cache, g0.params, {g.name: g.params for g in groups}).ensure()
+        state = _State(kind, models, base, src, tasks, cache, g0.params, {g.name: g.params for g in groups}, device).ensure()
         spec = src.spec or {"fingerprint": src.fingerprint()}            # the data itself stays here
         return [replace(g, params={**g.params, "data": spec, "_state": state}) for g in groups]
     return prepare

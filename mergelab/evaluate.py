@@ -4,7 +4,7 @@
 
 # %% ../nbs/08_evaluate.ipynb #cd6b8c70
 from __future__ import annotations
-import copy, itertools, math
+import itertools, math
 from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from .io import MergelabError, EvaluationError, open_model, open_module, lower_is_better, short_repr
-from .scheduler import run_groups, parse_device, model_device
+from .scheduler import run_groups, parse_device, model_device, to_device, module_on
 from .masks import tall_compress, tall_reconstruct
 
 # %% auto #0
@@ -25,16 +25,6 @@ Build = Callable[[Any], nn.Module]
 
 def _batches(x: Any, bs: int) -> Iterable[Any]:
     for i in range(0, len(x), bs): yield x[i:i + bs]
-
-def _on(x: Any, dev: torch.device) -> Any:
-    "A batch on `dev`: tensors (also inside a mapping) are moved; anything else (texts) is left to the task's `features`."
-    if isinstance(x, torch.Tensor): return x.to(dev)
-    if isinstance(x, Mapping): return {k: _on(v, dev) for k, v in x.items()}
-    return x
-
-def _head_on(head: nn.Module | None, dev: torch.device) -> nn.Module | None:
-    "The task's head on `dev`: itself when it is there, else a copy (a task's head is never moved)."
-    return head if head is None or model_device(head) == dev else copy.deepcopy(head).to(dev)
 
 @dataclass
 class ClassificationTask:
@@ -56,9 +46,9 @@ class ClassificationTask:
     def score(self, module: nn.Module, step: Callable[[], None] = lambda: None) -> dict[str, float]:
         "Accuracy (%) and mean cross-entropy of `module` on this task."
         correct, loss, dev = 0, 0.0, model_device(module)
-        head = _head_on(self.head, dev)
+        head = module_on(self.head, dev)                 # a copy where the module is elsewhere: the task's head never moves
         for x, y in zip(_batches(self.inputs, self.batch_size), _batches(self.labels, self.batch_size)):
-            x, y = _on(x, dev), y.to(dev)
+            x, y = to_device(x, dev), y.to(dev)
             h = self.features(module, x) if self.features is not None else module(x)
             logits = head(h) if head is not None else h
             loss += F.cross_entropy(logits.float(), y, reduction="sum").item()
@@ -125,7 +115,7 @@ def evaluate(model: Any, tasks: Sequence | Mapping, *, build: Build | None = Non
         fn = build or getattr(t, "build", None)
         if id(fn) not in built: built[id(fn)] = _module(model, fn, t.name, state)
     if dev is not None:
-        built = {k: (copy.deepcopy(m) if m is model else m).to(dev) if model_device(m) != dev else m for k, m in built.items()}
+        built = {k: module_on(m, dev) if m is model else m.to(dev) for k, m in built.items()}   # ours move; yours is copied
     from tqdm.auto import tqdm
     bar = tqdm(total=sum(t.n_batches() for t in tasks), desc=desc, unit="batch", disable=not progress, leave=False)
     rows = []

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 from fastcore.basics import patch
 from .io import LazyCheckpoint, MergelabError, open_model, model_names, short_repr
-from .scheduler import TensorGroup, map_reduce, layer_index, using_client, check_threads
+from .scheduler import TensorGroup, map_reduce, layer_index, using_client, check_threads, parse_device
 from .methods import sparsify_magnitude, radix_kth_abs, elect_sign
 from .masks import tall_masks
 from .memory import MemoryEstimate, check_memory, pass_memory
@@ -80,7 +80,7 @@ def singular_task_interference(mats: Sequence[Tensor], rank: int | None = None) 
         U, S, Vh = _svd(A)
         Us.append(U[:, :r]); Ss.append(S[:r]); Vs.append(Vh[:r].T)
     U, S, V = torch.cat(Us, 1), torch.cat(Ss), torch.cat(Vs, 1)
-    I = torch.eye(U.shape[1], dtype=U.dtype)
+    I = torch.eye(U.shape[1], dtype=U.dtype, device=U.device)
     return float((((U.T @ U - I) * S) @ (V.T @ V - I)).abs().sum())
 
 # %% ../nbs/07_interference.ipynb #7f72cc00
@@ -88,7 +88,7 @@ def energy_rank(S: Tensor, energy: float = 0.95) -> int:
     "Smallest k with √(Σ_{i≤k} σᵢ² / Σ σᵢ²) ≥ `energy` (Iso-merging's rank)."
     e = S.double().square()
     if float(e.sum()) == 0: return 0
-    return int(torch.searchsorted((e.cumsum(0) / e.sum()).sqrt(), torch.tensor(energy, dtype=torch.float64) - 1e-12)) + 1
+    return int(torch.searchsorted((e.cumsum(0) / e.sum()).sqrt(), torch.tensor(energy, dtype=torch.float64, device=e.device) - 1e-12)) + 1
 
 # %% ../nbs/07_interference.ipynb #d430f8c0
 def subspace_alignment(mats: Sequence[Tensor], energy: float = 0.95) -> tuple[list[float], int]:
@@ -153,8 +153,9 @@ class TensorInterference:
 
 # %% ../nbs/07_interference.ipynb #8863bfa5
 def _tensor_stats(ds: DeltaSet, g: TensorGroup, density: float, thr, lam: float, spectral: bool,
-                  sti_rank: int | None, energy: float) -> TensorInterference:
+                  sti_rank: int | None, energy: float, device: torch.device | None = None) -> TensorInterference:
     X = ds.read(g, _work_dtype(ds))
+    if device is not None: X = X.to(device)          # every statistic below is computed there; the results come back
     kin = DeltaStats.of(X)
     T = trim(X, density, thr)
     c = sign_counts(T)
@@ -175,8 +176,9 @@ def _tensor_stats(ds: DeltaSet, g: TensorGroup, density: float, thr, lam: float,
             spec = dict(sti=singular_task_interference(mats, sti_rank), sar=float(torch.tensor(sar, dtype=torch.float64).nanmean()), k95=k,
                         flatness=flat, eff_rank=er, **{f"sar/{n}": s for n, s in zip(ds.names, sar)})
     l = layer_index(g.name)
-    return TensorInterference(g.name, -1 if l is None else l, X.shape[1], kin, counts, (X != 0).sum(1).double(),
-                              nnz_trim, kept2, c["pair_conflict"], c["pair_both"], tall_density, spec)
+    cpu = lambda t: t.cpu()
+    return TensorInterference(g.name, -1 if l is None else l, X.shape[1], kin, counts, cpu((X != 0).sum(1).double()),
+                              cpu(nnz_trim), cpu(kept2), cpu(c["pair_conflict"]), cpu(c["pair_both"]), cpu(tall_density), spec)
 
 # %% ../nbs/07_interference.ipynb #a9a17589
 MEASURES = ("sign_agreement", "sign_conflict_rate", "sign_conflict_frac", "agreement_mass", "redundancy", "norm_kept",
@@ -289,13 +291,14 @@ def interference_statistics(models: Any, base: Any = None, *, density: float = 0
                             scope: Literal["tensor", "model"] = "tensor", tall_lambda: float = 0.4,
                             spectral: bool = True, sti_rank: int | None = None, energy: float = 0.95,
                             threads: int = 2, progress: bool = True, client: Any = None,
-                            force: bool = False) -> InterferenceStatistics:
+                            force: bool = False, device: Any = None) -> InterferenceStatistics:
     """Streaming interference statistics of N models against `base` (or N task vectors with `base=None`): one pass
     over the models (`scope="model"` adds the two radix passes of the model-wide threshold). See the module table for
     the definitions implemented. `client=` (a `dask.distributed.Client`) runs every pass's per-tensor work on its
     workers (checkpoints travel by path); the reduce stays here and the result equals the local one. The memory guard
-    (`interference_memory`) refuses a pass that would not fit before any read, unless `force`."""
-    check_threads(threads)
+    (`interference_memory`) refuses a pass that would not fit before any read, unless `force`. `device` ('cuda', …):
+    each tensor's N deltas are moved there and every statistic (trimming, signs, masks, SVDs) is computed there."""
+    check_threads(threads); dev = parse_device(device)
     if scope not in ("tensor", "model"): raise MergelabError(f"scope must be 'tensor' or 'model', got {short_repr(scope, 30)}")
     for name, v, ok in (("density", density, lambda x: 0 < x <= 1), ("tall_lambda", tall_lambda, lambda x: x >= 0),
                         ("energy", energy, lambda x: 0 < x <= 1)):
@@ -306,7 +309,7 @@ def interference_statistics(models: Any, base: Any = None, *, density: float = 0
     def red(acc, r): acc.append(r); release_heap(); return acc
     with intraop_threads(1), using_client(client):
         thr = model_thresholds(ds, density, threads) if scope == "model" else None
-        fn = lambda g: _tensor_stats(ds, g, density, thr, tall_lambda, spectral, sti_rank, energy)
+        fn = lambda g: _tensor_stats(ds, g, density, thr, tall_lambda, spectral, sti_rank, energy, dev)
         items = map_reduce(ds.groups(), fn, red, [], threads=threads, progress="interference" if progress else False)
     return InterferenceStatistics(ds.names, items, dict(density=density, scope=scope, tall_lambda=tall_lambda))
 

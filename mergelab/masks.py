@@ -64,7 +64,7 @@ def tall_masks(deltas: Tensor, tau_mtl: Tensor, tall_lambda: Sequence[float] | f
             or tuple(tau_mtl.shape) != tuple(deltas.shape[1:]):
         raise InvalidValue("tall_masks needs the stacked task vectors (T × …, floating point) and τ_MTL of one task "
                            f"vector's shape, got {short_repr(deltas, 40)} and {short_repr(tau_mtl, 40)}")
-    try: lam = torch.as_tensor(tall_lambda, dtype=deltas.dtype).reshape(-1, *([1] * (deltas.dim() - 1)))
+    try: lam = torch.as_tensor(tall_lambda, dtype=deltas.dtype, device=deltas.device).reshape(-1, *([1] * (deltas.dim() - 1)))
     except (TypeError, ValueError, RuntimeError): lam = None
     if lam is None or lam.shape[0] not in (1, deltas.shape[0]) or not torch.isfinite(lam).all() or (lam < 0).any():
         raise InvalidValue(f"tall_lambda must be one number ≥ 0 or one per task, got {short_repr(tall_lambda, 40)}")

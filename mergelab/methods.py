@@ -287,7 +287,7 @@ def _validate_della(method: str, kw: dict):
 
 # %% ../nbs/02_methods.ipynb #b2e4a6c1
 def ties_prepare(groups: Sequence[TensorGroup], threads: int = 2, *, dtype: torch.dtype | None = None,
-                 compute_dtype: torch.dtype | None = None, seed: int | None = None) -> list[TensorGroup]:
+                 compute_dtype: torch.dtype | None = None, seed: int | None = None, **_) -> list[TensorGroup]:
     """Model-wide statistics for `topk_scope="model"` (FusionBench / TIES paper): per model the exact k-th smallest
     |δ̂| over the whole model (`_threshold`) and, with `zero_sign="majority"`, the model-wide majority sign (`_majority`).
     δ̂ is what the magnitude trim sees (`trim_input`). Groups with `topk_scope="tensor"` are returned unchanged."""

@@ -101,7 +101,9 @@ class MergeMethod:
     """A registered merge method: the pure function plus every fact the planner, the memory guard, the CLI and the
     widgets read about it. `work_factor`: working memory of one call as a multiple of its n + 1 input tensors in the
     compute dtype (measured below); `data`: what a data-aware method learns from (`GRAD`: gradients, `ACT`: activations,
-    `TTA`: unlabelled test inputs) and `data_split` the split it reads unless told; `unchanged_is_base`: a tensor no model
+    `TTA`: unlabelled test inputs) and `data_split` the split it reads unless told; `prepare(groups, threads=, dtype=,
+    compute_dtype=, seed=, device=, **kwargs)`: a model-wide pass over the planned groups before the merge, which
+    returns them with what it computed (it accepts keywords it does not use: the planner may add more); `unchanged_is_base`: a tensor no model
     changed merges to the base's own value, bit for bit (task-vector methods), so the engine copies it unmerged."""
     name: str
     fn: Callable

@@ -19,8 +19,8 @@ from .registry import ConfigError, MergeMethod, did_you_mean
 # %% auto #0
 __all__ = ['Source', 'LAYER_RE', 'NonFinitePolicy', 'NonFiniteTensor', 'TensorGroup', 'read_group', 'layer_index', 'num_layers',
            'layer_prepare', 'merge_group', 'Interrupted', 'request_stop', 'check_stop', 'check_threads', 'parse_device',
-           'nonfinite_policy', 'model_device', 'MissingDependency', 'require_dask', 'using_client', 'open_cached',
-           'dumps_by_path', 'run_groups', 'map_reduce', 'execute']
+           'nonfinite_policy', 'model_device', 'to_device', 'module_on', 'MissingDependency', 'require_dask',
+           'using_client', 'open_cached', 'dumps_by_path', 'run_groups', 'map_reduce', 'execute']
 
 # %% ../nbs/01a_scheduler.ipynb #95ea1d99
 class NonFiniteTensor(MergelabError, ValueError):
@@ -162,6 +162,21 @@ def model_device(module: nn.Module) -> torch.device:
     for t in module.parameters(): return t.device
     for t in module.buffers(): return t.device
     return torch.device("cpu")
+
+# %% ../nbs/01a_scheduler.ipynb #fd84fea1
+def to_device(x: Any, device: torch.device | None) -> Any:
+    "A batch on `device` (None: unchanged): tensors, also inside mappings, lists and tuples, are moved; anything else (texts) is kept."
+    if device is None: return x
+    if isinstance(x, torch.Tensor): return x.to(device)
+    if isinstance(x, dict) or hasattr(x, "items") and hasattr(x, "keys"): return {k: to_device(v, device) for k, v in x.items()}
+    if isinstance(x, (list, tuple)) and any(isinstance(v, torch.Tensor) for v in x): return type(x)(to_device(v, device) for v in x)
+    return x
+
+def module_on(module: nn.Module | None, device: torch.device | None) -> nn.Module | None:
+    "`module` on `device`: itself when it is there already (or `device` is None), else a copy there; the argument is never moved."
+    if module is None or device is None or model_device(module) == device: return module
+    import copy
+    return copy.deepcopy(module).to(device)
 
 # %% ../nbs/01a_scheduler.ipynb #66b0da22
 class MissingDependency(MergelabError, ImportError):

@@ -124,6 +124,26 @@ def test_zoo_mlps_all_forms(tmp_path):
     with pytest.raises(MergelabError): merge(models, "regmean", base=zoo.base.path, data=texts, progress=False, cache_dir=tmp_path)
 
 
+def test_device_path_on_cpu(tmp_path):
+    """`device=` reaches every data-aware method's statistics pass (the merge's prepare pass): on the CPU the device
+    path gives the merge without it, computed afresh (separate caches); a device this machine lacks is refused first."""
+    from mergelab.zoo import load_zoo
+    from mergelab.io import InvalidValue
+    zoo = load_zoo("digits")
+    models = {n: zoo.experts[n].path for n in list(zoo.experts)[:2]}
+    data = {n: (zoo.data[n]["finetune"][0][:32], zoo.data[n]["finetune"][1][:32]) for n in models}
+    for i, (name, kw) in enumerate(METHODS.items()):
+        run = lambda sub, **d: merge(models, name.split("-")[0], base=zoo.base.path, data=data, progress=False,
+                                     cache_dir=tmp_path / f"{i}{sub}", seed=0, **kw, **d)
+        a, b = run("a"), run("b", device="cpu")
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    with pytest.raises(InvalidValue): merge(models, "fisher", base=zoo.base.path, data=data, progress=False, device="tpu")
+    if torch.cuda.is_available():
+        g = merge(models, "regmean", base=zoo.base.path, data=data, progress=False, cache_dir=tmp_path / "gpu", device="cuda")
+        r = merge(models, "regmean", base=zoo.base.path, data=data, progress=False, cache_dir=tmp_path / "r")
+        assert max(float((g[k].cpu() - r[k]).abs().max()) for k in r) < 1e-4
+
+
 @pytest.mark.parametrize("form", ["object", "path"])
 @pytest.mark.parametrize("kind", list(ARCH))
 def test_delta_activations(family, tokenizer, tmp_path, kind, form):
