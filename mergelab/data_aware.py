@@ -561,7 +561,7 @@ def fisher_information(model: Any, task: TaskData, *, build: Callable | None = N
         sd = model if isinstance(model, Mapping) else open_model(model).state_dict()
         body = _body(build or auto_build(model), sd, "the model")
     sd, back = _module_sd(sd, body)
-    body = module_on(body, dev) if body is model else body.to(dev) if dev is not None else body
+    body = module_on(body, dev, owned=body is not model)
     net = _Net(body, module_on(task.head, dev), task.features)
     params = {k: to_device(v.detach(), dev) for k, v in _params(sd, body).items() if k in dict(body.named_parameters())}
     lm = _probe(net, params, task, "the model") == 3
@@ -651,7 +651,7 @@ def gram_matrices(model: Any, task: TaskData, *, build: Callable | None = None, 
         sd = model if isinstance(model, Mapping) else open_model(model).state_dict()
         body = _body(build or auto_build(model), sd, "the model")
     sd, back = _module_sd(sd, body)
-    body = module_on(body, dev) if body is model else body.to(dev) if dev is not None else body
+    body = module_on(body, dev, owned=body is not model)
     net = _Net(body, module_on(task.head, dev), task.features)
     _probe(net, {k: to_device(v, dev) for k, v in _params(sd, body).items()}, task, "the model")
     hooks = _GramHooks(_linears(body, list(sd)))
@@ -699,8 +699,7 @@ def _task_vectors(models: Sequence[Checkpoint], base: Checkpoint, tasks: Sequenc
     and the task vectors stacked per tensor (models × …), each model probed on its task first; and the way from module
     names back to the checkpoint's; all on `device` when given."""
     b_sd = base.state_dict()
-    body = _body(build, b_sd, f"base model {base.name}")
-    if device is not None: body.to(device)
+    body = module_on(_body(build, b_sd, f"base model {base.name}"), device, owned=True)
     b_sd, back = _module_sd(b_sd, body)
     theta0 = {k: to_device(v, device) for k, v in _params(b_sd, body).items()}
     names = list(theta0)
@@ -939,8 +938,7 @@ def regmean_pp_grams(models: Sequence[Checkpoint], tasks: Sequence[TaskData], bu
     dev = parse_device(device)
     if granularity not in ("block", "linear"): raise DataError(f"granularity must be 'block' or 'linear', got {granularity!r}")
     sds = [{k: to_device(v.float(), dev) for k, v in c.state_dict().items()} for c in models]
-    body = _body(build or auto_build(models[0]), sds[0], f"model {models[0].name}")
-    if dev is not None: body.to(dev)
+    body = module_on(_body(build or auto_build(models[0]), sds[0], f"model {models[0].name}"), dev, owned=True)
     back, sds = _module_sd(sds[0], body)[1], [_module_sd(sd, body)[0] for sd in sds]
     lin, names = _linears(body, list(sds[0])), list(_params(sds[0], body))
     nets = [_Net(body, module_on(t.head, dev), t.features) for t in tasks]

@@ -114,8 +114,7 @@ def evaluate(model: Any, tasks: Sequence | Mapping, *, build: Build | None = Non
     for t in tasks:
         fn = build or getattr(t, "build", None)
         if id(fn) not in built: built[id(fn)] = _module(model, fn, t.name, state)
-    if dev is not None:
-        built = {k: module_on(m, dev) if m is model else m.to(dev) for k, m in built.items()}   # ours move; yours is copied
+    built = {k: module_on(m, dev, owned=m is not model) for k, m in built.items()}   # ours move; yours is copied
     from tqdm.auto import tqdm
     bar = tqdm(total=sum(t.n_batches() for t in tasks), desc=desc, unit="batch", disable=not progress, leave=False)
     rows = []

@@ -10,7 +10,7 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Literal, Sequence, get_args
+from typing import Any, Callable, Iterable, Literal, Mapping, Sequence, get_args
 import torch
 from torch import nn
 from .io import Checkpoint, MergelabError, InvalidValue, ShardedWriter, open_model, short_repr
@@ -168,13 +168,15 @@ def to_device(x: Any, device: torch.device | None) -> Any:
     "A batch on `device` (None: unchanged): tensors, also inside mappings, lists and tuples, are moved; anything else (texts) is kept."
     if device is None: return x
     if isinstance(x, torch.Tensor): return x.to(device)
-    if isinstance(x, dict) or hasattr(x, "items") and hasattr(x, "keys"): return {k: to_device(v, device) for k, v in x.items()}
+    if isinstance(x, Mapping): return {k: to_device(v, device) for k, v in x.items()}
     if isinstance(x, (list, tuple)) and any(isinstance(v, torch.Tensor) for v in x): return type(x)(to_device(v, device) for v in x)
     return x
 
-def module_on(module: nn.Module | None, device: torch.device | None) -> nn.Module | None:
-    "`module` on `device`: itself when it is there already (or `device` is None), else a copy there; the argument is never moved."
+def module_on(module: nn.Module | None, device: torch.device | None, owned: bool = False) -> nn.Module | None:
+    """`module` on `device`: itself when it is there already (or `device` is None); else a copy there, so a caller's
+    module is never moved, unless `owned` (a module the caller built itself), which is moved in place."""
     if module is None or device is None or model_device(module) == device: return module
+    if owned: return module.to(device)
     import copy
     return copy.deepcopy(module).to(device)
 
