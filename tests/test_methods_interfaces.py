@@ -1,5 +1,7 @@
 """Every registered method works from Python, YAML and the CLI under the same name, the three give identical tensors,
-and the output loads with transformers' `from_pretrained`."""
+and the output loads with transformers' `from_pretrained`. Identical means bit for bit, except for the methods built on
+an SVD: LAPACK (MKL on the CPU) does not promise bit-reproducible decompositions across calls (thread layout, memory
+alignment), so those agree to float32 rounding."""
 import contextlib, io
 from pathlib import Path
 import pytest, torch, yaml
@@ -38,6 +40,8 @@ RECIPES = {   # method: (uses base, models ("a", "b" or "base"), global params, 
     "consensus_mask": (True, "ab", {"k": 1}, {**TWO, "tall_lambda": [0.4, 0.4]}, ("task_arithmetic", "consensus_mask")),
 }
 
+SVD_METHODS = {"star", "tsv", "iso_c", "iso_cts"}
+
 @pytest.fixture(scope="module")
 def zoo(tmp_path_factory):
     return make_llama_family(tmp_path_factory.mktemp("zoo"), vocab=96, layers=3, noise=0.02)
@@ -71,7 +75,9 @@ def test_method_python_yaml_cli(method, zoo, tmp_path):
     y, c = Checkpoint.open(out), Checkpoint.open(tmp_path / "cli_out")
     assert set(py) == set(y.keys()) == set(c.keys())
     for k in py:
-        assert torch.equal(py[k], y.get(k)) and torch.equal(py[k], c.get(k)), (method, k)
+        for other in (y.get(k), c.get(k)):
+            if method in SVD_METHODS: torch.testing.assert_close(other, py[k], rtol=1e-5, atol=1e-7, msg=f"{method} {k}")
+            else: assert torch.equal(py[k], other), (method, k)
         assert torch.isfinite(py[k]).all(), (method, k)
     model = LlamaForCausalLM.from_pretrained(out)
     with torch.no_grad(): assert torch.isfinite(model(torch.arange(8)[None]).logits).all()
