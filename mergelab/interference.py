@@ -4,7 +4,7 @@
 
 # %% ../nbs/07_interference.ipynb #c95f852b
 from __future__ import annotations
-import itertools, math
+import itertools, math, warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, Mapping, Sequence
 import pandas as pd
@@ -16,14 +16,14 @@ from .scheduler import TensorGroup, map_reduce, layer_index, using_client, check
 from .methods import sparsify_magnitude, radix_kth_abs, elect_sign
 from .masks import tall_masks
 from .memory import MemoryEstimate, check_memory, pass_memory
-from .kinship import DeltaSet, DeltaStats, open_deltas, release_heap, intraop_threads
+from .kinship import DeltaSet, DeltaStats, RowBlock, open_deltas, release_heap, intraop_threads, statistics_block
 
 # %% auto #0
 __all__ = ['MEASURES', 'trim', 'sign_counts', 'singular_values', 'singular_task_interference', 'energy_rank',
-           'subspace_alignment', 'spectral_flatness', 'model_thresholds', 'TensorInterference',
-           'InterferenceStatistics', 'interference_memory', 'interference_statistics', 'interference_report',
-           'sign_conflict_rate', 'norm_at_k', 'weight_disentanglement', 'plot_disentanglement', 'plot_interference',
-           'plot_pairwise', 'interference_summary']
+           'subspace_alignment', 'spectral_flatness', 'model_thresholds', 'block_thresholds', 'TensorInterference',
+           'InterferenceStatistics', 'interference_block', 'interference_memory', 'interference_statistics',
+           'interference_report', 'sign_conflict_rate', 'norm_at_k', 'weight_disentanglement', 'plot_disentanglement',
+           'plot_interference', 'plot_pairwise', 'interference_summary']
 
 # %% ../nbs/07_interference.ipynb #208d7077
 def trim(X: Tensor, density: float, thresholds: Sequence[float | None] | None = None) -> Tensor:
@@ -127,12 +127,26 @@ def _as_deltas(models: Any, base: Any) -> DeltaSet:
 def _work_dtype(ds: DeltaSet) -> torch.dtype:
     return torch.float64 if any(ds.base.dtype(k) == torch.float64 for k in ds.keys) else torch.float32
 
-def model_thresholds(ds: DeltaSet, density: float, threads: int = 2) -> list[float | None]:
-    "Per model, the exact model-wide k-th smallest |δ| of TIES' `topk_scope=\"model\"` (k = total − ⌊total·ρ⌋)."
+def _kth(ds: DeltaSet, items: Sequence[RowBlock], ks: list[int], threads: int) -> list[float | None]:
+    "Per model, the exact ks[i]-th smallest |δ| over the row blocks `items` (two 16-bit radix passes over fp32 deltas)."
+    wd = _work_dtype(ds)
+    return radix_kth_abs(items, ks, threads=threads, deltas=lambda b: list(ds.read(b.name, wd, rows=b.rows)),
+                         wide=wd == torch.float64)
+
+def model_thresholds(ds: DeltaSet, density: float, threads: int = 2, block: int | None = None) -> list[float | None]:
+    """Per model, the exact model-wide k-th smallest |δ| of TIES' `topk_scope=\"model\"` (k = total − ⌊total·ρ⌋), read
+    in the pass's row blocks (`DeltaSet.blocks(block)`)."""
     if density >= 1 or density <= 0: return [None] * len(ds)
     total = sum(ds.base.numel(k) for k in ds.keys)
-    return radix_kth_abs(ds.groups(), [total - int(total * density)] * len(ds), threads=threads,
-                         compute_dtype=_work_dtype(ds))
+    return _kth(ds, ds.blocks(block), [total - int(total * density)] * len(ds), threads)
+
+def block_thresholds(ds: DeltaSet, items: Sequence[RowBlock], density: float, threads: int = 2) -> dict[str, list]:
+    """For each tensor read in row blocks, per model its ⌊ρ·numel⌋-th largest |δ|: keeping |δ| ≥ it is the per-tensor
+    top-k that a whole tensor gets (ties at the k-th magnitude all kept; a tensor with ≤ k non-zeros keeps them all)."""
+    if density >= 1: return {}
+    split = dict.fromkeys(b.name for b in items if b.rows is not None)
+    ks = {k: ds.base.numel(k) - max(1, int(density * ds.base.numel(k))) + 1 for k in split}
+    return {k: _kth(ds, [b for b in items if b.name == k], [ks[k]] * len(ds), threads) for k in split}
 
 # %% ../nbs/07_interference.ipynb #431bb412
 @dataclass
@@ -150,11 +164,18 @@ class TensorInterference:
     pair_both: Tensor
     tall_density: Tensor
     spectral: dict[str, float] = field(default_factory=dict)
+    def __add__(self, o: TensorInterference) -> TensorInterference:
+        "Two row blocks of one tensor together: every statistic is a sum over parameters (no spectral measures)."
+        return TensorInterference(self.name, self.layer, self.n + o.n, self.kin + o.kin,
+                                  {k: v + o.counts[k] for k, v in self.counts.items()}, self.nnz + o.nnz,
+                                  self.nnz_trim + o.nnz_trim, self.kept2 + o.kept2, self.pair_conflict + o.pair_conflict,
+                                  self.pair_both + o.pair_both, self.tall_density + o.tall_density)
 
 # %% ../nbs/07_interference.ipynb #8863bfa5
-def _tensor_stats(ds: DeltaSet, g: TensorGroup, density: float, thr, lam: float, spectral: bool,
+def _tensor_stats(ds: DeltaSet, b: RowBlock, density: float, thr, lam: float, spectral: bool,
                   sti_rank: int | None, energy: float, device: torch.device | None = None) -> TensorInterference:
-    X = ds.read(g, _work_dtype(ds))
+    "The statistics of one work item: a whole tensor, or a block of its rows (no spectral measures: they need all rows)."
+    X = ds.read(b.name, _work_dtype(ds), rows=b.rows)
     if device is not None: X = X.to(device)          # every statistic below is computed there; the results come back
     kin = DeltaStats.of(X)
     T = trim(X, density, thr)
@@ -167,17 +188,17 @@ def _tensor_stats(ds: DeltaSet, g: TensorGroup, density: float, thr, lam: float,
     counts = {k: float(v) for k, v in c.items() if not k.startswith("pair_")}
     counts |= dict(catastrophic=float((cnt == 0).sum()), selfish=float((cnt == 1).sum()), consensus=float((cnt >= 2).sum()))
     spec = {}
-    shape = ds.base.shape(g.name)
-    if spectral and len(shape) == 2 and min(shape) > 1:
+    shape = ds.base.shape(b.name)
+    if spectral and b.rows is None and len(shape) == 2 and min(shape) > 1:
         mats = [x.reshape(shape) for x in X]
         if any(float(x.abs().max()) > 0 for x in mats):
             sar, k = subspace_alignment(mats, energy)
             flat, er = spectral_flatness(singular_values(sum(x.double() for x in mats)))
             spec = dict(sti=singular_task_interference(mats, sti_rank), sar=float(torch.tensor(sar, dtype=torch.float64).nanmean()), k95=k,
                         flatness=flat, eff_rank=er, **{f"sar/{n}": s for n, s in zip(ds.names, sar)})
-    l = layer_index(g.name)
+    l = layer_index(b.name)
     cpu = lambda t: t.cpu()
-    return TensorInterference(g.name, -1 if l is None else l, X.shape[1], kin, counts, cpu((X != 0).sum(1).double()),
+    return TensorInterference(b.name, -1 if l is None else l, X.shape[1], kin, counts, cpu((X != 0).sum(1).double()),
                               cpu(nnz_trim), cpu(kept2), cpu(c["pair_conflict"]), cpu(c["pair_both"]), cpu(tall_density), spec)
 
 # %% ../nbs/07_interference.ipynb #a9a17589
@@ -238,6 +259,7 @@ class InterferenceStatistics:
     names: list[str]
     tensors: list[TensorInterference]
     params: dict
+    row_blocked: list[str] = field(default_factory=list)     # tensors read in row blocks: no spectral measures
     def _groups(self, by: str | None) -> dict:
         if by not in (None, "global", "layer", "tensor"):
             raise MergelabError(f"by must be None, 'layer' or 'tensor', got {str(by)[:40]!r}")
@@ -275,27 +297,38 @@ def per_model(self: InterferenceStatistics) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["model", "measure", "value"])
 
 # %% ../nbs/07_interference.ipynb #ef841d91
-def interference_memory(ds: DeltaSet, spectral: bool = True, threads: int = 2) -> MemoryEstimate:
-    """The memory guard's estimate for `interference_statistics` over `ds` (nothing is read). Each tensor's measures
-    hold its N deltas in the work dtype several times over (trimmed copies, sign counts, TALL masks, the SVDs):
-    measured 8.9–9.3× those bytes without spectral measures and 11.9× with them (N = 4–8, 1–4 M entries per tensor),
-    taken here as 10× and 12.5×."""
-    factor, item = (12.5 if spectral else 10.0), torch.empty((), dtype=_work_dtype(ds)).element_size()
-    works = [int(factor * len(ds) * ds.base.numel(k) * item) for k in ds.keys]
-    return pass_memory(works, [g.read_bytes for g in ds.groups()], threads,
-                       knobs=["spectral=False", "threads=1", "kinship_matrix(...) for the task-vector geometry alone "
-                              "(it reads large tensors in row blocks)"])
+def _factor(spectral: bool) -> float: return 12.5 if spectral else 10.0
+
+def interference_block(ds: DeltaSet, spectral: bool = True, threads: int = 2,
+                       max_memory: int | str | None = None) -> int:
+    "The row block (`DeltaSet.blocks` units) of an interference pass over `ds` within `max_memory` (see `interference_memory`)."
+    item = torch.empty((), dtype=_work_dtype(ds)).element_size()
+    return statistics_block(max_memory, threads, _factor(spectral) * item / 8)
+
+def interference_memory(ds: DeltaSet, spectral: bool = True, threads: int = 2, block: int | None = None) -> MemoryEstimate:
+    """The memory guard's estimate for `interference_statistics` over `ds` read in `ds.blocks(block)` (whole tensors by
+    default; nothing is read). A work item's measures hold its N deltas in the work dtype several times over (trimmed
+    copies, sign counts, TALL masks, the SVDs): measured 8.9–9.3× those bytes without spectral measures and 11.9× with
+    them (N = 4–8, 1–4 M entries per tensor), taken here as 10× and 12.5× (row blocks: 10×, they skip the SVDs)."""
+    item, items = torch.empty((), dtype=_work_dtype(ds)).element_size(), ds.blocks(block)
+    works = [int(_factor(spectral and b.rows is None) * len(ds) * b.numel * item) for b in items]
+    return pass_memory(works, [b.read_bytes for b in items], threads,
+                       knobs=["max_memory= a smaller budget (smaller row blocks)", "spectral=False", "threads=1"])
 
 # %% ../nbs/07_interference.ipynb #e9b237dd
 def interference_statistics(models: Any, base: Any = None, *, density: float = 0.2,
                             scope: Literal["tensor", "model"] = "tensor", tall_lambda: float = 0.4,
                             spectral: bool = True, sti_rank: int | None = None, energy: float = 0.95,
                             threads: int = 2, progress: bool = True, client: Any = None,
-                            force: bool = False, device: Any = None) -> InterferenceStatistics:
+                            max_memory: int | str | None = None, force: bool = False,
+                            device: Any = None) -> InterferenceStatistics:
     """Streaming interference statistics of N models against `base` (or N task vectors with `base=None`): one pass
     over the models (`scope="model"` adds the two radix passes of the model-wide threshold). See the module table for
     the definitions implemented. `client=` (a `dask.distributed.Client`) runs every pass's per-tensor work on its
-    workers (checkpoints travel by path); the reduce stays here and the result equals the local one. The memory guard
+    workers (checkpoints travel by path); the reduce stays here and the result equals the local one. A tensor whose
+    measures would exceed its share of `max_memory` (the budget of `kinship.statistics_block`) is read in row blocks,
+    exactly (per-tensor top-k thresholds by radix select first); such tensors get no spectral measures (they need the
+    whole matrix), are listed in `.row_blocked`, and a warning says which budget would give them. The memory guard
     (`interference_memory`) refuses a pass that would not fit before any read, unless `force`. `device` ('cuda', …):
     each tensor's N deltas are moved there and every statistic (trimming, signs, masks, SVDs) is computed there."""
     check_threads(threads); dev = parse_device(device)
@@ -305,13 +338,22 @@ def interference_statistics(models: Any, base: Any = None, *, density: float = 0
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not ok(v):
             raise MergelabError(f"{name} is out of range or not a number: {short_repr(v, 30)}")
     ds = _as_deltas(models, base)
-    check_memory(interference_memory(ds, spectral, threads), force=force, what="interference pass")
-    def red(acc, r): acc.append(r); release_heap(); return acc
+    block = interference_block(ds, spectral, threads, max_memory)
+    check_memory(interference_memory(ds, spectral, threads, block), force=force, what="interference pass")
+    items = ds.blocks(block)
+    split = list(dict.fromkeys(b.name for b in items if b.rows is not None))
+    def red(acc, r): acc[r.name] = acc[r.name] + r if r.name in acc else r; release_heap(); return acc
     with intraop_threads(1), using_client(client):
-        thr = model_thresholds(ds, density, threads) if scope == "model" else None
-        fn = lambda g: _tensor_stats(ds, g, density, thr, tall_lambda, spectral, sti_rank, energy, dev)
-        items = map_reduce(ds.groups(), fn, red, [], threads=threads, progress="interference" if progress else False)
-    return InterferenceStatistics(ds.names, items, dict(density=density, scope=scope, tall_lambda=tall_lambda))
+        thr = model_thresholds(ds, density, threads, block) if scope == "model" else block_thresholds(ds, items, density, threads)
+        fn = lambda b: _tensor_stats(ds, b, density, thr if scope == "model" else thr.get(b.name), tall_lambda, spectral,
+                                     sti_rank, energy, dev)
+        acc = map_reduce(items, fn, red, {}, threads=threads, progress="interference" if progress else False)
+    if spectral and split:
+        item = torch.empty((), dtype=_work_dtype(ds)).element_size()      # the budget that reads the largest whole:
+        need = 2 * threads * _factor(True) * len(ds) * max(ds.base.numel(k) for k in split) * item
+        warnings.warn(f"{len(split)} tensors ({', '.join(split[:3])}{', …' if len(split) > 3 else ''}) were read in row "
+                      f"blocks and have no spectral measures; max_memory={int(need)} ({need / 2**30:.2f} GiB) or more gives them")
+    return InterferenceStatistics(ds.names, list(acc.values()), dict(density=density, scope=scope, tall_lambda=tall_lambda), split)
 
 # %% ../nbs/07_interference.ipynb #5cd9e671
 def interference_report(models: Any, base: Any = None, *, by: Literal["layer", "tensor"] | None = "layer",

@@ -189,13 +189,13 @@ class DeltaStatistics:
 
 
 # %% ../nbs/04_kinship.ipynb #65e7e75c
-def statistics_block(max_memory: int | str | None = None, threads: int = 2) -> int:
-    """Bytes of float64 deltas (N models × a block of rows) that one tensor group of a statistics pass holds at a time.
+def statistics_block(max_memory: int | str | None = None, threads: int = 2, factor: float = 3.0) -> int:
+    """Bytes of float64 deltas (N models × a block of rows) that one work item of a statistics pass reads at a time.
     `max_memory` (bytes, or a string such as `"2GB"`) is the whole pass's working-memory budget, by default the smaller
-    of 2 GiB and half the available memory; up to 2·`threads` groups share it, each holding about three blocks (the
-    deltas, their centred copy, the read buffers)."""
+    of 2 GiB and half the available memory; up to 2·`threads` items share it, each holding `factor` times its block
+    (kinship: 3, the deltas, their centred copy, the read buffers; interference states its own)."""
     budget = parse_size(max_memory) if max_memory is not None else min(2 * 2**30, available_memory()[0] // 2)
-    return max(1, budget // (6 * max(1, threads)))
+    return max(1, int(budget // (2 * max(1, threads) * factor)))
 
 @dataclass(frozen=True)
 class RowBlock:

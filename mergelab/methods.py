@@ -224,14 +224,15 @@ def is_float_group(g: TensorGroup) -> bool:
 # %% ../nbs/02_methods.ipynb #e80b4d43
 def radix_kth_abs(groups: Sequence[TensorGroup], ks: Sequence[int | None], *, threads: int = 2,
                   dtype: torch.dtype | None = None, compute_dtype: torch.dtype | None = None,
-                  deltas: Callable[[TensorGroup], list[Tensor]] | None = None) -> list[float | None]:
+                  deltas: Callable[[Any], list[Tensor]] | None = None, wide: bool | None = None) -> list[float | None]:
     """Exact k-th smallest |θᵢ − θ₀| (1-indexed `ks[i]`; `None` skips model i) over all tensors of all groups, per model,
     by a streaming 16-bit radix select on the float bit patterns (never materialises a flattened model). `deltas(g)`
-    replaces the plain task vectors of a group (DARE-TIES trims the dropped ones)."""
+    replaces the plain task vectors of a group (DARE-TIES trims the dropped ones); with it, `groups` may be any work items
+    (row blocks) and `wide` says whether the deltas are float64 (default: from the groups' dtypes)."""
     deltas = deltas or (lambda g: _group_deltas(g, dtype, compute_dtype))
-    groups = [g for g in groups if is_float_group(g)]
+    groups = [g for g in groups if not isinstance(g, TensorGroup) or is_float_group(g)]
     n = len(ks)
-    wide = any(c.dtype(k) == torch.float64 for g in groups for c, k in [*g.inputs, g.base])
+    if wide is None: wide = any(c.dtype(k) == torch.float64 for g in groups for c, k in [*g.inputs, g.base])
     nbits = 64 if wide else 32
     prefix, rem = [0] * n, [k for k in ks]
     for p in range(nbits // 16):

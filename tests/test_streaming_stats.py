@@ -102,3 +102,46 @@ def test_interference_report_reads_once_and_memory_bounded(ckpts):
     m = measure(INTERFERENCE, ckpts)
     check_bounded(m, "interference_report scope=tensor")
     assert m["rows"] > 0
+
+
+VOCAB = textwrap.dedent("""
+    import json, sys, threading, time, warnings
+    from pathlib import Path
+    import torch
+    from safetensors.torch import save_file
+    from mergelab.io import current_rss
+    import mergelab.interference as I
+    d = Path(sys.argv[1]); g = torch.Generator().manual_seed(0)
+    base = {"model.embed_tokens.weight": torch.randn(32000, 512, generator=g),
+            "model.layers.0.mlp.up_proj.weight": torch.randn(256, 512, generator=g)}
+    save_file(base, str(d / "base.safetensors"))
+    for m in range(4):
+        save_file({k: v + 0.01 * torch.randn(v.shape, generator=g) for k, v in base.items()}, str(d / f"m{m}.safetensors"))
+    del base
+    start, peak, stop = current_rss(), [0], [False]
+    def watch():
+        while not stop[0]: peak[0] = max(peak[0], current_rss() - start); time.sleep(0.005)
+    th = threading.Thread(target=watch); th.start()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        st = I.interference_statistics([d / f"m{m}.safetensors" for m in range(4)], d / "base.safetensors",
+                                       density=0.2, scope=sys.argv[2], max_memory="256MB", progress=False)
+    stop[0] = True; th.join()
+    whole = I.interference_memory(I._as_deltas([d / f"m{m}.safetensors" for m in range(4)], d / "base.safetensors")).peak
+    print(json.dumps(dict(peak=peak[0], whole=whole, row_blocked=st.row_blocked, warned=len(caught),
+                          values=st.table(None).set_index("measure").value.to_dict())))
+""")
+
+@pytest.mark.parametrize("scope", ["tensor", "model"])
+def test_interference_vocabulary_embedding_in_row_blocks(tmp_path, scope):
+    """A 32000 × 512 fp32 embedding, 4 models: its measures would need ≈ 3.3 GB whole; under `max_memory="256MB"` the
+    pass reads it in row blocks and resident memory stays near the budget."""
+    r = subprocess.run([sys.executable, "-c", VOCAB, str(tmp_path), scope], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    m = json.loads(r.stdout.strip().splitlines()[-1])
+    print(f"\ninterference scope={scope}, 4 x 32000 x 512 embedding: RSS grew {m['peak'] / 2**20:.0f} MiB "
+          f"(whole-tensor estimate {m['whole'] / 2**30:.2f} GiB)")
+    assert m["whole"] > 3 * 2**30 and m["row_blocked"] == ["model.embed_tokens.weight"] and m["warned"] == 1
+    assert m["peak"] < 400 * 2**20
+    v = m["values"]
+    assert 0.15 < v["redundancy"] < 1 and 0 <= v["sign_conflict_rate"] <= 1 and v["norm_kept"] > 0.4
