@@ -56,6 +56,8 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--on-nonfinite", choices=["error", "warn", "ignore"], default="error", help="NaN/inf policy")
     m.add_argument("--device", default=None, help="merge each tensor group on this device: cuda, cuda:1, mps (default: the CPU)")
     m.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    m.add_argument("--max-memory", default=None, type=_size, help="working-memory budget, e.g. 4GB: larger tensors "
+                   "merge in row blocks (default: only when the whole tensors would not fit)")
     m.add_argument("--force", action="store_true", help="run even if the estimated peak memory exceeds what is available")
     v = sub.add_parser("validate", help="check a config completely without reading any tensor")
     v.add_argument("config")
@@ -79,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
             out = merge_config(args.config, args.out, overwrite=args.overwrite, max_shard_size=args.max_shard_size,
                                seed=args.seed, threads=args.threads, dtype=args.dtype, compute_dtype=args.compute_dtype,
                                on_nonfinite=args.on_nonfinite, progress=not args.no_progress, force=args.force,
-                               device=args.device)
+                               device=args.device, max_memory=args.max_memory)
             print(f"merged into {out} in {time.perf_counter() - t0:.1f} s (peak RSS {_peak_rss() / 2**20:.0f} MiB)")
         elif args.cmd == "validate":
             from mergelab.config import build_plan

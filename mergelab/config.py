@@ -17,12 +17,12 @@ from .io import (Checkpoint, LazyCheckpoint, AdapterCheckpoint, ShardedWriter, M
 from .registry import ConfigError, MergeMethod, METHODS, get_method, chain, did_you_mean, REQUIRED
 from .scheduler import (TensorGroup, execute, layer_index, num_layers, LAYER_RE, using_client, nonfinite_policy,
                                 check_threads, parse_device)
-from .memory import MemoryEstimate, estimate_memory, check_memory
+from .memory import MemoryEstimate, estimate_memory, check_memory, split_rows, available_memory
 
 # %% auto #0
 __all__ = ['MERGEKIT_FLAGS', 'MAX_CONFIG_BYTES', 'MAX_CONFIG_VALUES', 'MAX_CONFIG_DEPTH', 'dsl_value', 'parse_dtype',
-           'MergeConfig', 'load_yaml', 'yaml_safe', 'Plan', 'build_plan', 'run_plan', 'merge_config', 'merge',
-           'estimate_peak_memory', 'merge_setting_config']
+           'MergeConfig', 'load_yaml', 'yaml_safe', 'Plan', 'plan_row_blocks', 'build_plan', 'run_plan', 'merge_config',
+           'merge', 'estimate_peak_memory', 'merge_setting_config']
 
 # %% ../nbs/03_config.ipynb #a7bf4333
 def _is_gradient(v) -> bool: return isinstance(v, (list, tuple)) and len(v) > 0 and not isinstance(v[0], Mapping)
@@ -354,15 +354,34 @@ def _plain_groups(method: MergeMethod, cfg: MergeConfig, models: list[Checkpoint
                                   _resolve(method, cfg.parameters, per_model, k, tau, problems)))
     return groups
 
+# %% ../nbs/03_config.ipynb #365ff583
+def plan_row_blocks(method: MergeMethod, groups: list[TensorGroup], *, threads: int = 2, dtype: torch.dtype | None = None,
+                    compute_dtype: torch.dtype | None = None, out_dtype: torch.dtype | None = None,
+                    max_memory: int | str | None = None, available: int | None = None, collect: bool = False,
+                    max_shard_size: int | str = "5GB") -> list[TensorGroup]:
+    """Row blocks where memory calls for them (`memory.split_rows`, row-separable methods only). With `max_memory`
+    (bytes or "4GB") the working set stays within it. Without, every tensor stays whole (per-tensor results exactly as
+    mergekit's) unless the whole-tensor plan would exceed the `available` memory; then the budget is half of it."""
+    if max_memory is None:
+        est = estimate_memory(groups, method, threads=threads, dtype=dtype, compute_dtype=compute_dtype,
+                              out_dtype=out_dtype, collect=collect, max_shard_size=parse_size(max_shard_size))
+        avail = available if available is not None else available_memory()[0]
+        if est.peak <= avail: return groups
+        budget = avail // 2
+    else: budget = parse_size(max_memory)
+    return split_rows(groups, method, budget, threads=threads, dtype=dtype, compute_dtype=compute_dtype, out_dtype=out_dtype)
+
 # %% ../nbs/03_config.ipynb #d786fef4
 def build_plan(cfg: MergeConfig | Mapping | str | Path, *, seed: int | None = None, threads: int = 2,
                collect: bool = False, max_shard_size: int | str = "5GB", compute_dtype: Any = None,
-               force: bool = False, available: int | None = None, prepare: bool = True, device: Any = None) -> Plan:
+               force: bool = False, available: int | None = None, prepare: bool = True, device: Any = None,
+               max_memory: int | str | None = None) -> Plan:
     """Validate `cfg` completely and plan one `TensorGroup` per output tensor. Before any tensor is read (a model-wide
     `prepare` pass reads), the memory guard estimates the peak (`estimate_memory`, for `threads`, the writer's
     `max_shard_size`, or the whole result with `collect=True`) and raises `InsufficientMemory` when it exceeds the
-    `available` memory (default: `available_memory()`), unless `force`. `device`: where a model-wide pass runs its
-    forward passes (the data-aware methods' statistics)."""
+    `available` memory (default: `available_memory()`), unless `force`; tensors too large for the memory are planned in
+    row blocks first (`plan_row_blocks`, `max_memory`). `device`: where a model-wide pass runs its forward passes (the
+    data-aware methods' statistics)."""
     cfg = MergeConfig.load(cfg)
     guard = lambda method, groups, dtype, out_dtype: check_memory(
         estimate_memory(groups, method, threads=threads, dtype=dtype, out_dtype=out_dtype, collect=collect,
@@ -376,6 +395,9 @@ def build_plan(cfg: MergeConfig | Mapping | str | Path, *, seed: int | None = No
     models, base = _check_models(models, base, cfg, problems)
     groups = _plain_groups(method, cfg, models, base, models_cfg, problems)
     if problems: raise ConfigError(_dedup(problems))
+    groups = plan_row_blocks(method, groups, threads=threads, dtype=parse_dtype(cfg.dtype), compute_dtype=parse_dtype(compute_dtype),
+                             out_dtype=parse_dtype(cfg.out_dtype), max_memory=max_memory, available=available,
+                             collect=collect, max_shard_size=max_shard_size)
     memory = guard(method, groups, parse_dtype(cfg.dtype), parse_dtype(cfg.out_dtype))
     seed = seed if seed is not None else cfg.parameters.get("seed")
     if prepare and method.prepare is not None:      # model-wide passes see the dtypes and random streams the merge will use
@@ -613,16 +635,17 @@ def _validated(cfg: MergeConfig, out, overwrite: bool, seed, threads, **guard) -
 def merge_config(config: Any, out: str | Path | None = None, *, overwrite: bool = False, max_shard_size: int | str = "5GB",
                  seed: int | None = None, threads: int = 2, progress: bool = True, dtype: str | None = None,
                  compute_dtype: Any = None, on_nonfinite: str = "error", force: bool = False,
-                 client: Any = None, device: Any = None) -> dict[str, torch.Tensor] | Path:
+                 client: Any = None, device: Any = None, max_memory: int | str | None = None) -> dict[str, torch.Tensor] | Path:
     """Run a mergekit-style config (YAML path, YAML text or dict); returns the state dict, or `out` when given.
     `force=True` runs even when the memory guard estimates more than is available; `client=` runs the per-tensor
-    map on dask workers (bit-identical output); `device=` ('cuda', 'cuda:1', 'mps') merges each tensor group there."""
+    map on dask workers (bit-identical output); `device=` ('cuda', 'cuda:1', 'mps') merges each tensor group there;
+    `max_memory=` ("4GB") bounds the working set, merging larger tensors in row blocks (`plan_row_blocks`)."""
     nonfinite_policy(on_nonfinite); parse_device(device)
     cfg = MergeConfig.load(config)
     if dtype is not None: cfg.dtype = dtype
     with using_client(client):
         plan = _validated(cfg, out, overwrite, seed, threads, max_shard_size=max_shard_size, compute_dtype=compute_dtype, force=force,
-                          device=device)
+                          device=device, max_memory=max_memory)
         return run_plan(plan, out, max_shard_size=max_shard_size, overwrite=overwrite, threads=threads, progress=progress,
                         compute_dtype=compute_dtype, on_nonfinite=on_nonfinite, record=cfg.to_yaml(), client=client,
                         device=device)
@@ -633,7 +656,7 @@ def merge(models: Sequence[Any] | Mapping[str, Any], method: str = "linear", bas
           max_shard_size: int | str = "5GB", seed: int | None = None, overwrite: bool = False, progress: bool = True,
           on_nonfinite: str = "error", tokenizer_source: str | None = None, truncate_vocab: bool = False,
           postprocess: Sequence[str | dict] = (), force: bool = False, client: Any = None, device: Any = None,
-          **params) -> dict[str, torch.Tensor] | Path:
+          max_memory: int | str | None = None, **params) -> dict[str, torch.Tensor] | Path:
     """Merge `models` (any references `open_model` takes, as a list or a `{name: reference}` mapping; a bare LoRA adapter
     is applied to `base`) with a registered `method`.
     Per-model parameters take a scalar (all models) or a list with one value per model; any value may use the
@@ -641,7 +664,8 @@ def merge(models: Sequence[Any] | Mapping[str, Any], method: str = "linear", bas
     go in `**params` too). Returns a state dict, or writes an HF directory to `out` and returns it. The memory guard
     refuses a merge estimated to exceed the available memory (`InsufficientMemory`) unless `force=True`; `client=`
     (a `dask.distributed.Client`) merges on its workers, tensor by tensor, with bit-identical output; `device=` ('cuda',
-    'cuda:1', 'mps') merges each tensor group there (random drops are drawn on the CPU: the same masks as a CPU merge)."""
+    'cuda:1', 'mps') merges each tensor group there (random drops are drawn on the CPU: the same masks as a CPU merge);
+    `max_memory=` ("4GB") bounds the working set, merging larger tensors in row blocks (`plan_row_blocks`)."""
     nonfinite_policy(on_nonfinite); parse_device(device)
     m = chain(method, *[p if isinstance(p, str) else p["method"] for p in postprocess]) if postprocess else get_method(method)
     models = list(model_names(models, what="merge").values())
@@ -662,7 +686,7 @@ def merge(models: Sequence[Any] | Mapping[str, Any], method: str = "linear", bas
     cfg = MergeConfig.load({k: v for k, v in d.items() if v is not None})
     with using_client(client):
         plan = _validated(cfg, out, overwrite, seed, threads, max_shard_size=max_shard_size, compute_dtype=compute_dtype, force=force,
-                          device=device)
+                          device=device, max_memory=max_memory)
         return run_plan(plan, out, max_shard_size=max_shard_size, overwrite=overwrite, threads=threads, progress=progress,
                         compute_dtype=compute_dtype, on_nonfinite=on_nonfinite, record=cfg.to_yaml(), client=client,
                         device=device)

@@ -6,7 +6,7 @@
 from __future__ import annotations
 import math, os
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 import torch
@@ -15,8 +15,8 @@ from .registry import MergeMethod, work_factor
 from .scheduler import TensorGroup
 
 # %% auto #0
-__all__ = ['InsufficientMemory', 'available_memory', 'MemoryEstimate', 'scheduled_peak', 'estimate_memory', 'check_memory',
-           'pass_memory']
+__all__ = ['InsufficientMemory', 'available_memory', 'MemoryEstimate', 'scheduled_peak', 'estimate_memory', 'split_rows',
+           'check_memory', 'pass_memory']
 
 # %% ../nbs/01b_memory.ipynb #0b01f882
 class InsufficientMemory(MergelabError, MemoryError):
@@ -66,7 +66,8 @@ class MemoryEstimate:
     def peak(self) -> int:
         "Additional bytes at the peak: the larger of the prepare pass and the merge (working set + output held)."
         p = self.parts
-        return max(p.get("prepare pass", 0), p.get("working set", 0) + p.get("writer buffer", 0) + p.get("collected output", 0))
+        return max(p.get("prepare pass", 0), p.get("working set", 0) + p.get("writer buffer", 0) + p.get("collected output", 0)
+                   + p.get("assembled tensor", 0))
     @property
     def peak_rss(self) -> int: return self.process + self.peak
     def table(self):
@@ -84,7 +85,7 @@ def _group_work(g: TensorGroup, factor: float, dtype, compute_dtype, out_dtype, 
     "(peak bytes while merging g, bytes of its output, compute-dtype bytes of its n + 1 inputs)."
     srcs = g.inputs + ([g.base] if g.base is not None else [])
     c0, k0 = g.base or g.inputs[0]
-    stored, e = c0.dtype(k0), math.prod(c0.shape(k0))
+    stored, e = c0.dtype(k0), math.prod(g.shape)
     read = g.read_bytes
     if not stored.is_floating_point: return read, read // max(len(srcs), 1), 0
     work_dt = dtype or stored
@@ -130,6 +131,8 @@ def estimate_memory(groups: Sequence[TensorGroup], method: MergeMethod, *, threa
         n = max((len(g.inputs) for g in groups), default=0)
         parts["prepare pass"] = scheduled_peak(pw, [0] * len(pw), sizes, threads, budget) + 4 * n * 65536 * 8
         knobs.append("topk_scope='tensor' (no model-wide pass)")
+    blocked = [o * g.full_shape[0] // (g.rows[1] - g.rows[0]) for g, o in zip(groups, outs) if g.rows is not None]
+    if blocked: parts["assembled tensor"] = max(blocked)        # a row-blocked tensor is held whole until written
     total_out = sum(outs)
     if collect:
         parts["collected output"] = total_out
@@ -139,6 +142,24 @@ def estimate_memory(groups: Sequence[TensorGroup], method: MergeMethod, *, threa
         knobs.append("a smaller max_shard_size / --max-shard-size (the writer buffers one shard)")
     if threads > 1: knobs.insert(0, "threads=1 / --threads 1")
     return MemoryEstimate(parts, current_rss() if process is None else process, threads, knobs)
+
+# %% ../nbs/01b_memory.ipynb #2ebbeeb0
+def split_rows(groups: Sequence[TensorGroup], method: MergeMethod, budget: int, *, threads: int = 2,
+               dtype: torch.dtype | None = None, compute_dtype: torch.dtype | None = None,
+               out_dtype: torch.dtype | None = None) -> list[TensorGroup]:
+    """Plan row blocks: a floating-point group of a row-separable method (`MergeMethod.splits_rows`) whose working set
+    exceeds `budget` / (2·`threads`) becomes consecutive blocks of rows that each fit (`TensorGroup.rows`: ranged reads,
+    assembled in order by `execute`); every other group stays whole. `budget` bounds the working set, not the
+    assembled tensor or the writer's shard buffer (see `estimate_memory`)."""
+    f, fp32, per, out = work_factor(method), method.compute == "fp32", max(1, budget // (2 * max(1, threads))), []
+    for g in groups:
+        c0, k0 = g.base or g.inputs[0]
+        work, n = _group_work(g, f, dtype, compute_dtype, out_dtype, fp32)[0], (g.shape[0] if len(g.shape) else 1)
+        if work <= per or n < 2 or g.rows is not None or not c0.dtype(k0).is_floating_point or not method.splits_rows(g.params):
+            out.append(g); continue
+        step = max(1, n * per // work)
+        out += [replace(g, rows=(s, min(s + step, n))) for s in range(0, n, step)]
+    return out
 
 # %% ../nbs/01b_memory.ipynb #a1f0c3dd
 def check_memory(est: MemoryEstimate, available: int | None = None, *, force: bool = False, what: str = "merge") -> MemoryEstimate:

@@ -5,7 +5,7 @@
 # %% ../nbs/02_methods.ipynb #72ae8a58
 from __future__ import annotations
 import dataclasses, inspect, math
-from typing import Callable, Literal, Sequence
+from typing import Any, Callable, Literal, Sequence
 import torch
 from torch import Tensor
 from .io import MergelabError
@@ -16,8 +16,9 @@ from .scheduler import TensorGroup, map_reduce, read_group, check_stop
 __all__ = ['PARAM_INFO', 'GTA_FAMILY', 'task_arithmetic', 'ties', 'dare_ties', 'dare_linear', 'breadcrumbs', 'breadcrumbs_ties',
            'della', 'della_linear', 'rescale_masked', 'kth_threshold', 'topk_mask', 'sparsify_magnitude',
            'sparsify_random', 'sparsify_outliers', 'sparsify_della', 'elect_sign', 'gta_merge', 'is_float_group',
-           'radix_kth_abs', 'trim_input', 'ties_prepare', 'GTAMember', 'gta_method', 'linear', 'slerp_tensors', 'slerp',
-           'nuslerp', 'multislerp', 'karcher', 'model_stock_t', 'model_stock', 'sce', 'nearswap', 'ram', 'passthrough']
+           'radix_kth_abs', 'trim_input', 'row_thresholds', 'ties_prepare', 'GTAMember', 'gta_method', 'linear',
+           'slerp_tensors', 'slerp', 'nuslerp', 'multislerp', 'karcher', 'model_stock_t', 'model_stock', 'sce',
+           'nearswap', 'ram', 'passthrough']
 
 # %% ../nbs/02_methods.ipynb #c927d91e
 PARAM_INFO: dict[str, ParamInfo] = {    # parameters several methods share; a registration adds or overrides its own
@@ -286,13 +287,35 @@ def _validate_della(method: str, kw: dict):
         if 0 < d < 1 and not (d - e > 0 and d + e < 1):
             raise ConfigError(f"{method}: parameters 'density' ± 'epsilon' must lie in (0, 1); got density={d}, epsilon={e}")
 
+# %% ../nbs/02_methods.ipynb #648f3da7
+def row_thresholds(groups: Sequence[TensorGroup], threads: int = 2, *, dtype: torch.dtype | None = None,
+                   compute_dtype: torch.dtype | None = None, seed: int | None = None) -> list[TensorGroup]:
+    """For each tensor planned in row blocks (`TensorGroup.rows`) with the per-tensor top-k (`topk_scope="tensor"`): per
+    model the ⌊ρ·numel⌋-th largest |δ̂| over all its blocks (`radix_kth_abs`), set as the blocks' `_threshold`. Keeping
+    |δ̂| ≥ it is the whole tensor's top-k, except that entries tied at the k-th magnitude are all kept (the paper's
+    k-th-value rule; mergekit's argsort keeps exactly k of them), so a bf16 tensor may keep a few more entries."""
+    out, blocks = list(groups), {}
+    for j, g in enumerate(out):
+        if g.rows is not None and g.params.get("topk_scope", "tensor") == "tensor" and g.base is not None and is_float_group(g):
+            blocks.setdefault(g.name, []).append(j)
+    deltas = lambda g: trim_input(g, seed, dtype, compute_dtype)
+    for js in blocks.values():
+        p0, n, numel = out[js[0]].params, len(out[js[0]].inputs), math.prod(out[js[0]].full_shape)
+        key = "trim_density" if "trim_density" in p0 else "density"
+        dens = list(p0[key]) if isinstance(p0[key], (list, tuple)) else [p0[key]] * n
+        ks = [numel - max(1, int(r * numel)) + 1 if 0 < r < 1 else None for r in dens]
+        thr = radix_kth_abs([out[j] for j in js], ks, threads=threads, deltas=deltas) if any(ks) else [None] * n
+        for j in js: out[j] = dataclasses.replace(out[j], params={**out[j].params, "_threshold": thr})
+    return out
+
 # %% ../nbs/02_methods.ipynb #b2e4a6c1
 def ties_prepare(groups: Sequence[TensorGroup], threads: int = 2, *, dtype: torch.dtype | None = None,
                  compute_dtype: torch.dtype | None = None, seed: int | None = None, **_) -> list[TensorGroup]:
     """Model-wide statistics for `topk_scope="model"` (FusionBench / TIES paper): per model the exact k-th smallest
     |δ̂| over the whole model (`_threshold`) and, with `zero_sign="majority"`, the model-wide majority sign (`_majority`).
-    δ̂ is what the magnitude trim sees (`trim_input`). Groups with `topk_scope="tensor"` are returned unchanged."""
-    groups = list(groups)
+    δ̂ is what the magnitude trim sees (`trim_input`). With `topk_scope="tensor"` only the tensors planned in row blocks
+    are read: per model the ⌊ρ·numel⌋-th largest |δ̂| of the whole tensor (`row_thresholds`)."""
+    groups = row_thresholds(groups, threads, dtype=dtype, compute_dtype=compute_dtype, seed=seed)
     idx = [j for j, g in enumerate(groups)
            if g.params.get("topk_scope") == "model" and g.base is not None and is_float_group(g)]
     if not idx: return groups
@@ -330,7 +353,8 @@ class GTAMember:
     """One method of the generalized task-arithmetic family (`gta_merge`): its sparsifier (None, `magnitude`: the TIES
     trim, `random`: DARE, `outliers`: Breadcrumbs, `della`: DELLA), sign consensus or not, mergekit's defaults of
     `normalize` and `rescale`, and the rest of its registration. `trim`: a magnitude trim after the sparsifier
-    (`trim_density`, off at its default 1.0), as FusionBench's DARE-TIES runs a full TIES on the dropped vectors."""
+    (`trim_density`, off at its default 1.0), as FusionBench's DARE-TIES runs a full TIES on the dropped vectors.
+    `rows`: the registration's row-separability (`MergeMethod.rows`)."""
     name: str
     sparsifier: Literal["magnitude", "random", "outliers", "della"] | None
     consensus: bool
@@ -341,20 +365,26 @@ class GTAMember:
     doc: str
     presets: dict = dataclasses.field(default_factory=lambda: _MKP)
     trim: bool = False
+    rows: bool | Callable[[dict], bool] = False
 
 # %% ../nbs/02_methods.ipynb #b2e4a6c2
 _DARE = "Yu et al. 2024, Language Models are Super Mario"
 _BC = "Davari & Belilovsky 2024, Model Breadcrumbs"
+
+def _ties_rows(p: dict) -> bool:
+    """TIES merges in row blocks when nothing but the top-k threshold spans the tensor: no L1 rescale, and the Σ = 0
+    sign rule either `positive` or the model-wide majority (`ties_prepare` supplies both thresholds and majority)."""
+    return p.get("rescale") in (False, "none") and (p.get("zero_sign") == "positive" or p.get("topk_scope") == "model")
 GTA_FAMILY: tuple[GTAMember, ...] = (
     GTAMember("task_arithmetic", None, False, False, None, 1.5, "Ilharco et al. 2023, Editing Models with Task Arithmetic (arXiv:2212.04089)",
               "Task arithmetic (Ilharco et al. 2023): θ₀ + λ·Σ wᵢδᵢ, divided by Σwᵢ with `normalize` (mergekit `task_arithmetic`).",
-              {"mergekit": _MK(lambda_=1.0, normalize=False), "fusionbench": _MK(lambda_=0.3, normalize=False, weight=1.0)}),
+              {"mergekit": _MK(lambda_=1.0, normalize=False), "fusionbench": _MK(lambda_=0.3, normalize=False, weight=1.0)}, rows=True),
     GTAMember("ties", "magnitude", True, True, False, 3.5, "Yadav et al. 2023, TIES-Merging: Resolving Interference When Merging Models (arXiv:2306.01708)",
               "TIES-Merging (Yadav et al. 2023): trim → elect sign → disjoint merge. Default: mergekit `ties` (per-tensor top-k, weighted "
               "election, Σ = 0 → +, weighted disjoint mean). `topk_scope=\"model\"` uses the paper's model-wide k-th value threshold "
               "(from `ties_prepare`; without it, computed over this tensor alone).",
               {"mergekit": _MK(topk_scope="tensor", weighted_election=True, zero_sign="positive", disjoint="auto", normalize=True,
-                               lambda_=1.0, tie_break="argsort"), "fusionbench": _TIES_FB, "paper": _TIES_PAPER}),
+                               lambda_=1.0, tie_break="argsort"), "fusionbench": _TIES_FB, "paper": _TIES_PAPER}, rows=_ties_rows),
     GTAMember("dare_ties", "random", True, False, True, 3.5, f"{_DARE}: Absorbing Abilities from Homologous Models as a Free Lunch (arXiv:2311.03099)",
               "DARE (Yu et al. 2024) + TIES sign consensus, mergekit `dare_ties`: Bernoulli(ρ) keep mask, L1 rescale, weighted election, "
               "weighted disjoint **sum** (`normalize: false`). `rescale=\"inverse_p\"` is the paper's 1/ρ; `trim_density` adds "
@@ -400,12 +430,14 @@ def _gta_signature(m: GTAMember) -> inspect.Signature:
 
 # %% ../nbs/02_methods.ipynb #63086383
 def _magnitude_trim(p: dict, n: int, rho: Sequence[float], rescale) -> Callable[[int, Tensor], Tensor]:
-    "The TIES trim `(i, δᵢ) → δ̂ᵢ` at keep fractions `rho`: per tensor, or at the model-wide `_threshold` of `ties_prepare`."
-    thr, model = list(p["_threshold"]) if p["_threshold"] is not None else [None] * n, p["topk_scope"] == "model"
+    """The TIES trim `(i, δᵢ) → δ̂ᵢ` at keep fractions `rho`: per tensor, or at the `_threshold` of `ties_prepare` (the
+    model-wide one, or a row-blocked tensor's own)."""
+    given = p["_threshold"] is not None
+    thr, model = list(p["_threshold"]) if given else [None] * n, p["topk_scope"] == "model"
     def trim(i, d):
         t = thr[i]
         if model and t is None and 0 < rho[i] < 1: t = kth_threshold(d, rho[i])
-        return sparsify_magnitude(d, rho[i], rescale, t if model else None, p["tie_break"])
+        return sparsify_magnitude(d, rho[i], rescale, t if model or given else None, p["tie_break"])
     return trim
 
 def _sparsifier(m: GTAMember, p: dict, n: int) -> Callable[[int, Tensor], Tensor] | None:
@@ -435,13 +467,13 @@ def gta_method(m: GTAMember) -> Callable:
     per_model = tuple(k for k in ("weight", "density", "gamma", "epsilon") if k in sig.parameters)
     return merge_method(m.name, base="required", work_factor=m.work_factor, per_model=per_model, paper=m.paper,
                         presets=m.presets, params=PARAM_INFO, prepare=ties_prepare if m.sparsifier == "magnitude" or m.trim else None,
-                        validate=_validate_della if m.sparsifier == "della" else None)(fn)
+                        validate=_validate_della if m.sparsifier == "della" else None, rows=m.rows)(fn)
 
 task_arithmetic, ties, dare_ties, dare_linear, breadcrumbs, breadcrumbs_ties, della, della_linear = map(gta_method, GTA_FAMILY)
 
 # %% ../nbs/02_methods.ipynb #87d85294
 @merge_method("linear", base="none", per_model=("weight",), compute="fp32", work_factor=0.5, params=PARAM_INFO,
-              paper="Wortsman et al. 2022, Model soups (arXiv:2203.05482)", presets=_MKP)
+              paper="Wortsman et al. 2022, Model soups (arXiv:2203.05482)", presets=_MKP, rows=True)
 def linear(tensors: list[Tensor], base: Tensor | None, *, weight: float, normalize: bool = True) -> Tensor:
     "Weighted average Σwᵢθᵢ / Σwᵢ (Wortsman et al. 2022), mergekit `linear`: accumulated in fp32 (fp64 stays fp64)."
     dt = torch.float64 if tensors[0].dtype == torch.float64 else torch.float32

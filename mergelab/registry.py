@@ -104,7 +104,10 @@ class MergeMethod:
     `TTA`: unlabelled test inputs) and `data_split` the split it reads unless told; `prepare(groups, threads=, dtype=,
     compute_dtype=, seed=, device=, **kwargs)`: a model-wide pass over the planned groups before the merge, which
     returns them with what it computed (it accepts keywords it does not use: the planner may add more); `unchanged_is_base`: a tensor no model
-    changed merges to the base's own value, bit for bit (task-vector methods), so the engine copies it unmerged."""
+    changed merges to the base's own value, bit for bit (task-vector methods), so the engine copies it unmerged;
+    `rows` (a bool, or a test of the resolved parameters): each output row depends only on the same rows of the inputs
+    and on per-tensor numbers a `prepare` pass can supply, so the planner may merge a tensor too large for the memory
+    budget in row blocks."""
     name: str
     fn: Callable
     params: dict[str, Param]
@@ -121,6 +124,10 @@ class MergeMethod:
     data: Literal["GRAD", "ACT", "TTA"] | None = None
     data_split: str | None = None
     unchanged_is_base: bool = False   # every model at the base's value -> the base, bit for bit (the engine copies it)
+    rows: bool | Callable[[dict], bool] = False
+    def splits_rows(self, params: dict) -> bool:
+        "Whether a group with these resolved parameters may be merged in row blocks (`rows`)."
+        return bool(self.rows(params) if callable(self.rows) else self.rows)
     @property
     def doc(self) -> str: return inspect.getdoc(self.fn) or ""
     def __call__(self, tensors: Sequence[torch.Tensor], base: torch.Tensor | None = None, **params) -> torch.Tensor:
@@ -181,7 +188,8 @@ def merge_method(name: str, *, work_factor: float, base: str = "required", per_m
                  min_models: int = 1, max_models: int | None = None, compute: str = "input", paper: str = "",
                  presets: dict | None = None, params: dict[str, ParamInfo | str] | None = None,
                  prepare: Callable | None = None, validate: Callable[[str, dict], None] | None = None,
-                 data: str | None = None, data_split: str | None = None, unchanged_is_base: bool | None = None):
+                 data: str | None = None, data_split: str | None = None, unchanged_is_base: bool | None = None,
+                 rows: bool | Callable[[dict], bool] = False):
     """Register `fn(tensors, base, *, params...)` under `name`: types and defaults come from its signature, each
     parameter's doc, range and slider from `params` (a `ParamInfo` or just the doc; names not in the signature are
     ignored, so a family shares one table). `work_factor` is required (see `MergeMethod`). `validate(name, resolved)`
@@ -208,7 +216,7 @@ def merge_method(name: str, *, work_factor: float, base: str = "required", per_m
         if missing: raise TypeError(f"{name}: per-model parameters {missing} are not in the signature")
         METHODS[name] = MergeMethod(name, fn, ps, base, work_factor, min_models, max_models, compute, paper, presets or {},
                                     prepare, frozenset(wants), validate, data, data_split,
-                                    base == "required" if unchanged_is_base is None else unchanged_is_base)
+                                    base == "required" if unchanged_is_base is None else unchanged_is_base, rows)
         return fn
     return deco
 

@@ -31,27 +31,32 @@ Source = tuple[Checkpoint, str]
 
 @dataclass
 class TensorGroup:
-    "One output tensor: its sources and the resolved parameters of the method for it."
+    """One output tensor: its sources and the resolved parameters of the method for it; with `rows=(start, stop)`, one
+    block of its rows (a tensor too large for the memory budget, merged block by block and assembled in order)."""
     name: str
     inputs: list[Source]
     base: Source | None = None
     params: dict = field(default_factory=dict)
+    rows: tuple[int, int] | None = None
+    @property
+    def full_shape(self) -> tuple[int, ...]:
+        c, k = self.base or self.inputs[0]
+        return tuple(c.shape(k))
     @property
     def shape(self) -> tuple[int, ...]:
-        c, k = self.base or self.inputs[0]
-        return c.shape(k)
+        s = self.full_shape
+        return s if self.rows is None else (self.rows[1] - self.rows[0], *s[1:])
     @property
     def read_bytes(self) -> int:
-        return sum(c.nbytes(k) for c, k in self.inputs + ([self.base] if self.base else []))
+        n = sum(c.nbytes(k) for c, k in self.inputs + ([self.base] if self.base else []))
+        return n if self.rows is None else n * (self.rows[1] - self.rows[0]) // max(1, self.full_shape[0])
 
 def read_group(g: TensorGroup, dtype: torch.dtype | None = None) -> tuple[list[torch.Tensor], torch.Tensor | None]:
-    "Read the group's input tensors (and base), optionally cast to `dtype` (mergekit's `dtype:`)."
-    ts = [c.get(k, dtype if c.dtype(k).is_floating_point else None) for c, k in g.inputs]
-    b = None
-    if g.base is not None:
-        c, k = g.base
-        b = c.get(k, dtype if c.dtype(k).is_floating_point else None)
-    return ts, b
+    "Read the group's input tensors (and base), or their rows `g.rows` only, optionally cast to `dtype` (mergekit's `dtype:`)."
+    def get(c, k):
+        dt = dtype if c.dtype(k).is_floating_point else None
+        return c.get(k, dt) if g.rows is None else c.get_rows(k, *g.rows, dt)
+    return [get(c, k) for c, k in g.inputs], (get(*g.base) if g.base is not None else None)
 
 # %% ../nbs/01a_scheduler.ipynb #a4013249
 LAYER_RE = re.compile(r"(?:^|\.)(layers|h|layer|blocks|block)\.(\d+)\.")
@@ -332,12 +337,18 @@ def map_reduce(groups: Sequence, fn: Callable, reduce: Callable, init: Any, *, t
 def execute(groups: Sequence[TensorGroup], method: MergeMethod, *, writer: ShardedWriter | None = None,
             threads: int = 2, progress: bool = True, client: Any = None, **kw) -> dict[str, torch.Tensor] | Path:
     """Run a plan: merge every group and write it (returns the output path) or collect a state dict. With `client`, the
-    workers merge tensor by tensor and this process writes the shards in plan order (the same bytes as a local run)."""
-    sd = {}
+    workers merge tensor by tensor and this process writes the shards in plan order (the same bytes as a local run).
+    The row blocks of a tensor (`TensorGroup.rows`) arrive in order and are assembled into it before it is written."""
+    sd, parts = {}, {}
     job = lambda g: merge_group(g, method, **kw)
     with contextlib.closing(run_groups(groups, job, threads=threads, progress="merging" if progress else False,
                                        client=client)) as runs:              # an error while writing stops the maps
         for g, t in runs:
+            if g.rows is not None:
+                if g.name not in parts: parts[g.name] = torch.empty(g.full_shape, dtype=t.dtype)
+                parts[g.name][g.rows[0]:g.rows[1]] = t
+                if g.rows[1] < g.full_shape[0]: continue
+                t = parts.pop(g.name)
             if writer is None: sd[g.name] = t
             else: writer.add(g.name, t)
     return sd if writer is None else writer.commit()
