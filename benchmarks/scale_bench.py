@@ -3,9 +3,9 @@
 Generates a base with Llama-3.2-3B's shapes (28 blocks, hidden 3072, FFN 8192, 24 query / 8 key-value heads, a tied
 128256 × 3072 embedding: 3.21B parameters, 6.4 GB bf16) and 3 fine-tunes (base + small noise), one tensor at a time, in
 2 GB shards. Then measures, each in a fresh process (wall time, peak RSS of that process): one streamed read of the four
-checkpoints (the I/O floor), a TIES merge (`mergelab merge`, defaults), kinship (all 4 metrics from one statistics
-pass), the default interference report, and kinship on a 2-worker Dask `LocalCluster` (peak RSS: the largest process);
-with `--mergekit PATH`, mergekit's TIES on the same YAML. Not a test.
+checkpoints (the I/O floor), a TIES merge (`mergelab merge --max-memory 2GB`: the embedding merged in row blocks),
+kinship (all 4 metrics from one statistics pass), the default interference report, and kinship on a 2-worker Dask
+`LocalCluster` (peak RSS: the largest process); with `--mergekit PATH`, mergekit's TIES on the same YAML. Not a test.
 
     python benchmarks/scale_bench.py [--workdir DIR] [--mergekit /path/to/mergekit-yaml] [--only ties kinship ...]
     python benchmarks/scale_bench.py --layers 1 --vocab 1000      # a smoke run of the same steps
@@ -111,6 +111,7 @@ def main():
     ap.add_argument("--workdir", default=None); ap.add_argument("--mergekit", default=None)
     ap.add_argument("--fine-tunes", type=int, default=3); ap.add_argument("--layers", type=int, default=LLAMA_3B["layers"])
     ap.add_argument("--max-shard-size", default="1GB", help="output shard size of both merges (the writers buffer one)")
+    ap.add_argument("--max-memory", default="2GB", help="mergelab's working-memory budget for the TIES merge ('' = auto)")
     ap.add_argument("--vocab", type=int, default=LLAMA_3B["vocab"], help="smaller for a smoke run")
     ap.add_argument("--only", nargs="*", default=["read", "ties", "kinship", "interference", "dask", "mergekit"])
     a = ap.parse_args()
@@ -138,10 +139,10 @@ def main():
     if "ties" in a.only:
         shutil.rmtree(d / "out_mergelab", ignore_errors=True)
         try: r = measured([exe, "merge", str(d / "ties.yml"), str(d / "out_mergelab"), "--no-progress", "--seed", "0",
-                           "--max-shard-size", a.max_shard_size], env)
+                           "--max-shard-size", a.max_shard_size, *(["--max-memory", a.max_memory] if a.max_memory else [])], env)
         except SystemExit as e:                  # e.g. the memory guard's refusal: print it, go on with the analyses
             print("TIES merge (mergelab) failed:\n" + "\n".join(str(e).strip().splitlines()[-6:]), flush=True)
-        else: report("TIES merge (mergelab)", r)
+        else: report("TIES merge (mergelab)", r, f"--max-memory {a.max_memory}" if a.max_memory else "planned by the guard")
     if "kinship" in a.only:
         r = run_py(KINSHIP, paths, env); report("kinship, 4 metrics", r, f"pcc[0][1] = {r['result']['pcc'][0][1]:.4f}")
     if "interference" in a.only:

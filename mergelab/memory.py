@@ -141,6 +141,7 @@ def estimate_memory(groups: Sequence[TensorGroup], method: MergeMethod, *, threa
         parts["writer buffer"] = min(total_out, max_shard_size or total_out)
         knobs.append("a smaller max_shard_size / --max-shard-size (the writer buffers one shard)")
     if threads > 1: knobs.insert(0, "threads=1 / --threads 1")
+    if groups and method.splits_rows(groups[0].params): knobs.insert(0, "max_memory= / --max-memory (merge in row blocks)")
     return MemoryEstimate(parts, current_rss() if process is None else process, threads, knobs)
 
 # %% ../nbs/01b_memory.ipynb #2ebbeeb0
