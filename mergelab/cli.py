@@ -63,6 +63,13 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("config")
     l = sub.add_parser("methods", help="list merge methods, or the parameters of one")
     l.add_argument("name", nargs="?")
+    x = sub.add_parser("extract-lora", help="a PEFT LoRA adapter (rank-r SVD of each linear delta) from FINETUNE and BASE")
+    x.add_argument("finetune"); x.add_argument("base"); x.add_argument("out", help="adapter directory (written atomically)")
+    x.add_argument("--rank", type=int, default=32, help="LoRA rank r (default 32; capped per tensor at min(out, in))")
+    x.add_argument("--device", default=None, help="run the SVDs on this device: cuda, cuda:1, mps (default: the CPU)")
+    x.add_argument("--threads", type=int, default=2, help="worker threads (default 2)")
+    x.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT")
+    x.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     d = sub.add_parser("demo", help="the main job: merge the shipped zoo, analyse it, write mergelab-demo/index.html")
     d.add_argument("--out", default="mergelab-demo", help="report directory, written atomically (default mergelab-demo)")
     d.add_argument("--quick", action="store_true", help="fewer points and no sweeps (CI)")
@@ -95,6 +102,14 @@ def main(argv: list[str] | None = None) -> int:
             w = 120 if args.name else 60                        # left-aligned columns, cut at w characters
             t = method_table(args.name).astype(str).apply(lambda c: c.map(lambda s: s if len(s) <= w else s[:w - 1] + "…"))
             print(t.to_string(index=False, justify="left", formatters={c: f"{{:<{t[c].str.len().max()}}}".format for c in t}))
+        elif args.cmd == "extract-lora":
+            from mergelab.lora import extract_lora
+            t = extract_lora(args.finetune, args.base, args.out, rank=args.rank, device=args.device, threads=args.threads,
+                             progress=not args.no_progress, overwrite=args.overwrite)
+            got = t[t["rank"] > 0]
+            print(f"wrote {args.out}: {len(got)} linear layers at rank ≤ {args.rank}, relative error mean "
+                  f"{got.relative_error.mean():.3g}, max {got.relative_error.max():.3g}; {int((t['rank'] == 0).sum())} changed "
+                  f"tensors not carried (embeddings, norms): " + (", ".join(t[t['rank'] == 0].tensor[:3]) or "none"))
         elif args.cmd == "demo":
             from mergelab.demo import run_demo
             run_demo(args.out, quick=args.quick, cache=args.dir, command=" ".join(["mergelab", *(argv if argv is not None else sys.argv[1:])]))

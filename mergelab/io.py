@@ -606,11 +606,12 @@ class ShardedWriter:
     "Stream tensors into byte-bounded safetensors shards in a temporary directory; `commit()` moves it into place."
     def __init__(self, out: str | Path, max_shard_size: int | str = "5GB", *, overwrite: bool = False,
                  inputs: Iterable = (), config: dict | None = None, donor: str | Path | None = None,
-                 dtype: torch.dtype | None = None, metadata: dict[str, str] | None = None):
+                 dtype: torch.dtype | None = None, metadata: dict[str, str] | None = None, weights_name: str = "model"):
         self.out = check_output_path(out, inputs, overwrite)
         self.max_shard_size, self.overwrite = parse_size(max_shard_size), overwrite
         if self.max_shard_size <= 0: raise ValueError("max_shard_size must be positive")
         self.config, self.donor, self.dtype = config, Path(donor) if donor else None, dtype
+        self.weights_name = weights_name                 # "model": model.safetensors (HF); "adapter_model" (PEFT)
         self.metadata = {"format": "pt", **(metadata or {})}
         self.tmp = temporary_sibling(self.out)
         try:
@@ -661,14 +662,15 @@ def commit(self: ShardedWriter) -> Path:
     self.flush()
     n = len(self._shards)
     if n == 0: raise ValueError("nothing was written")
-    names = ["model.safetensors"] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+    w = self.weights_name
+    names = [f"{w}.safetensors"] if n == 1 else [f"{w}-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
     weight_map = {}
     for (f, keys), name in zip(self._shards, names):
         f.rename(self.tmp / name)
         weight_map.update({k: name for k in keys})
     if n > 1:
         index = {"metadata": {"total_size": self.total_bytes}, "weight_map": dict(sorted(weight_map.items()))}
-        (self.tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+        (self.tmp / f"{w}.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
     self._write_config()
     if self.donor is not None and self.donor.is_dir():
         for fn in TOKENIZER_FILES:                               # only the model's own files, never a link out of it

@@ -50,3 +50,22 @@ def test_validate_and_methods(zoo):
     assert r.returncode == 0 and "ok: ties" in r.stdout
     r = run("methods")
     assert r.returncode == 0 and all(m in r.stdout for m in ("linear", "ties", "dare_ties", "slerp", "model_stock"))
+
+def test_extract_lora_cli(tmp_path):
+    "`mergelab extract-lora` writes a PEFT adapter that mergelab applies back to its base (full rank: the fine-tune)."
+    import contextlib, io, torch
+    from conftest import make_llama_family
+    from mergelab.cli import main
+    from mergelab.io import Checkpoint
+    d = make_llama_family(tmp_path / "fam", ("a",), vocab=64, layers=1)
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert main(["extract-lora", str(d / "a"), str(d / "base"), str(tmp_path / "lora"), "--rank", "64", "--no-progress"]) == 0
+    assert "7 linear layers" in buf.getvalue() and "model.embed_tokens.weight" in buf.getvalue()
+    assert sorted(p.name for p in (tmp_path / "lora").iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+    back, ft = Checkpoint.open(f"{d / 'base'}+{tmp_path / 'lora'}"), Checkpoint.open(d / "a")
+    k = "model.layers.0.mlp.down_proj.weight"
+    assert torch.allclose(back.get(k), ft.get(k), atol=1e-5)
+    with contextlib.redirect_stderr(io.StringIO()) as err:
+        assert main(["extract-lora", str(d / "a"), str(d / "base"), str(tmp_path / "lora"), "--rank", "0"]) == 2
+    assert "rank must be a positive integer" in err.getvalue()
