@@ -65,7 +65,7 @@ def _parser() -> argparse.ArgumentParser:
     l.add_argument("name", nargs="?")
     x = sub.add_parser("extract-lora", help="a PEFT LoRA adapter (rank-r SVD of each linear delta) from FINETUNE and BASE")
     x.add_argument("finetune"); x.add_argument("base"); x.add_argument("out", help="adapter directory (written atomically)")
-    x.add_argument("--rank", type=int, default=32, help="LoRA rank r (default 32; capped per tensor at min(out, in))")
+    x.add_argument("--rank", type=int, default=128, help="LoRA rank r (default 128, mergekit's; capped per tensor at min(out, in))")
     x.add_argument("--device", default=None, help="run the SVDs on this device: cuda, cuda:1, mps (default: the CPU)")
     x.add_argument("--threads", type=int, default=2, help="worker threads (default 2)")
     x.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT")

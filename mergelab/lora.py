@@ -27,12 +27,14 @@ def lora_targets(finetune: Checkpoint, base: Checkpoint) -> list[str]:
 
 # %% ../nbs/13_lora.ipynb #833f30b6
 def lora_factors(delta: Tensor, rank: int) -> tuple[Tensor, Tensor, float]:
-    """The best rank-`rank` factors of ΔW (Eckart–Young): ΔW ≈ B·A with B = U_r·Σ_r (out × r) and A = V_rᵀ (r × in) from
-    the thin SVD, in float32 (float64 stays), and the relative error ‖ΔW − BA‖_F / ‖ΔW‖_F, as `mergekit-extract-lora`."""
+    """The best rank-`rank` factors of ΔW (Eckart–Young): ΔW ≈ B·A with B = U_r·√Σ_r (out × r) and A = √Σ_r·V_rᵀ (r × in)
+    from the thin SVD in float32 (float64 stays; the scale split evenly, `mergekit-extract-lora`'s default), and the
+    relative error ‖ΔW − BA‖_F / ‖ΔW‖_F."""
     d = delta.float() if delta.dtype != torch.float64 else delta
     r = max(1, min(rank, *d.shape))
     U, S, Vh = torch.linalg.svd(d, full_matrices=False)
-    B, A = U[:, :r] * S[:r], Vh[:r].contiguous()
+    s = S[:r].sqrt()
+    B, A = U[:, :r] * s, s[:, None] * Vh[:r]
     total = float(S.square().sum())
     return B, A, math.sqrt(float(S[r:].square().sum()) / total) if total > 0 else 0.0
 
@@ -55,14 +57,15 @@ def _uncarried(ft: Checkpoint, b: Checkpoint, targets: set[str]) -> list[tuple]:
     return out
 
 # %% ../nbs/13_lora.ipynb #32d9e760
-def extract_lora(finetune: Any, base: Any, out: str | Path, *, rank: int = 32, device: Any = None, threads: int = 2,
+def extract_lora(finetune: Any, base: Any, out: str | Path, *, rank: int = 128, device: Any = None, threads: int = 2,
                  progress: bool = True, overwrite: bool = False) -> pd.DataFrame:
     """A PEFT LoRA adapter that turns `base` into (approximately) `finetune`: every changed linear weight
     (`lora_targets`) as its rank-`rank` factors (`lora_factors`, on `device` when given), `lora_alpha = r` so the
     scaling α/r is 1. Writes `adapter_config.json` and `adapter_model.safetensors` (PEFT's key names
     `base_model.model.<module>.lora_A/B.weight`) atomically to `out`, one tensor in memory per thread, and returns one
     row per target: rank, ‖ΔW‖_F and the relative error. Changed tensors a LoRA cannot carry (embeddings, norms, biases)
-    are listed with `rank` 0 and error 1: the adapter leaves them at the base."""
+    are listed with `rank` 0 and error 1: the adapter leaves them at the base (`mergekit-extract-lora` saves them at full
+    rank in `modules_to_save`, which mergelab's adapter reader does not apply). Default rank: mergekit's 128."""
     if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
         raise InvalidValue(f"rank must be a positive integer, got {short_repr(rank, 30)}")
     check_threads(threads); dev = parse_device(device)
