@@ -18,7 +18,7 @@ __all__ = ['PARAM_INFO', 'GTA_FAMILY', 'task_arithmetic', 'ties', 'dare_ties', '
            'sparsify_random', 'sparsify_outliers', 'sparsify_della', 'elect_sign', 'gta_merge', 'is_float_group',
            'radix_kth_abs', 'trim_input', 'row_thresholds', 'ties_prepare', 'GTAMember', 'gta_method', 'linear',
            'slerp_tensors', 'slerp', 'nuslerp', 'multislerp', 'karcher', 'model_stock_t', 'model_stock', 'sce',
-           'nearswap', 'ram', 'passthrough']
+           'nearswap', 'ram', 'passthrough', 'magmax']
 
 # %% ../nbs/02_methods.ipynb #c927d91e
 PARAM_INFO: dict[str, ParamInfo] = {    # parameters several methods share; a registration adds or overrides its own
@@ -708,3 +708,16 @@ def ram(tensors: list[Tensor], base: Tensor, *, epsilon: float = 1e-5) -> Tensor
 def passthrough(tensors: list[Tensor], base: Tensor | None, *, scale: float = 1.0) -> Tensor:
     "Copy the single input tensor, multiplied by `scale` (mergekit `passthrough`; frankenmerges select tensors by slice)."
     return tensors[0] if scale[0] == 1 else tensors[0] * scale[0]
+
+# %% ../nbs/02_methods.ipynb #d0e95d6c
+@merge_method("magmax", base="required", work_factor=2.5, params=PARAM_INFO, rows=True,
+              paper="Marczak et al. 2024, MagMax: Leveraging Model Merging for Seamless Continual Learning (arXiv:2407.06322)")
+def magmax(tensors: list[Tensor], base: Tensor, *, lambda_: float = 0.5) -> Tensor:
+    "MagMax (Marczak et al. 2024): θ₀ + λ·τ_max, τ_max[j] the task-vector entry of largest |τₜ[j]| (a tie: the later task)."
+    dt = torch.float64 if base.dtype == torch.float64 else torch.float32
+    b = base.to(dt)
+    best = tensors[0].to(dt) - b
+    for t in tensors[1:]:
+        d = t.to(dt) - b
+        best = torch.where(d.abs() >= best.abs(), d, best)
+    return (b + lambda_ * best).to(base.dtype)
