@@ -18,8 +18,8 @@ from .config import MergeConfig, build_plan, merge_config, merge
 from .kinship import Metric, kinship_matrix
 
 # %% auto #0
-__all__ = ['SearchError', 'Gene', 'SearchSpace', 'Candidate', 'SearchResult', 'evolve', 'kinship_greedy_merge', 'MethodTable',
-           'tune_methods']
+__all__ = ['SearchError', 'Gene', 'SearchSpace', 'Candidate', 'SearchResult', 'evolve', 'kinship_greedy_merge', 'greedy_soup',
+           'MethodTable', 'tune_methods']
 
 # %% ../nbs/11_search.ipynb #55856f60
 class SearchError(MergelabError, ValueError):
@@ -437,6 +437,28 @@ def kinship_greedy_merge(pool: Mapping[str, Any] | Sequence[Any], base: Any, eva
         best = max(best, *scores.values())
         if stall >= patience: break
     return pd.DataFrame(rows)
+
+# %% ../nbs/11_search.ipynb #fe4428dc
+def greedy_soup(pool: Mapping[str, Any] | Sequence[Any], evaluate: Callable[[Any], Any], *, strict: bool = True,
+                score_metric: str = "score", threads: int = 2) -> tuple[dict, pd.DataFrame]:
+    """Greedy model soup (Wortsman et al. 2022, arXiv:2203.05482, Recipe 1): ingredients ranked by held-out score
+    (`evaluate`, ties in pool order), the best starts the soup, one pass adds each ingredient whose uniform average with
+    the soup scores higher (`strict`; else at least as high). Returns the soup (a state dict) and one row per
+    ingredient: its rank, its score alone, the candidate soup's score, whether it was added and the soup's size."""
+    pool = model_names(pool, what="greedy_soup")
+    score = lambda m: _metrics(evaluate(m), score_metric)["score"]
+    alone = {n: score(m) for n, m in pool.items()}
+    order = sorted(pool, key=lambda n: -alone[n])
+    soup_names, best = [order[0]], alone[order[0]]
+    soup = merge([pool[order[0]]], "linear", weight=1.0, threads=threads, progress=False)
+    rows = [dict(rank=1, ingredient=order[0], score_alone=best, soup_score=best, added=True, soup_size=1)]
+    for i, n in enumerate(order[1:], 2):
+        cand = merge([pool[m] for m in soup_names + [n]], "linear", weight=1.0, threads=threads, progress=False)
+        s = score(cand)
+        added = s > best if strict else s >= best
+        if added: soup_names, best, soup = soup_names + [n], s, cand
+        rows.append(dict(rank=i, ingredient=n, score_alone=alone[n], soup_score=s, added=added, soup_size=len(soup_names)))
+    return soup, pd.DataFrame(rows)
 
 # %% ../nbs/11_search.ipynb #dc4fb083
 @dataclass
