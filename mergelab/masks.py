@@ -13,12 +13,13 @@ from torch import Tensor
 from .io import (Checkpoint, LazyCheckpoint, ShardedWriter, check_compatible, MergelabError, open_model,
                          model_names, model_paths, InvalidValue, short_repr)
 from .registry import ConfigError, ParamInfo, merge_method
-from .scheduler import TensorGroup, read_group, run_groups
+from .scheduler import TensorGroup, read_group, run_groups, map_reduce
 from .methods import gta_merge, sparsify_magnitude, kth_threshold, ties_prepare, is_float_group, PARAM_INFO
 
 # %% auto #0
 __all__ = ['TALL_TIES_K', 'multitask_vector', 'tall_prepare', 'tall_masks', 'mask_fractions', 'consensus', 'tall_masks_method',
-           'tall_compress', 'tall_reconstruct', 'pcb_scores', 'pcb', 'consensus_mask']
+           'tall_compress', 'tall_reconstruct', 'pcb_scores', 'pcb', 'emr_unify', 'emr_prepare', 'emr',
+           'consensus_mask']
 
 # %% ../nbs/02a_masks.ipynb #1c6d6abf
 TALL_TIES_K = 0.2   # the reference code's TIES trim for τ_MTL: keep the top 20 % of each task vector
@@ -214,6 +215,53 @@ def pcb(tensors: list[Tensor], base: Tensor, *, pcb_ratio: float = 0.1, lambda_:
     Xc, b = pcb_scores(X, pcb_ratio)
     tau = (b * Xc).sum(0) / b.sum(0).clamp_min(1e-12)
     return (base + lambda_ * tau.reshape(base.shape)).to(base.dtype)
+
+# %% ../nbs/02a_masks.ipynb #283811d8
+def emr_unify(deltas: Tensor) -> tuple[Tensor, Tensor]:
+    """EMR's elect and mask (Huang et al. 2024) on stacked task vectors (T × …): (τ_uni, masks) with γ = s(Σₜτₜ),
+    s(x) = +1 if x > 0 else −1, Mₜ = 1{τₜ ⊙ γ > 0} and τ_uni = γ ⊙ maxₜ|Mₜ ⊙ τₜ|."""
+    gamma = torch.where(deltas.sum(0) > 0, 1.0, -1.0).to(deltas.dtype)
+    masks = deltas * gamma > 0
+    return gamma * (deltas.abs() * masks).amax(0), masks
+
+# %% ../nbs/02a_masks.ipynb #48793b9b
+def _emr_deltas(tensors: Sequence[Tensor], base: Tensor) -> Tensor:
+    dt = torch.float64 if base.dtype == torch.float64 else torch.float32
+    return torch.stack([t.to(dt) for t in tensors]) - base.to(dt)
+
+def emr_prepare(groups: Sequence[TensorGroup], threads: int = 2, *, dtype: torch.dtype | None = None, **_) -> list[TensorGroup]:
+    """EMR's rescalers over the whole model, one streaming pass: λₜ = Σ_k mean|τₜ[k]| / Σ_k mean|Mₜ[k] ⊙ τ_uni[k]|,
+    set as `_rescale` on every group (a task whose mask is empty everywhere gets λ = 1: nothing to rescale)."""
+    groups = list(groups)
+    idx = [j for j, g in enumerate(groups) if g.base is not None and is_float_group(g)]
+    if not idx: return groups
+    def stats(g):
+        ts, b = read_group(g, dtype)
+        d = _emr_deltas(ts, b).flatten(1)
+        tau, m = emr_unify(d)
+        return torch.stack([d.abs().mean(1), (m * tau).abs().mean(1)], 1).double()
+    n = len(groups[idx[0]].inputs)
+    tot = map_reduce([groups[j] for j in idx], stats, torch.add, torch.zeros(n, 2, dtype=torch.float64), threads=threads)
+    lam = torch.where(tot[:, 1] > 0, tot[:, 0] / tot[:, 1].clamp_min(1e-300), torch.ones(n, dtype=torch.float64)).tolist()
+    out = list(groups)
+    for j in idx: out[j] = dataclasses.replace(groups[j], params={**groups[j].params, "_rescale": lam})
+    return out
+
+# %% ../nbs/02a_masks.ipynb #33906bd7
+@merge_method("emr", base="required", min_models=1, prepare=emr_prepare, work_factor=3.0,
+              params={"task": _TALL_INFO["task"]},
+              paper="Huang et al. 2024, EMR-Merging: Tuning-Free High-Performance Model Merging (arXiv:2405.17461)")
+def emr(tensors: list[Tensor], base: Tensor, *, task: int, _rescale: list | None = None) -> Tensor:
+    """Task `task`'s model from EMR-merging (Huang et al. 2024): θ₀ + λₜ·(Mₜ ⊙ τ_uni) (`emr_unify`), with the model-wide
+    rescaler of `emr_prepare` (called alone on one tensor: that tensor's own ratio)."""
+    if task >= len(tensors): raise ConfigError(f"emr: task {task} but only {len(tensors)} models")
+    d = _emr_deltas(tensors, base)
+    tau, m = emr_unify(d)
+    if _rescale is not None: lam = _rescale[task]
+    else:
+        den = float((m[task] * tau).abs().mean())
+        lam = float(d[task].abs().mean()) / den if den > 0 else 1.0
+    return (base.to(d.dtype) + lam * (m[task] * tau)).to(base.dtype)
 
 # %% ../nbs/02a_masks.ipynb #b88b29ed
 @merge_method("consensus_mask", base="required", per_model=("tall_lambda",), min_models=1, work_factor=4.0,
