@@ -36,7 +36,8 @@ PARAM_INFO: dict[str, ParamInfo] = {    # parameters several methods share; a re
     "rescale": ParamInfo("rescale kept entries: l1 or true (δ's L1 norm, mergekit), inverse_p (÷ keep probability), none or false"),
     "weighted_election": ParamInfo("elect each sign from Σwᵢδ̂ᵢ (mergekit) instead of Σδ̂ᵢ (FusionBench, paper)"),
     "zero_sign": ParamInfo("sign where the votes sum to 0: positive (mergekit) or the majority sign (FusionBench, paper)"),
-    "disjoint": ParamInfo("merge of the sign-agreeing entries: mean or sum; auto follows normalize (mergekit)"),
+    "disjoint": ParamInfo("merge of the sign-agreeing entries: mean, sum, or max (the largest magnitude, FusionBench's "
+                          "merge_func max); auto follows normalize (mergekit)"),
     "topk_scope": ParamInfo("trim by top-k per tensor (mergekit) or by one threshold over the whole model (FusionBench, paper)"),
     "tie_break": ParamInfo("entries tied at the k-th magnitude: argsort (mergekit's, bit-exact) or index order (never sorts)"),
     "int8_mask": ParamInfo("accepted for mergekit YAML compatibility; changes nothing numerically"),
@@ -180,7 +181,8 @@ def gta_merge(tensors: Sequence[Tensor], base: Tensor, *, weight: Sequence[float
               normalize: bool = False, lambda_: float = 1.0, weighted_election: bool = True,
               zero_sign: str = "positive", majority: float | None = None, disjoint: str = "auto") -> Tensor:
     """Generalized task arithmetic (mergekit's GTA): θ₀ + λ·Σᵢ aᵢwᵢδ̂ᵢ [/ Σᵢ aᵢwᵢ], with aᵢ the
-    sign-agreement mask when `consensus` (TIES, Yadav et al. 2023) and aᵢ = 1 otherwise (Task Arithmetic)."""
+    sign-agreement mask when `consensus` (TIES, Yadav et al. 2023) and aᵢ = 1 otherwise (Task Arithmetic). With
+    consensus, `disjoint="max"` takes γ ⊙ maxᵢ|aᵢwᵢδ̂ᵢ| instead (FusionBench's TIES `merge_func="max"`)."""
     if not tensors: return base
     n = len(tensors)
     deltas = base.new_empty((n, *base.shape))
@@ -192,7 +194,8 @@ def gta_merge(tensors: Sequence[Tensor], base: Tensor, *, weight: Sequence[float
         s = elect_sign(deltas, zero_sign, majority)
         agree = deltas.sign() == s
         if not weighted_election: deltas.mul_(w)
-        mixed = (deltas * agree).sum(dim=0)
+        deltas.mul_(agree)
+        mixed = s * deltas.abs().amax(dim=0) if disjoint == "max" else deltas.sum(dim=0)
         divisor = (w * agree).sum(dim=0)
         divisor[divisor == 0] = 1
         mean = normalize if disjoint == "auto" else disjoint == "mean"
@@ -420,7 +423,7 @@ def _gta_signature(m: GTAMember) -> inspect.Signature:
           ("normalize", bool, m.normalize), s and ("rescale", _RESCALE, m.rescale),
           mag and ("topk_scope", Literal["tensor", "model"], "tensor"),
           c and ("weighted_election", bool, True), c and ("zero_sign", Literal["positive", "majority"], "positive"),
-          c and ("disjoint", Literal["auto", "mean", "sum"], "auto"),
+          c and ("disjoint", Literal["auto", "mean", "sum", "max"], "auto"),
           mag and ("tie_break", Literal["index", "argsort"], "argsort"), ("int8_mask", bool, False),
           s in ("random", "della") and ("generator", torch.Generator | None, None),
           mag and ("_threshold", list | None, None), mag and ("_majority", float | None, None)]
