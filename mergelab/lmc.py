@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from fastcore.basics import patch
 from .io import MergelabError, IncompatibleModels, open_model, open_module, score_table, lower_is_better, short_repr, is_conv1d
 from .methods import slerp_tensors
-from .scheduler import parse_device
+from .scheduler import parse_device, module_on, model_device, to_device
 
 # %% auto #0
 __all__ = ['BLOCK_ROLES', 'ROLE_AXES', 'MATCHINGS', 'CORRECTIONS', 'SpecError', 'CurveError', 'NotEquivalent',
@@ -857,13 +857,15 @@ def _sites_of(spec: PermutationSpec, p: str) -> tuple[str, ...]:
     return (s,) if isinstance(s, str) else tuple(s)
 
 def _site_stats(ma: nn.Module, mb: nn.Module, sites: Sequence[str], data: Any, transform, channel_axis: int) -> dict:
-    "Per site, the float64 sums (n, Σa, Σb, Σa², Σb², Σabᵀ) of A's and B's units over `data`, batch by batch."
+    """Per site, the float64 sums (n, Σa, Σb, Σa², Σb², Σabᵀ) of A's and B's units over `data`, batch by batch, on the
+    models' device (each batch is moved there); returned on the CPU."""
     acc: dict[str, dict[str, Any]] = {}
     was = ma.training, mb.training
     ma.eval(); mb.eval()
     try:
         with _Hooks(ma, sites, transform, channel_axis) as ha, _Hooks(mb, sites, transform, channel_axis) as hb, torch.no_grad():
             for x in _inputs(data):
+                x = to_device(x, model_device(ma))
                 _call(ma, x); _call(mb, x)
                 for p in sites:
                     u, v = ha.got[p].double(), hb.got[p].double()
@@ -872,7 +874,7 @@ def _site_stats(ma: nn.Module, mb: nn.Module, sites: Sequence[str], data: Any, t
                     s["saa"] += (u * u).sum(0); s["sbb"] += (v * v).sum(0); s["sab"] += u.T @ v
     finally:
         ma.train(was[0]); mb.train(was[1])
-    return acc
+    return {p: {k: v.cpu() if isinstance(v, Tensor) else v for k, v in s.items()} for p, s in acc.items()}
 
 # %% ../nbs/06_lmc.ipynb #06af4112
 def _site_matrix(s: Mapping[str, Any], measure: str) -> np.ndarray:
@@ -896,7 +898,8 @@ def _perm_matrix(spec: PermutationSpec, p: str, mats: Mapping[str, np.ndarray], 
 # %% ../nbs/06_lmc.ipynb #3fee556c
 def activation_matching(spec: PermutationSpec, a: Any, b: Any, data: Any, *, model: nn.Module | None = None,
                         measure: Literal["correlation", "cross_moment"] = "correlation",
-                        transform: Callable[[Tensor], Tensor] | None | Literal["spec"] = "spec") -> Permutations:
+                        transform: Callable[[Tensor], Tensor] | None | Literal["spec"] = "spec",
+                        device: Any = None) -> Permutations:
     """Activation matching (Ainsworth et al. 2023 §3.1; Jordan et al. 2023 use the correlation): per permutation, the
     statistic between A's and B's units at its activation sites over `data`, either the Pearson correlation
     (E[ab] − μ_aμ_b)/(σ_aσ_b + 1e-4) (default) or the cross-moment E[abᵀ] (git-re-basin's code), summed over the
@@ -904,8 +907,12 @@ def activation_matching(spec: PermutationSpec, a: Any, b: Any, data: Any, *, mod
     permutations folded onto their sources), then one assignment each (maximised); head groups get the
     head-constrained assignment of weight matching. Sites are `spec.activations`, passed through `transform`
     (`"spec"`: the spec's `site_transform`, ReLU for `mlp_spec`'s pre-activation outputs, none for transformers'
-    FFN inputs and residual stream); conv maps count every position, sequences every token (padding included)."""
+    FFN inputs and residual stream); conv maps count every position, sequences every token (padding included).
+    `device` ('cuda', 'cuda:1'): the forward passes and the float64 statistics run there on copies of the models (a
+    model passed in is never moved); the assignments are solved on the CPU. MPS lacks float64 and is refused."""
     if measure not in ("correlation", "cross_moment"): raise SpecError(f"measure must be 'correlation' or 'cross_moment', not {measure!r}")
+    dev = parse_device(device)
+    if dev is not None and dev.type == "mps": raise SpecError("activation matching accumulates in float64, which MPS lacks; use the CPU")
     ma, mb = _as_model(a, model, "a"), _as_model(b, model, "b")
     same_shapes(_state(ma), _state(mb)); sizes = spec.sizes(_state(ma))
     grouped = {p for g in spec.heads for p in g.perms}
@@ -914,7 +921,8 @@ def activation_matching(spec: PermutationSpec, a: Any, b: Any, data: Any, *, mod
     if missing: raise SpecError(f"activation matching needs an activation site for every permutation; none for {missing[:8]}")
     if transform == "spec": transform = torch.relu if spec.site_transform == "relu" else None
     sites = list(dict.fromkeys(s for p in spec.activations for s in _sites_of(spec, p)))
-    acc = _site_stats(ma, mb, sites, data, transform, spec.channel_axis)
+    acc = _site_stats(module_on(ma, dev, owned=ma is not a), module_on(mb, dev, owned=mb is not b), sites, data, transform,
+                      spec.channel_axis)
     if set(acc) != set(sites): raise SpecError(f"no activations recorded at {sorted(set(sites) - set(acc))[:4]} (empty data?)")
     mats = {s: _site_matrix(acc[s], measure) for s in sites}
     perms = Permutations()
