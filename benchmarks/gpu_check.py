@@ -7,8 +7,8 @@ the CPU and device wall times, their ratio, and the largest difference of the re
 merges (linear, task_arithmetic, ties, dare_ties with a seed: the drop masks are drawn on the CPU, so they are the same,
 slerp), the exact kinship matrix (float64 on the device), the evaluation of a merge (perplexity on random token
 windows), an LMC interpolation curve, the data-aware statistics (empirical Fisher, RegMean Grams) through `merge`,
-AdaMerging's learned coefficients, and Delta Activations (a word-level tokenizer built here). Exit code 1 when a
-difference exceeds its tolerance. On a machine without the device it says so and runs the same code with device='cpu'
+AdaMerging's learned coefficients, activation matching's permutations, and Delta Activations (a word-level
+tokenizer built here). Exit code 1 when a difference exceeds its tolerance. On a machine without the device it says so and runs the same code with device='cpu'
 (a dry run of the script). Not a test.
 """
 from __future__ import annotations
@@ -68,7 +68,7 @@ def forward_checks(base: Path, fts: list[Path], device: str) -> bool:
     from transformers import PreTrainedTokenizerFast
     from mergelab.config import merge
     from mergelab.evaluate import evaluate, LMTask
-    from mergelab.lmc import interpolation_curve
+    from mergelab.lmc import interpolation_curve, activation_matching, model_spec
     from mergelab.data_aware import adamerging
     from mergelab.activations import delta_activations
     from mergelab.io import open_module, open_model
@@ -97,6 +97,8 @@ def forward_checks(base: Path, fts: list[Path], device: str) -> bool:
             cache_dir=tempfile.mkdtemp(), **kw).values()]), 1e-2),
         "adamerging (task, 5 steps)": (lambda **kw: torch.tensor(adamerging(fts, base, data, granularity="task", steps=5,
                                                                            batch_size=4, progress=False, **kw).coefficients.values), 1e-3),
+        "activation matching": (lambda **kw: torch.cat([p.double() for p in activation_matching(
+            model_spec(fts[0], template=A), fts[0], fts[1], ids["a"][:4], model=A, **kw).values()]), 0.05),
         "delta activations": (lambda **kw: torch.tensor(delta_activations(fts, base, probes, tokenizer=tok, progress=False,
                                                                           **kw).values), 1e-2),
     }
@@ -105,7 +107,8 @@ def forward_checks(base: Path, fts: list[Path], device: str) -> bool:
         c, tc = timed(lambda: fn())
         d, td = timed(lambda: fn(device=device))
         c, d = (x.detach().cpu().double() if isinstance(x, torch.Tensor) else torch.as_tensor(x, dtype=torch.float64) for x in (c, d))
-        diff = rel(d, c) if name != "delta activations" else float((d - c).norm() / c.norm())
+        diff = (float((d - c).norm() / c.norm()) if name == "delta activations" else   # permutations: the share that differ
+                float((d != c).double().mean()) if name == "activation matching" else rel(d, c))
         ok &= diff <= tol
         print(f"{name:24} {tc:8.2f} {td:9.2f} {td / tc:7.2f} {diff:11.2e} {tol:10.1e}")
     return ok
