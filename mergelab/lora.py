@@ -14,7 +14,7 @@ from .io import Checkpoint, IncompatibleModels, InvalidValue, ShardedWriter, ope
 from .scheduler import layer_index, run_groups, check_threads, parse_device
 
 # %% auto #0
-__all__ = ['lora_targets', 'lora_factors', 'extract_lora']
+__all__ = ['CONV1D_MODELS', 'lora_targets', 'lora_factors', 'extract_lora']
 
 # %% ../nbs/13_lora.ipynb #028a8249
 def lora_targets(finetune: Checkpoint, base: Checkpoint) -> list[str]:
@@ -39,12 +39,16 @@ def lora_factors(delta: Tensor, rank: int) -> tuple[Tensor, Tensor, float]:
     return B, A, math.sqrt(float(S[r:].square().sum()) / total) if total > 0 else 0.0
 
 # %% ../nbs/13_lora.ipynb #7db544b5
+CONV1D_MODELS = ("gpt2", "openai-gpt")      # model types whose linears are `Conv1D`, weight stored in × out
+
+def _fan_in_fan_out(base: Checkpoint) -> bool: return (base.config or {}).get("model_type") in CONV1D_MODELS
+
 def _adapter_config(ranks: dict[str, int], rank: int, base: Checkpoint) -> dict:
     "PEFT's LoRA config: r and lora_alpha equal (scaling 1); modules whose matrix is smaller than `rank` get `rank_pattern`."
     small = {m: r for m, r in ranks.items() if r != rank}
     return {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": rank, "lora_alpha": rank,
             "target_modules": sorted({m.rsplit(".", 1)[-1] for m in ranks}), "rank_pattern": small,
-            "alpha_pattern": small, "lora_dropout": 0.0, "bias": "none", "fan_in_fan_out": False,
+            "alpha_pattern": small, "lora_dropout": 0.0, "bias": "none", "fan_in_fan_out": _fan_in_fan_out(base),
             "base_model_name_or_path": str(base.path) if base.path else None}
 
 def _uncarried(ft: Checkpoint, b: Checkpoint, targets: set[str]) -> list[tuple]:
@@ -65,14 +69,17 @@ def extract_lora(finetune: Any, base: Any, out: str | Path, *, rank: int = 128, 
     `base_model.model.<module>.lora_A/B.weight`) atomically to `out`, one tensor in memory per thread, and returns one
     row per target: rank, ‖ΔW‖_F and the relative error. Changed tensors a LoRA cannot carry (embeddings, norms, biases)
     are listed with `rank` 0 and error 1: the adapter leaves them at the base (`mergekit-extract-lora` saves them at full
-    rank in `modules_to_save`, which mergelab's adapter reader does not apply). Default rank: mergekit's 128."""
+    rank in `modules_to_save`, which mergelab's adapter reader does not apply). GPT-2's `Conv1D` weights (in × out) are
+    factored as ΔWᵀ with `fan_in_fan_out`, as PEFT expects. The factors are held until the one adapter file is written.
+    Default rank: mergekit's 128."""
     if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
         raise InvalidValue(f"rank must be a positive integer, got {short_repr(rank, 30)}")
     check_threads(threads); dev = parse_device(device)
     ft, b = open_model(finetune), open_model(base)
-    targets = lora_targets(ft, b)
+    targets, transpose = lora_targets(ft, b), _fan_in_fan_out(b)
     def one(k):
         d = ft.get(k, torch.float32) - b.get(k, torch.float32)
+        if transpose: d = d.T
         if not bool(d.any()): return None
         B, A, err = lora_factors(d.to(dev) if dev is not None else d, rank)
         return B.cpu(), A.cpu(), err, float(d.norm())
