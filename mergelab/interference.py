@@ -13,7 +13,7 @@ from torch import Tensor
 from fastcore.basics import patch
 from .io import LazyCheckpoint, MergelabError, open_model, model_names, short_repr
 from .scheduler import TensorGroup, map_reduce, layer_index, using_client, check_threads, parse_device
-from .methods import sparsify_magnitude, radix_kth_abs, elect_sign
+from .methods import sparsify_magnitude, radix_kth_abs, elect_sign, topk_rank
 from .masks import tall_masks
 from .memory import MemoryEstimate, check_memory, pass_memory
 from .kinship import DeltaSet, DeltaStats, RowBlock, open_deltas, release_heap, intraop_threads, statistics_block
@@ -145,8 +145,8 @@ def block_thresholds(ds: DeltaSet, items: Sequence[RowBlock], density: float, th
     top-k that a whole tensor gets (ties at the k-th magnitude all kept; a tensor with ≤ k non-zeros keeps them all)."""
     if density >= 1: return {}
     split = dict.fromkeys(b.name for b in items if b.rows is not None)
-    ks = {k: ds.base.numel(k) - max(1, int(density * ds.base.numel(k))) + 1 for k in split}
-    return {k: _kth(ds, [b for b in items if b.name == k], [ks[k]] * len(ds), threads) for k in split}
+    return {k: _kth(ds, [b for b in items if b.name == k], [topk_rank(ds.base.numel(k), density)] * len(ds), threads)
+            for k in split}
 
 # %% ../nbs/07_interference.ipynb #431bb412
 @dataclass
@@ -299,19 +299,22 @@ def per_model(self: InterferenceStatistics) -> pd.DataFrame:
 # %% ../nbs/07_interference.ipynb #ef841d91
 def _factor(spectral: bool) -> float: return 12.5 if spectral else 10.0
 
+def _work(ds: DeltaSet, numel: int, spectral: bool) -> int:
+    "Bytes a work item of `numel` entries per model holds (see `interference_memory`)."
+    return int(_factor(spectral) * len(ds) * numel * torch.empty((), dtype=_work_dtype(ds)).element_size())
+
 def interference_block(ds: DeltaSet, spectral: bool = True, threads: int = 2,
                        max_memory: int | str | None = None) -> int:
     "The row block (`DeltaSet.blocks` units) of an interference pass over `ds` within `max_memory` (see `interference_memory`)."
-    item = torch.empty((), dtype=_work_dtype(ds)).element_size()
-    return statistics_block(max_memory, threads, _factor(spectral) * item / 8)
+    return statistics_block(max_memory, threads, _work(ds, 1, spectral) / (8 * len(ds)))
 
 def interference_memory(ds: DeltaSet, spectral: bool = True, threads: int = 2, block: int | None = None) -> MemoryEstimate:
     """The memory guard's estimate for `interference_statistics` over `ds` read in `ds.blocks(block)` (whole tensors by
     default; nothing is read). A work item's measures hold its N deltas in the work dtype several times over (trimmed
     copies, sign counts, TALL masks, the SVDs): measured 8.9–9.3× those bytes without spectral measures and 11.9× with
     them (N = 4–8, 1–4 M entries per tensor), taken here as 10× and 12.5× (row blocks: 10×, they skip the SVDs)."""
-    item, items = torch.empty((), dtype=_work_dtype(ds)).element_size(), ds.blocks(block)
-    works = [int(_factor(spectral and b.rows is None) * len(ds) * b.numel * item) for b in items]
+    items = ds.blocks(block)
+    works = [_work(ds, b.numel, spectral and b.rows is None) for b in items]
     return pass_memory(works, [b.read_bytes for b in items], threads,
                        knobs=["max_memory= a smaller budget (smaller row blocks)", "spectral=False", "threads=1"])
 
@@ -349,8 +352,7 @@ def interference_statistics(models: Any, base: Any = None, *, density: float = 0
                                      sti_rank, energy, dev)
         acc = map_reduce(items, fn, red, {}, threads=threads, progress="interference" if progress else False)
     if spectral and split:
-        item = torch.empty((), dtype=_work_dtype(ds)).element_size()      # the budget that reads the largest whole:
-        need = 2 * threads * _factor(True) * len(ds) * max(ds.base.numel(k) for k in split) * item
+        need = 2 * threads * _work(ds, max(ds.base.numel(k) for k in split), True)    # reads the largest whole
         warnings.warn(f"{len(split)} tensors ({', '.join(split[:3])}{', …' if len(split) > 3 else ''}) were read in row "
                       f"blocks and have no spectral measures; max_memory={int(need)} ({need / 2**30:.2f} GiB) or more gives them")
     return InterferenceStatistics(ds.names, list(acc.values()), dict(density=density, scope=scope, tall_lambda=tall_lambda), split)

@@ -16,9 +16,9 @@ from .scheduler import TensorGroup, map_reduce, read_group, check_stop
 __all__ = ['PARAM_INFO', 'GTA_FAMILY', 'task_arithmetic', 'ties', 'dare_ties', 'dare_linear', 'breadcrumbs', 'breadcrumbs_ties',
            'della', 'della_linear', 'rescale_masked', 'kth_threshold', 'topk_mask', 'sparsify_magnitude',
            'sparsify_random', 'sparsify_outliers', 'sparsify_della', 'elect_sign', 'gta_merge', 'is_float_group',
-           'radix_kth_abs', 'trim_input', 'row_thresholds', 'ties_prepare', 'GTAMember', 'gta_method', 'linear',
-           'slerp_tensors', 'slerp', 'nuslerp', 'multislerp', 'karcher', 'model_stock_t', 'model_stock', 'sce',
-           'nearswap', 'ram', 'passthrough', 'magmax']
+           'radix_kth_abs', 'trim_input', 'topk_rank', 'row_thresholds', 'ties_prepare', 'GTAMember', 'gta_method',
+           'linear', 'slerp_tensors', 'slerp', 'nuslerp', 'multislerp', 'karcher', 'model_stock_t', 'model_stock',
+           'sce', 'nearswap', 'ram', 'passthrough', 'magmax']
 
 # %% ../nbs/02_methods.ipynb #c927d91e
 PARAM_INFO: dict[str, ParamInfo] = {    # parameters several methods share; a registration adds or overrides its own
@@ -290,6 +290,12 @@ def _validate_della(method: str, kw: dict):
         if 0 < d < 1 and not (d - e > 0 and d + e < 1):
             raise ConfigError(f"{method}: parameters 'density' ± 'epsilon' must lie in (0, 1); got density={d}, epsilon={e}")
 
+# %% ../nbs/02_methods.ipynb #2d5fe690
+def topk_rank(numel: int, density: float) -> int:
+    """The 1-indexed position, in ascending |δ|, of the per-tensor top-k cut: numel − k + 1 with k = max(1, ⌊ρ·numel⌋),
+    the entries `sparsify_magnitude` keeps, so keeping |δ| ≥ that value keeps the top k (and every entry tied with it)."""
+    return numel - max(1, int(density * numel)) + 1
+
 # %% ../nbs/02_methods.ipynb #648f3da7
 def row_thresholds(groups: Sequence[TensorGroup], threads: int = 2, *, dtype: torch.dtype | None = None,
                    compute_dtype: torch.dtype | None = None, seed: int | None = None) -> list[TensorGroup]:
@@ -306,7 +312,7 @@ def row_thresholds(groups: Sequence[TensorGroup], threads: int = 2, *, dtype: to
         p0, n, numel = out[js[0]].params, len(out[js[0]].inputs), math.prod(out[js[0]].full_shape)
         key = "trim_density" if "trim_density" in p0 else "density"
         dens = list(p0[key]) if isinstance(p0[key], (list, tuple)) else [p0[key]] * n
-        ks = [numel - max(1, int(r * numel)) + 1 if 0 < r < 1 else None for r in dens]
+        ks = [topk_rank(numel, r) if 0 < r < 1 else None for r in dens]
         thr = radix_kth_abs([out[j] for j in js], ks, threads=threads, deltas=deltas) if any(ks) else [None] * n
         for j in js: out[j] = dataclasses.replace(out[j], params={**out[j].params, "_threshold": thr})
     return out
