@@ -19,7 +19,8 @@ load_methods()                                       # `import mergelab` leaves 
 _PILLARS = {"kinship_matrix": "kinship", "DeltaActivations": "activations", "delta_activations": "activations",
             "interpolation_curve": "lmc", "barrier": "lmc", "weight_matching": "lmc", "activation_matching": "lmc",
             "lmc_probe": "lmc", "interference_report": "interference", "tall_compress": "masks",
-            "load_zoo": "zoo", "extract_lora": "lora", "model_tree": "lineage"}
+            "load_zoo": "zoo", "extract_lora": "lora", "model_tree": "lineage",
+            "diagnose": "diagnosis"}
 
 def __getattr__(name: str):
     "A pillar's entry point named in `_PILLARS` (`mergelab.kinship_matrix`, `mergelab.load_zoo`, ...), imported on first use."

@@ -20,9 +20,9 @@ from .scheduler import (TensorGroup, execute, layer_index, num_layers, LAYER_RE,
 from .memory import MemoryEstimate, estimate_memory, check_memory, split_rows, available_memory
 
 # %% auto #0
-__all__ = ['MERGEKIT_FLAGS', 'MAX_CONFIG_BYTES', 'MAX_CONFIG_VALUES', 'MAX_CONFIG_DEPTH', 'dsl_value', 'parse_dtype',
-           'MergeConfig', 'load_yaml', 'yaml_safe', 'Plan', 'plan_row_blocks', 'build_plan', 'run_plan', 'merge_config',
-           'merge', 'estimate_peak_memory', 'merge_setting_config']
+__all__ = ['MERGEKIT_FLAGS', 'MAX_CONFIG_BYTES', 'MAX_CONFIG_VALUES', 'MAX_CONFIG_DEPTH', 'VOCAB_TENSOR', 'dsl_value',
+           'parse_dtype', 'MergeConfig', 'load_yaml', 'yaml_safe', 'Plan', 'plan_row_blocks', 'build_plan', 'run_plan',
+           'merge_config', 'merge', 'estimate_peak_memory', 'merge_setting_config']
 
 # %% ../nbs/03_config.ipynb #a7bf4333
 def _is_gradient(v) -> bool: return isinstance(v, (list, tuple)) and len(v) > 0 and not isinstance(v[0], Mapping)
@@ -239,7 +239,7 @@ def _vocab(ck: Checkpoint) -> int | None:
     return next((cfg[k] for k in _VOCAB_KEYS if isinstance(cfg.get(k), int)), None)
 
 # %% ../nbs/03_config.ipynb #9cd4fbe6
-_VOCAB_TENSOR = re.compile(r"(?:^|\.)(?:embed_tokens|wte|word_embeddings|tok_embeddings|embed_in|embed_out|lm_head|"
+VOCAB_TENSOR = re.compile(r"(?:^|\.)(?:embed_tokens|wte|word_embeddings|tok_embeddings|embed_in|embed_out|lm_head|"
                            r"shared|decoder|output)\.weight$")
 
 def _vocab_tensors(cks: list[Checkpoint], names: list[str]) -> list[str]:
@@ -248,7 +248,7 @@ def _vocab_tensors(cks: list[Checkpoint], names: list[str]) -> list[str]:
     weight, a norm) is a width mismatch that vocabulary options must never cut."""
     out = []
     for k in cks[0].keys():
-        if not _VOCAB_TENSOR.search(k): continue
+        if not VOCAB_TENSOR.search(k): continue
         shapes = [c.shape(k) for c in cks if k in c]
         if len(set(shapes)) > 1 and len(shapes[0]) >= 2 and all(len(s) == len(shapes[0]) and s[1:] == shapes[0][1:] for s in shapes):
             out.append(k)

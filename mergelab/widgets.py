@@ -26,11 +26,12 @@ from .lmc import interpolation_curve, plot_curves, lmc_probe, lmc_prepare, MATCH
 from .interference import interference_statistics, plot_interference, plot_pairwise, interference_summary
 from .evaluate import result_row, plot_runs, META_COLUMNS, expert_reference
 from .zoo import Zoo, load_zoo, zoo_delta_activations, zoo_inputs
+from .diagnosis import Diagnosis, diagnose
 
 # %% auto #0
 __all__ = ['DEFAULTS', 'PAIR_MEASURES', 'ExplorerError', 'explorer_models', 'ParamSpec', 'param_spec', 'method_specs',
            'widget_for', 'widget_value', 'explorer_methods', 'scores_of', 'MergeExplorer', 'KinshipExplorer',
-           'LMCExplorer', 'InterferenceExplorer']
+           'LMCExplorer', 'InterferenceExplorer', 'DiagnoseExplorer']
 
 # %% ../nbs/15_widgets.ipynb #12a3d45d
 class ExplorerError(MergelabError, ValueError):
@@ -852,3 +853,69 @@ def _draw_pairs(self: InterferenceExplorer):
     ax.set_title(f"{self.pair_measure.value}, {'all layers' if layer == 'all' else f'layer {layer}'}, density {self.key[1]}")
     fig.tight_layout()
     self.pair_figure = _show(self.pair_out, fig)
+
+# %% ../nbs/15_widgets.ipynb #ca801734
+class DiagnoseExplorer(_Explorer):
+    """`diagnose` as an explorer: experts, **Diagnose**, the findings (`diagnosis`), the predicted outcome of each
+    candidate merge and the conflict map; **Send to MergeExplorer** applies the recommendation there (`send_to`)."""
+    def __init__(self, zoo_or_models: Any = "digits", base: Any = None, *, experts: Sequence[str] | None = None,
+                 merge_explorer: "MergeExplorer | None" = None, predictor: Any = None, threads: int = 2, progress: bool = True):
+        self.zoo, self.models, self.base = explorer_models(zoo_or_models, base)
+        if len(self.models) < 2: raise ExplorerError("diagnose needs at least two models")
+        self.merge_explorer, self.predictor, self.threads, self.progress = merge_explorer, predictor, threads, progress
+        self.diagnosis: Diagnosis | None = None
+        self.error: Exception | None = None
+        names = list(self.models)
+        self.experts_select = W.SelectMultiple(options=names, value=tuple(experts or names[:3]), rows=min(8, len(names)),
+                                               description="experts")
+        self.run_button = W.Button(description="Diagnose", button_style="primary", icon="stethoscope")
+        self.send_button = W.Button(description="Send to MergeExplorer", icon="share", disabled=merge_explorer is None)
+        self.status, self.report = W.HTML(), W.HTML()
+        self.log, self.pred_out, self.map_out = W.Output(), W.Output(), W.Output()
+        self.run_button.on_click(lambda _: self.run())
+        self.send_button.on_click(lambda _: self.send_to())
+        controls = W.VBox([self.experts_select, W.HBox([self.run_button, self.send_button]), self.status, self.log])
+        self.widget = W.VBox([W.HBox([controls, self.pred_out]), self.report, self.map_out])
+        self.run()
+
+# %% ../nbs/15_widgets.ipynb #57193d02
+@patch
+def run(self: DiagnoseExplorer) -> Diagnosis | None:
+    "Diagnose the selected experts and draw every panel; None and `error` with fewer than two."
+    names, self.error = tuple(self.experts_select.value), None
+    if len(names) < 2:
+        self.error = ExplorerError("select at least two experts")
+        self.status.value = _error_html(self.error); return None
+    self.status.value = f"⏳ diagnosing {len(names)} models …"
+    t0 = time.time()
+    try:
+        with _capturing(self.log):
+            self.diagnosis = diagnose({n: self.models[n] for n in names}, self.base, predictor=self.predictor,
+                                      threads=self.threads, progress=self.progress)
+    except MergelabError as e:
+        self.error = e; self.status.value = _error_html(e); return None
+    d = self.diagnosis
+    self.status.value = f"✓ {len(names)} models ({time.time() - t0:.1f} s): recommended <b>{html.escape(d.recommendation.label)}</b>"
+    self.report.value = d.to_html()
+    import matplotlib.pyplot as plt
+    if d.predicted is not None:
+        fig, ax = plt.subplots(figsize=(5, 0.35 * len(d.predicted) + 1.2)); d.plot_predicted(ax); fig.tight_layout()
+        self.pred_figure = _show(self.pred_out, fig)
+    fig, ax = plt.subplots(figsize=(8, 0.35 * d.layers.layer.nunique() + 2)); d.plot(ax); fig.tight_layout()
+    self.map_figure = _show(self.map_out, fig)
+    return d
+
+# %% ../nbs/15_widgets.ipynb #b04b9e48
+@patch
+def send_to(self: DiagnoseExplorer, explorer: "MergeExplorer | None" = None) -> "MergeExplorer":
+    "Set `explorer` (default: the one given at construction) to the recommendation: experts, method, parameters; return it."
+    explorer = explorer or self.merge_explorer
+    if explorer is None: raise ExplorerError("no MergeExplorer to send to: pass one to send_to() or merge_explorer=")
+    if self.diagnosis is None: raise ExplorerError("nothing diagnosed yet")
+    rec = self.diagnosis.recommendation
+    self.merge_explorer = explorer; self.send_button.disabled = False
+    explorer.select(list(self.diagnosis.models))
+    explorer.method_select.value = rec.method
+    explorer.set_params(**{k: v for k, v in {**rec.per_model, **rec.parameters}.items() if k in explorer.params})
+    self.status.value = f"sent {html.escape(rec.label)} to the MergeExplorer"
+    return explorer

@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 from conftest import tree_checksums, make_llama_family
 
+ROOT = Path(__file__).resolve().parents[1]
 EXE = shutil.which("mergelab") or str(Path(sys.executable).parent / "mergelab")
 
 def run(*args, cwd=None, timeout=300):
@@ -69,3 +70,20 @@ def test_extract_lora_cli(tmp_path):
     with contextlib.redirect_stderr(io.StringIO()) as err:
         assert main(["extract-lora", str(d / "a"), str(d / "base"), str(tmp_path / "lora"), "--rank", "0"]) == 2
     assert "rank must be a positive integer" in err.getvalue()
+
+def test_diagnose_cli_writes_a_config_merge_runs(tmp_path):
+    "`mergelab diagnose` on Hugging Face folders prints its findings and writes a YAML that `mergelab merge` runs as written."
+    zoo = ROOT / "data" / "zoo" / "tiny-llama"
+    cfg = tmp_path / "in.yml"
+    cfg.write_text(f"merge_method: linear\nbase_model: {zoo / 'base'}\nmodels:\n"
+                   + "".join(f"  - model: {zoo / 'experts' / e}\n    parameters: {{weight: 1.0}}\n" for e in ("count", "echo")))
+    r = run("diagnose", cfg, "--out", tmp_path / "rec.yml", "--no-predictor", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert "sign-conflict rate" in r.stdout and "recommended" in r.stdout and "wrote the recommendation" in r.stdout
+    rec = (tmp_path / "rec.yml").read_text()
+    assert "merge_method: task_arithmetic" in rec and str(zoo / "base") in rec
+    m = run("merge", tmp_path / "rec.yml", tmp_path / "merged", "--no-progress")
+    assert m.returncode == 0, m.stderr
+    assert (tmp_path / "merged" / "model.safetensors").is_file() or any((tmp_path / "merged").glob("*.safetensors"))
+    bad = run("diagnose", tmp_path / "missing.yml")
+    assert bad.returncode == 2 and "mergelab: error" in bad.stderr

@@ -6,7 +6,7 @@ from pathlib import Path
 PKG = Path(__file__).resolve().parents[1] / "mergelab"
 LAYERS = [["io"], ["registry"], ["scheduler"], ["memory"], ["methods", "masks", "spectral", "layerwise"], ["config", "lora"],
           ["kinship", "lineage", "activations", "lmc", "interference"], ["evaluate"], ["zoo"], ["data_aware"],
-          ["search"], ["widgets", "cli", "demo", "failures"]]
+          ["search", "diagnosis"], ["widgets", "cli", "demo", "failures"]]
 LEVEL = {m: i for i, names in enumerate(LAYERS) for m in names}
 
 def imports(path: Path):
