@@ -184,6 +184,7 @@ class Diagnosis:
     predicted: pd.Series | None   # arm → predicted normalized accuracy (%)
     recommendation: Arm
     notes: list[str]
+    extrapolating: list[str] = field(default_factory=list)   # measures outside the predictor's training range
 
     def summary(self) -> pd.DataFrame:
         "One row per finding."
@@ -195,7 +196,9 @@ class Diagnosis:
                 ("layers at risk", ", ".join(f"{a}–{b}" if a != b else str(a) for a, b in self.risk) or "none"),
                 ("vocabularies match", bool(self.vocabulary.matches_base.all())),
                 ("recommended", self.recommendation.label)]
-        if self.predicted is not None: rows.append(("predicted normalized accuracy (%)", round(float(self.predicted.max()), 1)))
+        if self.predicted is not None:
+            rows.append(("predicted normalized accuracy (%)", "— (outside the predictor's range)" if self.extrapolating
+                         else round(float(self.predicted[self.recommendation.label]), 1)))
         return pd.DataFrame(rows, columns=["finding", "value"]).set_index("finding")
 
     def config(self) -> dict:
@@ -235,16 +238,17 @@ class Diagnosis:
         from mergelab.interference import plot_interference
         return plot_interference(self.layers, ["sign_conflict_rate", "jaccard_mean", "cosine_mean", "norm_mean"], ax=ax)
 
-# %% ../nbs/11a_diagnosis.ipynb #cdcbb222
-DEFAULT_ARM = "task arithmetic λ=0.3"
+# %% ../nbs/11a_diagnosis.ipynb #cf6ea3b9
+DEFAULT_ARM = "task arithmetic λ=0.5"   # the best mean rank over the digits, digits-gentle and minilm-8 studies (below)
 
 def diagnose(models: Sequence[Any] | Mapping[str, Any], base: Any, *, predictor: "MergePredictor | None | bool" = None,
              density: float = 0.2, threads: int = 2, progress: bool = True, max_memory: int | str | None = None,
              device: Any = None) -> Diagnosis:
     """Will `models` merge onto `base`, and how? One interference pass (no spectral measures; bounded by
     `max_memory`, on `device`), the vocabulary check before it, then the predicted outcome of every arm from `predictor`
-    (default: `zoo_predictor()`, fitted on the digits zoos; `False`: no prediction, and the recommendation is
-    `DEFAULT_ARM`, the papers' usual task arithmetic)."""
+    (default: `zoo_predictor()`, fitted on the digits zoos). The recommendation is the best predicted candidate, or
+    `DEFAULT_ARM` when there is no prediction (`predictor=False`) or the model set's measures lie outside the
+    predictor's training range (its predictions do not transfer: see the validation below)."""
     if base is None: raise InvalidValue("diagnose compares task vectors: give the common base model (`base=`)")
     named = model_names(models)
     if len(named) < 2: raise InvalidValue("diagnose needs at least two models to merge")
@@ -270,7 +274,7 @@ def diagnose(models: Sequence[Any] | Mapping[str, Any], base: Any, *, predictor:
         far = predictor.outside(feats)
         predicted = predictor.predict(feats).iloc[0].clip(*predictor.outcomes).sort_values(ascending=False)
     arms = {a.label: a for a in ARMS}
-    rec = arms[predicted.index[0]] if predicted is not None else arms[DEFAULT_ARM]
+    rec = arms[DEFAULT_ARM] if predicted is None or far else arms[predicted.index[0]]
     notes = []
     if feats["norm_ratio"] > 2: notes.append(f"task-vector norms differ {feats['norm_ratio']:.1f}×: "
                                              f"{norms.sort_values('norm').model.iloc[-1]} dominates averaging-type merges")
@@ -279,11 +283,12 @@ def diagnose(models: Sequence[Any] | Mapping[str, Any], base: Any, *, predictor:
     if not vocab.matches_base.all(): notes.append("tokenizer files or configured vocabulary sizes differ from the base's: check `tokenizer_source`")
     if far: notes.append(f"measures outside the predictor's training range ({', '.join(far)}; fitted on "
                          f"{', '.join(predictor.trained_on)}): the predictions extrapolate, clipped to the outcomes seen "
-                         f"in training ({predictor.outcomes[0]:.0f}–{predictor.outcomes[1]:.0f} %)")
+                         f"in training ({predictor.outcomes[0]:.0f}–{predictor.outcomes[1]:.0f} %); {DEFAULT_ARM} is "
+                         "recommended instead")
     if predicted is None: notes.append(f"no predictor: {DEFAULT_ARM} recommended by default")
-    elif predicted.iloc[0] - predicted.get(DEFAULT_ARM, predicted.iloc[0]) < 1:
+    elif not far and predicted.iloc[0] - predicted.get(DEFAULT_ARM, predicted.iloc[0]) < 1:
         notes.append(f"the recommendation is predicted within 1 point of the default ({DEFAULT_ARM})")
-    return Diagnosis(named, base, pw, norms, layers, risk, vocab, feats, predicted, rec, notes)
+    return Diagnosis(named, base, pw, norms, layers, risk, vocab, feats, predicted, rec, notes, far)
 
 # %% ../nbs/11a_diagnosis.ipynb #f73d48ad
 def zoo_study(zoo: str, sizes: Mapping[int, int | None] | None = None, seed: int = 0, progress: bool = True) -> pd.DataFrame:
