@@ -4,7 +4,7 @@
 
 # %% ../nbs/11a_diagnosis.ipynb #98961344
 from __future__ import annotations
-import hashlib, itertools, json, math, re
+import hashlib, itertools, json, math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -305,11 +305,12 @@ def zoo_study(zoo: str, sizes: Mapping[int, int | None] | None = None, seed: int
     f.parent.mkdir(parents=True, exist_ok=True); write_text_atomic(df.to_csv(index=False), f)
     return df
 
+# %% ../nbs/11a_diagnosis.ipynb #130a0a4e
 def zoo_predictor(zoos: Sequence[str] = ("digits", "digits-gentle"), progress: bool = True) -> MergePredictor:
     "The default `MergePredictor`: fitted on `zoo_study` of `zoos`."
     return MergePredictor.fit(pd.concat([zoo_study(z, progress=progress) for z in zoos], ignore_index=True))
 
-# %% ../nbs/11a_diagnosis.ipynb #4d889518
+# %% ../nbs/11a_diagnosis.ipynb #2caf9905
 def predictor_validation(train: pd.DataFrame, test: pd.DataFrame, alpha: float = 1.0,
                          features: Sequence[str] = FEATURES) -> dict[str, float]:
     """Fit a `MergePredictor` on the `train` rows of a study and judge it on the `test` rows (other subsets): pooled

@@ -18,7 +18,7 @@ __all__ = ['PARAM_INFO', 'GTA_FAMILY', 'task_arithmetic', 'ties', 'dare_ties', '
            'sparsify_random', 'sparsify_outliers', 'sparsify_della', 'elect_sign', 'gta_merge', 'is_float_group',
            'radix_kth_abs', 'trim_input', 'topk_rank', 'row_thresholds', 'ties_prepare', 'GTAMember', 'gta_method',
            'linear', 'slerp_tensors', 'slerp', 'nuslerp', 'multislerp', 'karcher', 'model_stock_t', 'model_stock',
-           'sce', 'nearswap', 'ram', 'passthrough', 'magmax']
+           'sce', 'nearswap', 'ram', 'passthrough', 'magmax', 'wudi']
 
 # %% ../nbs/02_methods.ipynb #c927d91e
 PARAM_INFO: dict[str, ParamInfo] = {    # parameters several methods share; a registration adds or overrides its own
@@ -730,3 +730,35 @@ def magmax(tensors: list[Tensor], base: Tensor, *, lambda_: float = 0.5) -> Tens
         d = t.to(dt) - b
         best = torch.where(d.abs() >= best.abs(), d, best)
     return (b + lambda_ * best).to(base.dtype)
+
+# %% ../nbs/02_methods.ipynb #7686ddbb
+def _wudi_loss(X: Tensor, live: list[Tensor]) -> Tensor:
+    "Σₜ ‖(X − τₜ)τₜᵀ‖²_F / ‖τₜ‖²_F, through the smaller Gram side."
+    tall = X.shape[0] > X.shape[1]
+    loss = X.new_zeros(())
+    for t in live:
+        A = X - t
+        loss = loss + ((A.T @ A) * (t.T @ t)).sum() / t.square().sum() if tall else loss + (A @ t.T).square().sum() / t.square().sum()
+    return loss
+
+@merge_method("wudi", base="required", work_factor=3.5, compute="fp32",   # τₜ, X, its gradient, Adam's two moments, A
+              params={"iter_num": ParamInfo("Adam steps per 2-D tensor (FusionBench's YAML: 400)", range=(0, None)),
+                      "lr": ParamInfo("Adam learning rate", range=(0, None))},
+              paper="Cheng et al. 2025, Whoever Started the Interference Should End It: Guiding Data-Free Model Merging via Task Vectors (arXiv:2503.08099)")
+def wudi(tensors: list[Tensor], base: Tensor, *, iter_num: int = 400, lr: float = 1e-5) -> Tensor:
+    """WUDI merging (Cheng et al. 2025): for a 2-D tensor θ₀ + X, X minimising Σₜ‖(X − τₜ)τₜᵀ‖²_F/‖τₜ‖²_F by Adam
+    (`lr`, `iter_num` full-batch steps) from Στₜ; any other tensor θ₀ + mean τₜ. Float32 (float64 stays)."""
+    dt = torch.float64 if base.dtype == torch.float64 else torch.float32
+    with torch.inference_mode(False), torch.enable_grad():      # Adam needs autograd, even inside a caller's no-grad
+        b = base.to(dt)
+        T = [t.to(dt) - b for t in tensors]
+        if b.dim() != 2: return (b + torch.stack(T).mean(0)).to(base.dtype)
+        live = [t for t in T if bool(t.abs().max() > 0)]
+        X = torch.stack(T).sum(0)
+        if live and iter_num > 0:
+            X = X.clone().requires_grad_(True)
+            opt = torch.optim.Adam([X], lr=lr)
+            for _ in range(int(iter_num)):
+                opt.zero_grad(); _wudi_loss(X, live).backward(); opt.step()
+            X = X.detach()
+        return (b + X).to(base.dtype)

@@ -36,6 +36,7 @@ RECIPES = {   # method: (uses base, models ("a", "b" or "base"), global params, 
     "iso_cts": (True, "ab", {"common_space_fraction": 0.8}, {}),
     "lines": (True, "a", {"alpha": 0.5, "beta": 0.5}, {}),
     "magmax": (True, "ab", {"lambda": 0.5}, {}),
+    "wudi": (True, "ab", {"iter_num": 5, "lr": 1e-4}, {}),
     "emr": (True, "ab", {"task": 1}, {}),
     "layer_swap": (False, "ab", {"bottom": 1, "top": 1}, {}),
     # post-processors run after a method: (method, post-processor)
