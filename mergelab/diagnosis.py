@@ -169,6 +169,10 @@ def risk_layers(layers: pd.DataFrame, measure: str = "sign_conflict_rate", z: fl
         else: out.append((l, l))
     return out
 
+def _ranges_text(ranges: Sequence[tuple[int, int]]) -> str:
+    "Layer ranges as text: `2–3, 7`."
+    return ", ".join(f"{a}–{b}" if a != b else str(a) for a, b in ranges)
+
 # %% ../nbs/11a_diagnosis.ipynb #da1b174c
 @dataclass
 class Diagnosis:
@@ -193,7 +197,7 @@ class Diagnosis:
                 ("sign-conflict rate (top 20 %)", round(self.features["sign_conflict_rate"], 3)),
                 ("most conflicting pair", f"{p.sort_values('sign_conflict').iloc[-1].model_a} + {p.sort_values('sign_conflict').iloc[-1].model_b}"),
                 ("norm ratio (largest / smallest)", round(self.features["norm_ratio"], 2)),
-                ("layers at risk", ", ".join(f"{a}–{b}" if a != b else str(a) for a, b in self.risk) or "none"),
+                ("layers at risk", _ranges_text(self.risk) or "none"),
                 ("vocabularies match", bool(self.vocabulary.matches_base.all())),
                 ("recommended", self.recommendation.label)]
         if self.predicted is not None:
@@ -279,7 +283,7 @@ def diagnose(models: Sequence[Any] | Mapping[str, Any], base: Any, *, predictor:
     if feats["norm_ratio"] > 2: notes.append(f"task-vector norms differ {feats['norm_ratio']:.1f}×: "
                                              f"{norms.sort_values('norm').model.iloc[-1]} dominates averaging-type merges")
     risk = risk_layers(layers)
-    if risk: notes.append("layers at risk (sign conflicts ≥ 1 sd above the mean): " + ", ".join(f"{a}–{b}" if a != b else str(a) for a, b in risk))
+    if risk: notes.append("layers at risk (sign conflicts ≥ 1 sd above the mean): " + _ranges_text(risk))
     if not vocab.matches_base.all(): notes.append("tokenizer files or configured vocabulary sizes differ from the base's: check `tokenizer_source`")
     if far: notes.append(f"measures outside the predictor's training range ({', '.join(far)}; fitted on "
                          f"{', '.join(predictor.trained_on)}): the predictions extrapolate, clipped to the outcomes seen "
