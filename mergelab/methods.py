@@ -18,7 +18,7 @@ __all__ = ['PARAM_INFO', 'GTA_FAMILY', 'task_arithmetic', 'ties', 'dare_ties', '
            'sparsify_random', 'sparsify_outliers', 'sparsify_della', 'elect_sign', 'gta_merge', 'is_float_group',
            'radix_kth_abs', 'trim_input', 'topk_rank', 'row_thresholds', 'ties_prepare', 'GTAMember', 'gta_method',
            'linear', 'slerp_tensors', 'slerp', 'nuslerp', 'multislerp', 'karcher', 'model_stock_t', 'model_stock',
-           'sce', 'nearswap', 'ram', 'passthrough', 'magmax', 'wudi']
+           'sce', 'nearswap', 'ram', 'passthrough', 'magmax', 'fusion_importance', 'arcee_fusion', 'wudi']
 
 # %% ../nbs/02_methods.ipynb #c927d91e
 PARAM_INFO: dict[str, ParamInfo] = {    # parameters several methods share; a registration adds or overrides its own
@@ -730,6 +730,30 @@ def magmax(tensors: list[Tensor], base: Tensor, *, lambda_: float = 0.5) -> Tens
         d = t.to(dt) - b
         best = torch.where(d.abs() >= best.abs(), d, best)
     return (b + lambda_ * best).to(base.dtype)
+
+# %% ../nbs/02_methods.ipynb #c1743685
+def fusion_importance(theta: Tensor, base: Tensor) -> Tensor:
+    "Arcee Fusion's importance |θ − θ₀| ⊙ KL(softmax(θ) + 1e-8 ‖ softmax(θ₀) + 1e-8), the KL along the last dimension."
+    t, b = (theta, base) if theta.dim() else (theta.reshape(1), base.reshape(1))
+    p, q = torch.softmax(t, dim=-1) + 1e-8, torch.softmax(b, dim=-1) + 1e-8
+    kl = (p * torch.log(p / q)).sum(dim=-1, keepdim=True)
+    return ((t - b).abs() * kl).reshape(theta.shape)
+
+_FUSION_SAMPLE = 1_000_000
+
+@merge_method("arcee_fusion", base="required", min_models=1, max_models=1, work_factor=4.0,
+              paper="Goddard et al. 2024, Arcee's MergeKit (arXiv:2403.13257): mergekit `arcee_fusion`")
+def arcee_fusion(tensors: list[Tensor], base: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
+    "mergekit `arcee_fusion`: θ₀ + δ·1{I ≥ median + 1.5·IQR of I}, I = `fusion_importance` (quantiles sampled above 10⁶ entries)."
+    theta = tensors[0]
+    imp = fusion_importance(theta, base)
+    flat = imp.reshape(-1)
+    if flat.numel() > _FUSION_SAMPLE:
+        flat = flat[torch.randint(flat.numel(), (_FUSION_SAMPLE,), generator=generator).to(flat.device)]
+    s = flat.sort().values
+    Q = lambda q: s[int(q * (s.numel() - 1))]
+    tau = Q(0.5) + 1.5 * (Q(0.75) - Q(0.25))
+    return base + (theta - base) * (imp >= tau)
 
 # %% ../nbs/02_methods.ipynb #7686ddbb
 def _wudi_loss(X: Tensor, live: list[Tensor]) -> Tensor:

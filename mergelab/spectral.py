@@ -7,11 +7,12 @@ from __future__ import annotations
 from typing import Literal, Sequence
 import torch
 from torch import Tensor
-from .registry import ParamInfo, merge_method
+from .registry import ConfigError, ParamInfo, merge_method
 from .methods import PARAM_INFO
 
 # %% auto #0
-__all__ = ['SVD_OPTION', 'top_svd', 'polar', 'star_truncate', 'star', 'tsv', 'iso_c', 'iso_cts_ranks', 'iso_cts']
+__all__ = ['SVD_OPTION', 'top_svd', 'polar', 'star_truncate', 'star', 'tsv', 'iso_c', 'iso_cts_ranks', 'iso_cts', 'svc_calibrate',
+           'svc']
 
 # %% ../nbs/02b_spectral.ipynb #6192a407
 def _deltas(tensors: Sequence[Tensor], base: Tensor) -> list[Tensor]: return [t.float() - base.float() for t in tensors]
@@ -61,12 +62,19 @@ def star(tensors: list[Tensor], base: Tensor, *, eta: float = 40.0, lambda_: flo
     return (base.float() + lambda_ * upd).to(base.dtype)
 
 # %% ../nbs/02b_spectral.ipynb #8e6b62ae
-@merge_method("tsv", base="required", min_models=1, work_factor=5.5, params=PARAM_INFO | {"svd": SVD_OPTION},
+def _weights(weight, n: int) -> list[float]:
+    "A per-model parameter as n floats (one value broadcast)."
+    return [float(w) for w in weight] if isinstance(weight, (list, tuple)) else [float(weight)] * n
+
+@merge_method("tsv", base="required", per_model=("weight",), min_models=1, work_factor=5.5, params=PARAM_INFO | {"svd": SVD_OPTION},
               paper="Gargiulo et al. 2025, Task Singular Vectors: Reducing Task Interference in Model Merging (arXiv:2412.00081)")
-def tsv(tensors: list[Tensor], base: Tensor, *, lambda_: float = 1.0, svd: Literal["exact", "randomized"] = "exact") -> Tensor:
-    "TSV-M (Gargiulo et al. 2025): top ⌊r/T⌋ triplets per task, U and V orthogonalised, θ₀ + α·U⊥ΣV⊥ᵀ; 1-D averaged."
-    if base.dim() != 2: return _mean_update(tensors, base, lambda_)
-    ds = _deltas(tensors, base)
+def tsv(tensors: list[Tensor], base: Tensor, *, weight: float = 1.0, lambda_: float = 1.0,
+        svd: Literal["exact", "randomized"] = "exact") -> Tensor:
+    """TSV-M (Gargiulo et al. 2025): τₜ ← wₜτₜ, top ⌊r/T⌋ triplets per task, U and V orthogonalised,
+    θ₀ + α·U⊥ΣV⊥ᵀ; 1-D tensors θ₀ + α·mean wₜτₜ."""
+    w = _weights(weight, len(tensors))
+    ds = [wi * d for wi, d in zip(w, _deltas(tensors, base))]
+    if base.dim() != 2: return (base.float() + lambda_ * sum(ds) / len(ds)).to(base.dtype)
     k = max(1, min(base.shape) // len(ds))
     parts = [top_svd(d, k, lowrank=svd == "randomized") for d in ds]
     U = torch.cat([p[0] for p in parts], 1); S = torch.cat([p[1] for p in parts]); V = torch.cat([p[2] for p in parts], 1)
@@ -110,3 +118,32 @@ def iso_cts(tensors: list[Tensor], base: Tensor, *, common_space_fraction: float
             Us.append(u); Ss.append(s); Vs.append(v)
     U, V, S = polar(torch.cat(Us, 1)), polar(torch.cat(Vs, 1)), torch.cat(Ss)
     return (base.float() + lambda_ * S.mean() * (U @ V.T)).to(base.dtype)
+
+# %% ../nbs/02b_spectral.ipynb #c4ef109a
+def svc_calibrate(merged: Tensor, deltas: Sequence[Tensor], alpha: float = 1.0) -> Tensor:
+    """Singular value calibration of one merged update ΔM against the task vectors `deltas` (arXiv:2602.05536,
+    FusionBench's float64 path): σ'ᵣ = σᵣ·K / Σᵢ max(α, sᵣⁱ), sᵣⁱ = ⟨uᵣᵀΔM, uᵣᵀΔWᵢ⟩ / ‖uᵣᵀΔWᵢ‖². Returns the calibrated
+    update in float64."""
+    M = merged.double()
+    U, S, Vh = torch.linalg.svd(M, full_matrices=False)
+    aM = S[:, None] * Vh                                       # r × n: σᵣvᵣᵀ
+    A = torch.stack([U.T @ d.double() for d in deltas])       # K × r × n: uᵣᵀΔWᵢ
+    s = (A * aM).sum(-1) / A.square().sum(-1).clamp_min(1e-12)
+    s = torch.where(torch.isnan(s) | torch.isneginf(s), torch.full_like(s, alpha), s)
+    gamma = len(deltas) / s.clamp_min(alpha).sum(0)
+    return (U * (gamma * S)) @ Vh
+
+# %% ../nbs/02b_spectral.ipynb #34f34c7c
+@merge_method("svc", base="required", min_models=1, work_factor=5.0,
+              params={"svc_alpha": ParamInfo("floor α on each task's score sᵣⁱ: 1 only shrinks the spectrum, below 1 "
+                                             "it can amplify up to 1/α", range=(0, None), step=0.05)},
+              presets={"after task arithmetic, averaging, TIES, DARE, Iso-C": dict(svc_alpha=0.1),
+                       "after Iso-CTS": dict(svc_alpha=0.2), "after TSV-M, WUDI": dict(svc_alpha=1.0)},
+              paper="When Shared Knowledge Hurts: Spectral Over-Accumulation in Model Merging (arXiv:2602.05536), FusionBench's singular value calibration")
+def svc(tensors: list[Tensor], base: Tensor, *, svc_alpha: float = 1.0, _inputs: list[Tensor] | None = None) -> Tensor:
+    "Post-processor: θ₀ + the merged update with its singular values calibrated (`svc_calibrate`); 1-D tensors pass through."
+    if _inputs is None: raise ConfigError("svc is a post-processor: use it as `postprocess: [svc]` after a merge method")
+    merged = tensors[0]
+    if base.dim() != 2: return merged
+    upd = svc_calibrate(merged.double() - base.double(), [t.double() - base.double() for t in _inputs], svc_alpha)
+    return (base.double() + upd).to(base.dtype)

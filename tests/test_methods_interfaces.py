@@ -31,7 +31,7 @@ RECIPES = {   # method: (uses base, models ("a", "b" or "base"), global params, 
     "tall_masks": (True, "ab", {"task": 1}, {}),
     "pcb": (True, "ab", {"pcb_ratio": 0.2}, {}),
     "star": (True, "ab", {"eta": 40.0}, {}),
-    "tsv": (True, "ab", {}, {}),
+    "tsv": (True, "ab", {}, {"weight": [0.7, 1.2]}),
     "iso_c": (True, "ab", {"lambda": 0.5}, {}),
     "iso_cts": (True, "ab", {"common_space_fraction": 0.8}, {}),
     "lines": (True, "a", {"alpha": 0.5, "beta": 0.5}, {}),
@@ -39,11 +39,13 @@ RECIPES = {   # method: (uses base, models ("a", "b" or "base"), global params, 
     "wudi": (True, "ab", {"iter_num": 5, "lr": 1e-4}, {}),
     "emr": (True, "ab", {"task": 1}, {}),
     "layer_swap": (False, "ab", {"bottom": 1, "top": 1}, {}),
+    "arcee_fusion": (True, "a", {}, {}),
     # post-processors run after a method: (method, post-processor)
     "consensus_mask": (True, "ab", {"k": 1}, {**TWO, "tall_lambda": [0.4, 0.4]}, ("task_arithmetic", "consensus_mask")),
+    "svc": (True, "ab", {"svc_alpha": 0.1, "lambda": 0.3}, TWO, ("task_arithmetic", "svc")),
 }
 
-SVD_METHODS = {"star", "tsv", "iso_c", "iso_cts"}
+SVD_METHODS = {"star", "tsv", "iso_c", "iso_cts", "svc"}
 
 @pytest.fixture(scope="module")
 def zoo(tmp_path_factory):
