@@ -4,7 +4,7 @@
 
 # %% ../nbs/03_config.ipynb #8345e9b4
 from __future__ import annotations
-import copy, hashlib, json, math, os, re, warnings
+import copy, hashlib, json, math, os, re, threading, warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -13,11 +13,12 @@ import torch, yaml
 from fastcore.basics import patch
 from .io import (Checkpoint, LazyCheckpoint, AdapterCheckpoint, ShardedWriter, MergelabError, IncompatibleModels,
                          CheckpointNotFound, check_output_path, parse_size, open_model, model_names, model_paths,
-                         split_adapter_ref, short_repr)
+                         split_adapter_ref, short_repr, open_tokenizer)
 from .registry import ConfigError, MergeMethod, METHODS, get_method, chain, did_you_mean, REQUIRED
 from .scheduler import (TensorGroup, execute, layer_index, num_layers, LAYER_RE, using_client, nonfinite_policy,
                                 check_threads, parse_device)
 from .memory import MemoryEstimate, estimate_memory, check_memory, split_rows, available_memory
+from .vocabulary import Vocabulary, build_vocabulary, fill_rows, vocabulary_rows
 
 # %% auto #0
 __all__ = ['MERGEKIT_FLAGS', 'MAX_CONFIG_BYTES', 'MAX_CONFIG_VALUES', 'MAX_CONFIG_DEPTH', 'VOCAB_TENSOR', 'dsl_value',
@@ -71,6 +72,7 @@ class MergeConfig:
     truncate_vocab: bool = False
     postprocess: list[dict] = field(default_factory=list)
     raw: dict = field(default_factory=dict)
+    pad_to_multiple_of: int | None = None     # `tokenizer: {pad_to_multiple_of}`: output vocabulary rows rounded up
 
 # %% ../nbs/03_config.ipynb #52847cd3
 def _rooted(ref: Any, root) -> Any:
@@ -162,6 +164,30 @@ def _norm_postprocess(post: Any, problems: list[str]) -> list[dict]:
         norm_post.append({"method": p["method"], "parameters": dict(p.get("parameters") or {})})
     return norm_post
 
+# %% ../nbs/03_config.ipynb #de445207
+def _norm_tokenizer(d: Mapping, root, problems: list[str]) -> tuple[str | None, int | None]:
+    """The vocabulary request: mergekit's `tokenizer_source: union | base | MODEL` or `tokenizer: {source, pad_to_multiple_of}`
+    (whose source defaults to union, as mergekit's does), as (source, padding); problems recorded."""
+    spec = d.get("tokenizer")
+    if spec is not None and not isinstance(spec, Mapping):
+        problems.append(f"'tokenizer' must be a mapping {{source, pad_to_multiple_of}}, got {short_repr(spec)}"); spec = {}
+    spec = dict(spec or {})
+    if d.get("tokenizer_source") is not None and spec: problems.append("give 'tokenizer_source' or 'tokenizer', not both")
+    if "tokens" in spec:
+        problems.append("tokenizer.tokens (a chosen source per token) is not supported; rows a model lacks are filled by "
+                        "mergekit's default rule (the only model that has the token, the base's row, else the mean)")
+    extra = set(spec) - {"source", "pad_to_multiple_of", "tokens"}
+    if extra: problems.append(f"unknown keys {sorted(extra)} in 'tokenizer'; known: source, pad_to_multiple_of")
+    tok = d.get("tokenizer_source") if d.get("tokenizer_source") is not None else spec.get("source", "union" if spec else None)
+    if tok is not None and not isinstance(tok, (str, os.PathLike)):
+        problems.append(f"tokenizer_source must be 'union', 'base' or a model, got {short_repr(tok)}"); tok = None
+    if tok is not None and str(tok) not in ("union", "base"):
+        tok = "model:" + str(_rooted(str(tok).removeprefix("model:"), root))
+    pad = spec.get("pad_to_multiple_of")
+    if pad is not None and (isinstance(pad, bool) or not isinstance(pad, int) or pad < 1):
+        problems.append(f"tokenizer.pad_to_multiple_of must be a positive integer, got {short_repr(pad)}"); pad = None
+    return tok, pad
+
 # %% ../nbs/03_config.ipynb #f6d6435c
 @patch(cls_method=True)
 def load(cls: MergeConfig, src: Any, root: str | Path | None = None) -> "MergeConfig":
@@ -178,8 +204,7 @@ def load(cls: MergeConfig, src: Any, root: str | Path | None = None) -> "MergeCo
         if d.get(key) is not None and not isinstance(d[key], Mapping): problems.append(f"'{key}' must be a mapping")
     norm = _norm_models(d.get("models") or [], root, problems)
     slices = _norm_slices(d.get("slices"), root, problems)
-    tok = d.get("tokenizer_source") or (d.get("tokenizer") or {}).get("source") if isinstance(d.get("tokenizer") or {}, Mapping) else None
-    if tok is not None and tok != "base": problems.append(f"tokenizer_source {short_repr(tok)} is not supported; use 'base' or truncate_vocab: true")
+    tok, pad = _norm_tokenizer(d, root, problems)
     for k in ("dtype", "out_dtype"):
         try: parse_dtype(d.get(k))
         except ConfigError as e: problems.append(f"{k}: {e}")
@@ -189,7 +214,7 @@ def load(cls: MergeConfig, src: Any, root: str | Path | None = None) -> "MergeCo
     for k in ("seed",):
         if k in d: params.setdefault(k, d[k])
     return cls(d["merge_method"], norm, _rooted(d.get("base_model"), root), slices, params, d.get("dtype"),
-               d.get("out_dtype"), tok, bool(d.get("truncate_vocab", False)), norm_post, d)
+               d.get("out_dtype"), tok, bool(d.get("truncate_vocab", False)), norm_post, d, pad)
 
 # %% ../nbs/03_config.ipynb #5d579ef4
 def yaml_safe(v: Any) -> Any:
@@ -215,8 +240,10 @@ def to_yaml(self: MergeConfig) -> str:
     if self.slices: d["slices"] = [{**s, "sources": [{**x, "model": ref(x["model"])} for x in s["sources"]]} for s in self.slices]
     else: d["models"] = [{"model": ref(m["model"]), **({"parameters": yaml_safe(m["parameters"])} if m["parameters"] else {})} for m in self.models]
     if self.parameters: d["parameters"] = yaml_safe(self.parameters)
-    for k in ("dtype", "out_dtype", "tokenizer_source"):
+    for k in ("dtype", "out_dtype"):
         if getattr(self, k) is not None: d[k] = getattr(self, k)
+    if self.pad_to_multiple_of: d["tokenizer"] = {"source": self.tokenizer_source or "union", "pad_to_multiple_of": self.pad_to_multiple_of}
+    elif self.tokenizer_source is not None: d["tokenizer_source"] = self.tokenizer_source
     if self.truncate_vocab: d["truncate_vocab"] = True
     if self.postprocess: d["postprocess"] = self.postprocess
     return yaml.safe_dump(d, sort_keys=False)
@@ -266,6 +293,59 @@ def _rows_view(ck: Checkpoint, keys: set[str], rows: int, fill: Checkpoint | Non
     cfg = dict(ck.config or {}); cfg.update({k: rows for k in _VOCAB_KEYS if k in cfg})
     return LazyCheckpoint(meta, fn, name=ck.name, config=cfg, path=ck.path)
 
+# %% ../nbs/03_config.ipynb #4a01c763
+def _vocabulary_views(models, base, cfg: MergeConfig, problems: list[str]) -> tuple[list, Checkpoint | None, Vocabulary]:
+    """`tokenizer_source: union` or `model:REF`: the output vocabulary (`build_vocabulary`; the reference is the base,
+    else the first model) and every input as a lazy view whose embedding and LM-head rows follow it by token string
+    (`vocabulary_rows`; the rows a model lacks are read once per tensor, `fill_rows`)."""
+    cks = ([base] if base is not None else []) + models
+    labels = ["base_model"] * (base is not None) + [f"models[{i}]" for i in range(len(models))]
+    src = cfg.tokenizer_source
+    keys0 = [k for k in cks[0].keys() if VOCAB_TENSOR.search(k) and len(cks[0].shape(k)) >= 1]
+    absent = [k for k in keys0 if any(k not in c for c in cks)]
+    if not keys0 or absent:
+        problems.append(f"tokenizer_source {src}: " + (f"{absent[:2]} are missing from some models (tied and untied "
+                        "embeddings cannot be merged)" if absent else "no embedding or LM-head matrix found"))
+        raise ConfigError(problems)
+    rows = [c.shape(keys0[0])[0] for c in cks]
+    keys = {k for k in keys0 if all(c.shape(k)[0] == r for c, r in zip(cks, rows))}
+    source: str | int = "union"
+    if src.startswith("model:"):
+        want = src.removeprefix("model:")
+        source = next((i for i, c in enumerate(cks) if c.name == want or (c.path is not None and _same_ref(str(c.path), want))), None)
+        if source is None:
+            problems.append(f"tokenizer_source {want!r} is none of the models being merged; give 'union', 'base' or one of "
+                            f"{[c.name for c in cks]}"); raise ConfigError(problems)
+    toks = []
+    for lab, c in zip(labels, cks):
+        try: toks.append(open_tokenizer(c))
+        except MergelabError: toks.append(None)
+    if toks[0] is None or (isinstance(source, int) and toks[source] is None):
+        who = labels[0] if toks[0] is None else labels[source]
+        problems.append(f"tokenizer_source {src}: {who} ({cks[labels.index(who)].name}) has no tokenizer files; the "
+                        "output vocabulary is built from them"); raise ConfigError(problems)
+    for i, t in enumerate(toks):
+        if t is None:                        # mergekit's rule: a tokenizer that cannot be loaded is the reference's
+            warnings.warn(f"{labels[i]} ({cks[i].name}) has no tokenizer files: its rows are read with {labels[0]}'s tokenizer")
+            toks[i] = toks[0]
+    try: vocab = build_vocabulary(toks, rows, source=source, pad_to_multiple_of=cfg.pad_to_multiple_of,
+                                  names=[f"{lab} ({c.name})" for lab, c in zip(labels, cks)])
+    except MergelabError as e: problems.append(str(e)); raise ConfigError(problems) from None
+    fills, lock = {}, threading.Lock()
+    def fill(k):
+        with lock:
+            if k not in fills: fills[k] = fill_rows(vocab, lambda j: cks[j].get(k))
+            return fills[k]
+    def view(m, ck):
+        def fn(k):
+            t = ck.get(k)
+            return vocabulary_rows(vocab, m, t, fill(k)) if k in keys else t
+        meta = {k: (((vocab.size,) + ck.shape(k)[1:]) if k in keys else ck.shape(k), ck.dtype(k)) for k in ck.keys()}
+        config = dict(ck.config or {}); config.update({k: vocab.size for k in _VOCAB_KEYS if k in config})
+        return LazyCheckpoint(meta, fn, name=ck.name, config=config, path=ck.path)
+    views = [view(m, c) for m, c in enumerate(cks)]
+    return (views[1:], views[0], vocab) if base is not None else (views, None, vocab)
+
 # %% ../nbs/03_config.ipynb #84bc4302
 @dataclass
 class Plan:
@@ -281,6 +361,7 @@ class Plan:
     out_dtype: torch.dtype | None = None
     seed: int | None = None
     memory: MemoryEstimate | None = None
+    tokenizer: Any = None               # the output tokenizer when the vocabulary is rebuilt (`tokenizer_source: union`)
     def __repr__(self): return f"Plan({self.method.name}, {len(self.models)} models, {len(self.groups)} tensors)"
 
 # %% ../nbs/03_config.ipynb #ba22e2cc
@@ -392,7 +473,7 @@ def build_plan(cfg: MergeConfig | Mapping | str | Path, *, seed: int | None = No
     if cfg.slices: return _plan_slices(cfg, method, seed, guard)
     models_cfg, models, base = _plain_inputs(cfg, method, problems)
     if problems or not models: raise ConfigError(problems or ["no models given"])
-    models, base = _check_models(models, base, cfg, problems)
+    models, base, vocab = _check_models(models, base, cfg, problems)
     groups = _plain_groups(method, cfg, models, base, models_cfg, problems)
     if problems: raise ConfigError(_dedup(problems))
     groups = plan_row_blocks(method, groups, threads=threads, dtype=parse_dtype(cfg.dtype), compute_dtype=parse_dtype(compute_dtype),
@@ -407,7 +488,7 @@ def build_plan(cfg: MergeConfig | Mapping | str | Path, *, seed: int | None = No
     config = (base or models[0]).config
     return Plan(method, groups, models, base, config, donor if donor and donor.is_dir() else None,
                 _input_paths([m["model"] for m in cfg.models] + [cfg.base_model]),
-                parse_dtype(cfg.dtype), parse_dtype(cfg.out_dtype), seed, memory)
+                parse_dtype(cfg.dtype), parse_dtype(cfg.out_dtype), seed, memory, vocab.tokenizer if vocab else None)
 
 # %% ../nbs/03_config.ipynb #326e103e
 def _quick_ref_problems(cfg: MergeConfig) -> list[str]:
@@ -474,6 +555,10 @@ def _resolve(method: MergeMethod, glob: dict, per_model: list[dict], name: str, 
 
 # %% ../nbs/03_config.ipynb #6fac66db
 def _check_models(models, base, cfg: MergeConfig, problems: list[str]):
+    "The inputs as the merge reads them (vocabulary views applied) and the output `Vocabulary` when one is rebuilt."
+    vocab = None
+    if cfg.tokenizer_source not in (None, "base"):
+        models, base, vocab = _vocabulary_views(models, base, cfg, problems)
     cks = ([base] if base is not None else []) + models
     vt = _vocab_tensors(cks, [])
     if vt:
@@ -496,7 +581,7 @@ def _check_models(models, base, cfg: MergeConfig, problems: list[str]):
         check_compatible(cks, names=[f"{n} ({c.name})" for n, c in zip(names, cks)])
     except IncompatibleModels as e: problems.append(str(e))
     if problems: raise ConfigError(problems)
-    return models, base
+    return models, base, vocab
 
 # %% ../nbs/03_config.ipynb #1a282aa7
 def _key(ref): return str(ref) if isinstance(ref, (str, os.PathLike)) else id(ref)
@@ -613,7 +698,7 @@ def run_plan(plan: Plan, out: str | Path | None = None, *, max_shard_size: int |
               on_nonfinite=nonfinite_policy(on_nonfinite), device=parse_device(device))
     if out is None: return execute(plan.groups, plan.method, threads=threads, progress=progress, client=client, **kw)
     with ShardedWriter(out, max_shard_size, overwrite=overwrite, inputs=plan.inputs, config=plan.config,
-                       donor=plan.donor, dtype=plan.out_dtype or plan.dtype) as w:
+                       donor=plan.donor, dtype=plan.out_dtype or plan.dtype, tokenizer=plan.tokenizer) as w:
         if record: w.add_file("mergelab_config.yml", record)
         execute(plan.groups, plan.method, writer=w, threads=threads, progress=progress, client=client, **kw)
     return w.out

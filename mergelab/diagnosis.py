@@ -259,7 +259,7 @@ def diagnose(models: Sequence[Any] | Mapping[str, Any], base: Any, *, predictor:
     vocab = vocabulary_table(named, base)
     if vocab.embedding_rows.nunique() > 1:
         raise MergelabError("the vocabularies differ (embedding rows " + ", ".join(f"{m}: {r}" for m, r in zip(vocab.model, vocab.embedding_rows))
-                            + "); diagnose compares models of one shape: merge with `tokenizer_source: base` or `truncate_vocab: true`")
+                            + "); diagnose compares models of one shape: merge with `tokenizer_source: union` (rows mapped by token string), `base` or `truncate_vocab: true`")
     st = interference_statistics(named, base, density=density, spectral=False, threads=threads, progress=progress,
                                  max_memory=max_memory, device=device)
     feats = merge_features(st)

@@ -512,6 +512,7 @@ def delta_rows(self: AdapterCheckpoint, k: str, start: int, stop: int, dtype: to
 TOKENIZER_FILES = ("tokenizer_config.json", "special_tokens_map.json", "tokenizer.json", "tokenizer.model",
                    "added_tokens.json", "merges.txt", "vocab.json", "vocab.txt", "chat_template.jinja",
                    "chat_template.json", "generation_config.json", "preprocessor_config.json")
+_MODEL_FILES = ("generation_config.json", "preprocessor_config.json")   # copied from the donor even with a new tokenizer
 _TMP_TAG = ".mergelab-tmp-"
 
 def parse_size(s: int | float | str) -> int:
@@ -606,11 +607,13 @@ class ShardedWriter:
     "Stream tensors into byte-bounded safetensors shards in a temporary directory; `commit()` moves it into place."
     def __init__(self, out: str | Path, max_shard_size: int | str = "5GB", *, overwrite: bool = False,
                  inputs: Iterable = (), config: dict | None = None, donor: str | Path | None = None,
-                 dtype: torch.dtype | None = None, metadata: dict[str, str] | None = None, weights_name: str = "model"):
+                 dtype: torch.dtype | None = None, metadata: dict[str, str] | None = None, weights_name: str = "model",
+                 tokenizer: Any = None):
         self.out = check_output_path(out, inputs, overwrite)
         self.max_shard_size, self.overwrite = parse_size(max_shard_size), overwrite
         if self.max_shard_size <= 0: raise ValueError("max_shard_size must be positive")
         self.config, self.donor, self.dtype = config, Path(donor) if donor else None, dtype
+        self.tokenizer = tokenizer                       # written with `save_pretrained` instead of the donor's tokenizer files
         self.weights_name = weights_name                 # "model": model.safetensors (HF); "adapter_model" (PEFT)
         self.metadata = {"format": "pt", **(metadata or {})}
         self.tmp = temporary_sibling(self.out)
@@ -674,7 +677,9 @@ def commit(self: ShardedWriter) -> Path:
     self._write_config()
     if self.donor is not None and self.donor.is_dir():
         for fn in TOKENIZER_FILES:                               # only the model's own files, never a link out of it
+            if self.tokenizer is not None and fn not in _MODEL_FILES: continue
             if (self.donor / fn).is_file() and inside_model(self.donor, self.donor / fn): shutil.copy2(self.donor / fn, self.tmp / fn)
+    if self.tokenizer is not None: self.tokenizer.save_pretrained(str(self.tmp))
     self._place()
     self.committed = True
     return self.out
