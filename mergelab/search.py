@@ -487,7 +487,9 @@ def tune_methods(zoo: Any, grids: Sequence[tuple[str, str, Mapping, Any]], *, va
     """Every method of `grids` — `(label, method, fixed parameters, grid)`, the grid as `sweep` takes it — merged from
     the experts of `zoo` (a loaded zoo), tuned on the average normalized accuracy of its `val` split, then its best setting
     merged once more and scored on the test split: the protocol of Ilharco et al. 2023 and FusionBench (hyper-parameters
-    chosen on validation data, never on test). Normalized accuracy = merged / expert accuracy per task, in %."""
+    chosen on validation data, never on test). Normalized accuracy = merged / expert accuracy per task, in %. A method
+    with a `task` parameter (per-task reconstructions: `tall_masks`, `emr`) is merged once per task and each task scored
+    on its own model."""
     from tqdm.auto import tqdm
     from mergelab.evaluate import evaluate, normalized_accuracy, sweep
     from mergelab.zoo import split_tasks
@@ -497,16 +499,21 @@ def tune_methods(zoo: Any, grids: Sequence[tuple[str, str, Mapping, Any]], *, va
     pool, vt = dict(zoo.experts), split_tasks(zoo, val)
     ex = pd.DataFrame({"validation": {t: evaluate(m, [vt[t]], progress=False).accuracy.item() for t, m in pool.items()},
                        "test": {t: zoo.evaluate(m, [t], progress=False).accuracy.item() for t, m in pool.items()}})
-    def merged(method: str, p: Mapping) -> dict:
+    def merged(method: str, p: Mapping) -> Any:
+        "The merged state dict, or for a per-task method a {task: its reconstruction} dict."
         base = None if get_method(method).base == "none" else zoo.base
-        return merge(list(pool.values()), method, base=base, seed=seed, threads=threads, progress=False, **p)
+        run = lambda **q: merge(list(pool.values()), method, base=base, seed=seed, threads=threads, progress=False, **p, **q)
+        return {t: run(task=i) for i, t in enumerate(pool)} if "task" in get_method(method).params else run()
+    def val_scores(model: Any) -> pd.DataFrame:
+        if not _per_task(model): return evaluate(model, vt, progress=False)
+        return pd.concat([evaluate(model[t], [vt[t]], progress=False) for t in pool])
     def score(sd: Any, label: str, setting: str, v: float, n: int, t0: float) -> dict:
         return dict(method=label, setting=setting, **_scored(zoo, sd, ex.test), val_normalized=v, candidates=n,
                     seconds=time.time() - t0)
     rows, tuned, sweeps = [], {}, {}
     for label, method, fixed, grid in tqdm(grids, desc="methods", disable=not progress):
         t0 = time.time()
-        s = sweep(lambda **p: {"val": float(normalized_accuracy(evaluate(merged(method, {**fixed, **p}), vt, progress=False),
+        s = sweep(lambda **p: {"val": float(normalized_accuracy(val_scores(merged(method, {**fixed, **p})),
                                                                 ex.validation).mean())}, grid, progress=False)
         tuned[label], v = _best(s, grid)
         sweeps[label] = s
@@ -516,10 +523,16 @@ def tune_methods(zoo: Any, grids: Sequence[tuple[str, str, Mapping, Any]], *, va
     return MethodTable(table, tuned, sweeps, ex, list(pool))
 
 # %% ../nbs/11_search.ipynb #1161e4f2
+def _per_task(model: Any) -> bool:
+    "A {task: model} dict of per-task reconstructions rather than one model (a state dict's keys are tensor names)."
+    return isinstance(model, dict) and bool(model) and not hasattr(next(iter(model.values())), "shape")
+
 def _scored(zoo: Any, model: Any, expert_test: pd.Series) -> dict:
-    "Test accuracy of `model` on every task of `zoo`, normalized by the experts' (%), per task and on average."
+    """Test accuracy of `model` on every task of `zoo` (a {task: model} dict: each task on its own model), normalized
+    by the experts' (%), per task and on average."""
     from mergelab.evaluate import normalized_accuracy
-    test = zoo.evaluate(model, progress=False).accuracy
+    test = (pd.concat([zoo.evaluate(m, [t], progress=False).accuracy for t, m in model.items()]) if _per_task(model)
+            else zoo.evaluate(model, progress=False).accuracy)
     na = normalized_accuracy(test, expert_test)
     return dict(**na.to_dict(), avg_normalized=float(na.mean()), avg_accuracy=float(test.mean()))
 
