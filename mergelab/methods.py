@@ -765,24 +765,30 @@ def _wudi_loss(X: Tensor, live: list[Tensor]) -> Tensor:
         loss = loss + ((A.T @ A) * (t.T @ t)).sum() / t.square().sum() if tall else loss + (A @ t.T).square().sum() / t.square().sum()
     return loss
 
-@merge_method("wudi", base="required", work_factor=3.5, compute="fp32",   # τₜ, X, its gradient, Adam's two moments, A
+@merge_method("wudi", base="required", work_factor=4.5, compute="fp32",   # τₜ, S, B, X, its gradient, Adam's two moments
               params={"iter_num": ParamInfo("Adam steps per 2-D tensor (FusionBench's YAML: 400)", range=(0, None)),
                       "lr": ParamInfo("Adam learning rate", range=(0, None))},
               paper="Cheng et al. 2025, Whoever Started the Interference Should End It: Guiding Data-Free Model Merging via Task Vectors (arXiv:2503.08099)")
 def wudi(tensors: list[Tensor], base: Tensor, *, iter_num: int = 400, lr: float = 1e-5) -> Tensor:
     """WUDI merging (Cheng et al. 2025): for a 2-D tensor θ₀ + X, X minimising Σₜ‖(X − τₜ)τₜᵀ‖²_F/‖τₜ‖²_F by Adam
-    (`lr`, `iter_num` full-batch steps) from Στₜ; any other tensor θ₀ + mean τₜ. Float32 (float64 stays)."""
+    (`lr`, `iter_num` full-batch steps) from Στₜ, on the closed-form gradient 2(X·H − B); any other tensor θ₀ + mean τₜ.
+    Float32 (float64 stays)."""
     dt = torch.float64 if base.dtype == torch.float64 else torch.float32
-    with torch.inference_mode(False), torch.enable_grad():      # Adam needs autograd, even inside a caller's no-grad
-        b = base.to(dt)
+    with torch.inference_mode(False), torch.no_grad():           # Adam updates X in place, even inside a caller's inference mode
+        b = base.to(dt).clone()
         T = [t.to(dt) - b for t in tensors]
         if b.dim() != 2: return (b + torch.stack(T).mean(0)).to(base.dtype)
-        live = [t for t in T if bool(t.abs().max() > 0)]
         X = torch.stack(T).sum(0)
-        if live and iter_num > 0:
-            X = X.clone().requires_grad_(True)
-            opt = torch.optim.Adam([X], lr=lr)
-            for _ in range(int(iter_num)):
-                opt.zero_grad(); _wudi_loss(X, live).backward(); opt.step()
-            X = X.detach()
+        live = [t for t in T if bool(t.abs().max() > 0)]
+        if not live or iter_num <= 0: return (b + X).to(base.dtype)
+        S = torch.cat([t / t.square().sum().sqrt() for t in live])          # the stacked, normalised task vectors
+        rows, cols = X.shape
+        gram = cols <= 2 * S.shape[0]                                     # X·H with H = SᵀS, or (X·Sᵀ)·S
+        H = S.T @ S if gram else None
+        B = sum((t @ (t.T @ t) if cols <= rows else (t @ t.T) @ t) / t.square().sum() for t in live)
+        X = X.clone()
+        opt = torch.optim.Adam([X], lr=lr)
+        for _ in range(int(iter_num)):
+            X.grad = 2 * ((X @ H if gram else (X @ S.T) @ S) - B)
+            opt.step()
         return (b + X).to(base.dtype)
