@@ -486,7 +486,7 @@ def tune_methods(zoo: Any, grids: Sequence[tuple[str, str, Mapping, Any]], *, va
                  threads: int = 1, progress: bool = True) -> MethodTable:
     """Every method of `grids` — `(label, method, fixed parameters, grid)`, the grid as `sweep` takes it — merged from
     the experts of `zoo` (a loaded zoo), tuned on the average normalized accuracy of its `val` split, then its best setting
-    merged once more and scored on the test split: the protocol of Ilharco et al. 2023 and FusionBench (hyper-parameters
+    (kept from the sweep: the best merge so far is held in memory) scored on the test split: the protocol of Ilharco et al. 2023 and FusionBench (hyper-parameters
     chosen on validation data, never on test). Normalized accuracy = merged / expert accuracy per task, in %. A method
     with a `task` parameter (per-task reconstructions: `tall_masks`, `emr`) is merged once per task and each task scored
     on its own model."""
@@ -513,11 +513,18 @@ def tune_methods(zoo: Any, grids: Sequence[tuple[str, str, Mapping, Any]], *, va
     rows, tuned, sweeps = [], {}, {}
     for label, method, fixed, grid in tqdm(grids, desc="methods", disable=not progress):
         t0 = time.time()
-        s = sweep(lambda **p: {"val": float(normalized_accuracy(val_scores(merged(method, {**fixed, **p})),
-                                                                ex.validation).mean())}, grid, progress=False)
+        kept: dict = {}
+        def objective(**p):
+            model = merged(method, {**fixed, **p})
+            v = float(normalized_accuracy(val_scores(model), ex.validation).mean())
+            if not kept or v > kept["v"]: kept.update(v=v, p=dict(p), model=model)    # the first best, as `_best` picks
+            return {"val": v}
+        s = sweep(objective, grid, progress=False)
         tuned[label], v = _best(s, grid)
         sweeps[label] = s
-        rows.append(score(merged(method, {**fixed, **tuned[label]}), label, _setting(tuned[label]), v, len(s), t0))
+        best = kept["model"] if kept.get("p") == tuned[label] else merged(method, {**fixed, **tuned[label]})
+        kept.clear()
+        rows.append(score(best, label, _setting(tuned[label]), v, len(s), t0))
     rows.append(score(zoo.base, "base (λ = 0)", "—", float("nan"), 0, time.time()))
     table = pd.DataFrame(rows).set_index("method").sort_values("avg_normalized", ascending=False)
     return MethodTable(table, tuned, sweeps, ex, list(pool))
