@@ -20,7 +20,7 @@ _PILLARS = {"kinship_matrix": "kinship", "DeltaActivations": "activations", "del
             "interpolation_curve": "lmc", "barrier": "lmc", "weight_matching": "lmc", "activation_matching": "lmc",
             "lmc_probe": "lmc", "interference_report": "interference", "tall_compress": "masks",
             "load_zoo": "zoo", "extract_lora": "lora", "model_tree": "lineage",
-            "diagnose": "diagnosis"}
+            "diagnose": "diagnosis", "build_moe": "moe"}
 
 def __getattr__(name: str):
     "A pillar's entry point named in `_PILLARS` (`mergelab.kinship_matrix`, `mergelab.load_zoo`, ...), imported on first use."

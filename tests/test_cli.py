@@ -87,3 +87,33 @@ def test_diagnose_cli_writes_a_config_merge_runs(tmp_path):
     assert (tmp_path / "merged" / "model.safetensors").is_file() or any((tmp_path / "merged").glob("*.safetensors"))
     bad = run("diagnose", tmp_path / "missing.yml")
     assert bad.returncode == 2 and "mergelab: error" in bad.stderr
+
+def test_moe_cli(tmp_path):
+    "`mergelab moe` turns tiny Llama fine-tunes into a Mixtral that transformers loads with no missing key, and generates."
+    import torch, tokenizers
+    from transformers import MixtralForCausalLM, PreTrainedTokenizerFast
+    from mergelab.io import Checkpoint
+    d = make_llama_family(tmp_path / "fam", ("film", "code"), vocab=64)
+    words = "the a of and to is film good bad plot story def return class import python code".split()
+    wl = tokenizers.Tokenizer(tokenizers.models.WordLevel({t: i for i, t in enumerate(["<unk>", "<s>", "</s>", *words])}, unk_token="<unk>"))
+    wl.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
+    PreTrainedTokenizerFast(tokenizer_object=wl, bos_token="<s>", eos_token="</s>", unk_token="<unk>").save_pretrained(d / "base")
+    (d / "moe.yml").write_text("base_model: ./base\ngate_mode: hidden\nexperts_per_token: 1\nexperts:\n"
+                               "  - source_model: ./film\n    positive_prompts: [\"the film is good\", \"a bad plot\"]\n"
+                               "  - source_model: ./code\n    positive_prompts: [\"def return class\", \"import python code\"]\n")
+    r = run("moe", d / "moe.yml", tmp_path / "moe", "--seed", "1", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert "a Mixtral of 2 experts (film, code), 2 layers" in r.stdout and "router condition number" in r.stdout
+    m, info = MixtralForCausalLM.from_pretrained(tmp_path / "moe", output_loading_info=True)
+    assert not any(info.values()), info
+    assert (m.config.num_local_experts, m.config.num_experts_per_tok) == (2, 1)
+    out, code = Checkpoint.open(tmp_path / "moe"), Checkpoint.open(d / "code")
+    assert torch.equal(out.get("model.layers.1.mlp.experts.down_proj")[1], code.get("model.layers.1.mlp.down_proj.weight"))
+    assert m.generate(torch.tensor([[1, 3, 9]]), max_new_tokens=4, do_sample=False).shape == (1, 7)
+    assert (tmp_path / "moe" / "tokenizer.json").is_file() and "source_model" in (tmp_path / "moe" / "mergelab_moe.yml").read_text()
+    again = run("moe", d / "moe.yml", tmp_path / "moe", "--no-progress")
+    assert again.returncode == 2 and "not empty" in again.stderr and "Traceback" not in again.stderr
+    assert run("moe", d / "moe.yml", tmp_path / "moe", "--overwrite", "--no-progress").returncode == 0
+    (d / "bad.yml").write_text((d / "moe.yml").read_text().replace("experts_per_token: 1", "experts_per_token: 3"))
+    bad = run("moe", d / "bad.yml", tmp_path / "moe2", "--no-progress")
+    assert bad.returncode == 2 and "only 2 experts" in bad.stderr and not (tmp_path / "moe2").exists()
