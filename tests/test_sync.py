@@ -46,7 +46,8 @@ def test_docs_preprocess(scratch):
     # nbdev executes the export cells and every cell holding an import while pre-processing a notebook with exports (for
     # show_doc), in a fresh shell, without the other cells: such a cell may load a zoo (hence the zoo path), and must not use
     # names that only earlier example cells define (move the import into the notebook's import cell instead).
-    # The timeout only guards against a hang: the pass took 134 s alone on the 2-core dev machine, 269 s at the end of a full run.
+    # The timeout only guards against a hang: the pass took 45 s on the 2-core dev machine once no example cell imported
+    # anything (test_imports_live_in_import_cells); before, it also ran those examples (250-350 s in a full run).
     r = subprocess.run([sys.executable, "-c", code], cwd=scratch, capture_output=True, text=True, timeout=900,
                        env=os.environ | {"MERGELAB_ZOO_DIR": str(ROOT / "data" / "zoo")})
     where = [l for l in (r.stdout + r.stderr).splitlines() if "Error in notebook" in l]
@@ -70,3 +71,21 @@ def test_docs_preprocess(scratch):
     walk(side)
     assert sorted(listed) == nbs, f"the docs sidebar does not list exactly the notebooks: {sorted(set(nbs) ^ listed)}"
     assert side[0] == "index.ipynb", side[:3]            # the landing page first, then the notebooks in file order
+
+def test_imports_live_in_import_cells():
+    """nbdev's docs pass runs every cell that holds an import (in a fresh shell, for show_doc), so an example cell that
+    imports would also run its example there (a training loop, a zoo load): imports go in the notebook's import cells."""
+    import ast, json
+    bad = []
+    for nb in sorted((ROOT / "nbs").glob("*.ipynb")):
+        cells = [c for c in json.loads(nb.read_text())["cells"] if c["cell_type"] == "code"]
+        srcs = ["".join(c["source"]) for c in cells]
+        if not any(s.startswith("#| export") for s in srcs): continue      # nbdev executes nothing in notebooks without exports
+        for i, s in enumerate(srcs):
+            if s.startswith(("#| export", "#| hide", "#| default_exp")): continue
+            try: tree = ast.parse("\n".join(l for l in s.splitlines() if not l.startswith(("#|", "%", "!"))))
+            except SyntaxError: continue
+            if any(isinstance(n, (ast.Import, ast.ImportFrom)) for n in ast.walk(tree)) and \
+                    any(not isinstance(n, (ast.Import, ast.ImportFrom)) for n in tree.body):
+                bad.append(f"{nb.name} code cell {i}: {s.splitlines()[0][:60]!r}")
+    assert not bad, f"cells mixing imports with other code (move the imports to the notebook's import cell): {bad}"
