@@ -22,8 +22,8 @@ from .vocabulary import Vocabulary, build_vocabulary, fill_rows, vocabulary_rows
 
 # %% auto #0
 __all__ = ['MERGEKIT_FLAGS', 'MAX_CONFIG_BYTES', 'MAX_CONFIG_VALUES', 'MAX_CONFIG_DEPTH', 'VOCAB_TENSOR', 'dsl_value',
-           'parse_dtype', 'MergeConfig', 'load_yaml', 'yaml_safe', 'Plan', 'plan_row_blocks', 'build_plan', 'run_plan',
-           'merge_config', 'merge', 'estimate_peak_memory', 'merge_setting_config']
+           'parse_dtype', 'MergeConfig', 'rooted', 'load_yaml', 'read_config', 'yaml_safe', 'Plan', 'plan_row_blocks',
+           'build_plan', 'run_plan', 'merge_config', 'merge', 'estimate_peak_memory', 'merge_setting_config']
 
 # %% ../nbs/03_config.ipynb #a7bf4333
 def _is_gradient(v) -> bool: return isinstance(v, (list, tuple)) and len(v) > 0 and not isinstance(v[0], Mapping)
@@ -75,7 +75,7 @@ class MergeConfig:
     pad_to_multiple_of: int | None = None     # `tokenizer: {pad_to_multiple_of}`: output vocabulary rows rounded up
 
 # %% ../nbs/03_config.ipynb #52847cd3
-def _rooted(ref: Any, root) -> Any:
+def rooted(ref: Any, root) -> Any:
     "A YAML reference made relative to the config file's folder where it exists there (each side of `BASE+ADAPTER` too)."
     if root is None or not isinstance(ref, (str, os.PathLike)): return ref
     at = lambda p: str(Path(root) / p) if not Path(p).is_absolute() and (Path(root) / p).exists() else p
@@ -105,7 +105,7 @@ def load_yaml(text: str) -> Any:
     return doc
 
 # %% ../nbs/03_config.ipynb #4e3fe04c
-def _read_config(src: Any, root) -> tuple[dict, Any]:
+def read_config(src: Any, root) -> tuple[dict, Any]:
     "A config's mapping and the folder its relative paths resolve against, from a YAML path, YAML text or a mapping."
     if isinstance(src, (str, os.PathLike)) and (isinstance(src, os.PathLike) or "\n" not in src) and Path(src).suffix in (".yml", ".yaml"):
         p = Path(src)
@@ -127,7 +127,7 @@ def _norm_models(models: Any, root, problems: list[str]) -> list[dict]:
         if not isinstance(m, Mapping) or "model" not in m: problems.append(f"models[{i}] needs a 'model' entry, got {short_repr(m)}"); continue
         if m.get("parameters") is not None and not isinstance(m["parameters"], Mapping):
             problems.append(f"models[{i}].parameters must be a mapping"); continue
-        norm.append({"model": _rooted(m["model"], root), "parameters": dict(m.get("parameters") or {})})
+        norm.append({"model": rooted(m["model"], root), "parameters": dict(m.get("parameters") or {})})
     return norm
 
 # %% ../nbs/03_config.ipynb #36a208e4
@@ -145,7 +145,7 @@ def _norm_slices(slices: Any, root, problems: list[str]) -> list[dict] | None:
                 problems.append(f"slices[{i}].sources[{j}] needs 'model' and 'layer_range'"); continue
             if not isinstance(src_.get("parameters") or {}, Mapping):
                 problems.append(f"slices[{i}].sources[{j}].parameters must be a mapping"); continue
-            srcs.append({"model": _rooted(src_["model"], root), "layer_range": src_["layer_range"],
+            srcs.append({"model": rooted(src_["model"], root), "layer_range": src_["layer_range"],
                          "parameters": dict(src_.get("parameters") or {})})
         if not isinstance(s.get("parameters") or {}, Mapping):
             problems.append(f"slices[{i}].parameters must be a mapping"); continue
@@ -182,7 +182,7 @@ def _norm_tokenizer(d: Mapping, root, problems: list[str]) -> tuple[str | None, 
     if tok is not None and not isinstance(tok, (str, os.PathLike)):
         problems.append(f"tokenizer_source must be 'union', 'base' or a model, got {short_repr(tok)}"); tok = None
     if tok is not None and str(tok) not in ("union", "base"):
-        tok = "model:" + str(_rooted(str(tok).removeprefix("model:"), root))
+        tok = "model:" + str(rooted(str(tok).removeprefix("model:"), root))
     pad = spec.get("pad_to_multiple_of")
     if pad is not None and (isinstance(pad, bool) or not isinstance(pad, int) or pad < 1):
         problems.append(f"tokenizer.pad_to_multiple_of must be a positive integer, got {short_repr(pad)}"); pad = None
@@ -194,7 +194,7 @@ def load(cls: MergeConfig, src: Any, root: str | Path | None = None) -> "MergeCo
     "From a YAML path, YAML text or a dict; relative model paths resolve against the YAML file's folder."
     problems = []
     if isinstance(src, MergeConfig): return src
-    d, root = _read_config(src, root)
+    d, root = read_config(src, root)
     unknown = [k for k in d if k not in _TOP_KEYS]
     if unknown: problems.append(f"unknown top-level keys {unknown}; known: {sorted(_TOP_KEYS)}")
     if "merge_method" not in d: problems.append("'merge_method' is missing")
@@ -213,7 +213,7 @@ def load(cls: MergeConfig, src: Any, root: str | Path | None = None) -> "MergeCo
     params = dict(d.get("parameters") or {})
     for k in ("seed",):
         if k in d: params.setdefault(k, d[k])
-    return cls(d["merge_method"], norm, _rooted(d.get("base_model"), root), slices, params, d.get("dtype"),
+    return cls(d["merge_method"], norm, rooted(d.get("base_model"), root), slices, params, d.get("dtype"),
                d.get("out_dtype"), tok, bool(d.get("truncate_vocab", False)), norm_post, d, pad)
 
 # %% ../nbs/03_config.ipynb #5d579ef4

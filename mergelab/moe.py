@@ -15,7 +15,7 @@ from torch import Tensor
 from .io import Checkpoint, IncompatibleModels, ShardedWriter, check_output_path, short_repr
 from .io import model_name, model_paths, open_model, open_module, open_tokenizer
 from .registry import ConfigError, did_you_mean
-from .config import _read_config, _rooted, parse_dtype
+from .config import read_config, rooted, parse_dtype
 from .scheduler import layer_index, parse_device
 
 # %% auto #0
@@ -73,7 +73,7 @@ def _expert(e: Any, i: int, root, problems: list[str]) -> MoEExpert | None:
     src = e.get("source_model")
     if src is None or isinstance(src, str) and not src.strip():
         problems.append(f"{where}: source_model is required (a model folder or file, or BASE+ADAPTER)")
-    return MoEExpert(_rooted(src, root), _prompt_list(e.get("positive_prompts"), f"{where}.positive_prompts", problems),
+    return MoEExpert(rooted(src, root), _prompt_list(e.get("positive_prompts"), f"{where}.positive_prompts", problems),
                      _prompt_list(e.get("negative_prompts"), f"{where}.negative_prompts", problems),
                      _scale(e.get("noise_scale"), f"{where}.noise_scale", problems, 0.0),
                      _scale(e.get("residual_scale"), f"{where}.residual_scale", problems, -math.inf))
@@ -84,7 +84,7 @@ def load_moe_config(src: Any, root: str | Path | None = None) -> MoEConfig:
     is opened: every problem is listed in one `ConfigError`. Relative paths resolve against the YAML file's folder.
     Refused: unknown keys, a gate mode other than `GATE_MODES`, fewer experts than `experts_per_token`, a prompt gate
     mode with an expert lacking positive prompts, all experts with the same prompts, an architecture other than mixtral."""
-    raw, root = (dict(vars(src)), root) if isinstance(src, MoEConfig) else _read_config(src, root)
+    raw, root = (dict(vars(src)), root) if isinstance(src, MoEConfig) else read_config(src, root)
     problems = [f"unknown key {k!r}{did_you_mean(k, MOE_KEYS)}" for k in sorted(set(map(str, raw)) - set(MOE_KEYS) - {"shared_experts"})]
     if raw.get("shared_experts"):
         problems.append("shared_experts: a mixtral model has none (mergekit writes them for qwen2_moe and deepseek)")
@@ -117,7 +117,7 @@ def load_moe_config(src: Any, root: str | Path | None = None) -> MoEConfig:
             problems.append("every expert has the same prompts: their router rows would be identical and the router could "
                             "not tell them apart; give each expert prompts from its own domain")
     if problems: raise ConfigError(problems)
-    return MoEConfig(_rooted(base, root), experts, gate, k, raw.get("dtype"), arch)
+    return MoEConfig(rooted(base, root), experts, gate, k, raw.get("dtype"), arch)
 
 # %% ../nbs/14_moe.ipynb #de96a67a
 def tokenize_prompts(tokenizer: Any, prompts: Sequence[str]) -> dict[str, Tensor]:

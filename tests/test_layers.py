@@ -4,7 +4,7 @@ import ast
 from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[1] / "mergelab"
-LAYERS = [["io"], ["registry"], ["scheduler"], ["memory"], ["methods", "masks", "spectral", "layerwise"], ["config", "lora"],
+LAYERS = [["io"], ["vocabulary"], ["registry"], ["scheduler"], ["memory"], ["methods", "masks", "spectral", "layerwise"], ["config", "lora", "moe"],
           ["kinship", "lineage", "activations", "lmc", "interference"], ["evaluate"], ["zoo"], ["data_aware"],
           ["search", "diagnosis"], ["widgets", "cli", "demo", "failures"]]
 LEVEL = {m: i for i, names in enumerate(LAYERS) for m in names}
