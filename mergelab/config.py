@@ -186,6 +186,8 @@ def _norm_tokenizer(d: Mapping, root, problems: list[str]) -> tuple[str | None, 
     pad = spec.get("pad_to_multiple_of")
     if pad is not None and (isinstance(pad, bool) or not isinstance(pad, int) or pad < 1):
         problems.append(f"tokenizer.pad_to_multiple_of must be a positive integer, got {short_repr(pad)}"); pad = None
+    if pad is not None and tok == "base":
+        problems.append("tokenizer.pad_to_multiple_of rebuilds the vocabulary: use source 'union' or a model, not 'base'")
     return tok, pad
 
 # %% ../nbs/03_config.ipynb #f6d6435c

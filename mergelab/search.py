@@ -486,8 +486,8 @@ def tune_methods(zoo: Any, grids: Sequence[tuple[str, str, Mapping, Any]], *, va
                  threads: int = 1, progress: bool = True) -> MethodTable:
     """Every method of `grids` — `(label, method, fixed parameters, grid)`, the grid as `sweep` takes it — merged from
     the experts of `zoo` (a loaded zoo), tuned on the average normalized accuracy of its `val` split, then its best setting
-    (kept from the sweep: the best merge so far is held in memory) scored on the test split: the protocol of Ilharco et al. 2023 and FusionBench (hyper-parameters
-    chosen on validation data, never on test). Normalized accuracy = merged / expert accuracy per task, in %. A method
+    (the sweep's best merge, held in memory) scored on the test split: the protocol of Ilharco et al. 2023 and FusionBench
+    (hyper-parameters chosen on validation data, never on test). Normalized accuracy = merged / expert accuracy per task, in %. A method
     with a `task` parameter (per-task reconstructions: `tall_masks`, `emr`) is merged once per task and each task scored
     on its own model."""
     from tqdm.auto import tqdm

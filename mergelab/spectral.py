@@ -62,18 +62,13 @@ def star(tensors: list[Tensor], base: Tensor, *, eta: float = 40.0, lambda_: flo
     return (base.float() + lambda_ * upd).to(base.dtype)
 
 # %% ../nbs/02b_spectral.ipynb #8e6b62ae
-def _weights(weight, n: int) -> list[float]:
-    "A per-model parameter as n floats (one value broadcast)."
-    return [float(w) for w in weight] if isinstance(weight, (list, tuple)) else [float(weight)] * n
-
 @merge_method("tsv", base="required", per_model=("weight",), min_models=1, work_factor=5.5, params=PARAM_INFO | {"svd": SVD_OPTION},
               paper="Gargiulo et al. 2025, Task Singular Vectors: Reducing Task Interference in Model Merging (arXiv:2412.00081)")
 def tsv(tensors: list[Tensor], base: Tensor, *, weight: float = 1.0, lambda_: float = 1.0,
         svd: Literal["exact", "randomized"] = "exact") -> Tensor:
     """TSV-M (Gargiulo et al. 2025): τₜ ← wₜτₜ, top ⌊r/T⌋ triplets per task, U and V orthogonalised,
     θ₀ + α·U⊥ΣV⊥ᵀ; 1-D tensors θ₀ + α·mean wₜτₜ."""
-    w = _weights(weight, len(tensors))
-    ds = [wi * d for wi, d in zip(w, _deltas(tensors, base))]
+    ds = [float(w) * d for w, d in zip(weight, _deltas(tensors, base))]      # per model: the registry gives one value each
     if base.dim() != 2: return (base.float() + lambda_ * sum(ds) / len(ds)).to(base.dtype)
     k = max(1, min(base.shape) // len(ds))
     parts = [top_svd(d, k, lowrank=svd == "randomized") for d in ds]
