@@ -14,11 +14,12 @@ from .scheduler import TensorGroup, map_reduce, read_group, check_stop
 
 # %% auto #0
 __all__ = ['PARAM_INFO', 'GTA_FAMILY', 'task_arithmetic', 'ties', 'dare_ties', 'dare_linear', 'breadcrumbs', 'breadcrumbs_ties',
-           'della', 'della_linear', 'rescale_masked', 'kth_threshold', 'topk_mask', 'sparsify_magnitude',
-           'sparsify_random', 'sparsify_outliers', 'sparsify_della', 'elect_sign', 'gta_merge', 'is_float_group',
-           'radix_kth_abs', 'trim_input', 'topk_rank', 'row_thresholds', 'ties_prepare', 'GTAMember', 'gta_method',
-           'linear', 'slerp_tensors', 'slerp', 'nuslerp', 'multislerp', 'karcher', 'model_stock_t', 'model_stock',
-           'sce', 'nearswap', 'ram', 'passthrough', 'magmax', 'fusion_importance', 'arcee_fusion', 'wudi']
+           'della', 'della_linear', 'rescale_masked', 'kth_threshold', 'magnitude_histogram', 'topk_mask',
+           'sparsify_magnitude', 'sparsify_random', 'sparsify_outliers', 'sparsify_della', 'elect_sign', 'gta_merge',
+           'is_float_group', 'radix_kth_abs', 'trim_input', 'topk_rank', 'row_thresholds', 'ties_prepare', 'GTAMember',
+           'gta_method', 'linear', 'slerp_tensors', 'slerp', 'nuslerp', 'multislerp', 'karcher', 'model_stock_t',
+           'model_stock', 'sce', 'nearswap', 'ram', 'passthrough', 'magmax', 'fusion_importance', 'arcee_fusion',
+           'wudi']
 
 # %% ../nbs/02_methods.ipynb #c927d91e
 PARAM_INFO: dict[str, ParamInfo] = {    # parameters several methods share; a registration adds or overrides its own
@@ -39,7 +40,8 @@ PARAM_INFO: dict[str, ParamInfo] = {    # parameters several methods share; a re
     "disjoint": ParamInfo("merge of the sign-agreeing entries: mean, sum, or max (the largest magnitude, FusionBench's "
                           "merge_func max); auto follows normalize (mergekit)"),
     "topk_scope": ParamInfo("trim by top-k per tensor (mergekit) or by one threshold over the whole model (FusionBench, paper)"),
-    "tie_break": ParamInfo("entries tied at the k-th magnitude: argsort (mergekit's, bit-exact) or index order (never sorts)"),
+    "tie_break": ParamInfo("entries tied at the k-th magnitude: argsort (mergekit's, bit-exact) or index order (never sorts; "
+                          "a tensor merged in row blocks always takes index order)"),
     "int8_mask": ParamInfo("accepted for mergekit YAML compatibility; changes nothing numerically"),
 }
 
@@ -72,41 +74,79 @@ def kth_threshold(delta: Tensor, density: float) -> float:
     a = a.double() if a.dtype == torch.float64 else a.float()
     return float(a.kthvalue(d - int(d * density)).values)
 
+# %% ../nbs/02_methods.ipynb #a7c31e90
+def magnitude_histogram(w: Tensor) -> Tensor | None:
+    """The 65,536-bin histogram of the bit patterns of the non-negative 16-bit floats `w` (bf16, fp16; on the CPU). Such
+    patterns order as their values, so one linear pass (`torch.bincount`) gives exact counts above and at any magnitude:
+    the top-k cut of a bf16 task vector without a selection or sort. None for other dtypes and devices, or when `w`
+    holds a NaN (its pattern lies above inf's)."""
+    if w.dtype not in (torch.bfloat16, torch.float16) or w.device.type != "cpu": return None
+    h = torch.bincount(w.reshape(-1).view(torch.int16), minlength=65536)
+    return None if int(h[(0x7F80 if w.dtype == torch.bfloat16 else 0x7C00) + 1:].sum()) else h
+
+
 # %% ../nbs/02_methods.ipynb #518a4914
-def topk_mask(w: Tensor, k: int, tie_break: str = "argsort") -> Tensor:
-    """Boolean mask of exactly `k` largest entries of the 1-D `w`. `argsort` (default): mergekit's
-    `argsort(descending)[:k]`, bit-exact with mergekit on the same torch build; the O(n log n) sort runs only when the
-    choice is ambiguous (more entries tie at the k-th value than fit), otherwise a linear-time selection gives the same
-    mask. `index`: tied entries are taken in index order, always in linear time (deterministic across torch builds)."""
+def topk_mask(w: Tensor, k: int, tie_break: str = "argsort", hist: Tensor | None = None) -> Tensor:
+    """Boolean mask of exactly `k` largest entries of the 1-D, non-negative `w`. `argsort` (default): mergekit's
+    `argsort(descending)[:k]` of `w` in float32 (on the CPU), bit-exact with mergekit on the same torch build; the
+    O(n log n) sort runs only when the choice is ambiguous (more entries tie at the k-th value than fit), otherwise a
+    linear-time cut gives the same mask: from `magnitude_histogram` for bf16/fp16 (`hist`, if already computed),
+    else a selection (`kthvalue`). `index`: tied entries are taken in index order, always in linear time
+    (deterministic across torch builds)."""
+    h = magnitude_histogram(w) if hist is None else hist
+    if h is not None:                       # 16-bit magnitudes: the cut from the histogram, compared as bit patterns
+        below = h.cumsum(0)                 # below[j]: entries whose pattern is ≤ j; the cut v has < k entries above it
+        n = int(below[-1])
+        v = int(torch.searchsorted(below, n - k, right=True))
+        tied = int(h[v])
+        need, bits = k - (n - int(below[v])), w.reshape(-1).view(torch.int16)
+        if need == tied: return bits >= v
+        if tie_break == "argsort": return _argsort_mask(w, k)
+        mask = bits > v
+        mask[(bits == v).nonzero().squeeze(1)[:need]] = True
+        return mask
+    if w.device.type == "cpu": w = w.float()
     v = w.kthvalue(w.numel() - k + 1).values
     mask = w > v
-    need, tied = k - int(mask.sum()), w == v
-    ambiguous = int(tied.sum()) != need or bool(torch.isnan(v))
-    if tie_break == "argsort" and ambiguous:
-        mask = torch.zeros(w.numel(), dtype=torch.bool, device=w.device)
-        mask[torch.argsort(w, descending=True)[:k]] = True
-        return mask
+    need, tied = k - int(torch.count_nonzero(mask)), w == v
+    ambiguous = int(torch.count_nonzero(tied)) != need or bool(torch.isnan(v))
+    if tie_break == "argsort" and ambiguous: return _argsort_mask(w, k)
     if need > 0: mask[tied.nonzero().squeeze(1)[:need]] = True
+    return mask
+
+def _argsort_mask(w: Tensor, k: int) -> Tensor:
+    "mergekit's choice: the first k of `argsort(w, descending=True)`, sorted in float32 on the CPU."
+    if w.device.type == "cpu": w = w.float()
+    mask = torch.zeros(w.numel(), dtype=torch.bool, device=w.device)
+    mask[torch.argsort(w, descending=True)[:k]] = True
     return mask
 
 
 # %% ../nbs/02_methods.ipynb #2ef6a1ee
 def sparsify_magnitude(delta: Tensor, density: float, rescale="none", threshold: float | None = None,
-                       tie_break: str = "argsort") -> Tensor:
+                       tie_break: str = "argsort", quota: int | None = None) -> Tensor:
     """TIES trim (Yadav et al. 2023). Without `threshold`: mergekit's per-tensor top-k, exactly k = max(1, ⌊ρ·numel⌋)
     entries (`tie_break` picks among entries tied at the k-th magnitude, see `topk_mask`); with it: keep
-    |δ| ≥ threshold (the FusionBench/paper k-th-value rule, ties at the threshold kept)."""
+    |δ| ≥ threshold (the FusionBench/paper k-th-value rule, ties at the threshold kept), or, with `quota`, |δ| >
+    threshold and the first `quota` entries equal to it (in index order: a row block's share of the whole tensor's
+    exactly-k cut, `row_thresholds`)."""
     if density >= 1: return delta
     if density <= 0 or delta.numel() == 0: return torch.zeros_like(delta)
-    if threshold is not None: mask = _exceeds(delta, threshold).to(delta.dtype)
+    if threshold is not None and quota is not None:
+        a = delta.abs().reshape(-1)
+        if a.dtype != torch.float64 and float(torch.tensor(threshold, dtype=a.dtype)) != threshold: a = a.double()
+        keep = a > threshold
+        if quota > 0: keep[(a == threshold).nonzero().squeeze(1)[:quota]] = True
+        mask = keep.to(delta.dtype).reshape_as(delta)
+    elif threshold is not None: mask = _exceeds(delta, threshold).to(delta.dtype)
     else:
         k = max(1, int(density * delta.numel()))
         w = delta.abs().reshape(-1)
-        if w.device.type == "cpu": w = w.float()
-        nz = w > 0
+        h = magnitude_histogram(w)
+        nnz = w.numel() - int(h[0]) if h is not None else int(torch.count_nonzero(w > 0))
         # at most k non-zero entries: the top k hold all of them, and which zeros fill the rest changes no output value
         # (a frozen tensor, a sparse delta): no selection needed
-        keep = nz if int(nz.sum()) <= k else topk_mask(w, k, tie_break)
+        keep = w > 0 if nnz <= k else topk_mask(w, k, tie_break, h)
         mask = keep.to(delta.dtype).reshape_as(delta)
     return rescale_masked(delta, mask, rescale, density)
 
@@ -300,9 +340,10 @@ def topk_rank(numel: int, density: float) -> int:
 def row_thresholds(groups: Sequence[TensorGroup], threads: int = 2, *, dtype: torch.dtype | None = None,
                    compute_dtype: torch.dtype | None = None, seed: int | None = None) -> list[TensorGroup]:
     """For each tensor planned in row blocks (`TensorGroup.rows`) with the per-tensor top-k (`topk_scope="tensor"`): per
-    model the ⌊ρ·numel⌋-th largest |δ̂| over all its blocks (`radix_kth_abs`), set as the blocks' `_threshold`. Keeping
-    |δ̂| ≥ it is the whole tensor's top-k, except that entries tied at the k-th magnitude are all kept (the paper's
-    k-th-value rule; mergekit's argsort keeps exactly k of them), so a bf16 tensor may keep a few more entries."""
+    model the ⌊ρ·numel⌋-th largest |δ̂| over all its blocks (`radix_kth_abs`), set as the blocks' `_threshold`, then
+    one counting pass gives each block its `_tie_quota`: how many of its entries tied at that magnitude the whole
+    tensor's top-k takes, in index order. The blocks together keep exactly k entries, the whole tensor's
+    `tie_break="index"` cut (mergekit's argsort order among ties needs the whole tensor)."""
     out, blocks = list(groups), {}
     for j, g in enumerate(out):
         if g.rows is not None and g.params.get("topk_scope", "tensor") == "tensor" and g.base is not None and is_float_group(g):
@@ -313,8 +354,28 @@ def row_thresholds(groups: Sequence[TensorGroup], threads: int = 2, *, dtype: to
         key = "trim_density" if "trim_density" in p0 else "density"
         dens = list(p0[key]) if isinstance(p0[key], (list, tuple)) else [p0[key]] * n
         ks = [topk_rank(numel, r) if 0 < r < 1 else None for r in dens]
-        thr = radix_kth_abs([out[j] for j in js], ks, threads=threads, deltas=deltas) if any(ks) else [None] * n
-        for j in js: out[j] = dataclasses.replace(out[j], params={**out[j].params, "_threshold": thr})
+        if not any(ks): continue
+        thr = radix_kth_abs([out[j] for j in js], ks, threads=threads, deltas=deltas)
+        counts = map_reduce([out[j] for j in js], lambda g: {g.rows[0]: _cut_counts(deltas(g), thr)},
+                            lambda a, r: a | r, {}, threads=threads)
+        need = [None if t is None else max(1, int(r * numel)) - int(sum(c[i][0] for c in counts.values()))
+                for i, (t, r) in enumerate(zip(thr, dens))]
+        before = [0] * n
+        for j in sorted(js, key=lambda j: out[j].rows[0]):
+            c = counts[out[j].rows[0]]
+            quota = [None if q is None else min(max(q - b, 0), c[i][1]) for i, (q, b) in enumerate(zip(need, before))]
+            before = [b + c[i][1] for i, b in enumerate(before)]
+            out[j] = dataclasses.replace(out[j], params={**out[j].params, "_threshold": thr, "_tie_quota": quota})
+    return out
+
+def _cut_counts(ds: Sequence[Tensor], thr: Sequence[float | None]) -> list[tuple[int, int]]:
+    "Per model: (entries with |δ| above its threshold, entries equal to it) in one block."
+    out = []
+    for d, t in zip(ds, thr):
+        if t is None: out.append((0, 0)); continue
+        a = d.abs().reshape(-1)
+        if a.dtype != torch.float64 and float(torch.tensor(t, dtype=a.dtype)) != t: a = a.double()
+        out.append((int(torch.count_nonzero(a > t)), int(torch.count_nonzero(a == t))))
     return out
 
 # %% ../nbs/02_methods.ipynb #b2e4a6c1
@@ -432,7 +493,8 @@ def _gta_signature(m: GTAMember) -> inspect.Signature:
           c and ("disjoint", Literal["auto", "mean", "sum", "max"], "auto"),
           mag and ("tie_break", Literal["index", "argsort"], "argsort"), ("int8_mask", bool, False),
           s in ("random", "della") and ("generator", torch.Generator | None, None),
-          mag and ("_threshold", list | None, None), mag and ("_majority", float | None, None)]
+          mag and ("_threshold", list | None, None), mag and ("_majority", float | None, None),
+          mag and ("_tie_quota", list | None, None)]
     return inspect.Signature([P("tensors", P.POSITIONAL_OR_KEYWORD, annotation=list[Tensor]),
                               P("base", P.POSITIONAL_OR_KEYWORD, annotation=Tensor),
                               *(P(n, P.KEYWORD_ONLY, default=d, annotation=t) for n, t, d in filter(None, ps))])
@@ -440,13 +502,14 @@ def _gta_signature(m: GTAMember) -> inspect.Signature:
 # %% ../nbs/02_methods.ipynb #63086383
 def _magnitude_trim(p: dict, n: int, rho: Sequence[float], rescale) -> Callable[[int, Tensor], Tensor]:
     """The TIES trim `(i, δᵢ) → δ̂ᵢ` at keep fractions `rho`: per tensor, or at the `_threshold` of `ties_prepare` (the
-    model-wide one, or a row-blocked tensor's own)."""
+    model-wide one, or a row-blocked tensor's own with its block's `_tie_quota`)."""
     given = p["_threshold"] is not None
     thr, model = list(p["_threshold"]) if given else [None] * n, p["topk_scope"] == "model"
+    quota = p.get("_tie_quota") or [None] * n
     def trim(i, d):
         t = thr[i]
         if model and t is None and 0 < rho[i] < 1: t = kth_threshold(d, rho[i])
-        return sparsify_magnitude(d, rho[i], rescale, t if model or given else None, p["tie_break"])
+        return sparsify_magnitude(d, rho[i], rescale, t if model or given else None, p["tie_break"], quota[i])
     return trim
 
 def _sparsifier(m: GTAMember, p: dict, n: int) -> Callable[[int, Tensor], Tensor] | None:
