@@ -7,8 +7,8 @@ the CPU and device wall times, their ratio, and the largest difference of the re
 merges (linear, task_arithmetic, ties, dare_ties with a seed: the drop masks are drawn on the CPU, so they are the same,
 slerp), the exact kinship matrix (float64 on the device), the evaluation of a merge (perplexity on random token
 windows), an LMC interpolation curve, the data-aware statistics (empirical Fisher, RegMean Grams) through `merge`,
-AdaMerging's learned coefficients, activation matching's permutations, and Delta Activations (a word-level
-tokenizer built here). Exit code 1 when a difference exceeds its tolerance. On a machine without the device it says so and runs the same code with device='cpu'
+AdaMerging's learned coefficients, activation and weight matching's permutations, a REPAIRed midpoint, and Delta
+Activations (a word-level tokenizer built here). Exit code 1 when a difference exceeds its tolerance. On a machine without the device it says so and runs the same code with device='cpu'
 (a dry run of the script). Not a test.
 """
 from __future__ import annotations
@@ -61,14 +61,15 @@ def main() -> int:
     return 0 if ok else 1
 
 def forward_checks(base: Path, fts: list[Path], device: str) -> bool:
-    """The pillars that run forward (and backward) passes: each on the CPU and on `device`, results compared as
-    relative differences (float32 forward passes on different hardware agree to about 1e-4)."""
+    """The pillars that run forward (and backward) passes, and weight matching's float64 costs: each on the CPU and on
+    `device`, results compared as relative differences (float32 forward passes on different hardware agree to about
+    1e-4); a check with a third entry compares with it."""
     import pandas as pd
     from tokenizers import Tokenizer, models as tk_models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
     from mergelab.config import merge
     from mergelab.evaluate import evaluate, LMTask
-    from mergelab.lmc import interpolation_curve, activation_matching, model_spec
+    from mergelab.lmc import interpolation_curve, activation_matching, weight_matching, repair, model_spec
     from mergelab.data_aware import adamerging
     from mergelab.activations import delta_activations
     from mergelab.io import open_module, open_model
@@ -83,8 +84,14 @@ def forward_checks(base: Path, fts: list[Path], device: str) -> bool:
     tok = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="w0", pad_token="w0")
     probes = [" ".join(words[j] for j in torch.randint(0, vocab, (12,), generator=g).tolist()) for _ in range(5)]
     ppl = lambda m, **kw: evaluate(m, tasks, progress=False, **kw).loss
-    A = open_module(fts[0], dtype=torch.float32)
+    A, B = open_module(fts[0], dtype=torch.float32), open_module(fts[1], dtype=torch.float32)
+    spec = model_spec(fts[0], template=A)
     rel = lambda a, b: float(((a - b).abs() / b.abs().clamp_min(1e-12)).max())
+    wm = lambda **kw: weight_matching(spec, fts[0], fts[1], max_iter=2, progress=False, **kw)
+    wm_diff = lambda c, d: (0.0 if all(torch.equal(c[p], d[p]) for p in c)         # same permutations, else the objectives
+                            else abs(d.history[-1] - c.history[-1]) / abs(c.history[-1]))
+    rp = lambda **kw: {k: v.detach().cpu().double() for k, v in repair(A, B, 0.5, ids["a"][:4], spec=spec, **kw).state_dict().items()}
+    state_rel = lambda c, d: max(float((d[k] - c[k]).abs().max() / c[k].abs().max().clamp_min(1e-12)) for k in c)   # per tensor
     checks = {
         "evaluate (LM loss)": (lambda **kw: ppl(fts[1], **kw).values, 1e-3),
         "LMC curve (5 points)": (lambda **kw: interpolation_curve(fts[0], fts[1], lambda m: evaluate(m, tasks[:1], progress=False),
@@ -99,16 +106,20 @@ def forward_checks(base: Path, fts: list[Path], device: str) -> bool:
                                                                            batch_size=4, progress=False, **kw).coefficients.values), 1e-3),
         "activation matching": (lambda **kw: torch.cat([p.double() for p in activation_matching(
             model_spec(fts[0], template=A), fts[0], fts[1], ids["a"][:4], model=A, **kw).values()]), 0.05),
+        "weight matching": (wm, 1e-9, wm_diff),
+        "REPAIR (alpha 0.5)": (rp, 1e-4, state_rel),
         "delta activations": (lambda **kw: torch.tensor(delta_activations(fts, base, probes, tokenizer=tok, progress=False,
                                                                           **kw).values), 1e-2),
     }
     ok = True
-    for name, (fn, tol) in checks.items():
+    for name, (fn, tol, *compare) in checks.items():
         c, tc = timed(lambda: fn())
         d, td = timed(lambda: fn(device=device))
-        c, d = (x.detach().cpu().double() if isinstance(x, torch.Tensor) else torch.as_tensor(x, dtype=torch.float64) for x in (c, d))
-        diff = (float((d - c).norm() / c.norm()) if name == "delta activations" else   # permutations: the share that differ
-                float((d != c).double().mean()) if name == "activation matching" else rel(d, c))
+        if compare: diff = compare[0](c, d)
+        else:
+            c, d = (x.detach().cpu().double() if isinstance(x, torch.Tensor) else torch.as_tensor(x, dtype=torch.float64) for x in (c, d))
+            diff = (float((d - c).norm() / c.norm()) if name == "delta activations" else   # permutations: the share that differ
+                    float((d != c).double().mean()) if name == "activation matching" else rel(d, c))
         ok &= diff <= tol
         print(f"{name:24} {tc:8.2f} {td:9.2f} {td / tc:7.2f} {diff:11.2e} {tol:10.1e}")
     return ok

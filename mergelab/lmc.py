@@ -750,21 +750,28 @@ class Permutations(dict):
     iterations: int = 0
 
 # %% ../nbs/06_lmc.ipynb #b4470ab2
+def _f64_device(device: Any, what: str) -> torch.device | None:
+    "`parse_device(device)`, refusing MPS: `what` accumulates in float64, which MPS lacks."
+    dev = parse_device(device)
+    if dev is not None and dev.type == "mps": raise SpecError(f"{what} accumulates in float64, which MPS lacks; use the CPU")
+    return dev
+
 def _objective(spec: PermutationSpec, A: Mapping[str, Tensor], B: Mapping[str, Tensor], perms) -> float:
     return float(sum((A[k].double() * _permute(B[k], ax, perms).double()).sum() for k, ax in spec.axes_to_perm.items()
                      if not _is_stat(k)))
 
 def _cost(spec, p, sizes, A, B, perms, p2a) -> np.ndarray:
     """C[i, j] = Σ over the axes of p of ⟨A's unit i, π(B)'s unit j⟩ with every other permutation (`perms`, derived
-    ones included) applied to B, plus the costs of the permutations derived from p folded onto it."""
+    ones included) applied to B, plus the costs of the permutations derived from p folded onto it; float64 on the
+    states' device, returned on the CPU."""
     n = sizes[p]
-    C = torch.zeros(n, n, dtype=torch.float64)
+    C = torch.zeros(n, n, dtype=torch.float64, device=next(iter(A.values())).device)
     for k, ax in p2a.get(p, []):
         if _is_stat(k): continue
         wa = A[k].double().movedim(ax, 0).reshape(n, -1)
         wb = _permute(B[k], spec.axes_to_perm[k], perms, skip=ax).double().movedim(ax, 0).reshape(n, -1)
         C += wa @ wb.T
-    C = C.numpy()
+    C = C.cpu().numpy()
     for d, rule in spec.derived.items():
         if p in _sources(rule): C = C + _fold(rule, _cost(spec, d, sizes, A, B, perms, p2a), p, sizes)
     return C
@@ -789,24 +796,9 @@ def _solve_heads(g: HeadGroup, Cs: Sequence[np.ndarray]) -> list[np.ndarray]:
     return [np.concatenate([pi[i] * d + inner[t, i, pi[i]] for i in range(h)]) for t, d in enumerate(ds)]
 
 # %% ../nbs/06_lmc.ipynb #9641a010
-def weight_matching(spec: PermutationSpec, a: Any, b: Any, max_iter: int = 100, seed: int = 0,
-                    init: Mapping[str, Tensor] | None = None, progress: bool = True, restarts: int = 1) -> Permutations:
-    """Git Re-Basin weight matching (Ainsworth, Hayase & Srinivasa, ICLR 2023, Algorithm 1): maximise
-    Σ_ℓ ⟨W_ℓ^A, P_ℓ W_ℓ^B P_{ℓ−1}ᵀ⟩ by coordinate descent. Each sweep visits the permutations in a random order
-    (seeded per sweep); with the others fixed, one permutation is a linear assignment problem solved exactly with
-    `scipy.optimize.linear_sum_assignment`. Head groups are solved jointly and exactly under their constraints
-    (an inner assignment per pair of heads, then one over heads); derived permutations enter through their folded
-    costs. Stops after a sweep without progress (> 1e-12) or `max_iter` sweeps. Local optima are real: `restarts > 1`
-    adds runs from random initial permutations (seeds `seed + r`) and keeps the best objective. Returns the free
-    permutations of B (apply them with `apply_permutation(spec, perms, b)`)."""
-    if not isinstance(spec, PermutationSpec): raise SpecError(f"spec must be a PermutationSpec (mlp_spec, transformer_spec), got {short_repr(spec, 40)}")
-    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1: raise SpecError(f"max_iter must be a positive integer, got {short_repr(max_iter, 20)}")
-    A, B = _state(a), _state(b)
-    same_shapes(A, B); sizes = spec.sizes(A); spec.check(B)
-    if restarts > 1:
-        runs = [weight_matching(spec, A, B, max_iter, seed + r, init if r == 0 else spec.random(A, seed + r), progress)
-                for r in range(restarts)]
-        return max(runs, key=lambda p: p.history[-1])
+def _descend(spec: PermutationSpec, A: Mapping[str, Tensor], B: Mapping[str, Tensor], sizes: Mapping[str, int],
+             max_iter: int, seed: int, init: Mapping[str, Tensor] | None, progress: bool) -> Permutations:
+    "One run of weight matching's coordinate descent from `init` (default: the identity) on checked states."
     perms = Permutations({p: torch.as_tensor(init[p]) if init and p in init else torch.arange(sizes[p]) for p in spec.perms})
     p2a, full = spec.perm_to_axes, spec.complete(perms)
     grouped = {p: g for g in spec.heads for p in g.perms}
@@ -828,6 +820,29 @@ def weight_matching(spec: PermutationSpec, a: Any, b: Any, max_iter: int = 100, 
         if not progressed: break
     perms.history, perms.iterations = history, len(history)
     return perms
+
+def weight_matching(spec: PermutationSpec, a: Any, b: Any, max_iter: int = 100, seed: int = 0,
+                    init: Mapping[str, Tensor] | None = None, progress: bool = True, restarts: int = 1, *,
+                    device: Any = None) -> Permutations:
+    """Git Re-Basin weight matching (Ainsworth, Hayase & Srinivasa, ICLR 2023, Algorithm 1): maximise
+    Σ_ℓ ⟨W_ℓ^A, P_ℓ W_ℓ^B P_{ℓ−1}ᵀ⟩ by coordinate descent. Each sweep visits the permutations in a random order
+    (seeded per sweep); with the others fixed, one permutation is a linear assignment problem solved exactly with
+    `scipy.optimize.linear_sum_assignment`. Head groups are solved jointly and exactly under their constraints
+    (an inner assignment per pair of heads, then one over heads); derived permutations enter through their folded
+    costs. Stops after a sweep without progress (> 1e-12) or `max_iter` sweeps. Local optima are real: `restarts > 1`
+    adds runs from random initial permutations (seeds `seed + r`) and keeps the best objective. Returns the free
+    permutations of B (apply them with `apply_permutation(spec, perms, b)`). `device` ('cuda', 'cuda:1'): the float64
+    costs are computed there on copies of the tensors (a model passed in is never moved); the assignments are solved
+    on the CPU. MPS lacks float64 and is refused."""
+    if not isinstance(spec, PermutationSpec): raise SpecError(f"spec must be a PermutationSpec (mlp_spec, transformer_spec), got {short_repr(spec, 40)}")
+    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1: raise SpecError(f"max_iter must be a positive integer, got {short_repr(max_iter, 20)}")
+    dev = _f64_device(device, "weight matching")
+    A, B = _state(a), _state(b)
+    same_shapes(A, B); sizes = spec.sizes(A); spec.check(B)
+    starts = [(seed, init)] + [(seed + r, spec.random(A, seed + r)) for r in range(1, restarts)]
+    if dev is not None: A, B = ({k: s[k].to(dev) for k in spec.axes_to_perm} for s in (A, B))   # copied there once
+    runs = [_descend(spec, A, B, sizes, max_iter, s, i, progress) for s, i in starts]
+    return max(runs, key=lambda p: p.history[-1])
 
 # %% ../nbs/06_lmc.ipynb #c2e17904
 class _Hooks:
@@ -911,8 +926,7 @@ def activation_matching(spec: PermutationSpec, a: Any, b: Any, data: Any, *, mod
     `device` ('cuda', 'cuda:1'): the forward passes and the float64 statistics run there on copies of the models (a
     model passed in is never moved); the assignments are solved on the CPU. MPS lacks float64 and is refused."""
     if measure not in ("correlation", "cross_moment"): raise SpecError(f"measure must be 'correlation' or 'cross_moment', not {measure!r}")
-    dev = parse_device(device)
-    if dev is not None and dev.type == "mps": raise SpecError("activation matching accumulates in float64, which MPS lacks; use the CPU")
+    dev = _f64_device(device, "activation matching")
     ma, mb = _as_model(a, model, "a"), _as_model(b, model, "b")
     same_shapes(_state(ma), _state(mb)); sizes = spec.sizes(_state(ma))
     grouped = {p for g in spec.heads for p in g.perms}
@@ -940,13 +954,15 @@ _BN = nn.modules.batchnorm._BatchNorm
 def reset_batchnorm(model: nn.Module, data: Any) -> nn.Module:
     """Recompute every BatchNorm's running statistics on `data` as a cumulative average (momentum `None`, train mode,
     no gradients), in place: the "BN reset" of Jordan et al. (REPAIR, ICLR 2023) for interpolated networks, whose
-    interpolated running statistics no longer describe their activations. Returns the model, in eval mode."""
+    interpolated running statistics no longer describe their activations; batches go to the model's device. Returns the
+    model, in eval mode."""
     bns = [m for m in model.modules() if isinstance(m, _BN)]
     moms = [m.momentum for m in bns]
     for m in bns: m.reset_running_stats(); m.momentum = None
     model.train()
+    dev = model_device(model)
     with torch.no_grad():
-        for x in _inputs(data): model(x)
+        for x in _inputs(data): model(to_device(x, dev))
     for m, mom in zip(bns, moms): m.momentum = mom
     return model.eval()
 
@@ -960,12 +976,12 @@ def _weight_sites(model: nn.Module, spec: PermutationSpec | None) -> list[str]:
     return [n for n in names if spec.axes_to_perm.get(f"{n}.weight" if n else "weight", (None,))[0] is not None]
 
 def _channel_stats(model: nn.Module, sites: Sequence[str], data: Any, channel_axis: int = 1) -> dict[str, tuple[Tensor, Tensor]]:
-    "Per-channel mean and (biased) std of each site's output over `data`."
-    acc = {}
+    "Per-channel mean and (biased) std of each site's output over `data`, float64 on the model's device (batches moved there)."
+    acc, dev = {}, model_device(model)
     model.eval()
     with _Hooks(model, sites, None, channel_axis) as h, torch.no_grad():
         for x in _inputs(data):
-            _call(model, x)
+            _call(model, to_device(x, dev))
             for s in sites:
                 z = h.got[s].double(); a = acc.setdefault(s, [0, 0, 0])
                 a[0] += len(z); a[1] += z.sum(0); a[2] += (z * z).sum(0)
@@ -973,7 +989,7 @@ def _channel_stats(model: nn.Module, sites: Sequence[str], data: Any, channel_ax
 
 # %% ../nbs/06_lmc.ipynb #94bc854b
 def repair(a: Any, b_permuted: Any, alpha: float, data: Any, *, spec: PermutationSpec | None = None,
-           model: nn.Module | None = None, eps: float = 1e-5) -> nn.Module:
+           model: nn.Module | None = None, eps: float = 1e-5, device: Any = None) -> nn.Module:
     """REPAIR (Jordan, Sedghi, Saukh, Entezari & Neyshabur, ICLR 2023): build θ_α = (1 − α)·θ_A + α·π(θ_B) and
     rescale each hidden unit's pre-activation so that its mean and std over `data` equal the interpolated endpoint
     statistics μ* = (1 − α)μ_A + αμ_B, σ* = (1 − α)σ_A + ασ_B (the std, not the variance, is interpolated), fused
@@ -983,12 +999,16 @@ def repair(a: Any, b_permuted: Any, alpha: float, data: Any, *, spec: Permutatio
     (`transformer_spec`, LayerNorm or RMSNorm): the FFN's linear input units (BERT's intermediate, GPT-2's `c_fc`,
     ViT's `fc1`, with their biases; Llama's bias-free `up_proj`, scale only), measured over every token; the residual
     stream and attention are not corrected (their norms re-standardise them). Networks with BatchNorm get the
-    equivalent BN reset instead. `b_permuted` must already be aligned to `a`. Returns a new module."""
+    equivalent BN reset instead. `b_permuted` must already be aligned to `a`. Returns a new module, on `device`
+    ('cuda', 'cuda:1') when given: the interpolation and the float64 statistics run there on copies of the models (a
+    model passed in is never moved); MPS lacks float64 and is refused."""
+    dev = _f64_device(device, "REPAIR")
     ma, mb = _as_model(a, model, "a"), _as_model(b_permuted, model, "b_permuted")
-    work = _Interpolator([ma, mb], None).lerp(alpha)
+    work = _Interpolator([ma, mb], None, dev).lerp(alpha)
     if any(isinstance(m, _BN) for m in work.modules()): return reset_batchnorm(work, data)
     if spec is None and hasattr(getattr(work, "config", None), "num_attention_heads"): spec = transformer_spec(work)
     sites, ca = _weight_sites(work, spec), (spec.channel_axis if spec is not None else 1)
+    ma, mb = module_on(ma, dev, owned=ma is not a), module_on(mb, dev, owned=mb is not b_permuted)
     sa, sb = _channel_stats(ma, sites, data, ca), _channel_stats(mb, sites, data, ca)
     mods = dict(work.named_modules())
     for s in sites:
@@ -1029,39 +1049,47 @@ MATCHINGS = {"none": "none", "weight": "weight matching", "activation": "activat
 CORRECTIONS = {"none": "none", "repair": "REPAIR", "bn_reset": "BN reset"}
 
 def lmc_align(a: Any, b: Any, matching: str = "none", *, spec: PermutationSpec | None = None, data: Any = None,
-              model: nn.Module | None = None, seed: int = 0) -> Any:
+              model: nn.Module | None = None, seed: int = 0, device: Any = None) -> Any:
     """B with its hidden units permuted onto A's: as is (`none`), by `weight_matching` or by `activation_matching` on
     `data`, under `spec` (default: `model_spec` of A, any supported architecture). With `data`, the aligned B is
-    checked to compute B's function (`check_equivalent`, fp32, 1e-4 absolute plus 1e-4 relative)."""
+    checked to compute B's function (`check_equivalent`, fp32, 1e-4 absolute plus 1e-4 relative). `device`: where
+    the matching runs (`weight_matching`, `activation_matching`); B is permuted, and checked, on the CPU."""
+    parse_device(device)
     if matching not in MATCHINGS: raise CurveError(f"matching must be one of {list(MATCHINGS)}, not {matching!r}")
     if matching == "none": return b
     if matching == "activation" and data is None: raise CurveError("activation matching needs `data` (inputs to measure the units on)")
     spec = spec or model_spec(a, template=model)
-    if matching == "weight": perms = weight_matching(spec, a, b, seed=seed, progress=False)
-    else: perms = activation_matching(spec, a, b, data, model=model)
+    if matching == "weight": perms = weight_matching(spec, a, b, seed=seed, progress=False, device=device)
+    else: perms = activation_matching(spec, a, b, data, model=model, device=device)
     aligned = apply_permutation(spec, perms, b)
     if data is not None: check_equivalent(_as_model(b, model, "b"), aligned, data, 1e-4, 1e-4, spec=spec, perms=perms)
     return aligned
 
 # %% ../nbs/06_lmc.ipynb #7985718f
 def lmc_prepare(a: Any, b: Any, correction: str = "none", *, data: Any = None, spec: PermutationSpec | None = None,
-                model: nn.Module | None = None) -> Callable[[nn.Module, float], Any] | None:
-    "The `prepare(model, alpha)` of `interpolation_curve` for a correction: None, BN reset or REPAIR on `data`."
+                model: nn.Module | None = None, device: Any = None) -> Callable[[nn.Module, float], Any] | None:
+    """The `prepare(model, alpha)` of `interpolation_curve` for a correction: None, BN reset or REPAIR on `data`.
+    `device`: where REPAIR runs (`repair`); the BN reset runs where the curve's working model is."""
+    parse_device(device)
     if correction not in CORRECTIONS: raise CurveError(f"correction must be one of {list(CORRECTIONS)}, not {correction!r}")
     if correction == "none": return None
     if data is None: raise CurveError(f"{CORRECTIONS[correction]} needs `data` (inputs to measure the statistics on)")
     if correction == "bn_reset": return lambda m, alpha: reset_batchnorm(m, data)
     def prep(m: nn.Module, alpha: float):
-        m.load_state_dict(repair(a, b, alpha, data, spec=spec, model=model).state_dict())
+        m.load_state_dict(repair(a, b, alpha, data, spec=spec, model=model, device=device).state_dict())
     return prep
 
 # %% ../nbs/06_lmc.ipynb #c4b3265a
 def lmc_probe(a: Any, b: Any, evaluate: Callable[[nn.Module], Any], *, matching: str = "none", correction: str = "none",
               data: Any = None, spec: PermutationSpec | None = None, model: nn.Module | None = None,
-              alphas: int | Sequence[float] = 11, seed: int = 0, progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame, Any]:
-    "(curve, barriers of both definitions, aligned B) of the path from A to B aligned by `matching` and corrected by `correction`."
-    b2 = lmc_align(a, b, matching, spec=spec, data=data, model=model, seed=seed)
-    curve = interpolation_curve(a, b2, evaluate, alphas=alphas, model=model, progress=progress,
-                                prepare=lmc_prepare(a, b2, correction, data=data, spec=spec, model=model))
+              alphas: int | Sequence[float] = 11, seed: int = 0, progress: bool = True,
+              device: Any = None) -> tuple[pd.DataFrame, pd.DataFrame, Any]:
+    """(curve, barriers of both definitions, aligned B) of the path from A to B aligned by `matching` and corrected by
+    `correction`. `device` ('cuda', 'cuda:1'): the matching, the correction and the curve run there (`evaluate` gets a
+    module on it, as in `interpolation_curve`); the aligned B is returned on the CPU."""
+    parse_device(device)
+    b2 = lmc_align(a, b, matching, spec=spec, data=data, model=model, seed=seed, device=device)
+    curve = interpolation_curve(a, b2, evaluate, alphas=alphas, model=model, progress=progress, device=device,
+                                prepare=lmc_prepare(a, b2, correction, data=data, spec=spec, model=model, device=device))
     bars = barrier_table(curve)
     return curve, bars[bars.kind.isin(["midpoint", "linear"])].reset_index(drop=True), b2
