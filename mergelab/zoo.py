@@ -811,7 +811,7 @@ def _load_tiny_llama(root: Path) -> Zoo:
     from mergelab.evaluate import LMTask
     d = root / "tiny-llama"
     if not (d / "manifest.json").is_file():
-        raise ZooError(f"zoo 'tiny-llama' not found at {d}; rebuild it (about 5 s) with `python data/zoo/build_tiny_llama.py` "
+        raise ZooError(f"zoo 'tiny-llama' not found at {d}; rebuild it (about 15 s) with `python data/zoo/build_tiny_llama.py` "
                        "from the source tree, or point $MERGELAB_ZOO_DIR at a directory holding tiny-llama/")
     man = json.loads((d / "manifest.json").read_text())
     cfg = json.loads((d / "base" / "config.json").read_text())

@@ -1,6 +1,6 @@
 """The shipped digits zoo is what `data/zoo/build_digits.py` builds: a rebuild (about 30 s on one core) reproduces the
 shipped metrics and tensors (all four digits sets: digits, digits-gentle, digits-lmc,
-digits-lmc-deep); so is the `tiny-llama` zoo by `data/zoo/build_tiny_llama.py` (about 10 s). Also checks the zoo's
+digits-lmc-deep); so is the `tiny-llama` zoo by `data/zoo/build_tiny_llama.py` (about 15 s). Also checks the zoo's
 size budget and that loading + evaluating it takes seconds."""
 import json, re, subprocess, sys, time
 from pathlib import Path
