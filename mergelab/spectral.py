@@ -11,8 +11,8 @@ from .registry import ConfigError, ParamInfo, merge_method
 from .methods import PARAM_INFO
 
 # %% auto #0
-__all__ = ['SVD_OPTION', 'top_svd', 'polar', 'star_truncate', 'star', 'tsv', 'iso_c', 'iso_cts_ranks', 'iso_cts', 'svc_calibrate',
-           'svc']
+__all__ = ['SVD_OPTION', 'gram_svd', 'top_svd', 'polar', 'star_truncate', 'star', 'tsv', 'iso_c', 'iso_cts_ranks', 'iso_cts',
+           'svc_calibrate', 'svc']
 
 # %% ../nbs/02b_spectral.ipynb #6192a407
 def _deltas(tensors: Sequence[Tensor], base: Tensor) -> list[Tensor]: return [t.float() - base.float() for t in tensors]
@@ -22,69 +22,149 @@ def _mean_update(tensors, base, lambda_: float = 1.0) -> Tensor:
     d = _deltas(tensors, base)
     return (base.float() + lambda_ * sum(d) / len(d)).to(base.dtype)
 
-def top_svd(M: Tensor, k: int, *, lowrank: bool = False) -> tuple[Tensor, Tensor, Tensor]:
-    """The top-k singular triplets (U: m×k, S: k, V: n×k) of M: an exact SVD, or with `lowrank` a randomized one where
-    it pays, k ≤ r/4 and r > 64 (`torch.svd_lowrank`, Halko et al. 2011: k + 16 columns, 4 power iterations, seeded)."""
+def _svd(M: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """`torch.linalg.svd(M, full_matrices=False)`, checked: where LAPACK fails to converge, or returns factors that do
+    not reconstruct M in four seeded random directions to 1e-4 (MKL's float32 `gesdd` does so silently on some
+    ill-conditioned stacks of singular vectors at LLM scale: Iso-CTS's 2048 × 2048 U, residual 4e-2), the same SVD in
+    float64, cast back."""
+    try:
+        U, S, Vh = torch.linalg.svd(M, full_matrices=False)
+        if M.dtype == torch.float64: return U, S, Vh
+        X = torch.randn(M.shape[1], 4, generator=torch.Generator(M.device).manual_seed(0), device=M.device, dtype=M.dtype)
+        MX = M @ X
+        if (MX - U @ (S[:, None] * (Vh @ X))).norm() <= 1e-4 * MX.norm(): return U, S, Vh
+    except torch.linalg.LinAlgError: pass
+    return tuple(x.to(M.dtype) for x in torch.linalg.svd(M.double(), full_matrices=False))
+
+_RANK_TOL = 1e-5      # fast mode: σ ≤ _RANK_TOL·σ₁ counts as zero; a matrix that needs such a σ goes to the exact SVD
+
+# %% ../nbs/02b_spectral.ipynb #2484ba32
+def gram_svd(M: Tensor, k: int | None = None, rtol: float = 1e-2) -> tuple[Tensor, Tensor]:
+    """Singular values S (descending) of M and its singular vectors W on the smaller side (V when M is tall or square,
+    U when wide), from the eigendecomposition of the smaller Gram matrix (MᵀM = VS²Vᵀ, MMᵀ = US²Uᵀ): a few times
+    cheaper than `torch.linalg.svd`. A Gram matrix squares the condition number, so it is formed and decomposed in
+    float32 only where the k-th eigenvalue (all by default) is at least `rtol`·λ₁, else in float64 (for all k, a
+    Cholesky factorisation of G − rtol·mean(λ)·I tells beforehand); eigenvalues below the rounding floor n·ε·λ₁ are 0."""
+    wide, n = M.shape[0] < M.shape[1], min(M.shape)
+    k = n if k is None else k
+    for dtype in ((torch.float32, torch.float64) if M.dtype != torch.float64 else (torch.float64,)):
+        A = M.to(dtype)
+        G = A @ A.T if wide else A.T @ A
+        if dtype == torch.float32 and k == n and torch.linalg.cholesky_ex(
+                G - rtol * G.diagonal().mean() * torch.eye(n, dtype=dtype, device=G.device)).info: continue
+        lam, W = torch.linalg.eigh(G)
+        lam, W = lam.flip(0), W.flip(1)
+        if k == 0 or lam[k - 1] >= rtol * lam[0]: break
+    lam = torch.where(lam > n * torch.finfo(lam.dtype).eps * lam[0], lam, 0)
+    return lam.sqrt(), W
+
+# %% ../nbs/02b_spectral.ipynb #2f0d41c7
+def top_svd(M: Tensor, k: int, *, fast: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+    """The top-k singular triplets (U: m×k, S: k, V: n×k) of M: an exact SVD (`torch.linalg.svd`), or with `fast`
+    from the smaller Gram matrix (`gram_svd`; the other side's vectors are MV/S or MᵀU/S). `fast` falls back to the
+    exact SVD when the k-th singular value is numerically zero (σₖ ≤ 1e-5·σ₁: rank below k, where those vectors are
+    arbitrary)."""
     r = min(M.shape)
     k = max(0, min(k, r))
-    if lowrank and k <= r // 4 and r > 64:
-        with torch.random.fork_rng(devices=[]):      # svd_lowrank draws from the global RNG: fix it, leave it untouched
-            torch.manual_seed(0)
-            U, S, V = torch.svd_lowrank(M, q=min(r, k + 16), niter=4)
-        return U[:, :k], S[:k], V[:, :k]
-    U, S, Vh = torch.linalg.svd(M, full_matrices=False)
+    if fast and k == 0: return M.new_zeros(M.shape[0], 0), M.new_zeros(0), M.new_zeros(M.shape[1], 0)
+    if fast:
+        S, W = gram_svd(M, k)
+        if S[k - 1] > _RANK_TOL * S[0]:
+            S, W, A = S[:k], W[:, :k], M.to(W.dtype)
+            U, V = (W, A.T @ W / S) if M.shape[0] < M.shape[1] else (A @ W / S, W)
+            return U.to(M.dtype), S.to(M.dtype), V.to(M.dtype)
+    U, S, Vh = _svd(M)
     return U[:, :k], S[:k], Vh[:k].T
 
-SVD_OPTION = ParamInfo("exact: full SVD (the papers', FusionBench's); randomized: torch.svd_lowrank where k ≤ r/4, "
-                       "faster but approximate (1e-4 to 7e-2 relative error, depending on the spectrum)")
+SVD_OPTION = ParamInfo("exact: full SVDs (the papers', FusionBench's); gram: the fast mode, singular vectors from "
+                       "Gram-matrix eigendecompositions (float64 where ill-conditioned, the exact SVD where rank-deficient), "
+                       "1e-6 to 2e-4 relative difference on the merged update")
 
-def polar(A: Tensor) -> Tensor:
-    "The orthogonal polar factor P·Qᵀ of A = P·S·Qᵀ: the nearest matrix with orthonormal columns."
-    P, _, Qh = torch.linalg.svd(A, full_matrices=False)
+# %% ../nbs/02b_spectral.ipynb #5b7e2a90
+def _polar_right(A: Tensor) -> Tensor | None:
+    "P (p×p) with A·P the polar factor of a tall A (m×p): (AᵀA)^(-1/2) from `gram_svd`; None when A is rank-deficient."
+    S, W = gram_svd(A)
+    return None if S[-1] <= _RANK_TOL * S[0] else (W / S) @ W.T
+
+def _polar_product(U: Tensor, S: Tensor, V: Tensor) -> Tensor | None:
+    """polar(U)·diag(S)·polar(V)ᵀ from the Gram route, multiplied so that the larger of U and V enters one product
+    only; None when U or V is rank-deficient (the caller uses `polar`)."""
+    PU, PV = _polar_right(U), _polar_right(V)
+    if PU is None or PV is None: return None
+    if U.shape[0] >= V.shape[0]:
+        return (U.to(PU.dtype) @ ((PU * S.to(PU.dtype)) @ (V.to(PV.dtype) @ PV).to(PU.dtype).T)).float()
+    return (((U.to(PU.dtype) @ PU) * S.to(PU.dtype)).to(PV.dtype) @ PV.T @ V.to(PV.dtype).T).float()
+
+def polar(A: Tensor, *, fast: bool = False) -> Tensor:
+    """The orthogonal polar factor P·Qᵀ of A = P·S·Qᵀ: the nearest matrix with orthonormal columns (rows, if wide).
+    `fast`: A·(AᵀA)^(-1/2) from `gram_svd` (the exact SVD if A is rank-deficient)."""
+    if fast and A.shape[0] < A.shape[1]: return polar(A.T, fast=True).T
+    P = _polar_right(A) if fast else None
+    if P is not None: return (A.to(P.dtype) @ P).to(A.dtype)
+    P, _, Qh = _svd(A)
     return P @ Qh
 
 # %% ../nbs/02b_spectral.ipynb #7fd5432e
-def star_truncate(D: Tensor, eta: float = 40.0) -> Tensor:
-    "STAR's spectral truncation and rescale of one matrix (nuclear norm preserved)."
-    U, S, Vh = torch.linalg.svd(D, full_matrices=False)
+def star_truncate(D: Tensor, eta: float = 40.0, *, fast: bool = False) -> Tensor:
+    """STAR's spectral truncation and rescale of one matrix (nuclear norm preserved). `fast`: the spectrum and the
+    kept singular vectors W from `gram_svd`, the truncation as the projection D·WᵣWᵣᵀ (tall; WᵣWᵣᵀ·D wide)."""
+    if fast:
+        S, W = gram_svd(D)
+        total = S.sum()
+        if total <= 0: return torch.zeros_like(D)
+        r = int(torch.searchsorted(torch.cumsum(S, 0), eta / 100 * total).clamp(max=len(S) - 1)) + 1
+        Wr, scale = W[:, :r].to(D.dtype), float(total / S[:r].sum())
+        return scale * (Wr @ (Wr.T @ D) if D.shape[0] < D.shape[1] else (D @ Wr) @ Wr.T)
+    U, S, Vh = _svd(D)
     total = S.sum()
     if total <= 0: return torch.zeros_like(D)
     r = int(torch.searchsorted(torch.cumsum(S, 0), eta / 100 * total).clamp(max=len(S) - 1)) + 1
     return (U[:, :r] * (S[:r] * (total / S[:r].sum()))) @ Vh[:r]
 
+# %% ../nbs/02b_spectral.ipynb #d3c8e1f4
 @merge_method("star", base="required", min_models=1, work_factor=3.0,
-              params=PARAM_INFO | {"eta": ParamInfo("percentage η of each task vector's nuclear norm kept", range=(0, 100), step=1)},
+              params=PARAM_INFO | {"eta": ParamInfo("percentage η of each task vector's nuclear norm kept", range=(0, 100), step=1),
+                                   "svd": SVD_OPTION},
               paper="Lee et al. 2025, STAR: Spectral Truncation and Rescale for Model Merging (arXiv:2502.10339)")
-def star(tensors: list[Tensor], base: Tensor, *, eta: float = 40.0, lambda_: float = 1.0) -> Tensor:
+def star(tensors: list[Tensor], base: Tensor, *, eta: float = 40.0, lambda_: float = 1.0,
+         svd: Literal["exact", "gram"] = "exact") -> Tensor:
     "STAR (Lee et al. 2025): per task keep η % of the nuclear norm, rescale it to the full norm, average; 1-D averaged."
     if base.dim() != 2: return _mean_update(tensors, base, lambda_)
-    upd = sum(star_truncate(d, eta) for d in _deltas(tensors, base)) / len(tensors)
+    upd = sum(star_truncate(d, eta, fast=svd == "gram") for d in _deltas(tensors, base)) / len(tensors)
     return (base.float() + lambda_ * upd).to(base.dtype)
 
 # %% ../nbs/02b_spectral.ipynb #8e6b62ae
 @merge_method("tsv", base="required", per_model=("weight",), min_models=1, work_factor=5.5, params=PARAM_INFO | {"svd": SVD_OPTION},
               paper="Gargiulo et al. 2025, Task Singular Vectors: Reducing Task Interference in Model Merging (arXiv:2412.00081)")
 def tsv(tensors: list[Tensor], base: Tensor, *, weight: float = 1.0, lambda_: float = 1.0,
-        svd: Literal["exact", "randomized"] = "exact") -> Tensor:
+        svd: Literal["exact", "gram"] = "exact") -> Tensor:
     """TSV-M (Gargiulo et al. 2025): τₜ ← wₜτₜ, top ⌊r/T⌋ triplets per task, U and V orthogonalised,
-    θ₀ + α·U⊥ΣV⊥ᵀ; 1-D tensors θ₀ + α·mean wₜτₜ."""
+    θ₀ + α·U⊥ΣV⊥ᵀ; 1-D tensors θ₀ + α·mean wₜτₜ. `svd="gram"`: the fast mode (`top_svd` and the polar
+    factors from Gram eigendecompositions)."""
     ds = [float(w) * d for w, d in zip(weight, _deltas(tensors, base))]      # per model: the registry gives one value each
     if base.dim() != 2: return (base.float() + lambda_ * sum(ds) / len(ds)).to(base.dtype)
-    k = max(1, min(base.shape) // len(ds))
-    parts = [top_svd(d, k, lowrank=svd == "randomized") for d in ds]
+    k, fast = max(1, min(base.shape) // len(ds)), svd == "gram"
+    parts = [top_svd(d, k, fast=fast) for d in ds]
     U = torch.cat([p[0] for p in parts], 1); S = torch.cat([p[1] for p in parts]); V = torch.cat([p[2] for p in parts], 1)
-    upd = (polar(U) * S) @ polar(V).T
+    upd = _polar_product(U, S, V) if fast else None
+    if upd is None: upd = (polar(U) * S) @ polar(V).T
     return (base.float() + lambda_ * upd).to(base.dtype)
 
 # %% ../nbs/02b_spectral.ipynb #6b96b818
-@merge_method("iso_c", base="required", min_models=1, work_factor=2.5, params=PARAM_INFO,
+@merge_method("iso_c", base="required", min_models=1, work_factor=2.5, params=PARAM_INFO | {"svd": SVD_OPTION},
               paper="Marczak et al. 2025, No Task Left Behind: Isotropic Model Merging with Common and Task-Specific Subspaces (arXiv:2502.04959)")
-def iso_c(tensors: list[Tensor], base: Tensor, *, lambda_: float = 1.0) -> Tensor:
-    "Iso-C (Marczak et al. 2025): θ₀ + α·σ̄·UVᵀ for the task-arithmetic sum UΣVᵀ; 1-D averaged."
+def iso_c(tensors: list[Tensor], base: Tensor, *, lambda_: float = 1.0, svd: Literal["exact", "gram"] = "exact") -> Tensor:
+    """Iso-C (Marczak et al. 2025): θ₀ + α·σ̄·UVᵀ for the task-arithmetic sum UΣVᵀ; 1-D averaged. `svd="gram"`:
+    UVᵀ = M·W·S⁻¹·Wᵀ and σ̄ from `gram_svd` (the exact SVD when the sum is rank-deficient)."""
     if base.dim() != 2: return _mean_update(tensors, base, lambda_)
-    U, S, Vh = torch.linalg.svd(sum(_deltas(tensors, base)), full_matrices=False)
+    M = sum(_deltas(tensors, base))
+    if svd == "gram":
+        S, W = gram_svd(M)
+        if S[-1] > _RANK_TOL * S[0]:
+            P, A = (W / S) @ W.T, M.to(W.dtype)
+            return (base.float() + lambda_ * (S.mean() * (P @ A if M.shape[0] < M.shape[1] else A @ P)).float()).to(base.dtype)
+    U, S, Vh = _svd(M)
     return (base.float() + lambda_ * S.mean() * (U @ Vh)).to(base.dtype)
-
 
 # %% ../nbs/02b_spectral.ipynb #a9e1306b
 def iso_cts_ranks(r: int, T: int, common_space_fraction: float) -> tuple[int, int]:
@@ -94,24 +174,52 @@ def iso_cts_ranks(r: int, T: int, common_space_fraction: float) -> tuple[int, in
     return r - T * k_t, k_t
 
 # %% ../nbs/02b_spectral.ipynb #580a9cb6
+def _iso_cts_left(ds: list[Tensor], kc: int, kt: int) -> Tensor | None:
+    """Iso-CTS's update (before α) where m ≤ n, from Gram eigendecompositions: the sum's left singular vectors
+    W = [U_c, Q⊥] are complete, so each residual (I − U_cU_cᵀ)τₜ = Q⊥·(Q⊥ᵀτₜ) is decomposed in the (m − k_c)-dim
+    complement, and polar([U_c, Q⊥U′]) = [U_c, Q⊥·polar(U′)]: two eigendecompositions of size r = m (the sum's, V's
+    polar factor) and T + 1 of size m − k_c. None where a needed singular value is numerically zero."""
+    M = sum(ds)
+    S, W = gram_svd(M.T if M.shape[0] == M.shape[1] else M)      # W: M's left singular vectors, all m of them, accurate
+    if S[kc - 1] <= _RANK_TOL * S[0]: return None
+    Q, Ss, Vs, Us = W[:, kc:], [S[:kc]], [M.to(W.dtype).T @ W[:, :kc] / S[:kc]], []
+    for d in ds:
+        C = Q.T @ d.to(W.dtype)                                         # the residual in Q⊥'s basis: (m − k_c) × n
+        s, w = gram_svd(C, kt)
+        if s[kt - 1] <= _RANK_TOL * s[0]: return None
+        Us.append(w[:, :kt]); Ss.append(s[:kt]); Vs.append(C.to(w.dtype).T @ w[:, :kt] / s[:kt])
+    Ut = torch.cat(Us, 1)
+    PU, V = _polar_right(Ut), torch.cat([v.float() for v in Vs], 1)
+    PV = _polar_right(V)
+    if PU is None or PV is None: return None
+    polU = torch.cat([W[:, :kc].float(), (Q @ (Ut.to(Q.dtype) @ PU.to(Q.dtype))).float()], 1)
+    return float(torch.cat([s.double() for s in Ss]).mean()) * (polU @ (V.to(PV.dtype) @ PV).float().T)
+
 @merge_method("iso_cts", base="required", min_models=1, work_factor=4.0,
               params=PARAM_INFO | {"common_space_fraction": ParamInfo("fraction of the rank given to the common subspace",
                                                                       range=(0, 1), step=0.05), "svd": SVD_OPTION},
               paper="Marczak et al. 2025, No Task Left Behind: Isotropic Model Merging with Common and Task-Specific Subspaces (arXiv:2502.04959)")
 def iso_cts(tensors: list[Tensor], base: Tensor, *, common_space_fraction: float = 0.8, lambda_: float = 1.0,
-            svd: Literal["exact", "randomized"] = "exact") -> Tensor:
-    "Iso-CTS (Marczak et al. 2025): common + task-specific subspaces, orthogonalised, flat spectrum; 1-D averaged."
+            svd: Literal["exact", "gram"] = "exact") -> Tensor:
+    """Iso-CTS (Marczak et al. 2025): common + task-specific subspaces, orthogonalised, flat spectrum; 1-D averaged.
+    `svd="gram"`: the fast mode (`top_svd` and the polar factors from Gram eigendecompositions; with m ≤ n the
+    residuals in the common subspace's complement, `_iso_cts_left`)."""
     if base.dim() != 2: return _mean_update(tensors, base, lambda_)
     ds = _deltas(tensors, base)
     kc, per_task = iso_cts_ranks(min(base.shape), len(ds), common_space_fraction)
-    lowrank = svd == "randomized"
-    Uc, Sc, Vc = top_svd(sum(ds), kc, lowrank=lowrank)
+    fast = svd == "gram"
+    upd = _iso_cts_left(ds, kc, per_task) if fast and kc > 0 and per_task > 0 and base.shape[0] <= base.shape[1] else None
+    if upd is not None: return (base.float() + lambda_ * upd).to(base.dtype)
+    Uc, Sc, Vc = top_svd(sum(ds), kc, fast=fast)
     Us, Ss, Vs = [Uc], [Sc], [Vc]
     if per_task > 0:
         for d in ds:
-            u, s, v = top_svd(d - Uc @ (Uc.T @ d), per_task, lowrank=lowrank)
+            u, s, v = top_svd(d - Uc @ (Uc.T @ d), per_task, fast=fast)
             Us.append(u); Ss.append(s); Vs.append(v)
-    U, V, S = polar(torch.cat(Us, 1)), polar(torch.cat(Vs, 1)), torch.cat(Ss)
+    U, V, S = torch.cat(Us, 1), torch.cat(Vs, 1), torch.cat(Ss)
+    upd = _polar_product(U, S.mean().expand(len(S)), V) if fast else None
+    if upd is not None: return (base.float() + lambda_ * upd).to(base.dtype)
+    U, V = polar(U), polar(V)
     return (base.float() + lambda_ * S.mean() * (U @ V.T)).to(base.dtype)
 
 # %% ../nbs/02b_spectral.ipynb #c4ef109a
