@@ -6,10 +6,11 @@ the same process, alternating, each writing a fresh output:
 - `copy`: for every tensor name, read that tensor from every input (`Checkpoint.get`, positional reads, as the merge
   does) and write one of them through the same `ShardedWriter` — the bytes of a merge, no arithmetic;
 - `raw`: the same byte counts with plain `os.read`/`os.write` of the shard files (no mergelab, no tensors);
-- `merge`: `mergelab.merge_config` of the same YAML (linear and TIES), same threads and shard size.
+- `merge`: `mergelab.merge_config` of the same YAML (linear; TIES in its default mode, mergekit's tie order, and with
+  `tie_break: index`), same threads and shard size.
 
-Prints wall times (best of `--repeats`), the bytes moved and the ratios merge/copy (the target is throughput ≥ 50 %
-of the limit, i.e. copy/merge ≥ 0.5). Inputs are in the page cache after generation (a warm read), so this measures
+Prints wall times (best of `--repeats`), the bytes moved and the ratios merge/copy (the targets: linear's throughput
+≥ 50 % of the limit, TIES's ≥ 20 %). Inputs are in the page cache after generation (a warm read), so this measures
 memory bandwidth and Python overhead, not the disk. Not a test.
 
     python benchmarks/physical_limit.py [--layers 8] [--repeats 3] [--threads 2]
@@ -72,7 +73,9 @@ def main():
     ft = "".join(f"  - model: {p}\n    parameters: {{weight: {w}, density: 0.5}}\n" for p in paths[1:])
     cfgs = {"linear": f"merge_method: linear\nmodels:\n  - model: {paths[0]}\n    parameters: {{weight: {w}}}\n" +
                       "".join(f"  - model: {p}\n    parameters: {{weight: {w}}}\n" for p in paths[1:]) + "dtype: bfloat16\n",
-            "ties": f"merge_method: ties\nbase_model: {paths[0]}\nmodels:\n{ft}dtype: bfloat16\n"}
+            "ties": f"merge_method: ties\nbase_model: {paths[0]}\nmodels:\n{ft}dtype: bfloat16\n",
+            "ties_index": f"merge_method: ties\nbase_model: {paths[0]}\nmodels:\n{ft}parameters: {{tie_break: index}}\n"
+                          "dtype: bfloat16\n"}
     from mergelab.io import Checkpoint
     out_bytes = Checkpoint.open(paths[0]).total_bytes
     times: dict[str, list[float]] = {k: [] for k in ("raw", "copy", *cfgs)}
@@ -90,10 +93,10 @@ def main():
     print(f"\n{len(paths)} checkpoints of {merge_bench.total_params(paths[0]) / 1e6:.1f}M params (bf16); "
           f"{gb:.2f} GB moved per job (read {len(paths)} models + write 1); best of {a.repeats}, threads={a.threads}, "
           f"torch threads={torch.get_num_threads()}")
-    for k, t in best.items(): print(f"  {k:8s} {t:7.2f} s   {gb / t:6.2f} GB/s")
+    for k, t in best.items(): print(f"  {k:10s} {t:7.2f} s   {gb / t:6.2f} GB/s")
     for k in cfgs:
         print(f"  {k} merge throughput = {best['copy'] / best[k]:.1%} of the mergelab copy limit, "
-              f"{best['raw'] / best[k]:.1%} of raw file I/O (target >= 50 %)")
+              f"{best['raw'] / best[k]:.1%} of raw file I/O (target >= {50 if k == 'linear' else 20} %)")
 
 if __name__ == "__main__":
     main()

@@ -81,7 +81,8 @@ class MemoryEstimate:
         return f"{_gib(self.peak)} ({parts}; {self.threads} thread(s))"
 
 # %% ../nbs/01b_memory.ipynb #a1f0c3db
-def _group_work(g: TensorGroup, factor: float, dtype, compute_dtype, out_dtype, fp32: bool) -> tuple[int, int, int]:
+def _group_work(g: TensorGroup, factor: float, dtype, compute_dtype, out_dtype, fp32: bool,
+                casts: bool = False) -> tuple[int, int, int]:
     "(peak bytes while merging g, bytes of its output, compute-dtype bytes of its n + 1 inputs)."
     srcs = g.inputs + ([g.base] if g.base is not None else [])
     c0, k0 = g.base or g.inputs[0]
@@ -92,7 +93,7 @@ def _group_work(g: TensorGroup, factor: float, dtype, compute_dtype, out_dtype, 
     cast = len(srcs) * e * _isize(work_dt) if work_dt != stored else 0
     cd = compute_dtype or (torch.float32 if fp32 and work_dt != torch.float64 else work_dt)
     cin = len(srcs) * e * _isize(cd)
-    up = cin if cd != work_dt else 0
+    up = cin if cd != work_dt and not (casts and compute_dtype is None and _isize(work_dt) > 1) else 0   # `casts_inputs`: no up-cast copies
     out = e * _isize(out_dtype or work_dt)
     return read + cast + up + int(factor * cin) + out, out, cin
 
@@ -121,7 +122,7 @@ def estimate_memory(groups: Sequence[TensorGroup], method: MergeMethod, *, threa
     output), a model-wide `prepare` pass (`topk_scope="model"`), and the merged tensors held: the shard buffer of
     the writer, or the whole state dict with `collect=True`."""
     f, fp32 = work_factor(method), method.compute == "fp32"
-    rows = [_group_work(g, f, dtype, compute_dtype, out_dtype, fp32) for g in groups]
+    rows = [_group_work(g, f, dtype, compute_dtype, out_dtype, fp32, method.casts_inputs) for g in groups]
     works, outs, cins = [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]
     sizes = [g.read_bytes for g in groups]
     parts = {"working set": scheduled_peak(works, outs, sizes, threads, budget)}
@@ -155,7 +156,7 @@ def split_rows(groups: Sequence[TensorGroup], method: MergeMethod, budget: int, 
     f, fp32, per, out = work_factor(method), method.compute == "fp32", max(1, budget // (2 * max(1, threads))), []
     for g in groups:
         c0, k0 = g.base or g.inputs[0]
-        work, n = _group_work(g, f, dtype, compute_dtype, out_dtype, fp32)[0], (g.shape[0] if len(g.shape) else 1)
+        work, n = _group_work(g, f, dtype, compute_dtype, out_dtype, fp32, method.casts_inputs)[0], (g.shape[0] if len(g.shape) else 1)
         if work <= per or n < 2 or g.rows is not None or not c0.dtype(k0).is_floating_point or not method.splits_rows(g.params):
             out.append(g); continue
         step = max(1, n * per // work)

@@ -114,9 +114,21 @@ def topk_mask(w: Tensor, k: int, tie_break: str = "argsort", hist: Tensor | None
     if need > 0: mask[tied.nonzero().squeeze(1)[:need]] = True
     return mask
 
+_BITS = {torch.bfloat16: (torch.int16, 0x7F80), torch.float16: (torch.int16, 0x7C00), torch.float32: (torch.int32, 0x7F800000)}
+
 def _argsort_mask(w: Tensor, k: int) -> Tensor:
-    "mergekit's choice: the first k of `argsort(w, descending=True)`, sorted in float32 on the CPU."
-    if w.device.type == "cpu": w = w.float()
+    """mergekit's choice: the first k of `argsort(w, descending=True)`, sorted in float32 on the CPU. Non-negative
+    floats without NaN order as their bit patterns, and torch's comparison sort moves entries by comparison outcomes
+    alone, so the patterns are sorted as integers of the same width: the same permutation (asserted below), without the
+    float32 copy and ~1.5× faster. A negative zero or a NaN keeps the float32 sort."""
+    if w.device.type == "cpu":
+        w = w.reshape(-1).float() if w.dtype == torch.float64 else w.reshape(-1).contiguous()
+        it, inf = _BITS.get(w.dtype, (None, 0))
+        if it is not None and w.numel():
+            bits = w.view(it)
+            lo, hi = torch.aminmax(bits)
+            w = bits if int(lo) >= 0 and int(hi) <= inf else w.float()
+        else: w = w.float()
     mask = torch.zeros(w.numel(), dtype=torch.bool, device=w.device)
     mask[torch.argsort(w, descending=True)[:k]] = True
     return mask
@@ -544,22 +556,38 @@ def gta_method(m: GTAMember) -> Callable:
 task_arithmetic, ties, dare_ties, dare_linear, breadcrumbs, breadcrumbs_ties, della, della_linear = map(gta_method, GTA_FAMILY)
 
 # %% ../nbs/02_methods.ipynb #87d85294
+_CHUNK = 1 << 20       # elements per chunk of a streamed fp32 pass: small reused buffers, no whole-tensor copies
+
 @merge_method("linear", base="none", per_model=("weight",), compute="fp32", work_factor=0.5, params=PARAM_INFO,
-              paper="Wortsman et al. 2022, Model soups (arXiv:2203.05482)", presets=_MKP, rows=True)
-def linear(tensors: list[Tensor], base: Tensor | None, *, weight: float, normalize: bool = True) -> Tensor:
-    "Weighted average Σwᵢθᵢ / Σwᵢ (Wortsman et al. 2022), mergekit `linear`: accumulated in fp32 (fp64 stays fp64)."
+              paper="Wortsman et al. 2022, Model soups (arXiv:2203.05482)", presets=_MKP, rows=True, casts_inputs=True)
+def linear(tensors: list[Tensor], base: Tensor | None, *, weight: float, normalize: bool = True,
+           out_dtype: torch.dtype | None = None) -> Tensor:
+    """Weighted average Σwᵢθᵢ / Σwᵢ (Wortsman et al. 2022), mergekit `linear`: accumulated in fp32 (fp64 stays fp64).
+    Inputs arrive as stored and are up-cast a chunk at a time into one reused buffer (`casts_inputs`): the same
+    operations per entry, without a whole-tensor fp32 copy of each model; with `out_dtype` (passed by the engine) each
+    chunk is rounded into the output as it is done."""
     dt = torch.float64 if tensors[0].dtype == torch.float64 else torch.float32
     w = torch.tensor(list(weight), dtype=dt)
-    if normalize and float(w.sum()) == 0:
+    total = w.sum()
+    if normalize and float(total) == 0:
         raise ConfigError("linear: the weights sum to 0, so normalize: true would divide by zero; use normalize: false")
-    out = torch.zeros_like(tensors[0], dtype=dt)
-    for t, c in zip(tensors, w): out.addcmul_(t, c)
-    if normalize: out.div_(w.sum())
+    flat = [t.reshape(-1) for t in tensors]
+    out = torch.empty(tensors[0].shape, dtype=out_dtype or dt, device=tensors[0].device)
+    flat_out, n, step = out.view(-1), out.numel(), _CHUNK if out.device.type == "cpu" else max(1, out.numel())
+    buf = torch.empty(min(step, n), dtype=dt, device=out.device)
+    acc_buf = torch.empty_like(buf) if out.dtype != dt else None
+    for a in range(0, n, step):
+        o = flat_out[a:a + step]
+        acc = (o if acc_buf is None else acc_buf[:len(o)]).zero_()
+        for t, c in zip(flat, w):
+            x = t[a:a + step]
+            if x.dtype != dt: x = buf[:len(o)].copy_(x)
+            acc.addcmul_(x, c)
+        if normalize: acc.div_(total)
+        if acc_buf is not None: o.copy_(acc)
     return out
 
 # %% ../nbs/02_methods.ipynb #796a4e49
-_CHUNK = 1 << 20
-
 def slerp_tensors(t: float, v0: Tensor, v1: Tensor, dot_threshold: float = 0.9995, eps: float = 1e-8) -> Tensor:
     """Spherical linear interpolation (Shoemake 1985) of two tensors as flat vectors, mergekit's variant: fp32 (fp64
     stays), chunked norms and dot, lerp when |cos| > `dot_threshold`; returned in `v0`'s dtype."""

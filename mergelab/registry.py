@@ -107,7 +107,8 @@ class MergeMethod:
     changed merges to the base's own value, bit for bit (task-vector methods), so the engine copies it unmerged;
     `rows` (a bool, or a test of the resolved parameters): each output row depends only on the same rows of the inputs
     and on per-tensor numbers a `prepare` pass can supply, so the planner may merge a tensor too large for the memory
-    budget in row blocks."""
+    budget in row blocks; `casts_inputs`: the method receives its inputs as stored (bf16, fp16, …) and converts them to
+    its `compute` dtype itself, a chunk at a time, so the engine makes no whole-tensor up-cast copies."""
     name: str
     fn: Callable
     params: dict[str, Param]
@@ -125,6 +126,7 @@ class MergeMethod:
     data_split: str | None = None
     unchanged_is_base: bool = False   # every model at the base's value -> the base, bit for bit (the engine copies it)
     rows: bool | Callable[[dict], bool] = False
+    casts_inputs: bool = False
     def splits_rows(self, params: dict) -> bool:
         "Whether a group with these resolved parameters may be merged in row blocks (`rows`)."
         return bool(self.rows(params) if callable(self.rows) else self.rows)
@@ -169,10 +171,11 @@ def resolve(self: MergeMethod, given: dict, n: int, where: str = "") -> dict:
 
 # %% ../nbs/01_registry.ipynb #746e4c8d
 @patch
-def _extras(self: MergeMethod, kw: dict, name: str, seed: int | None) -> dict:
+def _extras(self: MergeMethod, kw: dict, name: str, seed: int | None, out_dtype: torch.dtype | None = None) -> dict:
     kw = {("lambda_" if k == "lambda" else k): v for k, v in kw.items()}
     if "name" in self.wants: kw["name"] = name
     if "generator" in self.wants: kw["generator"] = tensor_generator(seed, name)
+    if "out_dtype" in self.wants: kw["out_dtype"] = out_dtype
     return kw
 
 # %% ../nbs/01_registry.ipynb #586ee7cc
@@ -189,12 +192,14 @@ def merge_method(name: str, *, work_factor: float, base: str = "required", per_m
                  presets: dict | None = None, params: dict[str, ParamInfo | str] | None = None,
                  prepare: Callable | None = None, validate: Callable[[str, dict], None] | None = None,
                  data: str | None = None, data_split: str | None = None, unchanged_is_base: bool | None = None,
-                 rows: bool | Callable[[dict], bool] = False):
+                 rows: bool | Callable[[dict], bool] = False, casts_inputs: bool = False):
     """Register `fn(tensors, base, *, params...)` under `name`: types and defaults come from its signature, each
     parameter's doc, range and slider from `params` (a `ParamInfo` or just the doc; names not in the signature are
     ignored, so a family shares one table). `work_factor` is required (see `MergeMethod`). `validate(name, resolved)`
     checks joint rules across parameters once each value passed its own type and range check; `unchanged_is_base`
-    defaults to `base == "required"` (task-vector methods), interpolations set it False."""
+    defaults to `base == "required"` (task-vector methods), interpolations set it False. Keywords `name`, `generator`
+    and `out_dtype` of `fn` are not parameters: the engine passes the tensor's name, its seeded generator
+    (`tensor_generator`) and the dtype the result is written in (None outside the engine)."""
     if isinstance(work_factor, bool) or not isinstance(work_factor, (int, float)) or not work_factor > 0:
         raise TypeError(f"{name}: work_factor must be a positive number, got {work_factor!r}")
     if (data is None) != (data_split is None): raise TypeError(f"{name}: a data-aware method declares data and data_split")
@@ -202,7 +207,7 @@ def merge_method(name: str, *, work_factor: float, base: str = "required", per_m
         ps, wants = {}, set()
         for pname, p in inspect.signature(fn).parameters.items():
             if pname in ("tensors", "base"): continue
-            if pname in ("name", "generator"): wants.add(pname); continue
+            if pname in ("name", "generator", "out_dtype"): wants.add(pname); continue
             if pname.startswith("_"): continue            # internal: set by a `prepare` pass, not by users
             public = pname.rstrip("_")
             typ, choices = _param_type(p.annotation)
@@ -216,7 +221,8 @@ def merge_method(name: str, *, work_factor: float, base: str = "required", per_m
         if missing: raise TypeError(f"{name}: per-model parameters {missing} are not in the signature")
         METHODS[name] = MergeMethod(name, fn, ps, base, work_factor, min_models, max_models, compute, paper, presets or {},
                                     prepare, frozenset(wants), validate, data, data_split,
-                                    base == "required" if unchanged_is_base is None else unchanged_is_base, rows)
+                                    base == "required" if unchanged_is_base is None else unchanged_is_base, rows,
+                                    casts_inputs)
         return fn
     return deco
 
@@ -283,4 +289,4 @@ def chain(first: MergeMethod | str, *posts: MergeMethod | str) -> MergeMethod:
     base = "required" if any(m.base == "required" for m in steps) else first.base
     return MergeMethod(" → ".join(m.name for m in steps), fn, params, base, max(m.work_factor for m in steps) + 0.5 * bool(posts),
                        first.min_models, first.max_models, first.compute, "; ".join(m.paper for m in steps if m.paper), {},
-                       prepare, frozenset().union(*(m.wants for m in steps)), validate, first.data, first.data_split)
+                       prepare, frozenset().union(*(m.wants for m in steps)) - {"out_dtype"}, validate, first.data, first.data_split)

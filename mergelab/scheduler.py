@@ -113,9 +113,10 @@ def merge_group(g: TensorGroup, method: MergeMethod, *, dtype: torch.dtype | Non
         return b.to(dtype=target)   # no model changed this tensor: a task-vector method returns the base, unread by it
     cd = compute_dtype or (torch.float32 if (method.compute == "fp32" and first.dtype != torch.float64)
                            or first.dtype.itemsize == 1 else first.dtype)      # float8 has no arithmetic of its own
-    ts = [t.to(device=device, dtype=cd) for t in ts]
-    b = b.to(device=device, dtype=cd) if b is not None else None
-    out = method.fn(ts, b, **method._extras(g.params, g.name, seed))
+    cast = None if method.casts_inputs and compute_dtype is None and first.dtype.itemsize > 1 else cd
+    ts = [t.to(device=device, dtype=cast) for t in ts]      # `casts_inputs`: the method converts chunk by chunk
+    b = b.to(device=device, dtype=cast) if b is not None else None
+    out = method.fn(ts, b, **method._extras(g.params, g.name, seed, target))
     if tuple(out.shape) != tuple(first.shape):
         raise MergelabError(f"method {method.name} returned shape {list(out.shape)} for {g.name!r}, expected {list(first.shape)}")
     out = out.to(device="cpu", dtype=target)     # checked as written: a value beyond the output dtype's range is inf
