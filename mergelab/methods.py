@@ -664,8 +664,8 @@ def linear(tensors: list[Tensor], base: Tensor | None, *, weight: float, normali
     flat = [t.reshape(-1) for t in tensors]
     out = torch.empty(tensors[0].shape, dtype=out_dtype or dt, device=tensors[0].device)
     flat_out, n, step = out.view(-1), out.numel(), _CHUNK if out.device.type == "cpu" else max(1, out.numel())
-    buf = torch.empty(min(step, n), dtype=dt, device=out.device)
-    acc_buf = torch.empty_like(buf) if out.dtype != dt else None
+    buf = torch.empty(min(step, n), dtype=dt, device=out.device) if any(t.dtype != dt for t in flat) else None
+    acc_buf = torch.empty(min(step, n), dtype=dt, device=out.device) if out.dtype != dt else None
     for a in range(0, n, step):
         o = flat_out[a:a + step]
         acc = (o if acc_buf is None else acc_buf[:len(o)]).zero_()
