@@ -75,6 +75,9 @@ def kth_threshold(delta: Tensor, density: float) -> float:
     return float(a.kthvalue(d - int(d * density)).values)
 
 # %% ../nbs/02_methods.ipynb #a7c31e90
+_BITS = {torch.bfloat16: (torch.int16, 0x7F80), torch.float16: (torch.int16, 0x7C00),   # (same-width int, inf's pattern)
+         torch.float32: (torch.int32, 0x7F800000)}
+
 def magnitude_histogram(w: Tensor) -> Tensor | None:
     """The 65,536-bin histogram of the bit patterns of the non-negative 16-bit floats `w` (bf16, fp16; on the CPU). Such
     patterns order as their values, so one linear pass (`torch.bincount`) gives exact counts above and at any magnitude:
@@ -82,7 +85,7 @@ def magnitude_histogram(w: Tensor) -> Tensor | None:
     holds a NaN (its pattern lies above inf's)."""
     if w.dtype not in (torch.bfloat16, torch.float16) or w.device.type != "cpu": return None
     h = torch.bincount(w.reshape(-1).view(torch.int16), minlength=65536)
-    return None if int(h[(0x7F80 if w.dtype == torch.bfloat16 else 0x7C00) + 1:].sum()) else h
+    return None if int(h[_BITS[w.dtype][1] + 1:].sum()) else h
 
 
 # %% ../nbs/02_methods.ipynb #b1d7e2a0
@@ -192,8 +195,6 @@ def topk_mask(w: Tensor, k: int, tie_break: str = "argsort", hist: Tensor | None
     if tie_break == "argsort" and ambiguous: return _argsort_mask(w, k, mask, v)
     if need > 0: mask[tied.nonzero().squeeze(1)[:need]] = True
     return mask
-
-_BITS = {torch.bfloat16: (torch.int16, 0x7F80), torch.float16: (torch.int16, 0x7C00), torch.float32: (torch.int32, 0x7F800000)}
 
 def _argsort_mask(w: Tensor, k: int, above: Tensor | None = None, v: int | Tensor | None = None) -> Tensor:
     """mergekit's choice: the first k of `argsort(w, descending=True)`, sorted in float32 on the CPU. Non-negative
