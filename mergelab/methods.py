@@ -6,6 +6,7 @@
 from __future__ import annotations
 import dataclasses, functools, inspect, math
 from typing import Any, Callable, Literal, Sequence
+import numpy as np
 import torch
 from torch import Tensor
 from .io import MergelabError
@@ -14,12 +15,12 @@ from .scheduler import TensorGroup, map_reduce, read_group, check_stop
 
 # %% auto #0
 __all__ = ['PARAM_INFO', 'GTA_FAMILY', 'task_arithmetic', 'ties', 'dare_ties', 'dare_linear', 'breadcrumbs', 'breadcrumbs_ties',
-           'della', 'della_linear', 'rescale_masked', 'kth_threshold', 'magnitude_histogram', 'introsort_head',
-           'sorts_like_torch', 'topk_mask', 'sparsify_magnitude', 'sparsify_random', 'sparsify_outliers',
-           'sparsify_della', 'elect_sign', 'gta_merge', 'is_float_group', 'radix_kth_abs', 'trim_input', 'topk_rank',
-           'row_thresholds', 'ties_prepare', 'GTAMember', 'gta_method', 'linear', 'slerp_tensors', 'slerp', 'nuslerp',
-           'multislerp', 'karcher', 'model_stock_t', 'model_stock', 'sce', 'nearswap', 'ram', 'passthrough', 'magmax',
-           'fusion_importance', 'arcee_fusion', 'wudi']
+           'della', 'della_linear', 'rescale_masked', 'kth_threshold', 'magnitude_histogram', 'magnitude_order_key',
+           'introsort_slice', 'sorts_like_torch', 'topk_mask', 'sparsify_magnitude', 'sparsify_random',
+           'sparsify_outliers', 'sparsify_della', 'elect_sign', 'gta_merge', 'is_float_group', 'radix_kth_abs',
+           'trim_input', 'topk_rank', 'row_thresholds', 'ties_prepare', 'GTAMember', 'gta_method', 'linear',
+           'slerp_tensors', 'slerp', 'nuslerp', 'multislerp', 'karcher', 'model_stock_t', 'model_stock', 'sce',
+           'nearswap', 'ram', 'passthrough', 'magmax', 'fusion_importance', 'arcee_fusion', 'wudi']
 
 # %% ../nbs/02_methods.ipynb #c927d91e
 PARAM_INFO: dict[str, ParamInfo] = {    # parameters several methods share; a registration adds or overrides its own
@@ -87,85 +88,113 @@ def magnitude_histogram(w: Tensor) -> Tensor | None:
     h = torch.bincount(w.reshape(-1).view(torch.int16), minlength=65536)
     return None if int(h[_BITS[w.dtype][1] + 1:].sum()) else h
 
+def magnitude_order_key(w: Tensor) -> Tensor | None:
+    """The bit patterns of the non-negative floats `w` (bf16, fp16, fp32; on the CPU) viewed as integers of the same
+    width, which order as the values do: any comparison sort moves them exactly as it moves the floats, and sorts
+    integers faster. None where they would not (a negative zero, a NaN; other dtypes and devices)."""
+    it, inf = _BITS.get(w.dtype, (None, 0))
+    if it is None or w.device.type != "cpu" or not w.numel(): return None
+    bits = w.contiguous().view(it)
+    lo, hi = torch.aminmax(bits)
+    return bits if int(lo) >= 0 and int(hi) <= inf else None
 
 # %% ../nbs/02_methods.ipynb #b1d7e2a0
-def _hoare_stops(S: Tensor, p: int) -> tuple[Tensor, Tensor, int, int]:
-    """One Hoare partition of `S` around pivot `p` (comparator `>`), vectorised: the left scan stops at entries ≤ p,
-    the right scan at entries ≥ p, and the i-th left stop swaps with the i-th right stop while left < right. Returns the
-    left stops (ascending), the right stops (ascending, offset by `r0`), `r0` and the number of swaps `m`. The cut lies
-    between the counts of entries > p and ≥ p, so only that window of each scan is listed."""
-    le, ge = S <= p, S >= p
-    n, nge, ngt = len(S), int(torch.count_nonzero(ge)), len(S) - int(torch.count_nonzero(le))
-    lend, r0 = min(n, nge + 2), max(0, ngt - 2)
-    def swaps(L, R, r0):                    # the stop pairs (L[i], R[-1-i]) with L[i] < R[-1-i] form a prefix
-        lo, hi = 0, min(len(L), len(R))
-        while lo < hi:
-            j = (lo + hi) // 2
-            if int(L[j]) < int(R[len(R) - 1 - j]) + r0: lo = j + 1
-            else: hi = j
-        return lo
-    L, R = le[:lend].nonzero().squeeze(1), ge[r0:].nonzero().squeeze(1)
-    m = swaps(L, R, r0)
-    if (m == len(L) and lend < n) or (m == len(R) and r0 > 0):      # a stop beyond the window: list whole scans
-        L, R, r0 = le.nonzero().squeeze(1), ge.nonzero().squeeze(1), 0
-        m = swaps(L, R, 0)
-    return L, R, r0, m
+_BLOCK = 128                       # stops listed per scan block (BlockQuicksort's block size)
 
-def introsort_head(key: Tensor, k: int, v: int, above: Tensor) -> Tensor | None:
-    """Which entries `torch.argsort(key, descending=True)[:k]` picks, as a mask, without the sort. Torch sorts on the
-    CPU with libstdc++'s `std::sort`, an introsort (Musser 1997, Introspective sorting and selection algorithms):
-    median-of-three Hoare partitions down to 16-entry ranges, then an insertion sort. Its moves depend on comparison
-    outcomes alone, so following only the partitions that contain position k (each vectorised, `_hoare_stops`) puts
-    every entry where the sort would, in about 2n work instead of n log n. `key`: 1-D integers on the CPU; `v`: the
-    k-th largest key; `above`: the mask key > v (filled in and returned). None where introsort would fall back to
-    heapsort (its depth limit). `sorts_like_torch` checks the simulation against this torch build before it is used."""
+def _introsort_band(A, I, s, e, Lb, Rb) -> bool:
+    """libstdc++'s `std::sort` of `A` with `greater` (its ids `I` moved alike), in place, followed only where it decides
+    which entries land at positions s:e: the partitions of the ranges that the boundaries s and e cut, and the final
+    insertion sort of the (≤ 16-entry) ranges that hold them. Each partition is `std::__unguarded_partition` around the
+    median of three; its stops are listed a block at a time without branches (Edelkamp & Weiß 2016, BlockQuicksort),
+    the i-th left stop still swapping with the i-th right stop, so the moves are the sort's. False where introsort
+    would switch to heapsort (its depth limit). Compiled by numba (`_introsort_kernel`)."""
+    n, B = len(A), len(Lb)
+    depth, x = 0, n
+    while x > 1: depth += 2; x >>= 1
+    todo = [(0, n, depth)]
+    while len(todo):
+        first, last, depth = todo.pop()
+        while last - first > 16:
+            if depth == 0: return False
+            depth -= 1
+            a, b, c = first + 1, first + (last - first) // 2, last - 1
+            if A[a] > A[b]: m = b if A[b] > A[c] else (c if A[a] > A[c] else a)
+            elif A[a] > A[c]: m = a
+            else: m = c if A[b] > A[c] else b
+            A[first], A[m] = A[m], A[first]; I[first], I[m] = I[m], I[first]
+            p = A[first]
+            lo, hi, hl, hr = first + 1, last, first + 1, last
+            nl = il = nr = ir = 0
+            crossed = False
+            while not crossed:
+                if il == nl and lo < hi:
+                    q1 = min(lo + B, hi); nl = il = 0
+                    for q in range(lo, q1): Lb[nl] = q; nl += A[q] <= p
+                    lo = q1
+                if ir == nr and lo < hi:
+                    q1 = max(hi - B, lo); nr = ir = 0
+                    for q in range(hi - 1, q1 - 1, -1): Rb[nr] = q; nr += A[q] >= p
+                    hi = q1
+                if il == nl or ir == nr:
+                    if lo < hi: continue
+                    break
+                while il < nl and ir < nr:
+                    l, r = Lb[il], Rb[ir]
+                    if l >= r: crossed = True; break
+                    A[l], A[r] = A[r], A[l]; I[l], I[r] = I[r], I[l]
+                    hl, hr, il, ir = l + 1, r, il + 1, ir + 1
+            while True:
+                while A[hl] > p: hl += 1
+                hr -= 1
+                while p > A[hr]: hr -= 1
+                if hl >= hr: break
+                A[hl], A[hr] = A[hr], A[hl]; I[hl], I[hr] = I[hr], I[hl]
+                hl += 1
+            left, right = first < s < hl or first < e < hl, hl < s < last or hl < e < last
+            if left and right: todo.append((hl, last, depth))
+            if left: last = hl
+            elif right: first = hl
+            else: break
+        if last - first <= 16 and (first < s < last or first < e < last):
+            for i in range(first + 1, last):
+                a, u, j = A[i], I[i], i
+                while j > first and a > A[j - 1]:
+                    A[j] = A[j - 1]; I[j] = I[j - 1]; j -= 1
+                A[j] = a; I[j] = u
+    return True
+
+@functools.cache
+def _introsort_kernel():
+    "`_introsort_band` compiled by numba: without the GIL (the engine's threads trim in parallel), cached on disk."
+    import numba
+    return numba.njit(nogil=True, cache=True)(_introsort_band)
+
+def introsort_slice(key: Tensor, start: int, stop: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """The entries that `torch.sort(key, descending=True)` puts at positions `start:stop`, without the sort. Torch sorts
+    on the CPU with libstdc++'s `std::sort`, an introsort (Musser 1997, Introspective sorting and selection algorithms):
+    median-of-three Hoare partitions down to 16-entry ranges, then a (stable) insertion sort. Its moves depend on
+    comparison outcomes alone, so following only the partitions that those two boundaries cut (`_introsort_band`) puts
+    every entry on the right side of them, in about 2n steps per boundary instead of n log n. Returns the keys and ids
+    `(A, I)` after those moves: `I[start:stop]` are the ids the sort puts there (in some order). `key`: 1-D integers on
+    the CPU (an ascending sort is the descending sort of `-key`). None where introsort would fall back to heapsort (its
+    depth limit). `sorts_like_torch` checks the simulation against this torch build before it is used."""
     n = key.numel()
-    A, I = key.clone(), torch.arange(n, dtype=torch.int32 if n < 2**31 else torch.int64)
-    kk, picked, depth = k, [], 2 * (n.bit_length() - 1)
-    while len(A) > 16:
-        if depth == 0: return None
-        depth -= 1
-        N = len(A); mid = N // 2
-        a, b, c = int(A[1]), int(A[mid]), int(A[N - 1])            # the median of three moves to the front
-        if a > b: ch = mid if b > c else (N - 1 if a > c else 1)
-        elif a > c: ch = 1
-        else: ch = N - 1 if b > c else mid
-        a0, i0 = int(A[0]), int(I[0])
-        A[0] = A[ch]; A[ch] = a0; I[0] = I[ch]; I[ch] = i0
-        S, SI = A[1:], I[1:]
-        L, R, r0, m = _hoare_stops(S, int(A[0]))
-        cut = 1 + min(int(L[m]) if m < len(L) else N - 1, int(R[len(R) - m]) + r0 if m else N - 1)
-        Lm, Rm, SR, SIR = L[:m], R[len(R) - m:], S[r0:], SI[r0:]
-        vL, iL, vR, iR = S[Lm], SI[Lm], SR[Rm], SIR[Rm]
-        S[Lm] = vR.flip(0); SI[Lm] = iR.flip(0)
-        if kk < cut:                                              # position k is in the left part
-            A, I = A[:cut], I[:cut]
-            continue
-        picked.append(I[:cut][A[:cut] == v])                      # the whole left part is in the first k
-        if kk == cut: A = A[:0]; break
-        SR[Rm] = vL.flip(0); SIR[Rm] = iL.flip(0)
-        A, I, kk = A[cut:], I[cut:], kk - cut
-    if len(A):                                                    # the insertion sort: stable within the range
-        order = torch.sort(A, descending=True, stable=True).indices[:kk]
-        picked.append(I[order][A[order] == v])
-    for t in picked: above[t.long()] = True
-    return above
-
+    A, I = key.numpy().copy(), np.arange(n, dtype=np.int32 if n < 2**31 else np.int64)
+    buf = np.empty((2, _BLOCK), np.int64)
+    return (A, I) if _introsort_kernel()(A, I, start, stop, buf[0], buf[1]) else None
 
 # %% ../nbs/02_methods.ipynb #b1d7e2a2
 @functools.cache
 def sorts_like_torch() -> bool:
-    "Whether `introsort_head` reproduces this torch build's CPU argsort (checked once per process on tied data)."
+    "Whether `introsort_slice` reproduces this torch build's CPU sort (checked once per process on tied data)."
     g = torch.Generator().manual_seed(0)
     for n in (1000, 65_537, 300_001):
         key = (torch.randint(0, 50 + n // 1000, (n,), generator=g, dtype=torch.int16))
-        for k in (1, n // 3, n // 2 + 1, n):
-            v = int(key.sort(descending=True).values[k - 1])
-            ref = torch.zeros(n, dtype=torch.bool); ref[torch.argsort(key, descending=True)[:k]] = True
-            got = introsort_head(key, k, v, key > v)
-            if got is None or not torch.equal(got, ref): return False
+        order = torch.argsort(key, descending=True)
+        for start, stop in ((0, 1), (0, n // 3), (n // 7, n // 2 + 1), (0, n)):
+            got = introsort_slice(key, start, stop)
+            if got is None or set(got[1][start:stop].tolist()) != set(order[start:stop].tolist()): return False
     return True
-
 
 # %% ../nbs/02_methods.ipynb #518a4914
 def topk_mask(w: Tensor, k: int, tie_break: str = "argsort", hist: Tensor | None = None) -> Tensor:
@@ -201,21 +230,20 @@ def _argsort_mask(w: Tensor, k: int, above: Tensor | None = None, v: int | Tenso
     floats without NaN order as their bit patterns, and torch's comparison sort moves entries by comparison outcomes
     alone, so the patterns are sorted as integers of the same width: the same permutation (asserted below), without the
     float32 copy and ~1.5× faster. A negative zero or a NaN keeps the float32 sort. With `above` (the entries strictly
-    above the k-th value `v`; filled in) and a torch build whose sort `introsort_head` reproduces, the sort is followed
-    only where it decides the first k (~2× faster again); otherwise only the tied entries of the first k are scattered."""
+    above the k-th value `v`; filled in) and a torch build whose sort `introsort_slice` reproduces, the sort is followed
+    only where it decides the first k (~6× faster again); otherwise only the tied entries of the first k are scattered."""
     key = None
     if w.device.type == "cpu":
-        w = w.reshape(-1).float() if w.dtype == torch.float64 else w.reshape(-1).contiguous()
-        it, inf = _BITS.get(w.dtype, (None, 0))
-        if it is not None and w.numel():
-            bits = w.view(it)
-            lo, hi = torch.aminmax(bits)
-            if int(lo) >= 0 and int(hi) <= inf: key = bits
+        w = w.reshape(-1).float() if w.dtype == torch.float64 else w.reshape(-1)
+        key = magnitude_order_key(w)
         if key is None: w = w.float()
     if key is not None and above is not None and v is not None and sorts_like_torch():
         vk = v if isinstance(v, int) else int(v.reshape(1).view(key.dtype))
-        head = introsort_head(key, k, vk, above)
-        if head is not None: return head
+        head = introsort_slice(key, 0, k)
+        if head is not None:                    # the first k entries; of them only the tied ones are not yet set
+            A, I = head
+            above.numpy()[I[:k][A[:k] == vk]] = True
+            return above
     order = torch.argsort(w if key is None else key, descending=True)
     if above is None or key is None:            # a NaN sorts first: `above` would not be the head of the order
         mask = torch.zeros(w.numel(), dtype=torch.bool, device=w.device)
@@ -223,7 +251,6 @@ def _argsort_mask(w: Tensor, k: int, above: Tensor | None = None, v: int | Tenso
         return mask
     above[order[int(above.sum()):k]] = True     # the order starts with the entries above, then the tied ones
     return above
-
 
 # %% ../nbs/02_methods.ipynb #2ef6a1ee
 def sparsify_magnitude(delta: Tensor, density: float, rescale="none", threshold: float | None = None,
@@ -276,13 +303,21 @@ def sparsify_random(delta: Tensor, density: float, rescale="l1", generator: torc
 # %% ../nbs/02_methods.ipynb #7c9f36d6
 def sparsify_outliers(delta: Tensor, density: float, gamma: float = 0.01, rescale="none") -> Tensor:
     """Model Breadcrumbs (Davari & Belilovsky 2024), mergekit's whole-tensor variant: sort |δ|, keep the slice
-    [n_bot, n_bot + ⌊ρN⌋) with n_bot = max(0, N − ⌊ρN⌋ − ⌊γN⌋): the small tail and the top-γ outliers are dropped."""
+    [n_bot, n_bot + ⌊ρN⌋) with n_bot = max(0, N − ⌊ρN⌋ − ⌊γN⌋): the small tail and the top-γ outliers are dropped.
+    The slice is the one mergekit's `torch.sort` of |δ| (float32, on the CPU) gives, taken without the whole sort where
+    `introsort_slice` can follow it (same mask, asserted below)."""
     if density >= 1: return delta
     n = delta.numel()
     target, n_top = int(density * n), int(gamma * n)
     n_bot = max(0, n - target - n_top)
     w = delta.abs().reshape(-1)
-    if w.device.type == "cpu": w = w.float()
+    if w.device.type == "cpu":
+        key = magnitude_order_key(w.float() if w.dtype == torch.float64 else w)
+        band = introsort_slice(-key, n_bot, n_bot + target) if key is not None and sorts_like_torch() else None
+        if band is not None:                    # the ascending sort is the descending one of −key, same moves
+            keep = np.zeros(n, dtype=bool); keep[band[1][n_bot:n_bot + target]] = True
+            return rescale_masked(delta, torch.from_numpy(keep).to(delta.dtype).reshape_as(delta), rescale, density)
+        w = w.float()
     mask = torch.zeros(n, dtype=delta.dtype, device=delta.device)
     mask[torch.sort(w).indices[n_bot:n_bot + target]] = 1
     return rescale_masked(delta, mask.reshape_as(delta), rescale, density)
@@ -291,14 +326,19 @@ def sparsify_outliers(delta: Tensor, density: float, gamma: float = 0.01, rescal
 def sparsify_della(delta: Tensor, density: float, epsilon: float = 0.15, rescale="l1",
                    generator: torch.Generator | None = None, method: str = "della") -> Tensor:
     """DELLA MagPrune (Deep et al. 2024), mergekit's variant: within each row (dim 1; 1-D = one row) the keep probability
-    is (ρ − ε) + 2ε·rank_norm(|δ|), mask ~ Bernoulli, then one per-tensor rescale (`inverse_p`: each entry by its pᵢ)."""
+    is (ρ − ε) + 2ε·rank_norm(|δ|), mask ~ Bernoulli, then one per-tensor rescale (`inverse_p`: each entry by its pᵢ). mergekit's
+    ranks are `argsort(argsort(|δ|))`; the outer argsort of a permutation is its inverse, one scatter here."""
     if density >= 1: return delta
     if density <= 0: return torch.zeros_like(delta)
     if density + epsilon >= 1 or density - epsilon <= 0:
         raise ConfigError(f"{method}: parameters 'density' ± 'epsilon' must lie in (0, 1); got density={density}, epsilon={epsilon}")
     work, shape = _work_dtype(delta, generator), delta.shape
     x = delta.unsqueeze(0) if delta.dim() < 2 else delta
-    ranks = torch.argsort(torch.argsort(x.abs(), dim=1), dim=1).to(work) + 1
+    a = x.abs()
+    key = magnitude_order_key(a)            # the same permutation, as the descending sort of −key (integers sort faster;
+    order = torch.argsort(a, dim=1) if key is None else torch.argsort(-key, dim=1, descending=True)  # an ascending
+                                            # integer sort may take a stable radix path instead of std::sort)
+    ranks = torch.empty_like(order).scatter_(1, order, torch.arange(order.shape[1]).expand_as(order)).to(work) + 1
     lo, hi = ranks.min(dim=1, keepdim=True).values, ranks.max(dim=1, keepdim=True).values
     rank_norm = ((ranks - lo) / (hi - lo)).clamp(0, 1)
     if x.shape[1] == 1: rank_norm = torch.full_like(rank_norm, 0.5)   # mergekit fails here (0/0); keep probability ρ
