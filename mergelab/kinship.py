@@ -4,9 +4,10 @@
 
 # %% ../nbs/04_kinship.ipynb #c396021d
 from __future__ import annotations
-import contextlib, ctypes, ctypes.util, itertools, math
+import contextlib, ctypes, ctypes.util, functools, itertools, math, threading
 from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping, Sequence
+import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor
@@ -17,13 +18,48 @@ from .scheduler import TensorGroup, map_reduce, layer_index, check_threads, pars
 from .memory import MemoryEstimate, available_memory, check_memory, pass_memory
 
 # %% auto #0
-__all__ = ['Metric', 'METRICS', 'DeltaStats', 'DeltaSet', 'open_deltas', 'release_heap', 'intraop_threads', 'DeltaStatistics',
-           'statistics_block', 'RowBlock', 'statistics_memory', 'delta_statistics', 'kinship_matrix', 'kinship',
-           'plot_kinship', 'plot_layer_kinship', 'layer_matrix', 'ranked_pairs']
+__all__ = ['Metric', 'METRICS', 'DeltaStats', 'DeltaSet', 'open_deltas', 'release_heap', 'workspace', 'intraop_threads',
+           'DeltaStatistics', 'statistics_block', 'RowBlock', 'pass_budget', 'statistics_memory', 'delta_statistics',
+           'kinship_matrix', 'kinship', 'plot_kinship', 'plot_layer_kinship', 'layer_matrix', 'ranked_pairs']
 
 # %% ../nbs/04_kinship.ipynb #e6a435b2
 Metric = Literal["pcc", "cosine", "abs_cosine", "euclidean"]
 METRICS = ("pcc", "cosine", "abs_cosine", "euclidean")
+
+def _moments(X, B, cnt, mean, G, C, D):
+    """Adds the statistics of the columns of the float64 array `X` (N × n, C-contiguous) to the upper triangles of `G`,
+    `C`, `D` and to `mean` (over `cnt` columns so far), in column blocks of `B`: per block its means, then for every pair
+    i ≤ j Σ δᵢδⱼ, Σ (δᵢ − μᵢ)(δⱼ − μⱼ) and Σ (δᵢ − δⱼ)² in one sweep over cache-resident data, the block's centred
+    co-moments merged by Chan et al.'s update. Returns the new count. Compiled by numba (`_moments_kernel`)."""
+    N, n = X.shape
+    bm, Cb = np.empty(N), np.empty((N, N))
+    for s in range(0, n, B):
+        e = min(s + B, n); w = e - s
+        for i in range(N):
+            t = 0.0
+            for j in range(s, e): t += X[i, j]
+            bm[i] = t / w
+        for i in range(N):
+            for k in range(i, N):
+                g = c = d = 0.0
+                mi, mk = bm[i], bm[k]
+                for j in range(s, e):
+                    a, b = X[i, j], X[k, j]
+                    g += a * b; c += (a - mi) * (b - mk); d += (a - b) * (a - b)
+                G[i, k] += g; Cb[i, k] = c; D[i, k] += d
+        tot = cnt + w
+        for i in range(N):
+            for k in range(i, N): C[i, k] += Cb[i, k] + (bm[i] - mean[i]) * (bm[k] - mean[k]) * (cnt * w / tot)
+        for i in range(N): mean[i] += (bm[i] - mean[i]) * (w / tot)
+        cnt = tot
+    return cnt
+
+@functools.cache
+def _moments_kernel():
+    """`_moments` compiled by numba: without the GIL (the engine's threads run in parallel), its float64 sums free to
+    be reassociated into SIMD lanes, cached on disk."""
+    import numba
+    return numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})(_moments)
 
 @dataclass
 class DeltaStats:
@@ -35,18 +71,36 @@ class DeltaStats:
     D: Tensor
 
     @staticmethod
-    def of(X: Tensor, device: torch.device | None = None) -> "DeltaStats":
-        """Statistics of the rows of `X` (N × n, one flattened delta per row), computed in float64 over column blocks
-        in one reused workspace (≤ 2 × 32 MiB; float64 input is not copied) and combined exactly (`__add__`); on
-        `device` when given (a GPU), the N × N results back on the CPU."""
-        X, dev = X.reshape(X.shape[0], -1), device or X.device
+    def of(X: Tensor, device: torch.device | str | None = None) -> "DeltaStats":
+        """Statistics of the rows of `X` (N × n, one flattened delta per row), in float64. On the CPU one compiled sweep
+        (`_moments`; float64 input is not copied, other dtypes are up-cast 2²² entries at a time); on `device` when given
+        (a GPU), `DeltaStats.blocked`."""
+        X, dev = X.reshape(X.shape[0], -1), torch.device(device) if device is not None else X.device
+        if dev.type != "cpu" or X.device.type != "cpu": return DeltaStats.blocked(X, dev)
+        (N, n), kernel = X.shape, _moments_kernel()
+        mean, G, C, D, cnt = np.zeros(N), np.zeros((N, N)), np.zeros((N, N)), np.zeros((N, N)), 0
+        if X.dtype == torch.float64 and X.is_contiguous(): cnt = kernel(X.numpy(), 1024, cnt, mean, G, C, D)
+        else:
+            block = max(1 << 16, (1 << 22) // max(N, 1))
+            ws = torch.empty(N * min(n, block), dtype=torch.float64)
+            for i in range(0, n, block):
+                w = min(block, n - i)
+                x = ws[:N * w].view(N, w).copy_(X[:, i:i + w])
+                cnt = kernel(x.numpy(), 1024, cnt, mean, G, C, D)
+        sym = lambda M: torch.from_numpy(np.triu(M) + np.triu(M, 1).T)
+        return DeltaStats(n, torch.from_numpy(mean), sym(G), sym(C), sym(D))
+
+    @staticmethod
+    def blocked(X: Tensor, device: torch.device) -> "DeltaStats":
+        """The same statistics with torch operations on `device` (a GPU): column blocks in one reused workspace
+        (≤ 2 × 32 MiB), combined exactly (`__add__`), the N × N results back on the CPU."""
         (N, n), out = X.shape, DeltaStats.zeros(X.shape[0])
-        block, copy = max(1 << 16, (1 << 22) // max(N, 1)), not (X.dtype == torch.float64 and dev == X.device)
-        ws = torch.empty(1 + copy, N, min(n, block), dtype=torch.float64, device=dev)   # scratch (, the float64 block)
+        block, copy = max(1 << 16, (1 << 22) // max(N, 1)), not (X.dtype == torch.float64 and device == X.device)
+        ws = torch.empty(1 + copy, N, min(n, block), dtype=torch.float64, device=device)   # scratch (, the float64 block)
         for i in range(0, n, block):
             w = min(block, n - i)
             x = ws[1, :, :w].copy_(X[:, i:i + w]) if copy else X[:, i:i + w]
-            mean, D = x.mean(1), torch.zeros(N, N, dtype=torch.float64, device=dev)
+            mean, D = x.mean(1), torch.zeros(N, N, dtype=torch.float64, device=device)
             for j in range(N - 1):                                   # direct Σ(δᵢ − δⱼ)², no Gram cancellation, i < j
                 D[j, j + 1:] = D[j + 1:, j] = torch.sub(x[j + 1:], x[j], out=ws[0, :N - 1 - j, :w]).square_().sum(1)
             xc = torch.sub(x, mean[:, None], out=ws[0, :, :w])      # the scratch again: the differences are summed
@@ -105,21 +159,26 @@ class DeltaSet:
         "One `TensorGroup` per shared tensor name (models as inputs, the base as base) for the engine."
         return [TensorGroup(k, [(v, k) for v in self.views], (self.base, k)) for k in self.keys]
 
-    def read(self, g: TensorGroup | str, dtype: torch.dtype = torch.float64, rows: tuple[int, int] | None = None) -> Tensor:
+    def read(self, g: TensorGroup | str, dtype: torch.dtype = torch.float64, rows: tuple[int, int] | None = None,
+             out: Tensor | None = None) -> Tensor:
         """The N flattened deltas of one tensor name (N × numel), or of its rows `start:stop` only (`rows`, read with
-        `Checkpoint.get_rows`): each model read once, the base at most once."""
+        `Checkpoint.get_rows`): each model read once, the base at most once. `out`: a tensor of `dtype` with at least
+        N × numel entries to fill (a reused `workspace`), else a new one."""
         k = g if isinstance(g, str) else g.name
         if rows is None: numel, get = self.base.numel(k), (lambda c: c.get(k))
         else:
             n = self.base.rows(k); lo, hi = (max(0, min(r, n)) for r in rows)
             numel, get = max(0, hi - lo) * self.row_numel(k), (lambda c: c.get_rows(k, lo, hi))
-        X, b = torch.empty(len(self.names), numel, dtype=dtype), None
+        size = len(self.names) * numel
+        X, b = (torch.empty(size, dtype=dtype) if out is None else out.reshape(-1)[:size]).view(len(self.names), numel), None
         for i, (v, ad) in enumerate(zip(self.views, self.adapters)):
             if ad is not None:
                 if k not in ad.delta_keys(): X[i] = 0
                 else: X[i] = (ad.delta(k, dtype) if rows is None else ad.delta_rows(k, lo, hi, dtype)).reshape(-1)
                 continue
-            if b is None: b = get(self.base).reshape(-1).to(dtype)
+            if b is None:                                           # up-cast on the fly (exact), no float64 copy
+                b = get(self.base).reshape(-1)
+                if torch.promote_types(b.dtype, dtype) != dtype: b = b.to(dtype)
             X[i] = get(v).reshape(-1)                               # cast while copying: no temporary
             X[i] -= b
         return X
@@ -158,6 +217,18 @@ def release_heap() -> None:
         try: _LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"); _LIBC.malloc_trim
         except (OSError, AttributeError): _LIBC = False
     if _LIBC: _LIBC.malloc_trim(0)
+
+_WORKSPACE = threading.local()
+
+def workspace(numel: int | None, dtype: torch.dtype = torch.float64) -> Tensor | None:
+    """A 1-D scratch tensor of at least `numel` entries for this thread, kept across the work items of a pass: a pass
+    fills it block after block instead of faulting in fresh pages each time (a fresh 175 MB costs ~0.1 s here, more
+    than the arithmetic on it). `None` releases this thread's buffer (call it when the pass ends)."""
+    if numel is None: _WORKSPACE.__dict__.clear(); return None
+    buf = getattr(_WORKSPACE, "buf", None)
+    if buf is None or buf.dtype != dtype or buf.numel() < numel:
+        _WORKSPACE.buf = None; buf = _WORKSPACE.buf = torch.empty(numel, dtype=dtype)
+    return buf[:numel]
 
 @contextlib.contextmanager
 def intraop_threads(n: int | None):
@@ -221,11 +292,18 @@ def blocks(self: DeltaSet, block: int | None = None) -> list[RowBlock]:
 
 
 # %% ../nbs/04_kinship.ipynb #93dc6377
+def pass_budget(items: Sequence[RowBlock], threads: int) -> int:
+    """The in-flight read budget of a statistics pass (`run_groups`): `threads` of its largest work items at once, as
+    `statistics_block` sizes row blocks for (with the engine's default, one largest item, equal row blocks would run
+    one at a time)."""
+    return max(1, threads) * max((b.read_bytes for b in items), default=1)
+
 def statistics_memory(ds: DeltaSet, threads: int = 2, block: int | None = None) -> MemoryEstimate:
     """The memory guard's estimate for a statistics pass over `ds` (nothing is read): each work item of
     `ds.blocks(block)` holds about three times its N float64 deltas (the deltas, their centred copy, the read buffers)."""
     items = ds.blocks(block or statistics_block(None, threads))
     return pass_memory([3 * 8 * len(ds) * b.numel for b in items], [b.read_bytes for b in items], threads,
+                       budget=pass_budget(items, threads),
                        knobs=["max_memory= a smaller budget (smaller row blocks)", "threads=1"])
 
 # %% ../nbs/04_kinship.ipynb #4e9dbe7d
@@ -243,11 +321,13 @@ def delta_statistics(models: Sequence[Any] | Mapping[str, Any] | DeltaSet, base:
     ds = open_deltas(models, base)
     block = statistics_block(max_memory, threads)
     check_memory(statistics_memory(ds, threads, block), force=force, what="statistics pass")
-    fn = lambda b: (b.name, DeltaStats.of(ds.read(b.name, rows=b.rows), dev))
+    fn = lambda b: (b.name, DeltaStats.of(ds.read(b.name, rows=b.rows, out=workspace(len(ds) * b.numel)), dev))
     def red(acc, r): acc[r[0]] = acc[r[0]] + r[1] if r[0] in acc else r[1]; release_heap(); return acc
+    items = ds.blocks(block)
     with intraop_threads(1):
-        tensors = map_reduce(ds.blocks(block), fn, red, {}, threads=threads, progress="kinship" if progress else False,
-                             client=client)
+        tensors = map_reduce(items, fn, red, {}, threads=threads, progress="kinship" if progress else False,
+                             client=client, budget=pass_budget(items, threads))
+    workspace(None)                                 # (worker threads end with the pass, and their buffers with them)
     return DeltaStatistics(ds.names, tensors)
 
 # %% ../nbs/04_kinship.ipynb #61676ade

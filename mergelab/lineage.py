@@ -15,7 +15,8 @@ from torch import Tensor
 from .io import IncompatibleModels, InvalidValue, model_name, model_names
 from .scheduler import map_reduce, check_threads, layer_index
 from .memory import check_memory
-from .kinship import DeltaStats, open_deltas, statistics_block, statistics_memory, intraop_threads, release_heap
+from mergelab.kinship import (DeltaStats, open_deltas, statistics_block, statistics_memory, intraop_threads, release_heap,
+    pass_budget)
 
 # %% auto #0
 __all__ = ['WeightMoments', 'LineageStatistics', 'lineage_statistics', 'merge_sources', 'ModelTree', 'model_tree',
@@ -96,9 +97,10 @@ def lineage_statistics(models: Sequence[Any] | Mapping[str, Any], base: Any = No
         if mom is not None: acc[2][k] = acc[2][k] + mom if k in acc[2] else mom
         release_heap(); return acc
     zero = lambda: torch.zeros(N, N, dtype=torch.float64)
+    items = ds.blocks(block)
     with intraop_threads(1):
-        D, G, moms = map_reduce(ds.blocks(block), fn, red, [zero(), zero(), {}], threads=threads,
-                                progress="lineage" if progress else False, client=client)
+        D, G, moms = map_reduce(items, fn, red, [zero(), zero(), {}], threads=threads,
+                                progress="lineage" if progress else False, client=client, budget=pass_budget(items, threads))
     kurt = sum((moms[k].kurtosis for k in kt), torch.zeros(N, dtype=torch.float64))
     frame = lambda M: pd.DataFrame(M.numpy(), index=ds.names, columns=ds.names)
     return LineageStatistics(ds.names, frame(D.clamp_min(0).sqrt()), frame(G), pd.Series(kurt.numpy(), ds.names, name="kurtosis"), kt,

@@ -327,10 +327,12 @@ def run_groups(groups: Sequence, fn: Callable, *, threads: int = 2, budget: int 
 
 # %% ../nbs/01a_scheduler.ipynb #e4bd7cfb
 def map_reduce(groups: Sequence, fn: Callable, reduce: Callable, init: Any, *, threads: int = 2,
-               progress: bool | str = False, client: Any = None) -> Any:
-    "A streaming statistics pass: fold `reduce(acc, fn(group))` over groups without keeping per-group results."
+               progress: bool | str = False, client: Any = None, budget: int | None = None) -> Any:
+    """A streaming statistics pass: fold `reduce(acc, fn(group))` over groups without keeping per-group results
+    (`budget`: `run_groups`' in-flight read bytes)."""
     acc = init
-    with contextlib.closing(run_groups(groups, fn, threads=threads, progress=progress, client=client)) as runs:
+    with contextlib.closing(run_groups(groups, fn, threads=threads, budget=budget, progress=progress,
+                                       client=client)) as runs:
         for _, r in runs: acc = reduce(acc, r)           # closing: an error here stops the running maps too
     return acc
 

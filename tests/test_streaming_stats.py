@@ -35,6 +35,10 @@ HARNESS = textwrap.dedent("""
     models = [counted(d / f"m{i}.safetensors", f"m{i}") for i in range(%d)]
     base = counted(d / "base.safetensors", "base")
     largest = max(base.nbytes(k) for k in base.keys()); total = sum(m.total_bytes for m in models)
+    import torch                                       # load the compiled kernels first (numba and LLVM: ~125 MB once
+    from mergelab.kinship import DeltaStats            # per process, like importing torch; not per model or tensor)
+    from mergelab.methods import sorts_like_torch
+    DeltaStats.of(torch.zeros(2, 4, dtype=torch.float64)); sorts_like_torch()
     marks, start = [], current_rss()
     def after_each(f):
         def g(*a, **k):
