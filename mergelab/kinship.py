@@ -223,7 +223,8 @@ _WORKSPACE = threading.local()
 def workspace(numel: int | None, dtype: torch.dtype = torch.float64) -> Tensor | None:
     """A 1-D scratch tensor of at least `numel` entries for this thread, kept across the work items of a pass: a pass
     fills it block after block instead of faulting in fresh pages each time (a fresh 175 MB costs ~0.1 s here, more
-    than the arithmetic on it). `None` releases this thread's buffer (call it when the pass ends)."""
+    than the arithmetic on it). `None` releases this thread's buffer (call it when the pass ends; the engine's worker
+    threads end with the pass, a Dask worker's threads keep one block each)."""
     if numel is None: _WORKSPACE.__dict__.clear(); return None
     buf = getattr(_WORKSPACE, "buf", None)
     if buf is None or buf.dtype != dtype or buf.numel() < numel:

@@ -15,8 +15,8 @@ from torch import Tensor
 from .io import IncompatibleModels, InvalidValue, model_name, model_names
 from .scheduler import map_reduce, check_threads, layer_index
 from .memory import check_memory
-from mergelab.kinship import (DeltaStats, open_deltas, statistics_block, statistics_memory, intraop_threads, release_heap,
-    pass_budget)
+from .kinship import DeltaStats, open_deltas, statistics_block, statistics_memory, intraop_threads, release_heap
+from .kinship import pass_budget
 
 # %% auto #0
 __all__ = ['WeightMoments', 'LineageStatistics', 'lineage_statistics', 'merge_sources', 'ModelTree', 'model_tree',
