@@ -326,8 +326,8 @@ def sparsify_outliers(delta: Tensor, density: float, gamma: float = 0.01, rescal
 def sparsify_della(delta: Tensor, density: float, epsilon: float = 0.15, rescale="l1",
                    generator: torch.Generator | None = None, method: str = "della") -> Tensor:
     """DELLA MagPrune (Deep et al. 2024), mergekit's variant: within each row (dim 1; 1-D = one row) the keep probability
-    is (ρ − ε) + 2ε·rank_norm(|δ|), mask ~ Bernoulli, then one per-tensor rescale (`inverse_p`: each entry by its pᵢ). mergekit's
-    ranks are `argsort(argsort(|δ|))`; the outer argsort of a permutation is its inverse, one scatter here."""
+    is (ρ − ε) + 2ε·rank_norm(|δ|), mask ~ Bernoulli, then one per-tensor rescale (`inverse_p`: each entry by its pᵢ).
+    mergekit's ranks are `argsort(argsort(|δ|))`; the outer argsort of a permutation is its inverse, one scatter here."""
     if density >= 1: return delta
     if density <= 0: return torch.zeros_like(delta)
     if density + epsilon >= 1 or density - epsilon <= 0:
@@ -335,9 +335,10 @@ def sparsify_della(delta: Tensor, density: float, epsilon: float = 0.15, rescale
     work, shape = _work_dtype(delta, generator), delta.shape
     x = delta.unsqueeze(0) if delta.dim() < 2 else delta
     a = x.abs()
-    key = magnitude_order_key(a)            # the same permutation, as the descending sort of −key (integers sort faster;
-    order = torch.argsort(a, dim=1) if key is None else torch.argsort(-key, dim=1, descending=True)  # an ascending
-                                            # integer sort may take a stable radix path instead of std::sort)
+    # the same permutation as the descending sort of −key, faster (torch may sort integers ascending with a stable
+    # radix sort, not std::sort, hence the negation)
+    key = magnitude_order_key(a)
+    order = torch.argsort(a, dim=1) if key is None else torch.argsort(-key, dim=1, descending=True)
     ranks = torch.empty_like(order).scatter_(1, order, torch.arange(order.shape[1]).expand_as(order)).to(work) + 1
     lo, hi = ranks.min(dim=1, keepdim=True).values, ranks.max(dim=1, keepdim=True).values
     rank_norm = ((ranks - lo) / (hi - lo)).clamp(0, 1)
