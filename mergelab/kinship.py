@@ -26,27 +26,45 @@ __all__ = ['Metric', 'METRICS', 'DeltaStats', 'DeltaSet', 'open_deltas', 'releas
 Metric = Literal["pcc", "cosine", "abs_cosine", "euclidean"]
 METRICS = ("pcc", "cosine", "abs_cosine", "euclidean")
 
-def _moments(X, B, cnt, mean, G, C, D):
-    """Adds the statistics of the columns of the float64 array `X` (N × n, C-contiguous) to the upper triangles of `G`,
-    `C`, `D` and to `mean` (over `cnt` columns so far), in column blocks of `B`: per block its means, then for every pair
-    i ≤ j Σ δᵢδⱼ, Σ (δᵢ − μᵢ)(δⱼ − μⱼ) and Σ (δᵢ − δⱼ)² in one sweep over cache-resident data, the block's centred
-    co-moments merged by Chan et al.'s update. Returns the new count. Compiled by numba (`_moments_kernel`)."""
-    N, n = X.shape
-    bm, Cb = np.empty(N), np.empty((N, N))
+def _moments(W, base, bf16, bf16_base, B, cnt, mean, G, C, D):
+    """Adds the statistics of the deltas `W[:, j] − base[j]` (N × n weights, C-contiguous; an empty `base`: `W` holds
+    the deltas) to the upper triangles of `G`, `C`, `D` and to `mean` (over `cnt` columns so far), in column blocks of
+    `B`. Arrays are float32/float64, or uint16 bit patterns of bfloat16 where `bf16`/`bf16_base` say so (decoded
+    exactly: the pattern is the top half of a float32). Per block: the float64 deltas, their means, then, centred, for
+    every pair i ≤ j Σ δ̃ᵢδ̃ⱼ and Σ (δ̃ᵢ − δ̃ⱼ)² in one sweep over cache-resident data; the Gram and distance sums follow
+    exactly (Σ δᵢδⱼ = Σ δ̃ᵢδ̃ⱼ + w μᵢμⱼ, Σ (δᵢ − δⱼ)² = Σ (δ̃ᵢ − δ̃ⱼ)² + w (μᵢ − μⱼ)²: sums of non-negative terms, no
+    cancellation) and the centred co-moments merge by Chan et al.'s update. Returns the new count. Compiled by numba
+    (`_moments_kernel`)."""
+    N, n = W.shape
+    Xb, bb, bm, Cb = np.empty((N, B)), np.zeros(B), np.empty(N), np.empty((N, N))
+    u = np.empty(B, np.uint32); f = u.view(np.float32)         # bfloat16 → float32: the pattern shifted up 16 bits
     for s in range(0, n, B):
         e = min(s + B, n); w = e - s
+        if base.size:
+            if bf16_base:
+                for j in range(w): u[j] = np.uint32(base[s + j]) << 16
+                for j in range(w): bb[j] = f[j]
+            else:
+                for j in range(w): bb[j] = base[s + j]
         for i in range(N):
-            t = 0.0
-            for j in range(s, e): t += X[i, j]
+            x, t = Xb[i], 0.0
+            if bf16:
+                for j in range(w): u[j] = np.uint32(W[i, s + j]) << 16
+                for j in range(w): x[j] = f[j]
+            else:
+                for j in range(w): x[j] = W[i, s + j]
+            for j in range(w):
+                x[j] -= bb[j]; t += x[j]
             bm[i] = t / w
+            for j in range(w): x[j] -= bm[i]
         for i in range(N):
             for k in range(i, N):
-                g = c = d = 0.0
-                mi, mk = bm[i], bm[k]
-                for j in range(s, e):
-                    a, b = X[i, j], X[k, j]
-                    g += a * b; c += (a - mi) * (b - mk); d += (a - b) * (a - b)
-                G[i, k] += g; Cb[i, k] = c; D[i, k] += d
+                c = d = 0.0
+                xi, xk = Xb[i], Xb[k]
+                for j in range(w):
+                    c += xi[j] * xk[j]; d += (xi[j] - xk[j]) * (xi[j] - xk[j])
+                dm = bm[i] - bm[k]
+                G[i, k] += c + w * bm[i] * bm[k]; Cb[i, k] = c; D[i, k] += d + w * dm * dm
         tot = cnt + w
         for i in range(N):
             for k in range(i, N): C[i, k] += Cb[i, k] + (bm[i] - mean[i]) * (bm[k] - mean[k]) * (cnt * w / tot)
@@ -71,35 +89,45 @@ class DeltaStats:
     D: Tensor
 
     @staticmethod
-    def of(X: Tensor, device: torch.device | str | None = None) -> "DeltaStats":
-        """Statistics of the rows of `X` (N × n, one flattened delta per row), in float64. On the CPU one compiled sweep
-        (`_moments`; float64 input is not copied, other dtypes are up-cast 2²² entries at a time); on `device` when given
-        (a GPU), `DeltaStats.blocked`."""
+    def of(X: Tensor, device: torch.device | str | None = None, base: Tensor | None = None) -> "DeltaStats":
+        """Statistics of the rows of `X` (N × n, one flattened delta per row), in float64; with `base` (n entries) the
+        rows are weights and the deltas `X[i] − base` are formed block by block, never stored. On the CPU one compiled
+        sweep (`_moments`) that reads float64, float32 and bfloat16 as stored (other dtypes are up-cast 2²² entries at
+        a time); on `device` when given (a GPU), `DeltaStats.blocked`."""
         X, dev = X.reshape(X.shape[0], -1), torch.device(device) if device is not None else X.device
-        if dev.type != "cpu" or X.device.type != "cpu": return DeltaStats.blocked(X, dev)
+        base = None if base is None else base.reshape(-1)
+        if dev.type != "cpu" or X.device.type != "cpu": return DeltaStats.blocked(X, dev, base)
         (N, n), kernel = X.shape, _moments_kernel()
         mean, G, C, D, cnt = np.zeros(N), np.zeros((N, N)), np.zeros((N, N)), np.zeros((N, N)), 0
-        if X.dtype == torch.float64 and X.is_contiguous(): cnt = kernel(X.numpy(), 1024, cnt, mean, G, C, D)
+        native = lambda t: t.dtype in (torch.float64, torch.float32, torch.bfloat16) and t.is_contiguous()
+        arr = lambda t: t.view(torch.int16).numpy().view(np.uint16) if t.dtype == torch.bfloat16 else t.numpy()
+        if native(X) and (base is None or native(base)):
+            b = np.empty(0, arr(X).dtype) if base is None else arr(base)     # (an empty base of X's type: one compilation)
+            cnt = kernel(arr(X), b, X.dtype == torch.bfloat16, base is not None and base.dtype == torch.bfloat16,
+                         1024, cnt, mean, G, C, D)
         else:
             block = max(1 << 16, (1 << 22) // max(N, 1))
-            ws = torch.empty(N * min(n, block), dtype=torch.float64)
+            ws = torch.empty((N + 1) * min(n, block), dtype=torch.float64)
             for i in range(0, n, block):
                 w = min(block, n - i)
                 x = ws[:N * w].view(N, w).copy_(X[:, i:i + w])
-                cnt = kernel(x.numpy(), 1024, cnt, mean, G, C, D)
+                b = np.empty(0) if base is None else ws[N * w:(N + 1) * w].copy_(base[i:i + w]).numpy()
+                cnt = kernel(x.numpy(), b, False, False, 1024, cnt, mean, G, C, D)
         sym = lambda M: torch.from_numpy(np.triu(M) + np.triu(M, 1).T)
         return DeltaStats(n, torch.from_numpy(mean), sym(G), sym(C), sym(D))
 
     @staticmethod
-    def blocked(X: Tensor, device: torch.device) -> "DeltaStats":
+    def blocked(X: Tensor, device: torch.device, base: Tensor | None = None) -> "DeltaStats":
         """The same statistics with torch operations on `device` (a GPU): column blocks in one reused workspace
         (≤ 2 × 32 MiB), combined exactly (`__add__`), the N × N results back on the CPU."""
         (N, n), out = X.shape, DeltaStats.zeros(X.shape[0])
-        block, copy = max(1 << 16, (1 << 22) // max(N, 1)), not (X.dtype == torch.float64 and device == X.device)
+        block = max(1 << 16, (1 << 22) // max(N, 1))
+        copy = base is not None or not (X.dtype == torch.float64 and device == X.device)
         ws = torch.empty(1 + copy, N, min(n, block), dtype=torch.float64, device=device)   # scratch (, the float64 block)
         for i in range(0, n, block):
             w = min(block, n - i)
             x = ws[1, :, :w].copy_(X[:, i:i + w]) if copy else X[:, i:i + w]
+            if base is not None: x -= base[i:i + w].to(device, torch.float64)
             mean, D = x.mean(1), torch.zeros(N, N, dtype=torch.float64, device=device)
             for j in range(N - 1):                                   # direct Σ(δᵢ − δⱼ)², no Gram cancellation, i < j
                 D[j, j + 1:] = D[j + 1:, j] = torch.sub(x[j + 1:], x[j], out=ws[0, :N - 1 - j, :w]).square_().sum(1)
@@ -165,16 +193,13 @@ class DeltaSet:
         `Checkpoint.get_rows`): each model read once, the base at most once. `out`: a tensor of `dtype` with at least
         N × numel entries to fill (a reused `workspace`), else a new one."""
         k = g if isinstance(g, str) else g.name
-        if rows is None: numel, get = self.base.numel(k), (lambda c: c.get(k))
-        else:
-            n = self.base.rows(k); lo, hi = (max(0, min(r, n)) for r in rows)
-            numel, get = max(0, hi - lo) * self.row_numel(k), (lambda c: c.get_rows(k, lo, hi))
+        numel, get, span = self._span(k, rows)
         size = len(self.names) * numel
         X, b = (torch.empty(size, dtype=dtype) if out is None else out.reshape(-1)[:size]).view(len(self.names), numel), None
         for i, (v, ad) in enumerate(zip(self.views, self.adapters)):
             if ad is not None:
                 if k not in ad.delta_keys(): X[i] = 0
-                else: X[i] = (ad.delta(k, dtype) if rows is None else ad.delta_rows(k, lo, hi, dtype)).reshape(-1)
+                else: X[i] = (ad.delta(k, dtype) if span is None else ad.delta_rows(k, *span, dtype)).reshape(-1)
                 continue
             if b is None:                                           # up-cast on the fly (exact), no float64 copy
                 b = get(self.base).reshape(-1)
@@ -182,6 +207,34 @@ class DeltaSet:
             X[i] = get(v).reshape(-1)                               # cast while copying: no temporary
             X[i] -= b
         return X
+
+    def weights(self, g: TensorGroup | str, rows: tuple[int, int] | None = None,
+                out: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """The N models' weights of one tensor name (N × numel, in their common dtype) and the base's (numel, as
+        stored), nothing up-cast: `DeltaStats.of(W, base=b)` forms the deltas block by block. `rows` as in `read`;
+        `out`: a byte buffer (a reused `workspace`) holding both, else new ones. Adapters have no weights of their
+        own (`adapted`): use `read`."""
+        if self.adapted: raise MergelabError("an adapter is a delta, not weights: read its deltas with `DeltaSet.read`")
+        k = g if isinstance(g, str) else g.name
+        (numel, get, _), N = self._span(k, rows), len(self.names)
+        wd, bd = functools.reduce(torch.promote_types, [v.dtype(k) for v in self.views]), self.base.dtype(k)
+        nw = -(-N * numel * wd.itemsize // 8) * 8                   # the base starts 8-byte aligned
+        buf = torch.empty(nw + numel * bd.itemsize, dtype=torch.uint8) if out is None else out.reshape(-1).view(torch.uint8)
+        W, b = buf[:N * numel * wd.itemsize].view(wd).view(N, numel), buf[nw:nw + numel * bd.itemsize].view(bd)
+        for i, v in enumerate(self.views): W[i] = get(v).reshape(-1)
+        b.copy_(get(self.base).reshape(-1))
+        return W, b
+
+    @property
+    def adapted(self) -> bool:
+        "Whether any model is an adapter over the base (its delta computed, not read)."
+        return any(a is not None for a in self.adapters)
+
+    def _span(self, k: str, rows: tuple[int, int] | None):
+        "Entries per model of tensor `k` or of its rows `start:stop`, how to read them, and the rows clamped (or None)."
+        if rows is None: return self.base.numel(k), (lambda c: c.get(k)), None
+        n = self.base.rows(k); lo, hi = (max(0, min(r, n)) for r in rows)
+        return max(0, hi - lo) * self.row_numel(k), (lambda c: c.get_rows(k, lo, hi)), (lo, hi)
 
     def row_numel(self, k: str) -> int:
         "Entries per row of tensor `k` (its numel over its first dimension)."
@@ -226,10 +279,10 @@ def workspace(numel: int | None, dtype: torch.dtype = torch.float64) -> Tensor |
     than the arithmetic on it). `None` releases this thread's buffer (call it when the pass ends; the engine's worker
     threads end with the pass, a Dask worker's threads keep one block each)."""
     if numel is None: _WORKSPACE.__dict__.clear(); return None
-    buf = getattr(_WORKSPACE, "buf", None)
-    if buf is None or buf.dtype != dtype or buf.numel() < numel:
-        _WORKSPACE.buf = None; buf = _WORKSPACE.buf = torch.empty(numel, dtype=dtype)
-    return buf[:numel]
+    buf, nbytes = getattr(_WORKSPACE, "buf", None), numel * dtype.itemsize     # one byte buffer whatever the dtype
+    if buf is None or buf.numel() < nbytes:
+        _WORKSPACE.buf = None; buf = _WORKSPACE.buf = torch.empty(nbytes, dtype=torch.uint8)
+    return buf[:nbytes].view(dtype)
 
 @contextlib.contextmanager
 def intraop_threads(n: int | None):
@@ -316,13 +369,18 @@ def delta_statistics(models: Sequence[Any] | Mapping[str, Any] | DeltaSet, base:
     set by `max_memory`, not by the largest tensor; the memory guard refuses a pass that would not fit before any read
     (`InsufficientMemory`, unless `force`). With `client` (a `dask.distributed.Client`) the per-tensor statistics are
     computed on its workers, which open the checkpoints by path; the reduce stays here. `device=` ('cuda', 'cuda:1')
-    computes each block's float64 statistics there (MPS has no float64)."""
+    computes each block's float64 statistics there (MPS has no float64). Blocks are read as stored (`DeltaSet.weights`)
+    into a per-thread `workspace`; only adapters' deltas are formed ahead, in float64."""
     check_threads(threads); dev = parse_device(device)
     if dev is not None and dev.type == "mps": raise InvalidValue("exact kinship computes in float64, which MPS lacks; use the CPU")
     ds = open_deltas(models, base)
     block = statistics_block(max_memory, threads)
     check_memory(statistics_memory(ds, threads, block), force=force, what="statistics pass")
-    fn = lambda b: (b.name, DeltaStats.of(ds.read(b.name, rows=b.rows, out=workspace(len(ds) * b.numel)), dev))
+    def fn(b: RowBlock) -> tuple[str, DeltaStats]:
+        ws = workspace((len(ds) + 1) * b.numel + 1)                 # float64 deltas, or the weights and base as stored
+        if ds.adapted: return b.name, DeltaStats.of(ds.read(b.name, rows=b.rows, out=ws), dev)
+        W, base = ds.weights(b.name, rows=b.rows, out=ws)
+        return b.name, DeltaStats.of(W, dev, base=base)
     def red(acc, r): acc[r[0]] = acc[r[0]] + r[1] if r[0] in acc else r[1]; release_heap(); return acc
     items = ds.blocks(block)
     with intraop_threads(1):

@@ -36,9 +36,10 @@ HARNESS = textwrap.dedent("""
     base = counted(d / "base.safetensors", "base")
     largest = max(base.nbytes(k) for k in base.keys()); total = sum(m.total_bytes for m in models)
     import torch                                       # load the compiled kernels first (numba and LLVM: ~125 MB once
-    from mergelab.kinship import DeltaStats            # per process, like importing torch; not per model or tensor)
-    from mergelab.methods import sorts_like_torch
-    DeltaStats.of(torch.zeros(2, 4, dtype=torch.float64)); sorts_like_torch()
+    from mergelab.kinship import DeltaStats            # per process, like importing torch; not per model or tensor),
+    from mergelab.methods import sorts_like_torch      # for the dtypes of these files (fp32 weights, float64 deltas)
+    DeltaStats.of(torch.zeros(2, 4, dtype=torch.float64)); DeltaStats.of(torch.zeros(2, 4), base=torch.zeros(4))
+    sorts_like_torch()
     marks, start = [], current_rss()
     def after_each(f):
         def g(*a, **k):
