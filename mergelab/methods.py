@@ -16,11 +16,11 @@ from .scheduler import TensorGroup, map_reduce, read_group, check_stop
 # %% auto #0
 __all__ = ['PARAM_INFO', 'GTA_FAMILY', 'task_arithmetic', 'ties', 'dare_ties', 'dare_linear', 'breadcrumbs', 'breadcrumbs_ties',
            'della', 'della_linear', 'rescale_masked', 'kth_threshold', 'magnitude_histogram', 'magnitude_order_key',
-           'introsort_slice', 'sorts_like_torch', 'topk_mask', 'sparsify_magnitude', 'sparsify_random',
-           'sparsify_outliers', 'sparsify_della', 'elect_sign', 'gta_merge', 'is_float_group', 'radix_kth_abs',
-           'trim_input', 'topk_rank', 'row_thresholds', 'ties_prepare', 'GTAMember', 'gta_method', 'linear',
-           'slerp_tensors', 'slerp', 'nuslerp', 'multislerp', 'karcher', 'model_stock_t', 'model_stock', 'sce',
-           'nearswap', 'ram', 'passthrough', 'magmax', 'fusion_importance', 'arcee_fusion', 'wudi']
+           'introsort_slice', 'sorts_like_torch', 'topk_mask', 'sparsify_magnitude', 'draws_like_bernoulli',
+           'sparsify_random', 'sparsify_outliers', 'sparsify_della', 'elect_sign', 'gta_merge', 'is_float_group',
+           'radix_kth_abs', 'trim_input', 'topk_rank', 'row_thresholds', 'ties_prepare', 'GTAMember', 'gta_method',
+           'linear', 'slerp_tensors', 'slerp', 'nuslerp', 'multislerp', 'karcher', 'model_stock_t', 'model_stock',
+           'sce', 'nearswap', 'ram', 'passthrough', 'magmax', 'fusion_importance', 'arcee_fusion', 'wudi']
 
 # %% ../nbs/02_methods.ipynb #c927d91e
 PARAM_INFO: dict[str, ParamInfo] = {    # parameters several methods share; a registration adds or overrides its own
@@ -287,8 +287,28 @@ def _work_dtype(t: Tensor, generator: torch.Generator | None = None) -> torch.dt
     on_cpu = t.device.type == "cpu" or (generator is not None and generator.device.type == "cpu")
     return t.dtype if not on_cpu or t.dtype == torch.bfloat16 else torch.float32
 
+def _uniform_draws(p: Tensor, generator: torch.Generator | None, shape: Sequence[int] | None = None) -> Tensor:
+    """Bernoulli(p) on the CPU as torch's CPU kernel draws it: one uniform float32 (float64 for float64 `p`) per entry,
+    < p. A 0-d `p` with `shape`: one probability for every entry (as `torch.full_like`, without the tensor)."""
+    u = torch.rand(p.shape if shape is None else shape, generator=generator,
+                   dtype=torch.float64 if p.dtype == torch.float64 else torch.float32)
+    return u.lt_(p.item() if shape is not None else p.cpu()).to(p.dtype)
+
+@functools.cache
+def draws_like_bernoulli() -> bool:
+    "Whether `_uniform_draws` reproduces this torch build's CPU `torch.bernoulli` draw for draw (checked once per process)."
+    for dt in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
+        p = torch.rand(3, 10_007, generator=torch.Generator().manual_seed(1)).to(dt)
+        g1, g2 = torch.Generator().manual_seed(2), torch.Generator().manual_seed(2)
+        if not (torch.equal(torch.bernoulli(p, generator=g1), _uniform_draws(p, g2))
+                and torch.equal(g1.get_state(), g2.get_state())): return False
+    return True
+
 def _bernoulli(p: Tensor, generator: torch.Generator | None) -> Tensor:
-    "Bernoulli(p) drawn where `generator` lives (the same draws whichever device merges), on `p`'s device."
+    """Bernoulli(p) drawn where `generator` lives (the same draws whichever device merges), on `p`'s device. On the
+    CPU by `_uniform_draws` (the same draws as `torch.bernoulli`, `draws_like_bernoulli`; 3.5× faster here)."""
+    on_cpu = (generator.device if generator is not None else p.device).type == "cpu"
+    if on_cpu and draws_like_bernoulli(): return _uniform_draws(p, generator).to(p.device)
     if generator is None or generator.device == p.device: return torch.bernoulli(p, generator=generator)
     return torch.bernoulli(p.cpu(), generator=generator).to(p.device)
 
@@ -296,7 +316,9 @@ def sparsify_random(delta: Tensor, density: float, rescale="l1", generator: torc
     "DARE drop (Yu et al. 2024): keep each entry with probability ρ (mask ~ Bernoulli(ρ)), then rescale."
     if density >= 1: return delta
     work = _work_dtype(delta, generator)
-    mask = _bernoulli(torch.full_like(delta, density, dtype=work), generator)
+    if (generator is None or generator.device.type == "cpu") and delta.device.type == "cpu" and draws_like_bernoulli():
+        mask = _uniform_draws(torch.tensor(density, dtype=work), generator, delta.shape)   # ρ rounded to `work` first
+    else: mask = _bernoulli(torch.full_like(delta, density, dtype=work), generator)
     if density <= 0: return torch.zeros_like(delta)   # after the draw, so later models see the same random stream
     return rescale_masked(delta.to(work), mask, rescale, density).to(delta.dtype)
 
