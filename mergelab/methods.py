@@ -287,28 +287,78 @@ def _work_dtype(t: Tensor, generator: torch.Generator | None = None) -> torch.dt
     on_cpu = t.device.type == "cpu" or (generator is not None and generator.device.type == "cpu")
     return t.dtype if not on_cpu or t.dtype == torch.bfloat16 else torch.float32
 
-def _uniform_draws(p: Tensor, generator: torch.Generator | None, shape: Sequence[int] | None = None) -> Tensor:
-    """Bernoulli(p) on the CPU as torch's CPU kernel draws it: one uniform float32 (float64 for float64 `p`) per entry,
-    < p. A 0-d `p` with `shape`: one probability for every entry (as `torch.full_like`, without the tensor)."""
-    u = torch.rand(p.shape if shape is None else shape, generator=generator,
-                   dtype=torch.float64 if p.dtype == torch.float64 else torch.float32)
-    return u.lt_(p.item() if shape is not None else p.cpu()).to(p.dtype)
+def _mt_below(st, left, nxt, p, out):
+    """`out[j] = u < p[j]` (`p` of length 1: one probability) for uniforms u drawn as torch's CPU generator draws float32:
+    its mt19937 (Matsumoto & Nishimura 1998; 624-word state `st`, `left`, `next`) tempered, 24 bits × 2⁻²⁴. Returns the
+    new (left, next). Compiled by numba (`_mt_kernel`)."""
+    n, one, j = out.shape[0], p.shape[0] == 1, 0
+    U, L, A = np.uint32(0x80000000), np.uint32(0x7FFFFFFF), np.uint32(0x9908B0DF)
+    while j < n:
+        if left == 1:                                           # torch's next_state: the whole state twisted at once
+            for k in range(227):
+                y = (st[k] & U) | (st[k + 1] & L)
+                st[k] = st[k + 397] ^ (y >> np.uint32(1)) ^ (A * (st[k + 1] & np.uint32(1)))
+            for k in range(227, 623):
+                y = (st[k] & U) | (st[k + 1] & L)
+                st[k] = st[k - 227] ^ (y >> np.uint32(1)) ^ (A * (st[k + 1] & np.uint32(1)))
+            y = (st[623] & U) | (st[0] & L)
+            st[623] = st[396] ^ (y >> np.uint32(1)) ^ (A * (st[0] & np.uint32(1)))
+            left, nxt = 625, 0
+        m = min(left - 1, n - j)
+        w, o, pj = st[nxt:nxt + m], out[j:j + m], p[:1] if one else p[j:j + m]
+        for q in range(m):                                      # tempered; 24 bits as a signed int: a cheap conversion
+            y = w[q]
+            y = np.uint32(y ^ (y >> np.uint32(11)))
+            y = np.uint32(y ^ ((y << np.uint32(7)) & np.uint32(0x9D2C5680)))
+            y = np.uint32(y ^ ((y << np.uint32(15)) & np.uint32(0xEFC60000)))
+            y = np.uint32(y ^ (y >> np.uint32(18)))
+            o[q] = np.float32(np.int32(y & np.uint32(0xFFFFFF))) * np.float32(2.0 ** -24) < pj[0 if one else q]
+        left, nxt, j = left - m, nxt + m, j + m
+    return left, nxt
+
+@functools.cache
+def _mt_kernel():
+    "`_mt_below` compiled by numba (integer and IEEE float32 arithmetic: nothing reassociated), cached on disk."
+    import numba
+    return numba.njit(nogil=True, cache=True)(_mt_below)
+
+def _uniform_draws(p: Tensor, generator: torch.Generator, shape: Sequence[int] | None = None) -> Tensor:
+    """Bernoulli(p) on the CPU as torch's CPU kernel draws it: one uniform per entry, < p (float64 for float64 `p`,
+    with torch; float32 otherwise, compiled, from `generator`'s state, read, advanced and written back: its layout is
+    checked by `draws_like_bernoulli`). A 0-d `p` with `shape`: one probability for every entry."""
+    shape = p.shape if shape is None else torch.Size(shape)
+    if p.dtype == torch.float64:
+        return torch.rand(shape, generator=generator, dtype=torch.float64).lt_(p.item() if p.dim() == 0 else p.cpu()).to(p.dtype)
+    s = generator.get_state().numpy().copy()            # seed u64, left i32, seeded i32, next u64, state u64[624], …
+    left, nxt, st = s[8:12].view(np.int32), s[16:24].view(np.uint64), s[24:24 + 624 * 8].view(np.uint64)
+    words = st.astype(np.uint32)
+    probs = np.array([p.item()], np.float32) if p.dim() == 0 else p.detach().cpu().float().reshape(-1).numpy()
+    out = np.empty(shape.numel(), dtype=np.bool_)
+    left[0], nxt[0] = _mt_kernel()(words, int(left[0]), int(nxt[0]), probs, out)
+    st[:] = words
+    generator.set_state(torch.from_numpy(s))
+    return torch.from_numpy(out).reshape(shape).to(p.dtype)
 
 @functools.cache
 def draws_like_bernoulli() -> bool:
-    "Whether `_uniform_draws` reproduces this torch build's CPU `torch.bernoulli` draw for draw (checked once per process)."
-    for dt in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
-        p = torch.rand(3, 10_007, generator=torch.Generator().manual_seed(1)).to(dt)
-        g1, g2 = torch.Generator().manual_seed(2), torch.Generator().manual_seed(2)
-        if not (torch.equal(torch.bernoulli(p, generator=g1), _uniform_draws(p, g2))
-                and torch.equal(g1.get_state(), g2.get_state())): return False
-    return True
+    """Whether `_uniform_draws` reproduces this torch build's CPU `torch.bernoulli` draw for draw, leaving the generator
+    in the same state (checked once per process, across refills of the mt19937 state)."""
+    try:
+        for dt, n in ((torch.float32, 1), (torch.bfloat16, 623), (torch.float16, 625), (torch.float32, 10_007),
+                      (torch.float64, 1000)):
+            p = torch.rand(3, n, generator=torch.Generator().manual_seed(1)).to(dt)
+            g1, g2 = torch.Generator().manual_seed(2), torch.Generator().manual_seed(2)
+            torch.rand(n % 700, generator=g1); torch.rand(n % 700, generator=g2)
+            if not (torch.equal(torch.bernoulli(p, generator=g1), _uniform_draws(p, g2))
+                    and torch.equal(g1.get_state(), g2.get_state())): return False
+        return True
+    except Exception: return False
 
 def _bernoulli(p: Tensor, generator: torch.Generator | None) -> Tensor:
     """Bernoulli(p) drawn where `generator` lives (the same draws whichever device merges), on `p`'s device. On the
-    CPU by `_uniform_draws` (the same draws as `torch.bernoulli`, `draws_like_bernoulli`; 3.5× faster here)."""
-    on_cpu = (generator.device if generator is not None else p.device).type == "cpu"
-    if on_cpu and draws_like_bernoulli(): return _uniform_draws(p, generator).to(p.device)
+    CPU from a given generator by `_uniform_draws` (the same draws as `torch.bernoulli`, `draws_like_bernoulli`)."""
+    if generator is not None and generator.device.type == "cpu" and draws_like_bernoulli():
+        return _uniform_draws(p, generator).to(p.device)
     if generator is None or generator.device == p.device: return torch.bernoulli(p, generator=generator)
     return torch.bernoulli(p.cpu(), generator=generator).to(p.device)
 
@@ -316,7 +366,7 @@ def sparsify_random(delta: Tensor, density: float, rescale="l1", generator: torc
     "DARE drop (Yu et al. 2024): keep each entry with probability ρ (mask ~ Bernoulli(ρ)), then rescale."
     if density >= 1: return delta
     work = _work_dtype(delta, generator)
-    if (generator is None or generator.device.type == "cpu") and delta.device.type == "cpu" and draws_like_bernoulli():
+    if generator is not None and generator.device.type == "cpu" and delta.device.type == "cpu" and draws_like_bernoulli():
         mask = _uniform_draws(torch.tensor(density, dtype=work), generator, delta.shape)   # ρ rounded to `work` first
     else: mask = _bernoulli(torch.full_like(delta, density, dtype=work), generator)
     if density <= 0: return torch.zeros_like(delta)   # after the draw, so later models see the same random stream
@@ -832,13 +882,60 @@ def multislerp(tensors: list[Tensor], base: Tensor | None, *, weight: float, nor
     res = (res * (norms.squeeze(-1) * w).sum()).view(x.shape[1:])
     return res + base if base is not None else res
 
+# %% ../nbs/02_methods.ipynb #c7a1e0b3
+def _karcher_tangent(U, active, mean, dots, coefs, T):
+    """`T = Σᵢ cᵢ·(uᵢ − dotᵢ·mean)` over the `active` rows of `U`, bfloat16 (uint16 patterns) in and out, each operation
+    in float32 and rounded to bfloat16 (nearest even, NaN kept) as torch's bfloat16 CPU kernels round it, accumulated
+    from zero in row order: mergekit's Karcher tangent, one pass instead of 4N + 1. Compiled by numba (`_karcher_kernels`)."""
+    def rb(x):
+        b = np.float32(x).view(np.uint32)
+        r = np.uint32(np.uint32(b + np.uint32(0x7FFF) + np.uint32(np.uint32(b >> np.uint32(16)) & np.uint32(1))) & np.uint32(0xFFFF0000))
+        return np.uint32(np.uint32(0x7FC00000) if np.uint32(b & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000) else r).view(np.float32)
+    N, n = U.shape
+    C = 4096
+    m, t = np.empty(C, np.float32), np.empty(C, np.float32)
+    for s in range(0, n, C):
+        w = min(C, n - s)
+        ms, Ts = mean[s:s + w], T[s:s + w]
+        for j in range(w):
+            m[j] = np.uint32(np.uint32(ms[j]) << np.uint32(16)).view(np.float32); t[j] = 0.0
+        for i in range(N):
+            if not active[i]: continue
+            d, c, Ui = dots[i], coefs[i], U[i, s:s + w]
+            for j in range(w):
+                u = np.uint32(np.uint32(Ui[j]) << np.uint32(16)).view(np.float32)
+                t[j] = rb(t[j] + rb(c * rb(u - rb(d * m[j]))))
+        for j in range(w): Ts[j] = np.uint16(np.float32(t[j]).view(np.uint32) >> np.uint32(16))
+
+def _karcher_step(mean, T, tn, cs, ss, out):
+    """`out = cs·mean + ss·(T / tn)` in bfloat16 patterns, each operation rounded as torch rounds it (the scalars `cs`,
+    `ss` already bfloat16 values, as torch casts a leading 0-d float32 operand; `tn` float32)."""
+    def rb(x):
+        b = np.float32(x).view(np.uint32)
+        r = np.uint32(np.uint32(b + np.uint32(0x7FFF) + np.uint32(np.uint32(b >> np.uint32(16)) & np.uint32(1))) & np.uint32(0xFFFF0000))
+        return np.uint32(np.uint32(0x7FC00000) if np.uint32(b & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000) else r).view(np.float32)
+    for j in range(mean.shape[0]):
+        t = np.uint32(np.uint32(T[j]) << np.uint32(16)).view(np.float32)
+        m = np.uint32(np.uint32(mean[j]) << np.uint32(16)).view(np.float32)
+        out[j] = np.uint16(np.float32(rb(rb(cs * m) + rb(ss * rb(t / tn)))).view(np.uint32) >> np.uint32(16))
+
+@functools.cache
+def _karcher_kernels():
+    "`_karcher_tangent` and `_karcher_step` compiled by numba (IEEE float32: nothing reassociated or fused), cached on disk."
+    import numba
+    return tuple(numba.njit(nogil=True, cache=True, error_model="numpy")(f) for f in (_karcher_tangent, _karcher_step))
+
+
 # %% ../nbs/02_methods.ipynb #5a1741b7
 @merge_method("karcher", base="none", min_models=1, work_factor=2.5,
               params={"max_iter": ParamInfo("iterations of the Karcher-mean fixed point", range=(0, None)),
                       "tol": ParamInfo("convergence tolerance; norms below it count as zero", range=(0, None))},
               paper="Karcher 1977, Riemannian center of mass; mergekit `karcher` (arXiv:2603.04972)", presets=_MKP)
-def karcher(tensors: list[Tensor], base: Tensor | None, *, max_iter: int = 10, tol: float = 1e-5) -> Tensor:
-    "mergekit `karcher`: equal-weight Karcher mean of the unit directions on the hypersphere, scaled by the mean norm."
+def karcher(tensors: list[Tensor], base: Tensor | None, *, max_iter: int = 10, tol: float = 1e-5,
+            _fused: bool = True) -> Tensor:
+    """mergekit `karcher`: equal-weight Karcher mean of the unit directions on the hypersphere, scaled by the mean norm.
+    bfloat16 on the CPU: each iteration's tangent and step run compiled with torch's bfloat16 rounding, op for op
+    (`_karcher_kernels`; the same bits, asserted below), the dot products and norms with torch."""
     if len(tensors) == 1: return tensors[0]
     alphas = [1.0 / len(tensors)] * len(tensors)
     dt = torch.float64 if tensors[0].dtype == torch.float64 else torch.float32
@@ -853,20 +950,39 @@ def karcher(tensors: list[Tensor], base: Tensor | None, *, max_iter: int = 10, t
     for a, u in zip(va, vu): mean += a * u
     mn = torch.linalg.vector_norm(mean.to(dt))
     mean = vu[0].clone() if mn.item() < tol else (mean / mn).to(mean.dtype)
+    fused = _fused and mean.dtype == torch.bfloat16 and mean.device.type == "cpu"
+    if fused:
+        bits = lambda t: t.reshape(-1).view(torch.int16).numpy().view(np.uint16)
+        U = torch.stack([u.reshape(-1) for u in vu]).view(torch.int16).numpy().view(np.uint16)
+        tangent_kernel, step_kernel = _karcher_kernels()
     for _ in range(max_iter):
         check_stop()                                      # max_iter may be huge: Ctrl-C / SIGTERM must still stop it
-        tangent = torch.zeros_like(mean)
+        terms = []
         for a, u in zip(va, vu):
             dot = torch.clamp(torch.dot(mean.flatten(), u.flatten()), -1.0, 1.0)
             theta = torch.arccos(dot)
-            if theta.item() < tol: continue
-            tangent += a * (theta / torch.sin(theta)) * (u - dot * mean)
+            terms.append((dot, a * (theta / torch.sin(theta)), theta.item() >= tol))
+        if fused:
+            tangent = torch.empty_like(mean)
+            tangent_kernel(U, np.array([ok for *_, ok in terms]), bits(mean),
+                           np.array([float(d) for d, *_ in terms], np.float32),
+                           np.array([float(c) for _, c, _ in terms], np.float32), bits(tangent))
+        else:
+            tangent = torch.zeros_like(mean)
+            for (dot, c, ok), u in zip(terms, vu):
+                if ok: tangent += c * (u - dot * mean)
         tn = torch.linalg.vector_norm(tangent.to(dt))
         if tn.item() < tol: break
-        mean = (torch.cos(tn) * mean + torch.sin(tn) * (tangent / tn)).to(mean.dtype)
+        if fused:
+            new = torch.empty_like(mean)
+            step_kernel(bits(mean), bits(tangent), np.float32(tn.item()), np.float32(torch.cos(tn).to(mean.dtype).item()),
+                        np.float32(torch.sin(tn).to(mean.dtype).item()), bits(new))
+            mean = new
+        else: mean = (torch.cos(tn) * mean + torch.sin(tn) * (tangent / tn)).to(mean.dtype)
         un = torch.linalg.vector_norm(mean.to(dt))
         if un.item() > tol: mean = (mean / un).to(mean.dtype)
     return sum(a * n for a, n in zip(alphas, norms)) * mean
+
 
 # %% ../nbs/02_methods.ipynb #1ea43341
 def _cosines(offsets: list[Tensor]) -> list[Tensor]:
