@@ -404,10 +404,13 @@ def _planned_method(cfg: MergeConfig) -> tuple[MergeMethod, MergeConfig]:
 # %% ../nbs/03_config.ipynb #109ab1c8
 def _plain_inputs(cfg: MergeConfig, method: MergeMethod, problems: list[str]) -> tuple[list[dict], list, Checkpoint | None]:
     """The `models` entries besides the base, their checkpoints (None where opening failed) and the base (None when the
-    method takes none), with the model-count and opening problems recorded."""
+    method takes none; a method registered `base_as_input` gets it as one more model, last, unless it is listed),
+    with the model-count and opening problems recorded."""
     models_cfg = list(cfg.models)
     if method.base != "none" and cfg.base_model is not None:
         models_cfg = [m for m in models_cfg if not _same_ref(m["model"], cfg.base_model)]
+    elif method.base_as_input and cfg.base_model is not None and not any(_same_ref(m["model"], cfg.base_model) for m in models_cfg):
+        models_cfg.append({"model": cfg.base_model, "parameters": {}})
     if method.base == "required" and cfg.base_model is None:
         problems.append(f"{method.name} needs a base_model")
     n = len(models_cfg)

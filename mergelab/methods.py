@@ -927,7 +927,7 @@ def _karcher_kernels():
 
 
 # %% ../nbs/02_methods.ipynb #5a1741b7
-@merge_method("karcher", base="none", min_models=1, work_factor=2.5,
+@merge_method("karcher", base="none", base_as_input=True, min_models=1, work_factor=2.5,
               params={"max_iter": ParamInfo("iterations of the Karcher-mean fixed point", range=(0, None)),
                       "tol": ParamInfo("convergence tolerance; norms below it count as zero", range=(0, None))},
               paper="Karcher 1977, Riemannian center of mass; mergekit `karcher` (arXiv:2603.04972)", presets=_MKP)

@@ -108,7 +108,9 @@ class MergeMethod:
     `rows` (a bool, or a test of the resolved parameters): each output row depends only on the same rows of the inputs
     and on per-tensor numbers a `prepare` pass can supply, so the planner may merge a tensor too large for the memory
     budget in row blocks; `casts_inputs`: the method receives its inputs as stored (bf16, fp16, …) and converts them to
-    its `compute` dtype itself, a chunk at a time, so the engine makes no whole-tensor up-cast copies."""
+    its `compute` dtype itself, a chunk at a time, so the engine makes no whole-tensor up-cast copies; `base_as_input`
+    (a method that takes no base): a given `base_model` not listed among the models joins them as one more input, last,
+    as mergekit 0.1.5 feeds it (Karcher's mean then averages it too)."""
     name: str
     fn: Callable
     params: dict[str, Param]
@@ -127,6 +129,7 @@ class MergeMethod:
     unchanged_is_base: bool = False   # every model at the base's value -> the base, bit for bit (the engine copies it)
     rows: bool | Callable[[dict], bool] = False
     casts_inputs: bool = False
+    base_as_input: bool = False
     def splits_rows(self, params: dict) -> bool:
         "Whether a group with these resolved parameters may be merged in row blocks (`rows`)."
         return bool(self.rows(params) if callable(self.rows) else self.rows)
@@ -192,7 +195,7 @@ def merge_method(name: str, *, work_factor: float, base: str = "required", per_m
                  presets: dict | None = None, params: dict[str, ParamInfo | str] | None = None,
                  prepare: Callable | None = None, validate: Callable[[str, dict], None] | None = None,
                  data: str | None = None, data_split: str | None = None, unchanged_is_base: bool | None = None,
-                 rows: bool | Callable[[dict], bool] = False, casts_inputs: bool = False):
+                 rows: bool | Callable[[dict], bool] = False, casts_inputs: bool = False, base_as_input: bool = False):
     """Register `fn(tensors, base, *, params...)` under `name`: types and defaults come from its signature, each
     parameter's doc, range and slider from `params` (a `ParamInfo` or just the doc; names not in the signature are
     ignored, so a family shares one table). `work_factor` is required (see `MergeMethod`). `validate(name, resolved)`
@@ -203,6 +206,7 @@ def merge_method(name: str, *, work_factor: float, base: str = "required", per_m
     if isinstance(work_factor, bool) or not isinstance(work_factor, (int, float)) or not work_factor > 0:
         raise TypeError(f"{name}: work_factor must be a positive number, got {work_factor!r}")
     if (data is None) != (data_split is None): raise TypeError(f"{name}: a data-aware method declares data and data_split")
+    if base_as_input and base != "none": raise TypeError(f"{name}: only a method that takes no base takes it as an input")
     def deco(fn):
         ps, wants = {}, set()
         for pname, p in inspect.signature(fn).parameters.items():
@@ -222,7 +226,7 @@ def merge_method(name: str, *, work_factor: float, base: str = "required", per_m
         METHODS[name] = MergeMethod(name, fn, ps, base, work_factor, min_models, max_models, compute, paper, presets or {},
                                     prepare, frozenset(wants), validate, data, data_split,
                                     base == "required" if unchanged_is_base is None else unchanged_is_base, rows,
-                                    casts_inputs)
+                                    casts_inputs, base_as_input)
         return fn
     return deco
 
