@@ -323,12 +323,12 @@ def _mt_kernel():
     return numba.njit(nogil=True, cache=True)(_mt_below)
 
 def _uniform_draws(p: Tensor, generator: torch.Generator, shape: Sequence[int] | None = None) -> Tensor:
-    """Bernoulli(p) on the CPU as torch's CPU kernel draws it: one uniform per entry, < p (float64 for float64 `p`,
-    with torch; float32 otherwise, compiled, from `generator`'s state, read, advanced and written back: its layout is
-    checked by `draws_like_bernoulli`). A 0-d `p` with `shape`: one probability for every entry."""
+    """Bernoulli(p) on the CPU as torch's CPU kernel draws it, as a bool mask: one uniform per entry, < p (float64 for
+    float64 `p`, with torch; float32 otherwise, compiled, from `generator`'s state, read, advanced and written back: its
+    layout is checked by `draws_like_bernoulli`). A 0-d `p` with `shape`: one probability for every entry."""
     shape = p.shape if shape is None else torch.Size(shape)
     if p.dtype == torch.float64:
-        return torch.rand(shape, generator=generator, dtype=torch.float64).lt_(p.item() if p.dim() == 0 else p.cpu()).to(p.dtype)
+        return torch.rand(shape, generator=generator, dtype=torch.float64) < (p.item() if p.dim() == 0 else p.cpu())
     s = generator.get_state().numpy().copy()            # seed u64, left i32, seeded i32, next u64, state u64[624], …
     left, nxt, st = s[8:12].view(np.int32), s[16:24].view(np.uint64), s[24:24 + 624 * 8].view(np.uint64)
     words = st.astype(np.uint32)
@@ -337,7 +337,7 @@ def _uniform_draws(p: Tensor, generator: torch.Generator, shape: Sequence[int] |
     left[0], nxt[0] = _mt_kernel()(words, int(left[0]), int(nxt[0]), probs, out)
     st[:] = words
     generator.set_state(torch.from_numpy(s))
-    return torch.from_numpy(out).reshape(shape).to(p.dtype)
+    return torch.from_numpy(out).reshape(shape)
 
 @functools.cache
 def draws_like_bernoulli() -> bool:
@@ -349,7 +349,7 @@ def draws_like_bernoulli() -> bool:
             p = torch.rand(3, n, generator=torch.Generator().manual_seed(1)).to(dt)
             g1, g2 = torch.Generator().manual_seed(2), torch.Generator().manual_seed(2)
             torch.rand(n % 700, generator=g1); torch.rand(n % 700, generator=g2)
-            if not (torch.equal(torch.bernoulli(p, generator=g1), _uniform_draws(p, g2))
+            if not (torch.equal(torch.bernoulli(p, generator=g1), _uniform_draws(p, g2).to(dt))
                     and torch.equal(g1.get_state(), g2.get_state())): return False
         return True
     except Exception: return False
@@ -358,7 +358,7 @@ def _bernoulli(p: Tensor, generator: torch.Generator | None) -> Tensor:
     """Bernoulli(p) drawn where `generator` lives (the same draws whichever device merges), on `p`'s device. On the
     CPU from a given generator by `_uniform_draws` (the same draws as `torch.bernoulli`, `draws_like_bernoulli`)."""
     if generator is not None and generator.device.type == "cpu" and draws_like_bernoulli():
-        return _uniform_draws(p, generator).to(p.device)
+        return _uniform_draws(p, generator).to(p.device, p.dtype)
     if generator is None or generator.device == p.device: return torch.bernoulli(p, generator=generator)
     return torch.bernoulli(p.cpu(), generator=generator).to(p.device)
 
@@ -366,8 +366,9 @@ def sparsify_random(delta: Tensor, density: float, rescale="l1", generator: torc
     "DARE drop (Yu et al. 2024): keep each entry with probability ρ (mask ~ Bernoulli(ρ)), then rescale."
     if density >= 1: return delta
     work = _work_dtype(delta, generator)
+    # ρ rounded to `work` first, as `full_like` does; the mask kept bool (δ·mask is δ·1.0 or δ·0.0, bit for bit)
     if generator is not None and generator.device.type == "cpu" and delta.device.type == "cpu" and draws_like_bernoulli():
-        mask = _uniform_draws(torch.tensor(density, dtype=work), generator, delta.shape)   # ρ rounded to `work` first
+        mask = _uniform_draws(torch.tensor(density, dtype=work), generator, delta.shape)
     else: mask = _bernoulli(torch.full_like(delta, density, dtype=work), generator)
     if density <= 0: return torch.zeros_like(delta)   # after the draw, so later models see the same random stream
     return rescale_masked(delta.to(work), mask, rescale, density).to(delta.dtype)
@@ -940,7 +941,12 @@ def karcher(tensors: list[Tensor], base: Tensor | None, *, max_iter: int = 10, t
     alphas = [1.0 / len(tensors)] * len(tensors)
     dt = torch.float64 if tensors[0].dtype == torch.float64 else torch.float32
     norms = [torch.linalg.vector_norm(x.to(dt)) for x in tensors]
-    units = [torch.zeros_like(x) if n.item() == 0.0 else (x / n).to(x.dtype) for x, n in zip(tensors, norms)]
+    fused = _fused and all(x.dtype == torch.bfloat16 and x.device.type == "cpu" for x in tensors)
+    if fused:                                             # the units as rows of one array for the compiled tangent
+        stacked = torch.empty(len(tensors), tensors[0].numel(), dtype=torch.bfloat16)
+        units = [stacked[i].view(x.shape).zero_() if n.item() == 0.0 else torch.div(x, n, out=stacked[i].view(x.shape))
+                 for i, (x, n) in enumerate(zip(tensors, norms))]
+    else: units = [torch.zeros_like(x) if n.item() == 0.0 else (x / n).to(x.dtype) for x, n in zip(tensors, norms)]
     valid = [i for i, n in enumerate(norms) if n.item() > tol]
     if not valid: return sum(x * 0 for x in tensors)
     va = [alphas[i] for i in valid]
@@ -950,10 +956,9 @@ def karcher(tensors: list[Tensor], base: Tensor | None, *, max_iter: int = 10, t
     for a, u in zip(va, vu): mean += a * u
     mn = torch.linalg.vector_norm(mean.to(dt))
     mean = vu[0].clone() if mn.item() < tol else (mean / mn).to(mean.dtype)
-    fused = _fused and mean.dtype == torch.bfloat16 and mean.device.type == "cpu"
     if fused:
         bits = lambda t: t.reshape(-1).view(torch.int16).numpy().view(np.uint16)
-        U = torch.stack([u.reshape(-1) for u in vu]).view(torch.int16).numpy().view(np.uint16)
+        U = (stacked if len(valid) == len(tensors) else stacked[valid]).view(torch.int16).numpy().view(np.uint16)
         tangent_kernel, step_kernel = _karcher_kernels()
     for _ in range(max_iter):
         check_stop()                                      # max_iter may be huge: Ctrl-C / SIGTERM must still stop it
