@@ -926,7 +926,6 @@ def _karcher_kernels():
     import numba
     return tuple(numba.njit(nogil=True, cache=True, error_model="numpy")(f) for f in (_karcher_tangent, _karcher_step))
 
-
 # %% ../nbs/02_methods.ipynb #5a1741b7
 @merge_method("karcher", base="none", base_as_input=True, min_models=1, work_factor=2.5,
               params={"max_iter": ParamInfo("iterations of the Karcher-mean fixed point", range=(0, None)),
@@ -966,7 +965,7 @@ def karcher(tensors: list[Tensor], base: Tensor | None, *, max_iter: int = 10, t
         for a, u in zip(va, vu):
             dot = torch.clamp(torch.dot(mean.flatten(), u.flatten()), -1.0, 1.0)
             theta = torch.arccos(dot)
-            terms.append((dot, a * (theta / torch.sin(theta)), theta.item() >= tol))
+            terms.append((dot, a * (theta / torch.sin(theta)), not theta.item() < tol))   # (NaN counts, as in mergekit)
         if fused:
             tangent = torch.empty_like(mean)
             tangent_kernel(U, np.array([ok for *_, ok in terms]), bits(mean),
@@ -987,7 +986,6 @@ def karcher(tensors: list[Tensor], base: Tensor | None, *, max_iter: int = 10, t
         un = torch.linalg.vector_norm(mean.to(dt))
         if un.item() > tol: mean = (mean / un).to(mean.dtype)
     return sum(a * n for a, n in zip(alphas, norms)) * mean
-
 
 # %% ../nbs/02_methods.ipynb #1ea43341
 def _cosines(offsets: list[Tensor]) -> list[Tensor]:
