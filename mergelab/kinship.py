@@ -32,9 +32,9 @@ def _moments(W, base, bf16, bf16_base, B, cnt, mean, G, C, D):
     `B`. Arrays are float32/float64, or uint16 bit patterns of bfloat16 where `bf16`/`bf16_base` say so (decoded
     exactly: the pattern is the top half of a float32). Per block: the float64 deltas, their means, then, centred, for
     every pair i ≤ j Σ δ̃ᵢδ̃ⱼ and Σ (δ̃ᵢ − δ̃ⱼ)² in one sweep over cache-resident data; the Gram and distance sums follow
-    exactly (Σ δᵢδⱼ = Σ δ̃ᵢδ̃ⱼ + w μᵢμⱼ, Σ (δᵢ − δⱼ)² = Σ (δ̃ᵢ − δ̃ⱼ)² + w (μᵢ − μⱼ)²: sums of non-negative terms, no
-    cancellation) and the centred co-moments merge by Chan et al.'s update. Returns the new count. Compiled by numba
-    (`_moments_kernel`)."""
+    (Σ δᵢδⱼ = Σ δ̃ᵢδ̃ⱼ + w μᵢμⱼ and Σ (δᵢ − δⱼ)² = Σ (δ̃ᵢ − δ̃ⱼ)² + w (μᵢ − μⱼ)², exact since Σ δ̃ᵢ = 0; the distance stays
+    a sum of non-negative terms, without the Gram's cancellation) and the centred co-moments merge by Chan et al.'s
+    update. Returns the new count. Compiled by numba (`_moments_kernel`)."""
     N, n = W.shape
     Xb, bb, bm, Cb = np.empty((N, B)), np.zeros(B), np.empty(N), np.empty((N, N))
     u = np.empty(B, np.uint32); f = u.view(np.float32)         # bfloat16 → float32: the pattern shifted up 16 bits
