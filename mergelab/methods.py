@@ -354,11 +354,14 @@ def draws_like_bernoulli() -> bool:
         return True
     except Exception: return False
 
+def _draws_on_cpu(generator: torch.Generator | None) -> bool:
+    "Whether `generator` is a CPU generator whose draws `_uniform_draws` reproduces (`draws_like_bernoulli`)."
+    return generator is not None and generator.device.type == "cpu" and draws_like_bernoulli()
+
 def _bernoulli(p: Tensor, generator: torch.Generator | None) -> Tensor:
     """Bernoulli(p) drawn where `generator` lives (the same draws whichever device merges), on `p`'s device. On the
     CPU from a given generator by `_uniform_draws` (the same draws as `torch.bernoulli`, `draws_like_bernoulli`)."""
-    if generator is not None and generator.device.type == "cpu" and draws_like_bernoulli():
-        return _uniform_draws(p, generator).to(p.device, p.dtype)
+    if _draws_on_cpu(generator): return _uniform_draws(p, generator).to(p.device, p.dtype)
     if generator is None or generator.device == p.device: return torch.bernoulli(p, generator=generator)
     return torch.bernoulli(p.cpu(), generator=generator).to(p.device)
 
@@ -367,8 +370,8 @@ def sparsify_random(delta: Tensor, density: float, rescale="l1", generator: torc
     if density >= 1: return delta
     work = _work_dtype(delta, generator)
     # ρ rounded to `work` first, as `full_like` does; the mask kept bool (δ·mask is δ·1.0 or δ·0.0, bit for bit)
-    if generator is not None and generator.device.type == "cpu" and delta.device.type == "cpu" and draws_like_bernoulli():
-        mask = _uniform_draws(torch.tensor(density, dtype=work), generator, delta.shape)
+    if _draws_on_cpu(generator):
+        mask = _uniform_draws(torch.tensor(density, dtype=work), generator, delta.shape).to(delta.device)
     else: mask = _bernoulli(torch.full_like(delta, density, dtype=work), generator)
     if density <= 0: return torch.zeros_like(delta)   # after the draw, so later models see the same random stream
     return rescale_masked(delta.to(work), mask, rescale, density).to(delta.dtype)
