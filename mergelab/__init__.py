@@ -12,7 +12,6 @@ from .io import (Checkpoint, task_vector, save_checkpoint, MergelabError, open_m
 from .registry import METHODS, get_method, merge_method, load_methods
 from .config import merge, merge_config, build_plan, estimate_peak_memory
 from .data_aware import data_source, DataSource, TaskData, adamerging, AdaMergingResult, DATA_METHODS
-from .search import evolve, kinship_greedy_merge, Gene, SearchSpace, SearchResult, SearchError
 load_methods()                                       # `import mergelab` leaves the registry complete
 
 # Each pillar's entry point, imported on first use (PEP 562) so that `import mergelab` (and the CLI) stays light.
@@ -20,7 +19,8 @@ _PILLARS = {"kinship_matrix": "kinship", "DeltaActivations": "activations", "del
             "interpolation_curve": "lmc", "barrier": "lmc", "weight_matching": "lmc", "activation_matching": "lmc",
             "lmc_probe": "lmc", "interference_report": "interference", "tall_compress": "masks",
             "load_zoo": "zoo", "extract_lora": "lora", "model_tree": "lineage",
-            "diagnose": "diagnosis", "build_moe": "moe"}
+            "diagnose": "diagnosis", "build_moe": "moe",
+            **dict.fromkeys(["evolve", "kinship_greedy_merge", "Gene", "SearchSpace", "SearchResult", "SearchError"], "search")}
 
 def __getattr__(name: str):
     "A pillar's entry point named in `_PILLARS` (`mergelab.kinship_matrix`, `mergelab.load_zoo`, ...), imported on first use."

@@ -10,7 +10,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Literal, Mapping, Sequence
 import numpy as np
-import pandas as pd
 import torch, yaml
 from fastcore.basics import patch
 import torch.nn.functional as F
@@ -18,7 +17,6 @@ from torch import nn, Tensor
 from .io import Checkpoint, MergelabError, open_model, open_module, open_tokenizer, module_key_map, read_safetensors_header, short_repr, is_conv1d
 from .registry import ConfigError, merge_method, METHODS, ParamInfo
 from .scheduler import TensorGroup, layer_index, run_groups, parse_device, model_device, to_device, module_on
-from .zoo import Zoo, load_zoo, build_mlp, cache_dir as user_cache_dir
 
 # %% auto #0
 __all__ = ['TOKEN_FIELDS', 'INPUT_FIELDS', 'STATS', 'Estimator', 'DATA_METHODS', 'DataError', 'TaskData', 'DataSource',
@@ -132,7 +130,6 @@ def _load_head(f: Path) -> nn.Linear:
     return h.eval()
 
 yaml.SafeDumper.add_representer(DataSource, lambda d, s: d.represent_dict(s.spec or {"data": repr(s)}))
-yaml.SafeDumper.add_representer(Zoo, lambda d, z: d.represent_dict({"zoo": z.name}))
 
 # %% ../nbs/10_data_aware.ipynb #23b6c0f1
 def _import(ref: str | Callable) -> Callable:
@@ -321,6 +318,7 @@ def data_source(spec: Any = None, *, split: str | None = None, n: int | None = N
     `(x, y)`, dicts of fields, texts, a Dataset or DataLoader), one such example set shared by every model, or a spec
     mapping `{zoo|path, split, n, tasks, seed, build}`. Keywords override the spec. Nothing here is written to YAML:
     a merge's record shows a spec, or in-memory data by its shape and content hash."""
+    from mergelab.zoo import Zoo, load_zoo                 # the zoos (and pandas) load only when data is named
     if isinstance(spec, DataSource): return _narrowed(spec, n, tasks)
     if spec is None: raise DataError("no data given: data-aware methods need `data`, e.g. data={'zoo': 'digits', "
                                      "'split': 'finetune', 'n': 256} or data={'path': 'inputs.npz'}")
@@ -375,6 +373,7 @@ def build_hf(sd: Mapping[str, Tensor], config: Mapping) -> nn.Module:
 
 def auto_build(ref: Any) -> Callable:
     "The backbone builder of a model reference: its `config.json` architecture (`build_hf`) when it has one, else the zoo MLP's."
+    from mergelab.zoo import build_mlp
     cfg = getattr(ref, "config", None) if isinstance(ref, Checkpoint) else None
     if cfg is None and isinstance(ref, (str, os.PathLike)): cfg = open_model(ref).config
     return functools.partial(build_hf, config=cfg) if isinstance(cfg, Mapping) and "model_type" in cfg else build_mlp
@@ -450,6 +449,7 @@ def _input_dirs(cks: Sequence[Checkpoint | None]) -> list[Path]:
 
 def stats_cache(cache_dir: str | os.PathLike | None, inputs: Sequence[Checkpoint | None] = ()) -> Path:
     "The statistics cache directory (`cache_dir`, else `user_cache_dir()/stats`), refusing one inside an input model's directory."
+    from mergelab.zoo import cache_dir as user_cache_dir
     root = (Path(cache_dir).expanduser() if cache_dir is not None else user_cache_dir() / "stats").resolve()
     for d in _input_dirs(inputs):
         if root == d or d in root.parents:
@@ -737,6 +737,7 @@ def _ada_fit(models: Sequence[Checkpoint], base: Checkpoint, tasks: Sequence[Tas
              clamp: bool = False, seed: int = 0, progress: bool = True, device: torch.device | None = None
              ) -> tuple[pd.DataFrame, pd.DataFrame]:
     "Learn the AdaMerging coefficients (the forward and backward passes on `device` when given); returns (coefficients, history)."
+    import pandas as pd
     if granularity not in ("task", "layer"): raise DataError(f"granularity must be 'task' or 'layer', got {granularity!r}")
     theta0, names, nets, tau, back = _task_vectors(models, base, tasks, build, device)
     G = 1 if granularity == "task" else len(names)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import copy, warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
-import pandas as pd
 import torch
 from torch import Tensor
 from .io import IncompatibleModels
@@ -34,6 +33,7 @@ class Vocabulary:
 
     def table(self) -> pd.DataFrame:
         "One row per output token some model lacks: its id, string, which models have it and where its fill comes from."
+        import pandas as pd                                  # not at the top: every merge imports this module
         have = torch.stack(self.index) >= 0
         rows = []
         for i in self.missing().tolist():

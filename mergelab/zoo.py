@@ -8,7 +8,7 @@ import json, os, shutil, time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
-import torch
+import torch, yaml
 import torch.nn.functional as F
 from torch import nn
 import pandas as pd
@@ -185,6 +185,8 @@ class Zoo:
     def lmc(self) -> "Zoo":
         "The `digits-lmc` zoo (models from different inits on one task)."
         return load_zoo("digits-lmc", root=self.root.parent)
+
+yaml.SafeDumper.add_representer(Zoo, lambda d, z: d.represent_dict({"zoo": z.name}))   # a config's record names the zoo
 
 # %% ../nbs/09_zoo.ipynb #4d523d22
 def _models(d: Path) -> dict[str, ZooModel]:
