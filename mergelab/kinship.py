@@ -4,7 +4,7 @@
 
 # %% ../nbs/04_kinship.ipynb #c396021d
 from __future__ import annotations
-import contextlib, ctypes, ctypes.util, functools, itertools, math, threading
+import contextlib, ctypes, ctypes.util, functools, itertools, math
 from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping, Sequence
 import numpy as np
@@ -14,13 +14,13 @@ from torch import Tensor
 from fastcore.basics import patch
 from .io import (Checkpoint, AdapterCheckpoint, IncompatibleModels, MergelabError, InvalidValue, open_model,
                          model_names, parse_size)
-from .scheduler import TensorGroup, map_reduce, layer_index, check_threads, parse_device
+from .scheduler import TensorGroup, map_reduce, layer_index, check_threads, parse_device, workspace
 from .memory import MemoryEstimate, available_memory, check_memory, pass_memory
 
 # %% auto #0
-__all__ = ['Metric', 'METRICS', 'DeltaStats', 'DeltaSet', 'open_deltas', 'release_heap', 'workspace', 'intraop_threads',
-           'DeltaStatistics', 'statistics_block', 'RowBlock', 'pass_budget', 'statistics_memory', 'delta_statistics',
-           'kinship_matrix', 'kinship', 'plot_kinship', 'plot_layer_kinship', 'layer_matrix', 'ranked_pairs']
+__all__ = ['Metric', 'METRICS', 'DeltaStats', 'DeltaSet', 'open_deltas', 'release_heap', 'intraop_threads', 'DeltaStatistics',
+           'statistics_block', 'RowBlock', 'pass_budget', 'statistics_memory', 'delta_statistics', 'kinship_matrix',
+           'kinship', 'plot_kinship', 'plot_layer_kinship', 'layer_matrix', 'ranked_pairs']
 
 # %% ../nbs/04_kinship.ipynb #e6a435b2
 Metric = Literal["pcc", "cosine", "abs_cosine", "euclidean"]
@@ -270,19 +270,6 @@ def release_heap() -> None:
         try: _LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"); _LIBC.malloc_trim
         except (OSError, AttributeError): _LIBC = False
     if _LIBC: _LIBC.malloc_trim(0)
-
-_WORKSPACE = threading.local()
-
-def workspace(numel: int | None, dtype: torch.dtype = torch.float64) -> Tensor | None:
-    """A 1-D scratch tensor of at least `numel` entries for this thread, kept across the work items of a pass: a pass
-    fills it block after block instead of faulting in fresh pages each time (a fresh 175 MB costs ~0.1 s here, more
-    than the arithmetic on it). `None` releases this thread's buffer (call it when the pass ends; the engine's worker
-    threads end with the pass, a Dask worker's threads keep one block each)."""
-    if numel is None: _WORKSPACE.__dict__.clear(); return None
-    buf, nbytes = getattr(_WORKSPACE, "buf", None), numel * dtype.itemsize     # one byte buffer whatever the dtype
-    if buf is None or buf.numel() < nbytes:
-        _WORKSPACE.buf = None; buf = _WORKSPACE.buf = torch.empty(nbytes, dtype=torch.uint8)
-    return buf[:nbytes].view(dtype)
 
 @contextlib.contextmanager
 def intraop_threads(n: int | None):

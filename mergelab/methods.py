@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 from .io import MergelabError
 from .registry import ConfigError, ParamInfo, merge_method, tensor_generator
-from .scheduler import TensorGroup, map_reduce, read_group, check_stop
+from .scheduler import TensorGroup, map_reduce, read_group, check_stop, workspace
 
 # %% auto #0
 __all__ = ['PARAM_INFO', 'GTA_FAMILY', 'task_arithmetic', 'ties', 'dare_ties', 'dare_linear', 'breadcrumbs', 'breadcrumbs_ties',
@@ -19,8 +19,9 @@ __all__ = ['PARAM_INFO', 'GTA_FAMILY', 'task_arithmetic', 'ties', 'dare_ties', '
            'introsort_slice', 'sorts_like_torch', 'topk_mask', 'sparsify_magnitude', 'draws_like_bernoulli',
            'sparsify_random', 'sparsify_outliers', 'sparsify_della', 'elect_sign', 'gta_merge', 'is_float_group',
            'radix_kth_abs', 'trim_input', 'topk_rank', 'row_thresholds', 'ties_prepare', 'GTAMember', 'gta_method',
-           'linear', 'slerp_tensors', 'slerp', 'nuslerp', 'multislerp', 'karcher', 'model_stock_t', 'model_stock',
-           'sce', 'nearswap', 'ram', 'passthrough', 'magmax', 'fusion_importance', 'arcee_fusion', 'wudi']
+           'linear', 'slerp_tensors', 'slerp', 'nuslerp', 'multislerp', 'bf16_bits', 'bf16_kernels', 'karcher',
+           'model_stock_t', 'model_stock', 'sce', 'nearswap', 'ram', 'passthrough', 'magmax', 'fusion_importance',
+           'arcee_fusion', 'wudi']
 
 # %% ../nbs/02_methods.ipynb #c927d91e
 PARAM_INFO: dict[str, ParamInfo] = {    # parameters several methods share; a registration adds or overrides its own
@@ -886,15 +887,41 @@ def multislerp(tensors: list[Tensor], base: Tensor | None, *, weight: float, nor
     res = (res * (norms.squeeze(-1) * w).sum()).view(x.shape[1:])
     return res + base if base is not None else res
 
+# %% ../nbs/02_methods.ipynb #c7a1e0b1
+def _round_bf16(x):
+    """The bfloat16 value nearest the float32 `x` (ties to even; a NaN becomes torch's 0x7FC0), as a float32: how torch's
+    bfloat16 CPU kernels round each result they compute in float32. Plain Python and numba-compilable (`bf16_kernels`)."""
+    b = np.float32(x).view(np.uint32)
+    r = np.uint32(np.uint32(b + np.uint32(0x7FFF) + np.uint32(np.uint32(b >> np.uint32(16)) & np.uint32(1))) & np.uint32(0xFFFF0000))
+    return np.uint32(np.uint32(0x7FC00000) if np.uint32(b & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000) else r).view(np.float32)
+
+def _from_bf16(u):
+    "The float32 value of the bfloat16 bit pattern `u` (uint16), exactly."
+    return np.uint32(np.uint32(u) << np.uint32(16)).view(np.float32)
+
+def _bits_bf16(x):
+    "The bfloat16 bit pattern (uint16) of a float32 that already holds a bfloat16 value."
+    return np.uint16(np.float32(x).view(np.uint32) >> np.uint32(16))
+
+def bf16_bits(t: Tensor) -> np.ndarray:
+    "A bfloat16 CPU tensor's entries as a flat uint16 array sharing its memory (a copy only where `t` is not contiguous)."
+    return t.reshape(-1).view(torch.int16).numpy().view(np.uint16)
+
+@functools.cache
+def bf16_kernels(*fns: Callable) -> tuple:
+    """`fns` compiled by numba (IEEE float32: nothing reassociated or fused; cached on disk), with `_round_bf16`,
+    `_from_bf16` and `_bits_bf16` compiled for them to call: kernels that compute as torch's bfloat16 CPU kernels do."""
+    import numba
+    g = globals()
+    for h in ("_round_bf16", "_from_bf16", "_bits_bf16"):
+        if not isinstance(g[h], numba.core.registry.CPUDispatcher): g[h] = numba.njit(nogil=True, cache=True)(g[h])
+    return tuple(numba.njit(nogil=True, cache=True, error_model="numpy")(f) for f in fns)
+
 # %% ../nbs/02_methods.ipynb #c7a1e0b3
 def _karcher_tangent(U, active, mean, dots, coefs, T):
     """`T = Σᵢ cᵢ·(uᵢ − dotᵢ·mean)` over the `active` rows of `U`, bfloat16 (uint16 patterns) in and out, each operation
     in float32 and rounded to bfloat16 (nearest even, NaN kept) as torch's bfloat16 CPU kernels round it, accumulated
-    from zero in row order: mergekit's Karcher tangent, one pass instead of 4N + 1. Compiled by numba (`_karcher_kernels`)."""
-    def rb(x):
-        b = np.float32(x).view(np.uint32)
-        r = np.uint32(np.uint32(b + np.uint32(0x7FFF) + np.uint32(np.uint32(b >> np.uint32(16)) & np.uint32(1))) & np.uint32(0xFFFF0000))
-        return np.uint32(np.uint32(0x7FC00000) if np.uint32(b & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000) else r).view(np.float32)
+    from zero in row order: mergekit's Karcher tangent, one pass instead of 4N + 1. Compiled by numba (`bf16_kernels`)."""
     N, n = U.shape
     C = 4096
     m, t = np.empty(C, np.float32), np.empty(C, np.float32)
@@ -902,32 +929,22 @@ def _karcher_tangent(U, active, mean, dots, coefs, T):
         w = min(C, n - s)
         ms, Ts = mean[s:s + w], T[s:s + w]
         for j in range(w):
-            m[j] = np.uint32(np.uint32(ms[j]) << np.uint32(16)).view(np.float32); t[j] = 0.0
+            m[j] = _from_bf16(ms[j]); t[j] = 0.0
         for i in range(N):
             if not active[i]: continue
             d, c, Ui = dots[i], coefs[i], U[i, s:s + w]
             for j in range(w):
-                u = np.uint32(np.uint32(Ui[j]) << np.uint32(16)).view(np.float32)
-                t[j] = rb(t[j] + rb(c * rb(u - rb(d * m[j]))))
-        for j in range(w): Ts[j] = np.uint16(np.float32(t[j]).view(np.uint32) >> np.uint32(16))
+                u = _from_bf16(Ui[j])
+                t[j] = _round_bf16(t[j] + _round_bf16(c * _round_bf16(u - _round_bf16(d * m[j]))))
+        for j in range(w): Ts[j] = _bits_bf16(t[j])
 
 def _karcher_step(mean, T, tn, cs, ss, out):
     """`out = cs·mean + ss·(T / tn)` in bfloat16 patterns, each operation rounded as torch rounds it (the scalars `cs`,
     `ss` already bfloat16 values, as torch casts a leading 0-d float32 operand; `tn` float32)."""
-    def rb(x):
-        b = np.float32(x).view(np.uint32)
-        r = np.uint32(np.uint32(b + np.uint32(0x7FFF) + np.uint32(np.uint32(b >> np.uint32(16)) & np.uint32(1))) & np.uint32(0xFFFF0000))
-        return np.uint32(np.uint32(0x7FC00000) if np.uint32(b & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000) else r).view(np.float32)
     for j in range(mean.shape[0]):
-        t = np.uint32(np.uint32(T[j]) << np.uint32(16)).view(np.float32)
-        m = np.uint32(np.uint32(mean[j]) << np.uint32(16)).view(np.float32)
-        out[j] = np.uint16(np.float32(rb(rb(cs * m) + rb(ss * rb(t / tn)))).view(np.uint32) >> np.uint32(16))
-
-@functools.cache
-def _karcher_kernels():
-    "`_karcher_tangent` and `_karcher_step` compiled by numba (IEEE float32: nothing reassociated or fused), cached on disk."
-    import numba
-    return tuple(numba.njit(nogil=True, cache=True, error_model="numpy")(f) for f in (_karcher_tangent, _karcher_step))
+        t = _from_bf16(T[j])
+        m = _from_bf16(mean[j])
+        out[j] = _bits_bf16(_round_bf16(_round_bf16(cs * m) + _round_bf16(ss * _round_bf16(t / tn))))
 
 # %% ../nbs/02_methods.ipynb #5a1741b7
 @merge_method("karcher", base="none", base_as_input=True, min_models=1, work_factor=2.5,
@@ -938,7 +955,7 @@ def karcher(tensors: list[Tensor], base: Tensor | None, *, max_iter: int = 10, t
             _fused: bool = True) -> Tensor:
     """mergekit `karcher`: equal-weight Karcher mean of the unit directions on the hypersphere, scaled by the mean norm.
     bfloat16 on the CPU: each iteration's tangent and step run compiled with torch's bfloat16 rounding, op for op
-    (`_karcher_kernels`; the same bits, asserted below), the dot products and norms with torch."""
+    (`bf16_kernels`; the same bits, asserted below), the dot products and norms with torch."""
     if len(tensors) == 1: return tensors[0]
     alphas = [1.0 / len(tensors)] * len(tensors)
     dt = torch.float64 if tensors[0].dtype == torch.float64 else torch.float32
@@ -959,9 +976,8 @@ def karcher(tensors: list[Tensor], base: Tensor | None, *, max_iter: int = 10, t
     mn = torch.linalg.vector_norm(mean.to(dt))
     mean = vu[0].clone() if mn.item() < tol else (mean / mn).to(mean.dtype)
     if fused:
-        bits = lambda t: t.reshape(-1).view(torch.int16).numpy().view(np.uint16)
         U = (stacked if len(valid) == len(tensors) else stacked[valid]).view(torch.int16).numpy().view(np.uint16)
-        tangent_kernel, step_kernel = _karcher_kernels()
+        tangent_kernel, step_kernel = bf16_kernels(_karcher_tangent, _karcher_step)
     for _ in range(max_iter):
         check_stop()                                      # max_iter may be huge: Ctrl-C / SIGTERM must still stop it
         terms = []
@@ -971,9 +987,9 @@ def karcher(tensors: list[Tensor], base: Tensor | None, *, max_iter: int = 10, t
             terms.append((dot, a * (theta / torch.sin(theta)), not theta.item() < tol))   # (NaN counts, as in mergekit)
         if fused:
             tangent = torch.empty_like(mean)
-            tangent_kernel(U, np.array([ok for *_, ok in terms]), bits(mean),
+            tangent_kernel(U, np.array([ok for *_, ok in terms]), bf16_bits(mean),
                            np.array([float(d) for d, *_ in terms], np.float32),
-                           np.array([float(c) for _, c, _ in terms], np.float32), bits(tangent))
+                           np.array([float(c) for _, c, _ in terms], np.float32), bf16_bits(tangent))
         else:
             tangent = torch.zeros_like(mean)
             for (dot, c, ok), u in zip(terms, vu):
@@ -982,8 +998,8 @@ def karcher(tensors: list[Tensor], base: Tensor | None, *, max_iter: int = 10, t
         if tn.item() < tol: break
         if fused:
             new = torch.empty_like(mean)
-            step_kernel(bits(mean), bits(tangent), np.float32(tn.item()), np.float32(torch.cos(tn).to(mean.dtype).item()),
-                        np.float32(torch.sin(tn).to(mean.dtype).item()), bits(new))
+            step_kernel(bf16_bits(mean), bf16_bits(tangent), np.float32(tn.item()), np.float32(torch.cos(tn).to(mean.dtype).item()),
+                        np.float32(torch.sin(tn).to(mean.dtype).item()), bf16_bits(new))
             mean = new
         else: mean = (torch.cos(tn) * mean + torch.sin(tn) * (tangent / tn)).to(mean.dtype)
         un = torch.linalg.vector_norm(mean.to(dt))
@@ -1026,6 +1042,41 @@ def model_stock(tensors: list[Tensor], base: Tensor, *, filter_wise: bool = Fals
     t = model_stock_t(tensors, base, filter_wise, average)
     return (t * (sum(ws) / len(ws)) + (1 - t) * w0).reshape(base.shape)
 
+# %% ../nbs/02_methods.ipynb #a8cf56e6
+def _sce_deltas(t, base, tv, sq):
+    "`tv = t − base` and `sq = tv²`, bfloat16 patterns in and out, each rounded as torch rounds it (`bf16_kernels`)."
+    for j in range(t.shape[0]):
+        d = _round_bf16(_from_bf16(t[j]) - _from_bf16(base[j]))
+        tv[j] = _bits_bf16(d); sq[j] = _bits_bf16(_round_bf16(d * d))
+
+def _sce_combine(TV, w, base, out):
+    """SCE's sign election and weighted disjoint mean in one pass over the task vectors `TV` (rows; bfloat16 patterns in
+    and out), as mergekit computes them with torch: the elected sign is + where Σᵢ δᵢ (float32, then rounded) ≥ 0, else
+    −; entry i counts where sign(δᵢ) is the elected sign; out = base + Σᵢ δᵢ·w'ᵢ / max(Σᵢ w'ᵢ, 1e-6) with w'ᵢ = wᵢ·[counts],
+    every product and quotient rounded to bfloat16 and every sum accumulated in float32 from +0, where torch rounds and
+    accumulates them (`bf16_kernels`)."""
+    N, n = TV.shape
+    lo = _round_bf16(np.float32(1e-6))
+    C = 4096
+    e, num, den = np.empty(C, np.float32), np.empty(C, np.float32), np.empty(C, np.float32)
+    for s in range(0, n, C):
+        m = min(C, n - s)
+        for j in range(m): e[j] = 0.0; num[j] = 0.0; den[j] = 0.0
+        for i in range(N):
+            for j in range(m): e[j] += _from_bf16(TV[i, s + j])
+        for j in range(m): e[j] = np.float32(1.0) if _round_bf16(e[j]) >= 0 else np.float32(-1.0)
+        for i in range(N):
+            wi = w[i]
+            for j in range(m):
+                d = _from_bf16(TV[i, s + j])
+                sg = np.float32(1.0) if d > 0 else (np.float32(-1.0) if d < 0 else np.float32(0.0))
+                wk = _round_bf16(wi * (np.float32(1.0) if sg == e[j] else np.float32(0.0)))
+                num[j] += _round_bf16(d * wk); den[j] += wk
+        for j in range(m):
+            dn = _round_bf16(den[j])
+            q = _round_bf16(_round_bf16(num[j]) / (lo if dn < lo else dn))
+            out[s + j] = _bits_bf16(_round_bf16(_from_bf16(base[s + j]) + q))
+
 # %% ../nbs/02_methods.ipynb #a8cf56e7
 def _sce_mask(tvs: Tensor, density: float) -> Tensor:
     if density <= 0: return torch.zeros_like(tvs[0])
@@ -1040,16 +1091,30 @@ def _sce_mask(tvs: Tensor, density: float) -> Tensor:
               params=PARAM_INFO | {"select_topk": ParamInfo("fraction of entries kept, by the variance of the task vectors across models",
                                                             range=(0, 1), step=0.01, slider=(0.01, 1))},
               paper="Wan et al. 2024, FuseChat: Knowledge Fusion of Chat Models (arXiv:2408.07990)", presets=_MKP)
-def sce(tensors: list[Tensor], base: Tensor, *, select_topk: float = 1.0, int8_mask: bool = False) -> Tensor:
-    "SCE (Wan et al. 2024), mergekit `sce`: variance top-k select, weights ∝ mean(δᵢ²), TIES sign erase, weighted mean."
+def sce(tensors: list[Tensor], base: Tensor, *, select_topk: float = 1.0, int8_mask: bool = False,
+        _fused: bool = True) -> Tensor:
+    """SCE (Wan et al. 2024), mergekit `sce`: variance top-k select, weights ∝ mean(δᵢ²), TIES sign erase, weighted mean.
+    bfloat16 on the CPU: the deltas and the erase-and-average run compiled with torch's rounding, op for op
+    (`_sce_deltas`, `_sce_combine`; the same bits, asserted below); the means and the top-k with torch."""
     if not tensors: return base
-    tv = torch.stack([t - base for t in tensors], dim=0)
-    if select_topk < 1: tv = tv * _sce_mask(tv, select_topk).unsqueeze(0)
-    erase = tv.sign() == elect_sign(tv)
-    w = tv.square().reshape(tv.shape[0], -1).mean(dim=1)
+    fused = _fused and all(t.dtype == torch.bfloat16 and t.device.type == "cpu" for t in (base, *tensors))
+    if fused:
+        deltas, combine = bf16_kernels(_sce_deltas, _sce_combine)
+        ws = workspace(2 * len(tensors) * base.numel(), base.dtype).view(2, len(tensors), *base.shape)
+        tv, sq = ws[0], ws[1]                             # reused across tensors: no fresh pages to fault in
+        for i, t in enumerate(tensors): deltas(bf16_bits(t), bf16_bits(base), bf16_bits(tv[i]), bf16_bits(sq[i]))
+    else: tv = torch.stack([t - base for t in tensors], dim=0)
+    if select_topk < 1:
+        tv = tv * _sce_mask(tv, select_topk).unsqueeze(0)             # (a new tensor: the workspace is not kept)
+        if fused: sq = tv.square()
+    w = (sq if fused else tv.square()).reshape(tv.shape[0], -1).mean(dim=1)
     total = torch.sum(w).item()
     w = torch.ones_like(w) / w.shape[0] if abs(total) < 1e-6 else w / total
-    w = w.reshape(-1, *([1] * base.dim())) * erase
+    if fused:
+        out = torch.empty_like(base)
+        combine(bf16_bits(tv).reshape(len(tensors), -1), w.float().numpy(), bf16_bits(base), bf16_bits(out))
+        return out
+    w = w.reshape(-1, *([1] * base.dim())) * (tv.sign() == elect_sign(tv))
     return base + (tv * w).sum(dim=0) / torch.sum(w, dim=0).clamp(min=1e-6)
 
 # %% ../nbs/02_methods.ipynb #ac9edba2
