@@ -864,27 +864,32 @@ def multislerp(tensors: list[Tensor], base: Tensor | None, *, weight: float, nor
                eps: float = 1e-8) -> Tensor:
     "mergekit `multislerp`: barycentric interpolation on the hypersphere via the tangent space at the weighted mean direction."
     if len(tensors) == 1: return tensors[0]
-    x = torch.stack(tensors, dim=0)
-    if base is not None: x -= base
-    flat = x.view(x.shape[0], -1)
-    w = torch.tensor(list(weight), dtype=x.dtype, device=x.device)
+    N, n, dt, dev = len(tensors), tensors[0].numel(), tensors[0].dtype, tensors[0].device
+    # mergekit's operations, each written into one of two N × numel buffers (this thread's workspace, kept across
+    # tensors) instead of a fresh tensor whose pages must be faulted in: the same kernels, the same bits
+    ws = workspace(2 * N * n, dt).view(2, N, n) if dev.type == "cpu" else torch.empty((2, N, n), dtype=dt, device=dev)
+    flat, units = torch.stack([t.reshape(-1) for t in tensors], out=ws[0]), ws[1]
+    if base is not None: flat -= base.reshape(-1)
+    w = torch.tensor(list(weight), dtype=dt, device=dev)
     if normalize_weights: w = w / w.sum()
     norms = torch.norm(flat, dim=-1, keepdim=True)
-    units = flat / (norms + eps)
-    mean = (units * w.view(-1, 1)).sum(0)
+    torch.div(flat, norms + eps, out=units)
+    mean = torch.mul(units, w.view(-1, 1), out=flat).sum(0)
     mean_norm = torch.norm(mean)
     if mean_norm < eps:
-        if x.shape[0] == 2:
-            res = (x[0] * w[0] + x[1] * w[1]).view(x.shape[1:])
+        if N == 2:
+            x = [t - base if base is not None else t for t in tensors]
+            res = (x[0] * w[0] + x[1] * w[1]).view(tensors[0].shape)
             return res + base if base is not None else res
         raise MergelabError("multislerp: the weighted mean direction is zero (antipodal inputs whose weights cancel); "
                             "change the weights")
     mean = mean / mean_norm
-    tangent = units - (units * mean).sum(-1, keepdim=True) * mean
-    tr = (tangent * w.view(-1, 1)).sum(0)
+    dots = torch.mul(units, mean, out=flat).sum(-1, keepdim=True)
+    tangent = torch.sub(units, torch.mul(dots, mean, out=flat), out=flat)
+    tr = torch.mul(tangent, w.view(-1, 1), out=flat).sum(0)
     tn = torch.norm(tr) + eps
     res = mean * torch.cos(tn) + tr * (torch.sin(tn) / tn)
-    res = (res * (norms.squeeze(-1) * w).sum()).view(x.shape[1:])
+    res = (res * (norms.squeeze(-1) * w).sum()).view(tensors[0].shape)
     return res + base if base is not None else res
 
 # %% ../nbs/02_methods.ipynb #c7a1e0b1
