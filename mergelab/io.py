@@ -604,7 +604,9 @@ def _writes(f):
 
 # %% ../nbs/00_io.ipynb #cbfdf2f0
 class ShardedWriter:
-    "Stream tensors into byte-bounded safetensors shards in a temporary directory; `commit()` moves it into place."
+    """Stream tensors into byte-bounded safetensors shards in a temporary directory; `commit()` moves it into place.
+    Each tensor's bytes go to its shard file as it arrives (after room kept for the header, written when the shard is
+    complete): nothing is buffered, and writing overlaps the work that produces the next tensor."""
     def __init__(self, out: str | Path, max_shard_size: int | str = "5GB", *, overwrite: bool = False,
                  inputs: Iterable = (), config: dict | None = None, donor: str | Path | None = None,
                  dtype: torch.dtype | None = None, metadata: dict[str, str] | None = None, weights_name: str = "model",
@@ -622,23 +624,40 @@ class ShardedWriter:
             clean_stale_temporaries(self.out)
             self.tmp.mkdir()
         except OSError as e: raise _unwritable(self.out, e) from e
-        self._buf, self._buf_bytes, self._shards, self._names = {}, 0, [], set()
+        self._buf, self._buf_bytes, self._shards, self._names = {}, 0, [], set()   # _buf: the open shard's entries
+        self._fd: int | None = None
         self.total_bytes, self.committed = 0, False
 
 # %% ../nbs/00_io.ipynb #7753cc20
+_SAFETENSORS_DTYPES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+                       torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+                       torch.bool: "BOOL", torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2",
+                       torch.uint16: "U16", torch.uint32: "U32", torch.uint64: "U64", torch.complex64: "C64"}
+_HEADER_ROOM = 64 * 2**10                                 # header bytes kept ahead of a shard's data (a multiple of 8)
+_TIGHT_BELOW = 64 * 2**20                                 # shards with less data are rewritten with an exact header
+
+def _pwrite(fd: int, data, offset: int) -> None:
+    "Write all of `data` (a buffer) at `offset` (the GIL is released while the system writes)."
+    mv = memoryview(data).cast("B")
+    while len(mv): k = os.pwrite(fd, mv, offset); mv, offset = mv[k:], offset + k
+
 @patch
 @_writes
 def add(self: ShardedWriter, name: str, t: torch.Tensor):
-    "Add one tensor; writes a shard first if `t` would not fit in the current one."
+    "Add one tensor: its bytes are written now, into a new shard if `t` would not fit in the current one."
     if self.committed: raise RuntimeError("writer already committed")
     if name in self._names: raise ValueError(f"tensor {name!r} written twice")
     t = t.detach().cpu()
     if self.dtype is not None and t.is_floating_point(): t = t.to(self.dtype)
-    if not t.is_contiguous() or t.untyped_storage().nbytes() != t.nbytes: t = t.contiguous().clone()
-    n = t.nbytes
+    if t.dtype not in _SAFETENSORS_DTYPES: raise ValueError(f"tensor {name!r}: safetensors has no {t.dtype} type")
+    t, n = t.contiguous(), t.nbytes
     if self._buf and self._buf_bytes + n > self.max_shard_size: self.flush()
-    self._buf[name], self._buf_bytes = t, self._buf_bytes + n
-    self._names.add(name); self.total_bytes += n
+    if self._fd is None:
+        self._file = self.tmp / f"shard-{len(self._shards):05d}.safetensors"
+        self._fd = os.open(self._file, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+    if n: _pwrite(self._fd, t.reshape(-1).view(torch.uint8).numpy(), 8 + _HEADER_ROOM + self._buf_bytes)
+    self._buf[name] = (_SAFETENSORS_DTYPES[t.dtype], list(t.shape), self._buf_bytes, self._buf_bytes + n)
+    self._buf_bytes += n; self._names.add(name); self.total_bytes += n
 
 @patch
 @_writes
@@ -649,11 +668,33 @@ def add_file(self: ShardedWriter, name: str, text: str):
 
 @patch
 def flush(self: ShardedWriter):
-    "Write the buffered tensors as one shard and free them."
-    if not self._buf: return
-    from safetensors.torch import save_file
-    f = self.tmp / f"shard-{len(self._shards):05d}.safetensors"
-    save_file(self._buf, str(f), metadata=self.metadata)
+    """Complete the open shard: its header (the safetensors format: an 8-byte length, then JSON padded with spaces)
+    goes into the room kept for it; a header that outgrew the room, or a small shard, gets an exact header and the
+    data is copied after it (in the kernel where the system can)."""
+    if self._fd is None: return
+    fd, f, size = self._fd, self._file, self._buf_bytes
+    try:
+        head = json.dumps({"__metadata__": self.metadata, **{k: {"dtype": d, "shape": s, "data_offsets": [b, e]}
+                                                             for k, (d, s, b, e) in self._buf.items()}},
+                          separators=(",", ":")).encode()
+        tight = -(-len(head) // 8) * 8
+        if tight <= _HEADER_ROOM and size >= _TIGHT_BELOW:
+            _pwrite(fd, struct.pack("<Q", _HEADER_ROOM) + head.ljust(_HEADER_ROOM, b" "), 0)
+        else:
+            g = f.with_suffix(".tight")
+            out = os.open(g, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                _pwrite(out, struct.pack("<Q", tight) + head.ljust(tight, b" "), 0)
+                src, dst, left = 8 + _HEADER_ROOM, 8 + tight, size
+                while left:
+                    try: k = os.copy_file_range(fd, out, left, src, dst)
+                    except (AttributeError, OSError): k = 0
+                    if not k:                             # no in-kernel copy here: through a buffer
+                        k = min(left, 64 * 2**20); _pwrite(out, os.pread(fd, k, src), dst)
+                    src, dst, left = src + k, dst + k, left - k
+            finally: os.close(out)
+            os.replace(g, f)
+    finally: os.close(fd); self._fd = None
     self._shards.append((f, list(self._buf)))
     self._buf, self._buf_bytes = {}, 0
 
@@ -714,6 +755,7 @@ def _place(self: ShardedWriter):
 @patch
 def abort(self: ShardedWriter):
     "Drop everything written so far."
+    if self._fd is not None: os.close(self._fd); self._fd = None
     self._buf = {}
     shutil.rmtree(self.tmp, ignore_errors=True)
 
