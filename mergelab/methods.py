@@ -981,7 +981,7 @@ def karcher(tensors: list[Tensor], base: Tensor | None, *, max_iter: int = 10, t
     mn = torch.linalg.vector_norm(mean.to(dt))
     mean = vu[0].clone() if mn.item() < tol else (mean / mn).to(mean.dtype)
     if fused:
-        U = (stacked if len(valid) == len(tensors) else stacked[valid]).view(torch.int16).numpy().view(np.uint16)
+        U = bf16_bits(stacked if len(valid) == len(tensors) else stacked[valid]).reshape(len(valid), -1)
         tangent_kernel, step_kernel = bf16_kernels(_karcher_tangent, _karcher_step)
     for _ in range(max_iter):
         check_stop()                                      # max_iter may be huge: Ctrl-C / SIGTERM must still stop it
