@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_io.ipynb #7c3c4203
 from __future__ import annotations
-import copy, ctypes, errno, functools, glob, json, os, re, reprlib, shutil, struct, tempfile, uuid, math
+import copy, ctypes, errno, functools, glob, json, mmap, os, re, reprlib, shutil, struct, tempfile, uuid, weakref, math
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
 import torch
@@ -14,13 +14,13 @@ from safetensors import SafetensorError
 # %% auto #0
 __all__ = ['TOKENIZER_FILES', 'LOSS_METRICS', 'MergelabError', 'CheckpointNotFound', 'CorruptCheckpoint', 'UnsafeCheckpoint',
            'IncompatibleModels', 'OutputExists', 'UnsafeOutput', 'OutputNotWritable', 'InvalidValue', 'short_repr',
-           'read_safetensors_header', 'Checkpoint', 'StateDictCheckpoint', 'LazyCheckpoint', 'SafetensorsCheckpoint',
-           'TorchCheckpoint', 'user_path', 'inside_model', 'AdapterCheckpoint', 'apply_adapter', 'split_adapter_ref',
-           'open_model', 'parse_size', 'check_output_path', 'temporary_sibling', 'clean_stale_temporaries',
-           'exchange_paths', 'ShardedWriter', 'save_checkpoint', 'write_text_atomic', 'check_compatible', 'TaskVector',
-           'task_vector', 'adapter_ref', 'model_name', 'model_paths', 'model_names', 'module_from_config', 'is_conv1d',
-           'module_key_map', 'open_module', 'load_with_transformers', 'open_tokenizer', 'EvaluationError',
-           'lower_is_better', 'score_table', 'current_rss']
+           'read_safetensors_header', 'Checkpoint', 'StateDictCheckpoint', 'LazyCheckpoint', 'file_bytes',
+           'SafetensorsCheckpoint', 'TorchCheckpoint', 'user_path', 'inside_model', 'AdapterCheckpoint',
+           'apply_adapter', 'split_adapter_ref', 'open_model', 'parse_size', 'check_output_path', 'temporary_sibling',
+           'clean_stale_temporaries', 'exchange_paths', 'ShardedWriter', 'save_checkpoint', 'write_text_atomic',
+           'check_compatible', 'TaskVector', 'task_vector', 'adapter_ref', 'model_name', 'model_paths', 'model_names',
+           'module_from_config', 'is_conv1d', 'module_key_map', 'open_module', 'load_with_transformers',
+           'open_tokenizer', 'EvaluationError', 'lower_is_better', 'score_table', 'current_rss']
 
 # %% ../nbs/00_io.ipynb #f6fda86f
 class MergelabError(Exception):
@@ -172,9 +172,38 @@ class LazyCheckpoint(Checkpoint):
         self._fn, self._rows_fn, self.config, self.path = fn, rows_fn, config, path
     def _read(self, k): return self._fn(k)
 
+# %% ../nbs/00_io.ipynb #fc7ab48d
+_LIBC = ctypes.CDLL(None, use_errno=True) if os.name == "posix" else None    # the C library: mmap, madvise, munmap
+if _LIBC is not None:
+    _LIBC.mmap.restype, _LIBC.mmap.argtypes = ctypes.c_void_p, [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    _LIBC.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    _LIBC.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+
+def file_bytes(fd: int, begin: int, end: int, *, align: int = 1, what: str = "tensor") -> torch.Tensor:
+    """Bytes `[begin, end)` of the open file `fd` as a uint8 CPU tensor of its own: a private memory map where `begin` is
+    a multiple of `align` (copy-on-write: no copy and no fresh pages until written, and a write never reaches the file;
+    the map is removed with the last tensor that uses it), else one positional read into a fresh buffer. The file's
+    size is checked first: a file shorter than `end` raises `CorruptCheckpoint` naming `what`."""
+    n = end - begin
+    if n <= 0: return torch.empty(0, dtype=torch.uint8)
+    if os.fstat(fd).st_size < end:
+        raise CorruptCheckpoint(f"short read of {what} ({os.fstat(fd).st_size - begin} of {n} bytes); the file changed or is truncated")
+    if _LIBC is not None and begin % align == 0:
+        lo = begin - begin % mmap.ALLOCATIONGRANULARITY
+        addr = _LIBC.mmap(None, end - lo, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_PRIVATE, fd, lo)
+        if addr is not None and addr != ctypes.c_void_p(-1).value:
+            _LIBC.madvise(addr, end - lo, mmap.MADV_WILLNEED)         # read ahead now: faults find the pages cached
+            pages = (ctypes.c_uint8 * (end - lo)).from_address(addr)
+            weakref.finalize(pages, _LIBC.munmap, addr, end - lo).atexit = False
+            return torch.frombuffer(pages, dtype=torch.uint8)[begin - lo:]
+    buf = torch.empty(n, dtype=torch.uint8)
+    got = os.preadv(fd, [memoryview(buf.numpy())], begin)
+    if got != n: raise CorruptCheckpoint(f"short read of {what} ({got} of {n} bytes); the file changed or is truncated")
+    return buf
+
 # %% ../nbs/00_io.ipynb #fc7ab48e
 class SafetensorsCheckpoint(Checkpoint):
-    "One or more `.safetensors` files read tensor by tensor with positional reads; `index` is the shard index's weight map."
+    "One or more `.safetensors` files read tensor by tensor (`file_bytes`); `index` is the shard index's weight map."
     def __init__(self, shards: list[Path], path: Path, config: dict | None = None, index: dict[str, Path] | None = None):
         meta, self._where = {}, {}
         for shard in shards:
@@ -196,11 +225,7 @@ class SafetensorsCheckpoint(Checkpoint):
     def _read(self, k):
         f, (b, e) = self._where[k]
         shape, dtype = self._meta[k]
-        buf = torch.empty(e - b, dtype=torch.uint8)
-        if e > b:
-            n = os.preadv(self._fd(f), [memoryview(buf.numpy())], b)
-            if n != e - b: raise CorruptCheckpoint(f"{f}: short read of tensor {k!r} ({n} of {e - b} bytes); the file changed or is truncated")
-        return buf.view(dtype).reshape(shape)
+        return file_bytes(self._fd(f), b, e, align=_itemsize(dtype), what=f"tensor {k!r} in {f}").view(dtype).reshape(shape)
     def close(self):
         for fd in self._fds.values(): os.close(fd)
         self._fds = {}
@@ -490,14 +515,12 @@ def _read_rows(self: LazyCheckpoint, k: str, start: int, stop: int) -> torch.Ten
 # %% ../nbs/00_io.ipynb #c08ef4ad
 @patch
 def _read_rows(self: SafetensorsCheckpoint, k: str, start: int, stop: int) -> torch.Tensor:
-    "One positional read of just the bytes of rows `start:stop` (a safetensors tensor is row-major)."
+    "Just the bytes of rows `start:stop` (a safetensors tensor is row-major), through `file_bytes`."
     f, (b, e) = self._where[k]
     shape, dtype = self._meta[k]
     row = (e - b) // max(1, self.rows(k))              # a tensor with 0 rows has no bytes to read
-    buf = torch.empty((stop - start) * row, dtype=torch.uint8)
-    if len(buf):
-        n = os.preadv(self._fd(f), [memoryview(buf.numpy())], b + start * row)
-        if n != len(buf): raise CorruptCheckpoint(f"{f}: short read of tensor {k!r} ({n} of {len(buf)} bytes); the file changed or is truncated")
+    lo = b + start * row
+    buf = file_bytes(self._fd(f), lo, lo + (stop - start) * row, align=_itemsize(dtype), what=f"tensor {k!r} in {f}")
     return buf.view(dtype).reshape(stop - start, *shape[1:])
 
 @patch
@@ -635,6 +658,9 @@ _SAFETENSORS_DTYPES = {torch.float64: "F64", torch.float32: "F32", torch.float16
                        torch.uint16: "U16", torch.uint32: "U32", torch.uint64: "U64", torch.complex64: "C64"}
 _HEADER_ROOM = 64 * 2**10                                 # header bytes kept ahead of a shard's data (a multiple of 8)
 _TIGHT_BELOW = 64 * 2**20                                 # shards with less data are rewritten with an exact header
+_WRITE_BEHIND = 16 * 2**20                                # bytes written between two write-behind steps
+_SYNC_FILE_RANGE = getattr(_LIBC, "sync_file_range", None)       # Linux
+if _SYNC_FILE_RANGE is not None: _SYNC_FILE_RANGE.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
 
 def _pwrite(fd: int, data, offset: int) -> None:
     "Write all of `data` (a buffer) at `offset` (the GIL is released while the system writes)."
@@ -655,9 +681,27 @@ def add(self: ShardedWriter, name: str, t: torch.Tensor):
     if self._fd is None:
         self._file = self.tmp / f"shard-{len(self._shards):05d}.safetensors"
         self._fd = os.open(self._file, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        self._behind = (0, 0)
     if n: _pwrite(self._fd, t.reshape(-1).view(torch.uint8).numpy(), 8 + _HEADER_ROOM + self._buf_bytes)
     self._buf[name] = (_SAFETENSORS_DTYPES[t.dtype], list(t.shape), self._buf_bytes, self._buf_bytes + n)
     self._buf_bytes += n; self._names.add(name); self.total_bytes += n
+    self._write_behind()
+
+@patch
+def _write_behind(self: ShardedWriter):
+    """Write-behind for a long output: every `_WRITE_BEHIND` new bytes, start writing them to disk, then wait for the
+    bytes started one step earlier and drop them from the page cache. Dirty pages stay within two steps whatever the
+    model's size, and the next tensors reuse the dropped pages: fresh page-cache pages cost more than the disk on
+    machines whose free memory goes back to a hypervisor (2.6× here: 512 MB in 1.4–1.7 s, 0.55–0.58 s with this).
+    Linux only (`sync_file_range`); elsewhere, and where the file system refuses it, the system writes back as usual."""
+    dropped, started = self._behind
+    end = 8 + _HEADER_ROOM + self._buf_bytes
+    if _SYNC_FILE_RANGE is None or end - started < _WRITE_BEHIND: return
+    _SYNC_FILE_RANGE(self._fd, started, end - started, 2)               # SYNC_FILE_RANGE_WRITE: start, do not wait
+    if started > dropped:
+        _SYNC_FILE_RANGE(self._fd, dropped, started - dropped, 7)       # WAIT_BEFORE | WRITE | WAIT_AFTER
+        os.posix_fadvise(self._fd, dropped, started - dropped, os.POSIX_FADV_DONTNEED)
+    self._behind = (started, end)
 
 @patch
 @_writes
