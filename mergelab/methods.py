@@ -437,19 +437,11 @@ def elect_sign(votes: Tensor, zero_sign: str = "positive", majority: float | Non
     return s
 
 # %% ../nbs/02_methods.ipynb #c2dadf56
-def gta_merge(tensors: Sequence[Tensor], base: Tensor, *, weight: Sequence[float],
-              sparsify: Callable[[int, Tensor], Tensor] | None = None, consensus: bool = False,
-              normalize: bool = False, lambda_: float = 1.0, weighted_election: bool = True,
-              zero_sign: str = "positive", majority: float | None = None, disjoint: str = "auto") -> Tensor:
-    """Generalized task arithmetic (mergekit's GTA): θ₀ + λ·Σᵢ aᵢwᵢδ̂ᵢ [/ Σᵢ aᵢwᵢ], with aᵢ the
-    sign-agreement mask when `consensus` (TIES, Yadav et al. 2023) and aᵢ = 1 otherwise (Task Arithmetic). With
-    consensus, `disjoint="max"` takes γ ⊙ maxᵢ|aᵢwᵢδ̂ᵢ| instead (FusionBench's TIES `merge_func="max"`)."""
-    if not tensors: return base
-    n = len(tensors)
-    deltas = base.new_empty((n, *base.shape))
-    for i, t in enumerate(tensors):
-        deltas[i] = sparsify(i, t - base) if sparsify is not None else t - base
-    w = torch.tensor(list(weight), dtype=deltas.dtype, device=deltas.device).reshape(n, *([1] * base.dim()))
+_CHUNK = 1 << 20       # entries per chunk of a streamed pass: small reused buffers, no whole-tensor temporaries
+
+def _gta_combine(deltas: Tensor, base: Tensor, w: Tensor, consensus: bool, normalize: bool, lambda_: float,
+                 weighted_election: bool, zero_sign: str, majority: float | None, disjoint: str) -> Tensor:
+    "`gta_merge` after the sparsifier, on the stacked `deltas` (overwritten) of the entries of `base` (any block of them)."
     if consensus:
         if weighted_election: deltas.mul_(w)
         s = elect_sign(deltas, zero_sign, majority)
@@ -469,6 +461,31 @@ def gta_merge(tensors: Sequence[Tensor], base: Tensor, *, weight: Sequence[float
     if mean: mixed = mixed / divisor
     if lambda_ != 1: mixed = mixed * lambda_
     return (base + mixed).to(base.dtype)
+
+def gta_merge(tensors: Sequence[Tensor], base: Tensor, *, weight: Sequence[float],
+              sparsify: Callable[[int, Tensor], Tensor] | None = None, consensus: bool = False,
+              normalize: bool = False, lambda_: float = 1.0, weighted_election: bool = True,
+              zero_sign: str = "positive", majority: float | None = None, disjoint: str = "auto") -> Tensor:
+    """Generalized task arithmetic (mergekit's GTA): θ₀ + λ·Σᵢ aᵢwᵢδ̂ᵢ [/ Σᵢ aᵢwᵢ], with aᵢ the
+    sign-agreement mask when `consensus` (TIES, Yadav et al. 2023) and aᵢ = 1 otherwise (Task Arithmetic). With
+    consensus, `disjoint="max"` takes γ ⊙ maxᵢ|aᵢwᵢδ̂ᵢ| instead (FusionBench's TIES `merge_func="max"`). After the
+    sparsifier (which sees whole task vectors), every step is per entry: on the CPU it runs `_CHUNK` entries at a time,
+    so its temporaries (signs, masks, sums) are a chunk's, not the tensor's (the same bits, asserted below). The
+    tensor-wide majority sign of `zero_sign="majority"` needs the whole tensor: given no `majority`, it runs in one piece."""
+    if not tensors: return base
+    n = len(tensors)
+    deltas = base.new_empty((n, *base.shape))
+    for i, t in enumerate(tensors):
+        if sparsify is not None: deltas[i] = sparsify(i, t - base)
+        else: torch.sub(t, base, out=deltas[i])
+    w = torch.tensor(list(weight), dtype=deltas.dtype, device=deltas.device).reshape(n, *([1] * base.dim()))
+    args = (consensus, normalize, lambda_, weighted_election, zero_sign, majority, disjoint)
+    if base.device.type != "cpu" or base.numel() <= _CHUNK or (consensus and zero_sign != "positive" and majority is None):
+        return _gta_combine(deltas, base, w, *args)
+    flat, b, out = deltas.view(n, -1), base.reshape(-1), torch.empty(base.shape, dtype=base.dtype)
+    for s in range(0, b.numel(), _CHUNK):
+        out.view(-1)[s:s + _CHUNK] = _gta_combine(flat[:, s:s + _CHUNK], b[s:s + _CHUNK], w.view(n, 1), *args)
+    return out
 
 # %% ../nbs/02_methods.ipynb #c48d35e1
 def _group_deltas(g: TensorGroup, dtype: torch.dtype | None = None, compute_dtype: torch.dtype | None = None) -> list[Tensor]:
@@ -765,8 +782,6 @@ def gta_method(m: GTAMember) -> Callable:
 task_arithmetic, ties, dare_ties, dare_linear, breadcrumbs, breadcrumbs_ties, della, della_linear = map(gta_method, GTA_FAMILY)
 
 # %% ../nbs/02_methods.ipynb #87d85294
-_CHUNK = 1 << 20       # elements per chunk of a streamed fp32 pass: small reused buffers, no whole-tensor copies
-
 @merge_method("linear", base="none", per_model=("weight",), compute="fp32", work_factor=0.5, params=PARAM_INFO,
               paper="Wortsman et al. 2022, Model soups (arXiv:2203.05482)", presets=_MKP, rows=True, casts_inputs=True)
 def linear(tensors: list[Tensor], base: Tensor | None, *, weight: float, normalize: bool = True,
@@ -797,13 +812,15 @@ def linear(tensors: list[Tensor], base: Tensor | None, *, weight: float, normali
     return out
 
 # %% ../nbs/02_methods.ipynb #796a4e49
-def slerp_tensors(t: float, v0: Tensor, v1: Tensor, dot_threshold: float = 0.9995, eps: float = 1e-8) -> Tensor:
+def slerp_tensors(t: float, v0: Tensor, v1: Tensor, dot_threshold: float = 0.9995, eps: float = 1e-8,
+                  out_dtype: torch.dtype | None = None) -> Tensor:
     """Spherical linear interpolation (Shoemake 1985) of two tensors as flat vectors, mergekit's variant: fp32 (fp64
-    stays), chunked norms and dot, lerp when |cos| > `dot_threshold`; returned in `v0`'s dtype."""
+    stays), chunked norms and dot, lerp when |cos| > `dot_threshold`; each chunk is up-cast as it is read and rounded
+    into the output (`out_dtype`, else `v0`'s dtype) as it is done: no whole-tensor fp32 copies."""
     dt = torch.float64 if v0.dtype == torch.float64 else torch.float32
     a, b = v0.reshape(1, -1), v1.reshape(1, -1)
     tt = torch.tensor(t, dtype=dt).reshape(1, 1)
-    if not a.shape[1]: return ((1 - tt) * a + tt * b).reshape(v0.shape).to(v0.dtype)
+    if not a.shape[1]: return torch.empty(v0.shape, dtype=out_dtype or v0.dtype, device=v0.device)
     starts = range(0, a.shape[1], _CHUNK)
     chunk = lambda x, s: x[:, s:s + _CHUNK].to(dt)
     na = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(chunk(a, s), dim=1, keepdim=True) for s in starts]), dim=0)
@@ -815,17 +832,19 @@ def slerp_tensors(t: float, v0: Tensor, v1: Tensor, dot_threshold: float = 0.999
     sin_theta = torch.sin(theta)
     ca = torch.where(lin, 1 - tt, torch.sin((1 - tt) * theta) / sin_theta)
     cb = torch.where(lin, tt, torch.sin(tt * theta) / sin_theta)
-    out = torch.empty_like(a)
+    out = torch.empty(a.shape, dtype=out_dtype or v0.dtype, device=a.device)
     for s in starts: out[:, s:s + _CHUNK] = ca * chunk(a, s) + cb * chunk(b, s)
     return out.reshape(v0.shape)
 
 # %% ../nbs/02_methods.ipynb #7ab5d4e9
 @merge_method("slerp", base="required", min_models=1, max_models=1, compute="fp32", work_factor=2.0, unchanged_is_base=False,
+              casts_inputs=True,
               params={"t": ParamInfo("position on the arc: 0 the base, 1 the other model", step=0.05, slider=(0, 1), start=0.5)},
               paper="Shoemake 1985, Animating rotation with quaternion curves (SIGGRAPH)", presets=_MKP)
-def slerp(tensors: list[Tensor], base: Tensor, *, t: float) -> Tensor:
-    "SLERP from the base (t = 0) to the other model (t = 1), mergekit `slerp` (lerp fallback when |cos| > 0.9995)."
-    return slerp_tensors(t, base, tensors[0])
+def slerp(tensors: list[Tensor], base: Tensor, *, t: float, out_dtype: torch.dtype | None = None) -> Tensor:
+    """SLERP from the base (t = 0) to the other model (t = 1), mergekit `slerp` (lerp fallback when |cos| > 0.9995).
+    Inputs arrive as stored (`casts_inputs`); the output is rounded to `out_dtype` (passed by the engine) chunk by chunk."""
+    return slerp_tensors(t, base, tensors[0], out_dtype=out_dtype)
 
 # %% ../nbs/02_methods.ipynb #56d3d31b
 def _nuslerp(t: float, v0: Tensor, v1: Tensor, dim: int = -1, eps: float = 1e-8, flatten: bool = False) -> Tensor:
@@ -923,11 +942,12 @@ def bf16_kernels(*fns: Callable) -> tuple:
     return tuple(numba.njit(nogil=True, cache=True, error_model="numpy")(f) for f in fns)
 
 # %% ../nbs/02_methods.ipynb #c7a1e0b3
-def _karcher_tangent(U, active, mean, dots, coefs, T):
-    """`T = Σᵢ cᵢ·(uᵢ − dotᵢ·mean)` over the `active` rows of `U`, bfloat16 (uint16 patterns) in and out, each operation
+def _karcher_tangent(X, norms, active, mean, dots, coefs, T):
+    """`T = Σᵢ cᵢ·(uᵢ − dotᵢ·mean)` over the `active` models, with the unit uᵢ = xᵢ / ‖xᵢ‖ computed on the fly from the
+    model's entries `X[i]` (a tuple of arrays) and its float32 norm; bfloat16 (uint16 patterns) in and out, each operation
     in float32 and rounded to bfloat16 (nearest even, NaN kept) as torch's bfloat16 CPU kernels round it, accumulated
-    from zero in row order: mergekit's Karcher tangent, one pass instead of 4N + 1. Compiled by numba (`bf16_kernels`)."""
-    N, n = U.shape
+    from zero in model order: mergekit's Karcher tangent, one pass instead of 4N + 1. Compiled by numba (`bf16_kernels`)."""
+    N, n = len(X), mean.shape[0]
     C = 4096
     m, t = np.empty(C, np.float32), np.empty(C, np.float32)
     for s in range(0, n, C):
@@ -937,9 +957,9 @@ def _karcher_tangent(U, active, mean, dots, coefs, T):
             m[j] = _from_bf16(ms[j]); t[j] = 0.0
         for i in range(N):
             if not active[i]: continue
-            d, c, Ui = dots[i], coefs[i], U[i, s:s + w]
+            d, c, nrm, Xi = dots[i], coefs[i], norms[i], X[i][s:s + w]
             for j in range(w):
-                u = _from_bf16(Ui[j])
+                u = _round_bf16(_from_bf16(Xi[j]) / nrm)
                 t[j] = _round_bf16(t[j] + _round_bf16(c * _round_bf16(u - _round_bf16(d * m[j]))))
         for j in range(w): Ts[j] = _bits_bf16(t[j])
 
@@ -960,75 +980,89 @@ def karcher(tensors: list[Tensor], base: Tensor | None, *, max_iter: int = 10, t
             _fused: bool = True) -> Tensor:
     """mergekit `karcher`: equal-weight Karcher mean of the unit directions on the hypersphere, scaled by the mean norm.
     bfloat16 on the CPU: each iteration's tangent and step run compiled with torch's bfloat16 rounding, op for op
-    (`bf16_kernels`; the same bits, asserted below), the dot products and norms with torch."""
+    (`bf16_kernels`; the same bits, asserted below), the dot products and norms with torch; the units are recomputed
+    where they are read instead of stored, and the mean, a scratch tensor and the float32 copies the norms read live in
+    this thread's reused `workspace`: 8 bytes per entry besides the inputs."""
     if len(tensors) == 1: return tensors[0]
-    alphas = [1.0 / len(tensors)] * len(tensors)
+    N, k, shape = len(tensors), tensors[0].numel(), tensors[0].shape
+    alphas = [1.0 / N] * N
     dt = torch.float64 if tensors[0].dtype == torch.float64 else torch.float32
-    norms = [torch.linalg.vector_norm(x.to(dt)) for x in tensors]
     fused = _fused and all(x.dtype == torch.bfloat16 and x.device.type == "cpu" for x in tensors)
-    if fused:                                             # the units as rows of one array for the compiled tangent
-        stacked = torch.empty(len(tensors), tensors[0].numel(), dtype=torch.bfloat16)
-        units = [stacked[i].view(x.shape).zero_() if n.item() == 0.0 else torch.div(x, n, out=stacked[i].view(x.shape))
-                 for i, (x, n) in enumerate(zip(tensors, norms))]
-    else: units = [torch.zeros_like(x) if n.item() == 0.0 else (x / n).to(x.dtype) for x, n in zip(tensors, norms)]
+    if fused:                                             # a float32 copy, then the mean and a scratch tensor (bf16)
+        ws = workspace(8 * k, torch.uint8)
+        f32, rows = ws[:4 * k].view(torch.float32), ws[4 * k:].view(torch.bfloat16).view(2, k)
+        wide = lambda x: f32.view(x.shape).copy_(x)       # x.to(float32), written into the reused buffer
+        spare = rows[1].view(shape)
+    else: wide = lambda x: x.to(dt)
+    norms = [torch.linalg.vector_norm(wide(x)) for x in tensors]
     valid = [i for i, n in enumerate(norms) if n.item() > tol]
+    if fused:                                             # a valid model's unit, into `out` (x / ‖x‖ as torch divides)
+        units = [functools.partial(lambda x, n, out: torch.div(x, n, out=out), x, n) for x, n in zip(tensors, norms)]
+    else: units = [torch.zeros_like(x) if n.item() == 0.0 else (x / n).to(x.dtype) for x, n in zip(tensors, norms)]
     if not valid: return sum(x * 0 for x in tensors)
     va = [alphas[i] for i in valid]
     va = [a / sum(va) for a in va]
     vu = [units[i] for i in valid]
-    mean = torch.zeros_like(vu[0])
-    for a, u in zip(va, vu): mean += a * u
-    mn = torch.linalg.vector_norm(mean.to(dt))
-    mean = vu[0].clone() if mn.item() < tol else (mean / mn).to(mean.dtype)
+    mean = rows[0].view(shape).zero_() if fused else torch.zeros_like(vu[0])
+    for a, u in zip(va, vu): mean += u(spare).mul_(a) if fused else a * u
+    mn = torch.linalg.vector_norm(wide(mean))
+    if fused: mean = vu[0](mean) if mn.item() < tol else mean.div_(mn)
+    else: mean = vu[0].clone() if mn.item() < tol else (mean / mn).to(mean.dtype)
     if fused:
-        U = bf16_bits(stacked if len(valid) == len(tensors) else stacked[valid]).reshape(len(valid), -1)
+        X = tuple(bf16_bits(tensors[i]) for i in valid)
+        vn = np.array([norms[i].item() for i in valid], np.float32)
         tangent_kernel, step_kernel = bf16_kernels(_karcher_tangent, _karcher_step)
     for _ in range(max_iter):
         check_stop()                                      # max_iter may be huge: Ctrl-C / SIGTERM must still stop it
         terms = []
         for a, u in zip(va, vu):
-            dot = torch.clamp(torch.dot(mean.flatten(), u.flatten()), -1.0, 1.0)
+            dot = torch.clamp(torch.dot(mean.flatten(), (u(spare) if fused else u).flatten()), -1.0, 1.0)
             theta = torch.arccos(dot)
             terms.append((dot, a * (theta / torch.sin(theta)), not theta.item() < tol))   # (NaN counts, as in mergekit)
         if fused:
-            tangent = torch.empty_like(mean)
-            tangent_kernel(U, np.array([ok for *_, ok in terms]), bf16_bits(mean),
+            tangent = spare
+            tangent_kernel(X, vn, np.array([ok for *_, ok in terms]), bf16_bits(mean),
                            np.array([float(d) for d, *_ in terms], np.float32),
                            np.array([float(c) for _, c, _ in terms], np.float32), bf16_bits(tangent))
         else:
             tangent = torch.zeros_like(mean)
             for (dot, c, ok), u in zip(terms, vu):
                 if ok: tangent += c * (u - dot * mean)
-        tn = torch.linalg.vector_norm(tangent.to(dt))
+        tn = torch.linalg.vector_norm(wide(tangent))
         if tn.item() < tol: break
-        if fused:
-            new = torch.empty_like(mean)
+        if fused:                                         # the step, in place: each entry is read before it is written
             step_kernel(bf16_bits(mean), bf16_bits(tangent), np.float32(tn.item()), np.float32(torch.cos(tn).to(mean.dtype).item()),
-                        np.float32(torch.sin(tn).to(mean.dtype).item()), bf16_bits(new))
-            mean = new
+                        np.float32(torch.sin(tn).to(mean.dtype).item()), bf16_bits(mean))
         else: mean = (torch.cos(tn) * mean + torch.sin(tn) * (tangent / tn)).to(mean.dtype)
-        un = torch.linalg.vector_norm(mean.to(dt))
-        if un.item() > tol: mean = (mean / un).to(mean.dtype)
+        un = torch.linalg.vector_norm(wide(mean))
+        if un.item() > tol: mean = mean.div_(un) if fused else (mean / un).to(mean.dtype)
     return sum(a * n for a, n in zip(alphas, norms)) * mean
 
 # %% ../nbs/02_methods.ipynb #1ea43341
-def _cosines(offsets: list[Tensor]) -> list[Tensor]:
+def _cosines(offsets: list[Tensor], scratch: Tensor | None = None) -> list[Tensor]:
+    """mergekit's pairwise cosines of `offsets` along the last dim (each norm computed once; each product written into
+    `scratch`, a reused buffer of an offset's shape and dtype, when given): the same operations, the same bits."""
+    norms = [torch.norm(a, dim=-1) for a in offsets]
     out = []
     for i, a in enumerate(offsets):
-        for b in offsets[i + 1:]:
-            norm_product = torch.norm(a, dim=-1) * torch.norm(b, dim=-1)
-            out.append(((a * b).sum(dim=-1) / norm_product.clamp(min=1e-6)).clamp(-1, 1))
+        for j in range(i + 1, len(offsets)):
+            prod = a * offsets[j] if scratch is None else torch.mul(a, offsets[j], out=scratch)
+            out.append((prod.sum(dim=-1) / (norms[i] * norms[j]).clamp(min=1e-6)).clamp(-1, 1))
     return out
 
-def model_stock_t(tensors: Sequence[Tensor], base: Tensor, filter_wise: bool = False, average: str = "cosine") -> Tensor:
-    "Model Stock's interpolation ratio t = N·c̄/(1 + (N−1)·c̄) (not clamped; per row with `filter_wise`)."
+def model_stock_t(tensors: Sequence[Tensor], base: Tensor, filter_wise: bool = False, average: str = "cosine", *,
+                  scratch: Tensor | None = None) -> Tensor:
+    """Model Stock's interpolation ratio t = N·c̄/(1 + (N−1)·c̄) (not clamped; per row with `filter_wise`). `scratch`: a
+    flat buffer of (N + 1)·numel entries in the inputs' dtype that takes the offsets and products (no fresh pages)."""
     w0, ws = base, list(tensors)
     if filter_wise:
         if w0.dim() == 1: w0, ws = w0.unsqueeze(0), [w.unsqueeze(0) for w in ws]
     else: w0, ws = w0.reshape(-1), [w.reshape(-1) for w in ws]
-    cs = torch.stack(_cosines([w - w0 for w in ws]))
+    n, k = len(ws), w0.numel()
+    if scratch is None: cs = torch.stack(_cosines([w - w0 for w in ws]))
+    else: cs = torch.stack(_cosines([torch.sub(w, w0, out=scratch[i * k:(i + 1) * k].view(w0.shape)) for i, w in enumerate(ws)],
+                                    scratch[n * k:(n + 1) * k].view(w0.shape)))
     c = (cs.mean(dim=0) if average == "cosine" else torch.cos(torch.arccos(cs).mean(dim=0))).unsqueeze(-1)
-    n = len(ws)
     den = 1 + (n - 1) * c
     singular = den.abs() < 1e-6
     return torch.where(singular, torch.zeros_like(c), (n * c) / torch.where(singular, torch.ones_like(den), den))
@@ -1041,11 +1075,20 @@ def model_stock_t(tensors: Sequence[Tensor], base: Tensor, filter_wise: bool = F
               presets={"mergekit": {"average": "cosine"}, "fusionbench": {"average": "angle"}})
 def model_stock(tensors: list[Tensor], base: Tensor, *, filter_wise: bool = False,
                 average: Literal["cosine", "angle"] = "cosine") -> Tensor:
-    "Model Stock (Jang et al. 2024), mergekit `model_stock`: θ = t·mean(θᵢ) + (1 − t)·θ₀, t from the mean pairwise cosine."
+    """Model Stock (Jang et al. 2024), mergekit `model_stock`: θ = t·mean(θᵢ) + (1 − t)·θ₀, t from the mean pairwise cosine.
+    On the CPU, inputs of one dtype: mergekit's operations in the same order, their intermediates written into this
+    thread's reused `workspace` (the same bits, asserted below)."""
     w0 = base.unsqueeze(0) if filter_wise and base.dim() == 1 else (base if filter_wise else base.reshape(-1))
     ws = [w.unsqueeze(0) if filter_wise and base.dim() == 1 else (w if filter_wise else w.reshape(-1)) for w in tensors]
-    t = model_stock_t(tensors, base, filter_wise, average)
-    return (t * (sum(ws) / len(ws)) + (1 - t) * w0).reshape(base.shape)
+    n, k = len(ws), base.numel()
+    reuse = base.device.type == "cpu" and all(w.dtype == base.dtype and w.device == base.device for w in tensors)
+    scratch = workspace((n + 1) * k, base.dtype) if reuse else None
+    t = model_stock_t(tensors, base, filter_wise, average, scratch=scratch)
+    if scratch is None: return (t * (sum(ws) / n) + (1 - t) * w0).reshape(base.shape)
+    out = torch.add(ws[0], 0)                             # sum(ws) = 0 + w₁ + …: the first add as Python's sum makes it
+    for w in ws[1:]: out.add_(w)
+    out.div_(n).mul_(t)
+    return out.add_(torch.mul(w0, 1 - t, out=scratch[:k].view(w0.shape))).reshape(base.shape)
 
 # %% ../nbs/02_methods.ipynb #a8cf56e6
 def _sce_deltas(t, base, tv, sq):
