@@ -5,7 +5,7 @@ base + small noise), then times `mergelab merge` and, when mergekit is available
 alternating, each in a fresh process whose peak RSS is measured the same way (ru_maxrss of a single child).
 Prints the wall-time ratio, the peak-RSS ratio and the max |difference| of the outputs. Not a test.
 
-    python benchmarks/merge_bench.py [--layers 16] [--repeats 2] [--mergekit /path/to/mergekit-yaml] [--method ties|dare_ties|linear|slerp]
+    python benchmarks/merge_bench.py [--layers 16] [--repeats 2] [--mergekit /path/to/mergekit-yaml] [--method ties|dare_ties|linear|slerp|nuslerp|nearswap|arcee_fusion|...]
 """
 from __future__ import annotations
 import argparse, json, os, shutil, subprocess, sys, tempfile, time
@@ -92,6 +92,13 @@ def main():
     elif a.method == "slerp":                # base and the first fine-tune, t = 0.5
         text = (f"merge_method: slerp\nbase_model: {paths[0]}\nmodels:\n  - model: {paths[0]}\n  - model: {paths[1]}\n"
                 f"parameters: {{t: 0.5}}\ndtype: bfloat16\n")
+    elif a.method in ("nearswap", "arcee_fusion"):   # the base and the first fine-tune
+        extra = "parameters: {t: 0.001}\n" if a.method == "nearswap" else ""
+        text = (f"merge_method: {a.method}\nbase_model: {paths[0]}\nmodels:\n  - model: {paths[0]}\n"
+                f"  - model: {paths[1]}\n{extra}dtype: bfloat16\n")
+    elif a.method == "nuslerp":              # two fine-tunes, as task vectors of the base, equal weights
+        models = "".join(f"  - model: {p}\n    parameters: {{weight: 0.5}}\n" for p in paths[1:3])
+        text = f"merge_method: nuslerp\nbase_model: {paths[0]}\nmodels:\n{models}dtype: bfloat16\n"
     else:
         models = "".join(f"  - model: {p}\n    parameters: {{weight: {w}, density: {a.density}}}\n" for p in paths[1:])
         text = f"merge_method: {a.method}\nbase_model: {paths[0]}\nmodels:\n{models}dtype: bfloat16\n"
