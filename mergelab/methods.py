@@ -1181,14 +1181,22 @@ def nearswap(tensors: list[Tensor], base: Tensor, *, t: float) -> Tensor:
               params={"epsilon": ParamInfo("|δ| above which an entry counts as changed by a model", range=(0, None))},
               paper="Reinforced Agent Merging (arXiv:2601.13572); mergekit `ram`", presets=_MKP)
 def ram(tensors: list[Tensor], base: Tensor, *, epsilon: float = 1e-5) -> Tensor:
-    "mergekit `ram`: entries changed (|δ| > ε) by one model are summed, entries changed by several are averaged over them."
+    """mergekit `ram`: entries changed (|δ| > ε) by one model are summed, entries changed by several are averaged over them.
+    Every step is per entry: on the CPU it runs `_CHUNK` entries at a time, so the stacked task vectors, masks and
+    products are a chunk's, not the tensor's (mergekit's operations, the same bits, asserted below)."""
     if not tensors: return base
-    tv = torch.stack([t - base for t in tensors], dim=0).view(len(tensors), -1)
-    changed = tv.abs() > epsilon
-    counts = changed.sum(dim=0, keepdim=True)
-    z = tv * changed
-    merged = ((z * (counts == 1)) + (z * (counts > 1) / counts.clamp(min=1))).sum(dim=0, keepdim=True)
-    return base + merged.reshape_as(base)
+    flat, b, n = [t.reshape(-1) for t in tensors], base.reshape(-1), base.numel()
+    step, out = (_CHUNK if base.device.type == "cpu" else max(1, n)), None
+    for s in range(0, n, step):
+        tv = torch.stack([t[s:s + step] - b[s:s + step] for t in flat], dim=0)
+        changed = tv.abs() > epsilon
+        counts = changed.sum(dim=0, keepdim=True)
+        z = tv * changed
+        merged = ((z * (counts == 1)) + (z * (counts > 1) / counts.clamp(min=1))).sum(dim=0, keepdim=True)
+        r = b[s:s + step] + merged.view(-1)
+        if out is None: out = torch.empty(base.shape, dtype=r.dtype, device=base.device)
+        out.view(-1)[s:s + step] = r
+    return out if out is not None else base.clone()                  # an empty tensor
 
 # %% ../nbs/02_methods.ipynb #92d59d10
 @merge_method("passthrough", base="none", per_model=("scale",), min_models=1, max_models=1, work_factor=0.5,
