@@ -996,17 +996,17 @@ def karcher(tensors: list[Tensor], base: Tensor | None, *, max_iter: int = 10, t
     else: wide = lambda x: x.to(dt)
     norms = [torch.linalg.vector_norm(wide(x)) for x in tensors]
     valid = [i for i, n in enumerate(norms) if n.item() > tol]
-    if fused:                                             # a valid model's unit, into `out` (x / ‖x‖ as torch divides)
-        units = [functools.partial(lambda x, n, out: torch.div(x, n, out=out), x, n) for x, n in zip(tensors, norms)]
+    if fused:                                             # a valid model's unit, written into `out=` (x / ‖x‖)
+        units = [functools.partial(torch.div, x, n) for x, n in zip(tensors, norms)]
     else: units = [torch.zeros_like(x) if n.item() == 0.0 else (x / n).to(x.dtype) for x, n in zip(tensors, norms)]
     if not valid: return sum(x * 0 for x in tensors)
     va = [alphas[i] for i in valid]
     va = [a / sum(va) for a in va]
     vu = [units[i] for i in valid]
     mean = rows[0].view(shape).zero_() if fused else torch.zeros_like(vu[0])
-    for a, u in zip(va, vu): mean += u(spare).mul_(a) if fused else a * u
+    for a, u in zip(va, vu): mean += u(out=spare).mul_(a) if fused else a * u
     mn = torch.linalg.vector_norm(wide(mean))
-    if fused: mean = vu[0](mean) if mn.item() < tol else mean.div_(mn)
+    if fused: mean = vu[0](out=mean) if mn.item() < tol else mean.div_(mn)
     else: mean = vu[0].clone() if mn.item() < tol else (mean / mn).to(mean.dtype)
     if fused:
         X = tuple(bf16_bits(tensors[i]) for i in valid)
@@ -1016,7 +1016,7 @@ def karcher(tensors: list[Tensor], base: Tensor | None, *, max_iter: int = 10, t
         check_stop()                                      # max_iter may be huge: Ctrl-C / SIGTERM must still stop it
         terms = []
         for a, u in zip(va, vu):
-            dot = torch.clamp(torch.dot(mean.flatten(), (u(spare) if fused else u).flatten()), -1.0, 1.0)
+            dot = torch.clamp(torch.dot(mean.flatten(), (u(out=spare) if fused else u).flatten()), -1.0, 1.0)
             theta = torch.arccos(dot)
             terms.append((dot, a * (theta / torch.sin(theta)), not theta.item() < tol))   # (NaN counts, as in mergekit)
         if fused:
