@@ -402,7 +402,7 @@ def sparsify_outliers(delta: Tensor, density: float, gamma: float = 0.01, rescal
 # %% ../nbs/02_methods.ipynb #5c9b6336
 def sparsify_della(delta: Tensor, density: float, epsilon: float = 0.15, rescale="l1",
                    generator: torch.Generator | None = None, method: str = "della") -> Tensor:
-    """DELLA MagPrune (Deep et al. 2024), mergekit's variant: within each row (dim 1; 1-D = one row) the keep probability
+    """DELLA MagPrune (Deep et al. 2024), mergekit's variant: within each row (dim 1, any number of dims; 1-D = one row) the keep probability
     is (ρ − ε) + 2ε·rank_norm(|δ|), mask ~ Bernoulli, then one per-tensor rescale (`inverse_p`: each entry by its pᵢ).
     mergekit's ranks are `argsort(argsort(|δ|))`; the outer argsort of a permutation is its inverse, one scatter here."""
     if density >= 1: return delta
@@ -416,7 +416,8 @@ def sparsify_della(delta: Tensor, density: float, epsilon: float = 0.15, rescale
     # radix sort, not std::sort, hence the negation)
     key = magnitude_order_key(a)
     order = torch.argsort(a, dim=1) if key is None else torch.argsort(-key, dim=1, descending=True)
-    ranks = torch.empty_like(order).scatter_(1, order, torch.arange(order.shape[1]).expand_as(order)).to(work) + 1
+    positions = torch.arange(order.shape[1], device=order.device).view(1, -1, *[1] * (order.dim() - 2))   # along dim 1
+    ranks = torch.empty_like(order).scatter_(1, order, positions.expand_as(order)).to(work) + 1
     lo, hi = ranks.min(dim=1, keepdim=True).values, ranks.max(dim=1, keepdim=True).values
     rank_norm = ((ranks - lo) / (hi - lo)).clamp(0, 1)
     if x.shape[1] == 1: rank_norm = torch.full_like(rank_norm, 0.5)   # mergekit fails here (0/0); keep probability ρ
