@@ -17,11 +17,11 @@ from .scheduler import TensorGroup, map_reduce, read_group, check_stop, workspac
 __all__ = ['PARAM_INFO', 'GTA_FAMILY', 'task_arithmetic', 'ties', 'dare_ties', 'dare_linear', 'breadcrumbs', 'breadcrumbs_ties',
            'della', 'della_linear', 'rescale_masked', 'kth_threshold', 'magnitude_histogram', 'magnitude_order_key',
            'introsort_slice', 'sorts_like_torch', 'topk_mask', 'sparsify_magnitude', 'draws_like_bernoulli',
-           'sparsify_random', 'sparsify_outliers', 'sparsify_della', 'elect_sign', 'gta_merge', 'is_float_group',
-           'radix_kth_abs', 'trim_input', 'topk_rank', 'row_thresholds', 'ties_prepare', 'GTAMember', 'gta_method',
-           'linear', 'slerp_tensors', 'slerp', 'nuslerp', 'multislerp', 'bf16_bits', 'bf16_kernels', 'karcher',
-           'model_stock_t', 'model_stock', 'sce', 'nearswap', 'ram', 'passthrough', 'magmax', 'fusion_importance',
-           'arcee_fusion', 'wudi']
+           'sparsify_random', 'sparsify_outliers', 'sparsify_della', 'elect_sign', 'gta_merge', 'per_entry',
+           'is_float_group', 'radix_kth_abs', 'trim_input', 'topk_rank', 'row_thresholds', 'ties_prepare', 'GTAMember',
+           'gta_method', 'linear', 'slerp_tensors', 'slerp', 'nuslerp', 'multislerp', 'bf16_bits', 'bf16_kernels',
+           'karcher', 'model_stock_t', 'model_stock', 'sce', 'nearswap', 'ram', 'passthrough', 'magmax',
+           'fusion_importance', 'arcee_fusion', 'wudi']
 
 # %% ../nbs/02_methods.ipynb #c927d91e
 PARAM_INFO: dict[str, ParamInfo] = {    # parameters several methods share; a registration adds or overrides its own
@@ -488,6 +488,24 @@ def gta_merge(tensors: Sequence[Tensor], base: Tensor, *, weight: Sequence[float
         out.view(-1)[s:s + _CHUNK] = _gta_combine(flat[:, s:s + _CHUNK], b[s:s + _CHUNK], w.view(n, 1), *args)
     return out
 
+# %% ../nbs/02_methods.ipynb #9e1a2b31
+def per_entry(fn: Callable[..., Tensor], *tensors: Tensor) -> Tensor:
+    """`fn(*tensors)` for an `fn` whose every step is per entry (same-shaped inputs, flattened), written into one output
+    of their shape. On the CPU it runs `_CHUNK` entries at a time, so `fn`'s temporaries are a chunk's and reuse the
+    same memory from chunk to chunk instead of faulting in fresh pages (a fresh page costs more than the arithmetic of
+    most elementwise merges); the same bits as one piece. Elsewhere it is one piece."""
+    shape, n, dev = tensors[0].shape, tensors[0].numel(), tensors[0].device
+    flat = [t.reshape(-1) for t in tensors]
+    step = _CHUNK if dev.type == "cpu" else max(n, 1)
+    if n <= step: return fn(*flat).view(shape)
+    out = None
+    for s in range(0, n, step):
+        r = fn(*(t[s:s + step] for t in flat))
+        if out is None: out = torch.empty(n, dtype=r.dtype, device=dev)
+        out[s:s + step] = r
+    return out.view(shape)
+
+
 # %% ../nbs/02_methods.ipynb #c48d35e1
 def _group_deltas(g: TensorGroup, dtype: torch.dtype | None = None, compute_dtype: torch.dtype | None = None) -> list[Tensor]:
     "The task vectors of one group, computed in the dtype `merge_group` would use for a `compute='input'` method."
@@ -861,6 +879,34 @@ def _nuslerp(t: float, v0: Tensor, v1: Tensor, dim: int = -1, eps: float = 1e-8,
     if dim != -1 and not flatten: res = res.transpose(dim, -1)
     return res.reshape(shape)
 
+def _nuslerp_reused(t: float, v0: Tensor, v1: Tensor, base: Tensor | None, flatten: bool, eps: float = 1e-8) -> Tensor:
+    """`_nuslerp` over the flat tensor or its last dim on the CPU, plus `base` (of the task vectors v − base) where given:
+    the units and their product go into this thread's workspace, the combination runs row block by row block (flat:
+    `_CHUNK` entries), so no temporary is a fresh whole tensor. mergekit's operations in its layout: the same bits."""
+    shape, n = v0.shape, v0.numel()
+    C = 1 if flatten else shape[-1]
+    R, lay = n // C, (lambda x: x.reshape(-1)) if flatten else (lambda x: x)    # lay: the layout the reductions see
+    ws = workspace(2 * n, v0.dtype)
+    units = []
+    for v, buf in ((v0, ws[:n]), (v1, ws[n:])):
+        d = lay(torch.sub(v, base, out=buf.view(shape)) if base is not None else v)
+        torch.div(d, torch.norm(d, dim=-1, keepdim=True).clamp(min=1e-7), out=lay(buf.view(shape)))
+        units.append(lay(buf.view(shape)))
+    cos = torch.sum(torch.mul(units[0], units[1], out=units[0]), dim=-1, keepdim=True).clamp(-1, 1)
+    colinear = (1 - cos.square()) <= eps ** 2
+    theta = torch.acos(torch.where(colinear, 0, cos))
+    sa, sb, st, colinear = (x.reshape(-1, 1) for x in (torch.sin((1 - t) * theta), torch.sin(t * theta), torch.sin(theta), colinear))
+    step, out = max(1, _CHUNK // C), torch.empty((R, C), dtype=v0.dtype)
+    V0, V1, B = v0.reshape(R, C), v1.reshape(R, C), base.reshape(R, C) if base is not None else None
+    for s in range(0, R, step):
+        rows = slice(s, s + step)
+        pick = lambda x: x[rows] if x.shape[0] == R else x          # per-row scalars, or one for the flat tensor
+        d0, d1 = (V0[rows], V1[rows]) if B is None else (V0[rows] - B[rows], V1[rows] - B[rows])
+        res = (pick(sa) * d0 + pick(sb) * d1) / pick(st)
+        res = torch.where(pick(colinear), (1 - t) * d0 + t * d1, res)
+        out[rows] = res if B is None else B[rows] + res
+    return out.view(shape)
+
 @merge_method("nuslerp", base="optional", per_model=("weight",), min_models=2, max_models=2, work_factor=2.5,
               params=PARAM_INFO | {"weight": ParamInfo("per-model weight; t = w₂/(w₁ + w₂)", step=0.05, slider=(0, 2), start=1.0),
                                    "nuslerp_row_wise": "without nuslerp_flatten: SLERP vectors along dim 0 instead of the last dim",
@@ -872,6 +918,8 @@ def nuslerp(tensors: list[Tensor], base: Tensor | None, *, weight: float, nusler
     total = sum(weight)
     t = 0.5 if abs(total) < 1e-6 else weight[1] / total
     dim = 0 if nuslerp_row_wise else -1
+    if tensors[0].device.type == "cpu" and tensors[0].numel() and tensors[0].dim() and (nuslerp_flatten or dim == -1):
+        return _nuslerp_reused(t, tensors[0], tensors[1], base, nuslerp_flatten)
     if base is not None: return base + _nuslerp(t, tensors[0] - base, tensors[1] - base, dim=dim, flatten=nuslerp_flatten)
     return _nuslerp(t, tensors[0], tensors[1], dim=dim, flatten=nuslerp_flatten)
 
@@ -1172,10 +1220,11 @@ def sce(tensors: list[Tensor], base: Tensor, *, select_topk: float = 1.0, int8_m
                                      range=(0, None), step=0.05, slider=(0, 1), start=0.5)},
               paper="alchemonaut 2024, NearSwap (huggingface.co/alchemonaut/QuartetAnemoi-70B-t0.0001)", presets=_MKP)
 def nearswap(tensors: list[Tensor], base: Tensor, *, t: float) -> Tensor:
-    "mergekit `nearswap`: w = clamp(t/|a − b|, 0, 1), θ = w·b + (1 − w)·a with a the base."
-    a, b = base, tensors[0]
-    w = (t / torch.abs(a - b).clamp(min=1e-6)).clamp(min=0, max=1)
-    return w * b + (1 - w) * a
+    "mergekit `nearswap`: w = clamp(t/|a − b|, 0, 1), θ = w·b + (1 − w)·a with a the base; per entry (`per_entry`)."
+    def swap(a: Tensor, b: Tensor) -> Tensor:
+        w = (t / torch.abs(a - b).clamp(min=1e-6)).clamp(min=0, max=1)
+        return w * b + (1 - w) * a
+    return per_entry(swap, base, tensors[0])
 
 # %% ../nbs/02_methods.ipynb #e3bd3c36
 @merge_method("ram", base="required", min_models=1, work_factor=6.0,
@@ -1183,21 +1232,16 @@ def nearswap(tensors: list[Tensor], base: Tensor, *, t: float) -> Tensor:
               paper="Reinforced Agent Merging (arXiv:2601.13572); mergekit `ram`", presets=_MKP)
 def ram(tensors: list[Tensor], base: Tensor, *, epsilon: float = 1e-5) -> Tensor:
     """mergekit `ram`: entries changed (|δ| > ε) by one model are summed, entries changed by several are averaged over them.
-    Every step is per entry: on the CPU it runs `_CHUNK` entries at a time, so the stacked task vectors, masks and
-    products are a chunk's, not the tensor's (mergekit's operations, the same bits, asserted below)."""
+    Every step is per entry (`per_entry`), so the stacked task vectors, masks and products are a chunk's, not the
+    tensor's (mergekit's operations, the same bits, asserted below)."""
     if not tensors: return base
-    flat, b, n = [t.reshape(-1) for t in tensors], base.reshape(-1), base.numel()
-    step, out = (_CHUNK if base.device.type == "cpu" else max(1, n)), None
-    for s in range(0, n, step):
-        tv = torch.stack([t[s:s + step] - b[s:s + step] for t in flat], dim=0)
+    def combine(b: Tensor, *ts: Tensor) -> Tensor:
+        tv = torch.stack([t - b for t in ts], dim=0)
         changed = tv.abs() > epsilon
         counts = changed.sum(dim=0, keepdim=True)
         z = tv * changed
-        merged = ((z * (counts == 1)) + (z * (counts > 1) / counts.clamp(min=1))).sum(dim=0, keepdim=True)
-        r = b[s:s + step] + merged.view(-1)
-        if out is None: out = torch.empty(base.shape, dtype=r.dtype, device=base.device)
-        out.view(-1)[s:s + step] = r
-    return out if out is not None else base.clone()                  # an empty tensor
+        return b + ((z * (counts == 1)) + (z * (counts > 1) / counts.clamp(min=1))).sum(dim=0)
+    return per_entry(combine, base, *tensors)
 
 # %% ../nbs/02_methods.ipynb #92d59d10
 @merge_method("passthrough", base="none", per_model=("scale",), min_models=1, max_models=1, work_factor=0.5,
