@@ -32,6 +32,8 @@ CASES = [
     ("ties", dict(weight=1.0), dict(weight=1.0), "base", 3, False),
     ("ties", dict(weight=W3, density=[0.3, 0.5, 0.7], rescale=True, **{"lambda": 0.8}),
      dict(weight=W3, density=[0.3, 0.5, 0.7], rescale=True, **{"lambda": 0.8}), "base", 3, False),
+    ("ties", dict(weight=W3, density=0.4, normalize=False, **{"lambda": 0.8}),
+     dict(weight=W3, density=0.4, normalize=False, **{"lambda": 0.8}), "base", 3, False),
     ("dare_ties", dict(weight=W3, density=0.5), dict(weight=W3, density=0.5), "base", 3, True),
     ("dare_ties", dict(weight=W3, density=0.3, normalize=True), dict(weight=W3, density=0.3, normalize=True), "base", 3, True),
     ("dare_linear", dict(weight=W3, density=0.6), dict(weight=W3, density=0.6), "base", 3, True),

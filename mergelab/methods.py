@@ -17,10 +17,10 @@ from .scheduler import TensorGroup, map_reduce, read_group, check_stop, workspac
 __all__ = ['PARAM_INFO', 'GTA_FAMILY', 'task_arithmetic', 'ties', 'dare_ties', 'dare_linear', 'breadcrumbs', 'breadcrumbs_ties',
            'della', 'della_linear', 'rescale_masked', 'kth_threshold', 'magnitude_histogram', 'magnitude_order_key',
            'introsort_slice', 'sorts_like_torch', 'topk_mask', 'sparsify_magnitude', 'draws_like_bernoulli',
-           'sparsify_random', 'sparsify_outliers', 'sparsify_della', 'elect_sign', 'gta_merge', 'per_entry',
-           'is_float_group', 'radix_kth_abs', 'trim_input', 'topk_rank', 'row_thresholds', 'ties_prepare', 'GTAMember',
-           'gta_method', 'linear', 'slerp_tensors', 'slerp', 'nuslerp', 'multislerp', 'bf16_bits', 'bf16_kernels',
-           'karcher', 'model_stock_t', 'model_stock', 'sce', 'nearswap', 'ram', 'passthrough', 'magmax',
+           'sparsify_random', 'sparsify_outliers', 'sparsify_della', 'bf16_bits', 'bf16_kernels', 'elect_sign',
+           'gta_merge', 'per_entry', 'ties_bf16', 'is_float_group', 'radix_kth_abs', 'trim_input', 'topk_rank',
+           'row_thresholds', 'ties_prepare', 'GTAMember', 'gta_method', 'linear', 'slerp_tensors', 'slerp', 'nuslerp',
+           'multislerp', 'karcher', 'model_stock_t', 'model_stock', 'sce', 'nearswap', 'ram', 'passthrough', 'magmax',
            'fusion_importance', 'arcee_fusion', 'wudi']
 
 # %% ../nbs/02_methods.ipynb #c927d91e
@@ -108,8 +108,9 @@ def _introsort_band(A, I, s, e, Lb, Rb) -> bool:
     insertion sort of the (≤ 16-entry) ranges that hold them. Each partition is `std::__unguarded_partition` around the
     median of three; its stops are listed a block at a time without branches (Edelkamp & Weiß 2016, BlockQuicksort),
     the i-th left stop still swapping with the i-th right stop, so the moves are the sort's. False where introsort
-    would switch to heapsort (its depth limit). Compiled by numba (`_introsort_kernel`)."""
+    would switch to heapsort (its depth limit). `I` is filled with the ids 0…n−1 first. Compiled by numba (`_introsort_kernel`)."""
     n, B = len(A), len(Lb)
+    for j in range(n): I[j] = j
     depth, x = 0, n
     while x > 1: depth += 2; x >>= 1
     todo = [(0, n, depth)]
@@ -170,7 +171,8 @@ def _introsort_kernel():
     import numba
     return numba.njit(nogil=True, cache=True)(_introsort_band)
 
-def introsort_slice(key: Tensor, start: int, stop: int) -> tuple[np.ndarray, np.ndarray] | None:
+def introsort_slice(key: Tensor, start: int, stop: int, scratch: tuple[np.ndarray, np.ndarray] | None = None
+                    ) -> tuple[np.ndarray, np.ndarray] | None:
     """The entries that `torch.sort(key, descending=True)` puts at positions `start:stop`, without the sort. Torch sorts
     on the CPU with libstdc++'s `std::sort`, an introsort (Musser 1997, Introspective sorting and selection algorithms):
     median-of-three Hoare partitions down to 16-entry ranges, then a (stable) insertion sort. Its moves depend on
@@ -178,9 +180,14 @@ def introsort_slice(key: Tensor, start: int, stop: int) -> tuple[np.ndarray, np.
     every entry on the right side of them, in about 2n steps per boundary instead of n log n. Returns the keys and ids
     `(A, I)` after those moves: `I[start:stop]` are the ids the sort puts there (in some order). `key`: 1-D integers on
     the CPU (an ascending sort is the descending sort of `-key`). None where introsort would fall back to heapsort (its
-    depth limit). `sorts_like_torch` checks the simulation against this torch build before it is used."""
-    n = key.numel()
-    A, I = key.numpy().copy(), np.arange(n, dtype=np.int32 if n < 2**31 else np.int64)
+    depth limit). `sorts_like_torch` checks the simulation against this torch build before it is used. `scratch`: arrays
+    (keys, ids; at least n entries, the ids int32 or int64) to move them in instead of fresh ones (a caller's reused
+    memory); the keys may be `key`'s own memory, which is then sorted in place."""
+    n, kn = key.numel(), key.numpy()
+    if scratch is None: A, I = kn.copy(), np.empty(n, dtype=np.int32 if n < 2**31 else np.int64)
+    else:
+        A, I = scratch[0][:n], scratch[1][:n]
+        if A.ctypes.data != kn.ctypes.data: np.copyto(A, kn)
     buf = np.empty((2, _BLOCK), np.int64)
     return (A, I) if _introsort_kernel()(A, I, start, stop, buf[0], buf[1]) else None
 
@@ -425,6 +432,36 @@ def sparsify_della(delta: Tensor, density: float, epsilon: float = 0.15, rescale
     mask = _bernoulli(probs, generator).to(work)
     return rescale_masked(x.to(work), mask, rescale, probs).to(delta.dtype).reshape(shape)
 
+# %% ../nbs/02_methods.ipynb #c7a1e0b1
+def _round_bf16(x):
+    """The bfloat16 value nearest the float32 `x` (ties to even; a NaN becomes torch's 0x7FC0), as a float32: how torch's
+    bfloat16 CPU kernels round each result they compute in float32. Plain Python and numba-compilable (`bf16_kernels`)."""
+    b = np.float32(x).view(np.uint32)
+    r = np.uint32(np.uint32(b + np.uint32(0x7FFF) + np.uint32(np.uint32(b >> np.uint32(16)) & np.uint32(1))) & np.uint32(0xFFFF0000))
+    return np.uint32(np.uint32(0x7FC00000) if np.uint32(b & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000) else r).view(np.float32)
+
+def _from_bf16(u):
+    "The float32 value of the bfloat16 bit pattern `u` (uint16), exactly."
+    return np.uint32(np.uint32(u) << np.uint32(16)).view(np.float32)
+
+def _bits_bf16(x):
+    "The bfloat16 bit pattern (uint16) of a float32 that already holds a bfloat16 value."
+    return np.uint16(np.float32(x).view(np.uint32) >> np.uint32(16))
+
+def bf16_bits(t: Tensor) -> np.ndarray:
+    "A bfloat16 CPU tensor's entries as a flat uint16 array sharing its memory (a copy only where `t` is not contiguous)."
+    return t.reshape(-1).view(torch.int16).numpy().view(np.uint16)
+
+@functools.cache
+def bf16_kernels(*fns: Callable) -> tuple:
+    """`fns` compiled by numba (IEEE float32: nothing reassociated or fused; cached on disk), with `_round_bf16`,
+    `_from_bf16` and `_bits_bf16` compiled for them to call: kernels that compute as torch's bfloat16 CPU kernels do."""
+    import numba
+    g = globals()
+    for h in ("_round_bf16", "_from_bf16", "_bits_bf16"):
+        if not isinstance(g[h], numba.core.registry.CPUDispatcher): g[h] = numba.njit(nogil=True, cache=True)(g[h])
+    return tuple(numba.njit(nogil=True, cache=True, error_model="numpy")(f) for f in fns)
+
 # %% ../nbs/02_methods.ipynb #68b53641
 def elect_sign(votes: Tensor, zero_sign: str = "positive", majority: float | None = None) -> Tensor:
     """TIES sign election over the stacked votes (models on dim 0): s = sign(Σᵢ vᵢ). `positive`: Σ ≥ 0 → +1 (mergekit);
@@ -472,8 +509,16 @@ def gta_merge(tensors: Sequence[Tensor], base: Tensor, *, weight: Sequence[float
     consensus, `disjoint="max"` takes γ ⊙ maxᵢ|aᵢwᵢδ̂ᵢ| instead (FusionBench's TIES `merge_func="max"`). After the
     sparsifier (which sees whole task vectors), every step is per entry: on the CPU it runs `_CHUNK` entries at a time,
     so its temporaries (signs, masks, sums) are a chunk's, not the tensor's (the same bits, asserted below). The
-    tensor-wide majority sign of `zero_sign="majority"` needs the whole tensor: given no `majority`, it runs in one piece."""
+    tensor-wide majority sign of `zero_sign="majority"` needs the whole tensor: given no `majority`, it runs in one piece.
+    mergekit's TIES on bfloat16 CPU tensors (a `sparsify` with `topk`: `_magnitude_trim`'s per-tensor cut) runs compiled,
+    `ties_bf16`."""
     if not tensors: return base
+    topk = getattr(sparsify, "topk", None)
+    if (topk is not None and consensus and weighted_election and zero_sign == "positive" and disjoint != "max"
+            and all(t.dtype == torch.bfloat16 and t.device.type == "cpu" for t in (base, *tensors))):
+        out = ties_bf16(tensors, base, weight=weight, density=topk[0], tie_break=topk[1], lambda_=lambda_,
+                        mean=normalize if disjoint == "auto" else disjoint == "mean")
+        if out is not None: return out
     n = len(tensors)
     deltas = base.new_empty((n, *base.shape))
     for i, t in enumerate(tensors):
@@ -504,6 +549,103 @@ def per_entry(fn: Callable[..., Tensor], *tensors: Tensor) -> Tensor:
         if out is None: out = torch.empty(n, dtype=r.dtype, device=dev)
         out[s:s + step] = r
     return out.view(shape)
+
+
+# %% ../nbs/02_methods.ipynb #9e1a2b41
+def _ties_deltas(t, base, tv, hist):
+    "`tv = t − base` (bfloat16 patterns, rounded as torch rounds) and the histogram `hist` (added to) of |tv|'s patterns."
+    for j in range(t.shape[0]):
+        d = _bits_bf16(_round_bf16(_from_bf16(t[j]) - _from_bf16(base[j])))
+        tv[j] = d
+        hist[d & np.uint16(0x7FFF)] += 1
+
+def _ties_drop_tied(tv, v, need, chosen):
+    """Zero each entry of `tv` whose magnitude pattern is `v` (the k-th magnitude's) and is not kept: kept are the ids in
+    `chosen` (sorted) when it is not empty, else the first `need` in index order. A dropped entry keeps its sign, as
+    torch's δ·0 keeps it. Reads the rest only: those below `v` are dropped by `_ties_combine`."""
+    by_id, c, p, m = chosen.shape[0] > 0, 0, 0, chosen.shape[0]
+    for j in range(tv.shape[0]):
+        if tv[j] & np.uint16(0x7FFF) == v:
+            keep = (p < m and chosen[min(p, m - 1)] == j) if by_id else c < need
+            p += keep; c += keep
+            if not keep: tv[j] = tv[j] & np.uint16(0x8000)
+
+def _ties_combine(TV, v, w, mean, lam, base, out):
+    """mergekit's TIES after the trim of the tied entries, per entry over the rows of `TV` (bfloat16 patterns): δ̂ᵢ = δᵢ
+    where its magnitude pattern is ≥ `v[i]`, else 0 (the top-k cut; `_ties_drop_tied` has dropped the tied entries not
+    kept); xᵢ = δ̂ᵢ·wᵢ; the elected sign is + where Σᵢ xᵢ (float32 from +0, rounded) ≥ 0; out = base + λ·Σᵢ xᵢaᵢ
+    [/ Σᵢ wᵢaᵢ, 0 → 1] with aᵢ = [sign(xᵢ) is the elected sign], each product, quotient and sum rounded to bfloat16
+    where torch rounds it (`_gta_combine`'s operations). Blocks of 4096 entries, each step a loop over the block
+    (vectorised by the compiler)."""
+    N, n = TV.shape
+    C, one, zero, mag = 4096, np.float32(1.0), np.float32(0.0), np.uint16(0x7FFF)
+    e, num, den = np.empty(C, np.float32), np.empty(C, np.float32), np.empty(C, np.float32)
+    X = np.empty((N, C), np.float32)                               # the block's xᵢ, 0 where trimmed
+    for s in range(0, n, C):
+        m = min(C, n - s)
+        for j in range(m): e[j] = zero; num[j] = zero; den[j] = zero
+        for i in range(N):
+            wi, vi = w[i], v[i]
+            for j in range(m):
+                t = TV[i, s + j]
+                x = _round_bf16(_from_bf16(t) * wi)
+                X[i, j] = x if t & mag >= vi else zero             # below the cut: trimmed (a select, no branch)
+                e[j] += X[i, j]
+        for j in range(m): e[j] = one if _round_bf16(e[j]) >= 0 else -one
+        for i in range(N):
+            wi = w[i]
+            for j in range(m):
+                agree = X[i, j] * e[j] > 0                          # sign(xᵢ) is the elected ±1 (0 never is)
+                num[j] += X[i, j] if agree else zero
+                den[j] += wi if agree else zero
+        for j in range(m):
+            q = _round_bf16(num[j])
+            if mean:
+                d = _round_bf16(den[j])
+                q = _round_bf16(q / (one if d == 0 else d))
+            if lam != 1: q = _round_bf16(q * lam)
+            out[s + j] = _bits_bf16(_round_bf16(_from_bf16(base[s + j]) + q))
+
+
+# %% ../nbs/02_methods.ipynb #9e1a2b42
+def ties_bf16(tensors: Sequence[Tensor], base: Tensor, *, weight: Sequence[float], density: Sequence[float],
+              tie_break: str = "argsort", mean: bool = True, lambda_: float = 1.0) -> Tensor | None:
+    """mergekit's TIES (per-tensor top-k trim, no rescale, weighted election with Σ = 0 → +, weighted disjoint mean or
+    sum) on bfloat16 CPU tensors, compiled (`bf16_kernels`): one pass per model computes its task vector into this
+    thread's workspace with the histogram of its magnitudes, whose cut gives the top-k (ties at the k-th magnitude as
+    `topk_mask` picks them); the tied entries not kept are dropped; one pass trims the rest, elects and averages. The
+    bits of `gta_merge`'s torch path (asserted below). None (before any work where it can tell) where that path must
+    run: a task vector with a NaN, a density ≤ 0, or an `argsort` tie order this torch build's sort does not follow
+    (`sorts_like_torch`) or that needs 64-bit ids (2³¹ entries or more)."""
+    sorts = tie_break == "argsort"
+    if any(r <= 0 for r in density) or (sorts and (base.numel() >= 2**31 or not sorts_like_torch())): return None
+    deltas, drop_tied, combine = bf16_kernels(_ties_deltas, _ties_drop_tied, _ties_combine)
+    N, n = len(tensors), base.numel()
+    ws = workspace(                                                  # this thread's workspace: [ids][task vectors][keys]
+        (4 * n if sorts else 0) + 2 * N * n + (2 * n if sorts else 0), torch.uint8)
+    tv, b = ws[4 * n if sorts else 0:][:2 * N * n].view(torch.bfloat16).view(N, n), bf16_bits(base)
+    if sorts: ids, keys = ws[:4 * n].view(torch.int32).numpy(), ws[(4 + 2 * N) * n:].view(torch.int16).numpy()
+    hist, none, cut = np.zeros(1 << 15, np.int64), np.empty(0, np.int64), np.zeros(N, np.uint16)
+    for i, t in enumerate(tensors):
+        row = bf16_bits(tv[i]); hist[:] = 0
+        deltas(bf16_bits(t), b, row, hist)
+        if hist[0x7F81:].any(): return None                           # a NaN: its pattern lies above inf's
+        k = max(1, int(density[i] * n))
+        if density[i] >= 1 or n - hist[0] <= k: continue              # nothing to trim: the top k hold every non-zero
+        below = np.cumsum(hist)
+        v = int(np.searchsorted(below, n - k, side="right"))         # the k-th magnitude's pattern
+        need, chosen = k - (n - int(below[v])), none
+        if sorts and need < hist[v]:                                 # which tied entries the sort puts first
+            np.bitwise_and(row, np.uint16(0x7FFF), out=keys.view(np.uint16))
+            head = introsort_slice(torch.from_numpy(keys), 0, k, scratch=(keys, ids))
+            if head is None: return None                               # introsort would turn to heapsort here
+            chosen = np.sort(head[1][:k][head[0][:k] == v]).astype(np.int64)
+        drop_tied(row, np.uint16(v), need, chosen)
+        cut[i] = v
+    out = torch.empty(base.shape, dtype=base.dtype)
+    combine(bf16_bits(tv).reshape(N, n), cut, torch.tensor(list(weight), dtype=torch.bfloat16).float().numpy(), mean,
+            np.float32(lambda_), b, bf16_bits(out))
+    return out
 
 
 # %% ../nbs/02_methods.ipynb #c48d35e1
@@ -759,7 +901,8 @@ def _gta_signature(m: GTAMember) -> inspect.Signature:
 # %% ../nbs/02_methods.ipynb #63086383
 def _magnitude_trim(p: dict, n: int, rho: Sequence[float], rescale) -> Callable[[int, Tensor], Tensor]:
     """The TIES trim `(i, δᵢ) → δ̂ᵢ` at keep fractions `rho`: per tensor, or at the `_threshold` of `ties_prepare` (the
-    model-wide one, or a row-blocked tensor's own with its block's `_tie_quota`)."""
+    model-wide one, or a row-blocked tensor's own with its block's `_tie_quota`). A per-tensor cut without rescale says so
+    (`trim.topk`: the densities and tie order), for `gta_merge`'s compiled TIES."""
     given = p["_threshold"] is not None
     thr, model = list(p["_threshold"]) if given else [None] * n, p["topk_scope"] == "model"
     quota = p.get("_tie_quota") or [None] * n
@@ -767,6 +910,7 @@ def _magnitude_trim(p: dict, n: int, rho: Sequence[float], rescale) -> Callable[
         t = thr[i]
         if model and t is None and 0 < rho[i] < 1: t = kth_threshold(d, rho[i])
         return sparsify_magnitude(d, rho[i], rescale, t if model or given else None, p["tie_break"], quota[i])
+    if not given and not model and _rescale_mode(rescale) == "none": trim.topk = (list(rho), p["tie_break"])
     return trim
 
 def _sparsifier(m: GTAMember, p: dict, n: int) -> Callable[[int, Tensor], Tensor] | None:
@@ -959,36 +1103,6 @@ def multislerp(tensors: list[Tensor], base: Tensor | None, *, weight: float, nor
     res = mean * torch.cos(tn) + tr * (torch.sin(tn) / tn)
     res = (res * (norms.squeeze(-1) * w).sum()).view(tensors[0].shape)
     return res + base if base is not None else res
-
-# %% ../nbs/02_methods.ipynb #c7a1e0b1
-def _round_bf16(x):
-    """The bfloat16 value nearest the float32 `x` (ties to even; a NaN becomes torch's 0x7FC0), as a float32: how torch's
-    bfloat16 CPU kernels round each result they compute in float32. Plain Python and numba-compilable (`bf16_kernels`)."""
-    b = np.float32(x).view(np.uint32)
-    r = np.uint32(np.uint32(b + np.uint32(0x7FFF) + np.uint32(np.uint32(b >> np.uint32(16)) & np.uint32(1))) & np.uint32(0xFFFF0000))
-    return np.uint32(np.uint32(0x7FC00000) if np.uint32(b & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000) else r).view(np.float32)
-
-def _from_bf16(u):
-    "The float32 value of the bfloat16 bit pattern `u` (uint16), exactly."
-    return np.uint32(np.uint32(u) << np.uint32(16)).view(np.float32)
-
-def _bits_bf16(x):
-    "The bfloat16 bit pattern (uint16) of a float32 that already holds a bfloat16 value."
-    return np.uint16(np.float32(x).view(np.uint32) >> np.uint32(16))
-
-def bf16_bits(t: Tensor) -> np.ndarray:
-    "A bfloat16 CPU tensor's entries as a flat uint16 array sharing its memory (a copy only where `t` is not contiguous)."
-    return t.reshape(-1).view(torch.int16).numpy().view(np.uint16)
-
-@functools.cache
-def bf16_kernels(*fns: Callable) -> tuple:
-    """`fns` compiled by numba (IEEE float32: nothing reassociated or fused; cached on disk), with `_round_bf16`,
-    `_from_bf16` and `_bits_bf16` compiled for them to call: kernels that compute as torch's bfloat16 CPU kernels do."""
-    import numba
-    g = globals()
-    for h in ("_round_bf16", "_from_bf16", "_bits_bf16"):
-        if not isinstance(g[h], numba.core.registry.CPUDispatcher): g[h] = numba.njit(nogil=True, cache=True)(g[h])
-    return tuple(numba.njit(nogil=True, cache=True, error_model="numpy")(f) for f in fns)
 
 # %% ../nbs/02_methods.ipynb #c7a1e0b3
 def _karcher_tangent(X, norms, active, mean, dots, coefs, T):
@@ -1208,7 +1322,7 @@ def sce(tensors: list[Tensor], base: Tensor, *, select_topk: float = 1.0, int8_m
     total = torch.sum(w).item()
     w = torch.ones_like(w) / w.shape[0] if abs(total) < 1e-6 else w / total
     if fused:
-        out = torch.empty_like(base)
+        out = torch.empty(base.shape, dtype=base.dtype)           # contiguous, whatever base's strides
         combine(bf16_bits(tv).reshape(len(tensors), -1), w.float().numpy(), bf16_bits(base), bf16_bits(out))
         return out
     w = w.reshape(-1, *([1] * base.dim())) * (tv.sign() == elect_sign(tv))
