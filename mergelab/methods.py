@@ -503,7 +503,8 @@ def _gta_combine(deltas: Tensor, base: Tensor, w: Tensor, consensus: bool, norma
 def gta_merge(tensors: Sequence[Tensor], base: Tensor, *, weight: Sequence[float],
               sparsify: Callable[[int, Tensor], Tensor] | None = None, consensus: bool = False,
               normalize: bool = False, lambda_: float = 1.0, weighted_election: bool = True,
-              zero_sign: str = "positive", majority: float | None = None, disjoint: str = "auto") -> Tensor:
+              zero_sign: str = "positive", majority: float | None = None, disjoint: str = "auto",
+              _compiled: bool = True) -> Tensor:
     """Generalized task arithmetic (mergekit's GTA): θ₀ + λ·Σᵢ aᵢwᵢδ̂ᵢ [/ Σᵢ aᵢwᵢ], with aᵢ the
     sign-agreement mask when `consensus` (TIES, Yadav et al. 2023) and aᵢ = 1 otherwise (Task Arithmetic). With
     consensus, `disjoint="max"` takes γ ⊙ maxᵢ|aᵢwᵢδ̂ᵢ| instead (FusionBench's TIES `merge_func="max"`). After the
@@ -511,19 +512,21 @@ def gta_merge(tensors: Sequence[Tensor], base: Tensor, *, weight: Sequence[float
     so its temporaries (signs, masks, sums) are a chunk's, not the tensor's (the same bits, asserted below). The
     tensor-wide majority sign of `zero_sign="majority"` needs the whole tensor: given no `majority`, it runs in one piece.
     mergekit's TIES on bfloat16 CPU tensors (a `sparsify` with `topk`: `_magnitude_trim`'s per-tensor cut) runs compiled,
-    `ties_bf16`."""
+    `ties_bf16`; `_compiled=False` runs the torch path."""
     if not tensors: return base
     topk = getattr(sparsify, "topk", None)
-    if (topk is not None and consensus and weighted_election and zero_sign == "positive" and disjoint != "max"
-            and all(t.dtype == torch.bfloat16 and t.device.type == "cpu" for t in (base, *tensors))):
+    _compiled = _compiled and all(t.dtype == torch.bfloat16 and t.device.type == "cpu" for t in (base, *tensors))
+    if _compiled and topk is not None and consensus and weighted_election and zero_sign == "positive" and disjoint != "max":
         out = ties_bf16(tensors, base, weight=weight, density=topk[0], tie_break=topk[1], lambda_=lambda_,
                         mean=normalize if disjoint == "auto" else disjoint == "mean")
         if out is not None: return out
     n = len(tensors)
-    deltas = base.new_empty((n, *base.shape))
+    # the stacked task vectors in this thread's reused workspace on the CPU (no fresh pages; sparsifiers do not use it)
+    cpu = base.device.type == "cpu"
+    deltas = workspace(n * base.numel(), base.dtype).view(n, *base.shape) if cpu else base.new_empty((n, *base.shape))
     for i, t in enumerate(tensors):
-        if sparsify is not None: deltas[i] = sparsify(i, t - base)
-        else: torch.sub(t, base, out=deltas[i])
+        torch.sub(t, base, out=deltas[i])
+        if sparsify is not None: deltas[i] = sparsify(i, deltas[i])      # sparsifiers never write to their input
     w = torch.tensor(list(weight), dtype=deltas.dtype, device=deltas.device).reshape(n, *([1] * base.dim()))
     args = (consensus, normalize, lambda_, weighted_election, zero_sign, majority, disjoint)
     if base.device.type != "cpu" or base.numel() <= _CHUNK or (consensus and zero_sign != "positive" and majority is None):
