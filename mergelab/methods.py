@@ -108,7 +108,8 @@ def _introsort_band(A, I, s, e, Lb, Rb) -> bool:
     insertion sort of the (≤ 16-entry) ranges that hold them. Each partition is `std::__unguarded_partition` around the
     median of three; its stops are listed a block at a time without branches (Edelkamp & Weiß 2016, BlockQuicksort),
     the i-th left stop still swapping with the i-th right stop, so the moves are the sort's. False where introsort
-    would switch to heapsort (its depth limit). `I` is filled with the ids 0…n−1 first. Compiled by numba (`_introsort_kernel`)."""
+    would switch to heapsort (its depth limit). `I` is filled with the ids 0…n−1 first. Compiled by numba
+    (`_introsort_kernel`)."""
     n, B = len(A), len(Lb)
     for j in range(n): I[j] = j
     depth, x = 0, n
@@ -409,9 +410,10 @@ def sparsify_outliers(delta: Tensor, density: float, gamma: float = 0.01, rescal
 # %% ../nbs/02_methods.ipynb #5c9b6336
 def sparsify_della(delta: Tensor, density: float, epsilon: float = 0.15, rescale="l1",
                    generator: torch.Generator | None = None, method: str = "della") -> Tensor:
-    """DELLA MagPrune (Deep et al. 2024), mergekit's variant: within each row (dim 1, any number of dims; 1-D = one row) the keep probability
-    is (ρ − ε) + 2ε·rank_norm(|δ|), mask ~ Bernoulli, then one per-tensor rescale (`inverse_p`: each entry by its pᵢ).
-    mergekit's ranks are `argsort(argsort(|δ|))`; the outer argsort of a permutation is its inverse, one scatter here."""
+    """DELLA MagPrune (Deep et al. 2024), mergekit's variant: within each row (dim 1, whatever the number of dims; 1-D =
+    one row) the keep probability is (ρ − ε) + 2ε·rank_norm(|δ|), mask ~ Bernoulli, then one per-tensor rescale
+    (`inverse_p`: each entry by its pᵢ). mergekit's ranks are `argsort(argsort(|δ|))`; the outer argsort of a
+    permutation is its inverse, one scatter here."""
     if density >= 1: return delta
     if density <= 0: return torch.zeros_like(delta)
     if density + epsilon >= 1 or density - epsilon <= 0:
