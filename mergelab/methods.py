@@ -206,6 +206,14 @@ def sorts_like_torch() -> bool:
     return True
 
 # %% ../nbs/02_methods.ipynb #518a4914
+def _histogram_cut(hist: Tensor | np.ndarray, k: int) -> tuple[int, int]:
+    """From a histogram of magnitude bit patterns (CPU): the pattern v of the k-th largest entry, and how many of the
+    entries equal to v the top k takes (the rest of the top k lies strictly above v)."""
+    below = np.cumsum(np.asarray(hist))     # below[j]: entries whose pattern is ≤ j; the cut v has < k entries above it
+    n = int(below[-1])
+    v = int(np.searchsorted(below, n - k, side="right"))
+    return v, k - (n - int(below[v]))
+
 def topk_mask(w: Tensor, k: int, tie_break: str = "argsort", hist: Tensor | None = None) -> Tensor:
     """Boolean mask of exactly `k` largest entries of the 1-D, non-negative `w`. `argsort` (default): mergekit's
     `argsort(descending)[:k]` of `w` in float32 (on the CPU), bit-exact with mergekit on the same torch build; the
@@ -215,12 +223,9 @@ def topk_mask(w: Tensor, k: int, tie_break: str = "argsort", hist: Tensor | None
     (deterministic across torch builds)."""
     h = magnitude_histogram(w) if hist is None else hist
     if h is not None:                       # 16-bit magnitudes: the cut from the histogram, compared as bit patterns
-        below = h.cumsum(0)                 # below[j]: entries whose pattern is ≤ j; the cut v has < k entries above it
-        n = int(below[-1])
-        v = int(torch.searchsorted(below, n - k, right=True))
-        tied = int(h[v])
-        need, bits = k - (n - int(below[v])), w.reshape(-1).view(torch.int16)
-        if need == tied: return bits >= v
+        v, need = _histogram_cut(h, k)
+        bits = w.reshape(-1).view(torch.int16)
+        if need == int(h[v]): return bits >= v
         mask = bits > v
         if tie_break == "argsort": return _argsort_mask(w, k, mask, v)
         mask[(bits == v).nonzero().squeeze(1)[:need]] = True
@@ -531,7 +536,7 @@ def gta_merge(tensors: Sequence[Tensor], base: Tensor, *, weight: Sequence[float
         if sparsify is not None: deltas[i] = sparsify(i, deltas[i])      # sparsifiers never write to their input
     w = torch.tensor(list(weight), dtype=deltas.dtype, device=deltas.device).reshape(n, *([1] * base.dim()))
     args = (consensus, normalize, lambda_, weighted_election, zero_sign, majority, disjoint)
-    if base.device.type != "cpu" or base.numel() <= _CHUNK or (consensus and zero_sign != "positive" and majority is None):
+    if not cpu or base.numel() <= _CHUNK or (consensus and zero_sign != "positive" and majority is None):
         return _gta_combine(deltas, base, w, *args)
     flat, b, out = deltas.view(n, -1), base.reshape(-1), torch.empty(base.shape, dtype=base.dtype)
     for s in range(0, b.numel(), _CHUNK):
@@ -637,9 +642,7 @@ def ties_bf16(tensors: Sequence[Tensor], base: Tensor, *, weight: Sequence[float
         if hist[0x7F81:].any(): return None                           # a NaN: its pattern lies above inf's
         k = max(1, int(density[i] * n))
         if density[i] >= 1 or n - hist[0] <= k: continue              # nothing to trim: the top k hold every non-zero
-        below = np.cumsum(hist)
-        v = int(np.searchsorted(below, n - k, side="right"))         # the k-th magnitude's pattern
-        need, chosen = k - (n - int(below[v])), none
+        (v, need), chosen = _histogram_cut(hist, k), none
         if sorts and need < hist[v]:                                 # which tied entries the sort puts first
             np.bitwise_and(row, np.uint16(0x7FFF), out=keys.view(np.uint16))
             head = introsort_slice(torch.from_numpy(keys), 0, k, scratch=(keys, ids))
