@@ -13,10 +13,13 @@ sensitive than the wall time to other jobs on the machine), their ratios to TIES
 each mode's error: on layer 0's q_proj (square) and down_proj (wide), the method called directly on float32 tensors
 against the same merge computed from float64 task vectors with float64 SVDs (`reference`); the written weights are not
 compared, since the methods return the base's dtype and bf16 rounding of θ₀ + Δθ (about 1e-2 of Δθ here) would hide
-both modes' errors. Ends with a markdown table (date, load averages). Not a test.
+both modes' errors. It also records every eigendecomposition a merge makes (`torch.linalg.eigh`: size and dtype) and
+replays one of each kind after it, one after another at the process's thread count: their count times their time is
+the merge's LAPACK floor, what its eigendecompositions alone take, however the rest is done. Ends with a markdown
+table (date, load averages). Not a test.
 """
 from __future__ import annotations
-import argparse, datetime, os, shutil, sys, tempfile, time
+import argparse, collections, datetime, os, shutil, sys, tempfile, threading, time
 from pathlib import Path
 import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -37,6 +40,31 @@ def reference(method: str, ds: list[torch.Tensor]) -> torch.Tensor:
     parts = [(Uc, Sc, Vc)] + [top_svd(d - Uc @ (Uc.T @ d), kt) for d in ds]
     U, S, V = torch.cat([p[0] for p in parts], 1), torch.cat([p[1] for p in parts]), torch.cat([p[2] for p in parts], 1)
     return (polar(U) * (S if method == "tsv" else S.mean())) @ polar(V).T
+
+class EighLog:
+    "Counts the `torch.linalg.eigh` calls (size, dtype) made inside the `with` block, from any thread."
+    def __init__(self): self.calls, self.lock, self.orig = collections.Counter(), threading.Lock(), torch.linalg.eigh
+    def __enter__(self):
+        def eigh(A, *args, **kw):
+            with self.lock: self.calls[(A.shape[-1], A.dtype)] += 1
+            return self.orig(A, *args, **kw)
+        torch.linalg.eigh = eigh
+        return self
+    def __exit__(self, *exc): torch.linalg.eigh = self.orig
+
+    def floor(self) -> float:
+        "Seconds the recorded eigendecompositions take one after another: each kind timed once (best of 2) on a random SPD matrix."
+        total = 0.0
+        for (n, dtype), count in self.calls.items():
+            A = torch.randn(n, n, generator=torch.Generator().manual_seed(0), dtype=dtype)
+            G, best = A @ A.T, float("inf")
+            for _ in range(2):
+                t = time.perf_counter(); torch.linalg.eigh(G); best = min(best, time.perf_counter() - t)
+            total += count * best
+        return total
+
+    def summary(self) -> str:
+        return ", ".join(f"{c}× {n}² {str(d).split('.')[-1]}" for (n, d), c in sorted(self.calls.items(), key=lambda x: (-x[1], x[0][0])))
 
 def algorithm_errors(method: str, base: Path, fts: list[Path], names: list[str]) -> dict[str, float]:
     """Per mode, the largest ‖Δθ_mode − Δθ_float64‖_F / ‖Δθ_float64‖_F over `names`, the method called on float32
@@ -77,13 +105,16 @@ def main():
     print(f"{start:%Y-%m-%d %H:%M}, torch {torch.__version__}, {torch.get_num_threads()} torch threads, merge threads "
           f"{a.threads}, load average {' '.join(f'{x:.2f}' for x in load0)}", flush=True)
 
-    def run(name: str, method: str, **kw) -> tuple[float, float]:
+    def run(name: str, method: str, **kw) -> tuple[float, float, float]:
         out = d / f"out_{name}"
-        t, c = time.perf_counter(), time.process_time()
-        merge(fts, method, base=base, out=out, progress=False, overwrite=True, threads=a.threads, out_dtype=a.out_dtype, **kw)
-        wall, cpu = time.perf_counter() - t, time.process_time() - c
-        print(f"  {name:20s} wall {wall:8.1f} s   CPU {cpu:8.1f} s   (load {os.getloadavg()[0]:.2f})", flush=True)
-        return wall, cpu
+        with EighLog() as log:
+            t, c = time.perf_counter(), time.process_time()
+            merge(fts, method, base=base, out=out, progress=False, overwrite=True, threads=a.threads, out_dtype=a.out_dtype, **kw)
+            wall, cpu = time.perf_counter() - t, time.process_time() - c
+        floor = log.floor()
+        print(f"  {name:20s} wall {wall:8.1f} s   CPU {cpu:8.1f} s   (load {os.getloadavg()[0]:.2f})"
+              + (f"; eigh {log.summary()}: {floor:.1f} s one after another" if log.calls else ""), flush=True)
+        return wall, cpu, floor
 
     ties = [run("ties", "ties", weight=1.0, density=0.5)]
     rows = []
@@ -99,16 +130,18 @@ def main():
     yard = tuple(sum(t[i] for t in ties) / len(ties) for i in (0, 1))
     fmt = lambda r: "—" if r is None else f"{r[0]:.1f} s (CPU {r[1]:.0f} s)"
     ratio = lambda r: "—" if r is None else f"{r[0] / yard[0]:.2f}× (CPU {r[1] / yard[1]:.2f}×)"
+    floor = lambda r: "—" if r is None else f"{r[2]:.1f} s = {r[2] / yard[0]:.2f}× TIES"
     shape = f"{a.layers} layers, hidden {a.hidden}, MLP {a.inter}, vocabulary {a.vocab}"
     print(f"\nSVD methods vs TIES, {shape}: base + 3 fine-tunes (bf16, noise {a.noise}), `merge(..., threads={a.threads})`,"
           f" outputs {a.out_dtype or 'bf16'}; {start:%Y-%m-%d}, load average (1/5/15 min) {' '.join(f'{x:.2f}' for x in load0)} "
           f"before, {' '.join(f'{x:.2f}' for x in load1)} after\n")
-    print(f"| method | exact (default) | fast (`svd=\"gram\"`) | fast / TIES | exact / TIES | error vs float64: exact | gram |")
-    print("|---|---|---|---|---|---|---|")
+    print(f"| method | exact (default) | fast (`svd=\"gram\"`) | fast / TIES | fast's eigh floor | exact / TIES | "
+          f"error vs float64: exact | gram |")
+    print("|---|---|---|---|---|---|---|---|")
     print(f"| TIES, density 0.5 (yardstick) | {fmt(ties[0])}; again at the end {fmt(ties[1])} | | 1 (mean {yard[0]:.1f} s, "
-          f"CPU {yard[1]:.0f} s) | | | |")
+          f"CPU {yard[1]:.0f} s) | | | | |")
     for m, exact, fast, err in rows:
-        print(f"| {METHODS.get(m, m)} (`{m}`) | {fmt(exact)} | {fmt(fast)} | **{ratio(fast)}** | {ratio(exact)} | "
+        print(f"| {METHODS.get(m, m)} (`{m}`) | {fmt(exact)} | {fmt(fast)} | **{ratio(fast)}** | {floor(fast)} | {ratio(exact)} | "
               f"{err['exact']:.1e} | {err['gram']:.1e} |")
 
 if __name__ == "__main__":
