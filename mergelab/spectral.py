@@ -24,14 +24,20 @@ def _float_slots(base: Tensor, k: int) -> list[Tensor]:
     ws = workspace(k * n, torch.float32)
     return [ws[i * n:(i + 1) * n].view(base.shape) for i in range(k)]
 
+def _tracked(tensors: Sequence[Tensor], base: Tensor) -> bool:
+    "Whether autograd records these inputs (`out=` buffers cannot hold them: the methods stay differentiable)."
+    return torch.is_grad_enabled() and (base.requires_grad or any(t.requires_grad for t in tensors))
+
 def _deltas(tensors: Sequence[Tensor], base: Tensor) -> list[Tensor]:
     "The task vectors θₜ − θ₀ in float32 (16-bit inputs promoted inside the subtraction), in `_float_slots`."
+    if _tracked(tensors, base): return [t.float() - base.float() for t in tensors]
     b, *ds = _float_slots(base, len(tensors) + 1)
     b.copy_(base)
     return [torch.sub(t, b, out=d) for t, d in zip(tensors, ds)]
 
 def _delta_sum(tensors: Sequence[Tensor], base: Tensor) -> Tensor:
     "Σₜ (θₜ − θ₀) in float32, the bits of `sum(_deltas(...))` in three `_float_slots`."
+    if _tracked(tensors, base): return sum(_deltas(tensors, base))
     b, M, d = _float_slots(base, 3)
     b.copy_(base)
     torch.sub(tensors[0], b, out=M)
@@ -67,8 +73,9 @@ _RANK_TOL = 1e-5      # fast mode: σ ≤ _RANK_TOL·σ₁ counts as zero; a mat
 def _gram(A: Tensor, wide: bool) -> Tensor:
     """AAᵀ (wide) or AᵀA with its lower triangle filled (what `eigh` and `cholesky` read): BLAS `syrk` on CPU float32
     and float64 (half the multiplications of a general product: 0.88 s against 1.57 s for a 32000 × 2048 float32),
-    a matmul elsewhere."""
-    if A.device.type != "cpu" or A.dtype not in (torch.float32, torch.float64): return A @ A.T if wide else A.T @ A
+    a matmul elsewhere (other devices and dtypes, empty matrices, tensors that autograd tracks)."""
+    if A.device.type != "cpu" or A.dtype not in (torch.float32, torch.float64) or A.numel() == 0 or A.requires_grad:
+        return A @ A.T if wide else A.T @ A
     from scipy.linalg import blas
     syrk = blas.ssyrk if A.dtype == torch.float32 else blas.dsyrk
     F = A.contiguous().numpy().T                    # Aᵀ as a column-major array, no copy
