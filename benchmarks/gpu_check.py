@@ -3,14 +3,15 @@
     python benchmarks/gpu_check.py [--device cuda] [--layers 4] [--hidden 1024]
 
 Generates a Llama-shaped bf16 family (a base and 3 fine-tunes, `merge_bench.make_models`), then for each check prints
-the CPU and device wall times, their ratio, and the largest difference of the results against its tolerance:
-merges (linear, task_arithmetic, ties, dare_ties with a seed: the drop masks are drawn on the CPU, so they are the same,
-slerp; the SVD methods TSV-M, Iso-C, Iso-CTS and STAR, exact and in the Gram fast mode), the exact kinship matrix
-(float64 on the device), the interference statistics (signs, masks and spectra of every tensor), the evaluation of a merge (perplexity on random token
-windows), an LMC interpolation curve, the data-aware statistics (empirical Fisher, RegMean Grams) through `merge`,
-AdaMerging's learned coefficients, activation and weight matching's permutations, a REPAIRed midpoint, and Delta
-Activations (a word-level tokenizer built here). Exit code 1 when a difference exceeds its tolerance. On a machine without the device it says so and runs the same code with device='cpu'
-(a dry run of the script). Not a test.
+the CPU and device wall times, their ratio, and the largest difference of the results against its tolerance: merges
+(linear, task_arithmetic, ties, dare_ties with a seed: the drop masks are drawn on the CPU, so they are the same, slerp;
+the SVD methods TSV-M, Iso-C, Iso-CTS and STAR, exact and in the Gram fast mode), the exact kinship matrix (float64 on
+the device), the interference statistics (signs, masks and spectra of every tensor), the evaluation of a merge
+(perplexity on random token windows), an LMC interpolation curve, the data-aware statistics (empirical Fisher, RegMean
+Grams) through `merge`, AdaMerging's learned coefficients, activation and weight matching's permutations, a REPAIRed
+midpoint, and Delta Activations (a word-level tokenizer built here). Exit code 1 when a difference exceeds its
+tolerance. On a machine without the device it says so and runs the same code with device='cpu' (a dry run of the
+script). Not a test.
 """
 from __future__ import annotations
 import argparse, sys, tempfile, time, warnings
@@ -48,7 +49,7 @@ def main() -> int:
     checks |= {f"{m}{' gram' if svd == 'gram' else ''}": (m, dict(base=base, svd=svd))
                for m in ("tsv", "iso_c", "iso_cts", "star") for svd in ("exact", "gram")}
     ok = True
-    print(f"{'check':24} {'cpu s':>8} {'device s':>9} {'ratio':>7} {'max |diff|':>11} {'tolerance':>10}")
+    print(f"{'check':26} {'cpu s':>8} {'device s':>9} {'ratio':>7} {'max |diff|':>11} {'tolerance':>10}")
     for label, (method, kw) in checks.items():
         models = fts[:1] if method == "slerp" else fts
         cpu, tc = timed(lambda: merge(models, method, progress=False, **kw))
@@ -56,20 +57,20 @@ def main() -> int:
         diff = max(float((cpu[k].float() - dev[k].float()).abs().max()) for k in cpu)
         tol = 2 ** -7 * max(float(v.float().abs().max()) for v in cpu.values())       # one bf16 rounding step
         ok &= diff <= tol
-        print(f"{'merge ' + label:24} {tc:8.2f} {td:9.2f} {td / tc:7.2f} {diff:11.2e} {tol:10.1e}")
+        print(f"{'merge ' + label:26} {tc:8.2f} {td:9.2f} {td / tc:7.2f} {diff:11.2e} {tol:10.1e}")
     kc, tc = timed(lambda: kinship_matrix(fts, base, progress=False))
     kd, td = timed(lambda: kinship_matrix(fts, base, progress=False, device=device))
     diff = float((kc - kd).abs().max().max())
     ok &= diff <= 1e-10
-    print(f"{'kinship (pcc, float64)':24} {tc:8.2f} {td:9.2f} {td / tc:7.2f} {diff:11.2e} {1e-10:10.1e}")
+    print(f"{'kinship (pcc, float64)':26} {tc:8.2f} {td:9.2f} {td / tc:7.2f} {diff:11.2e} {1e-10:10.1e}")
     stats = lambda **kw: interference_statistics(fts, base, progress=False, **kw).table(None).set_index("measure").value
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")                                    # the row-blocked embedding has no spectra
         ic, tc = timed(stats)
         idv, td = timed(lambda: stats(device=device))
-    diff = float(((idv - ic).abs() / ic.abs().clip(lower=1e-12)).max())     # relative, per measure
+    diff = float(((idv - ic).abs() / ic.abs().clip(lower=1e-2)).max())     # relative per measure (absolute below 0.01)
     ok &= diff <= 1e-3
-    print(f"{'interference statistics':24} {tc:8.2f} {td:9.2f} {td / tc:7.2f} {diff:11.2e} {1e-3:10.1e}")
+    print(f"{'interference statistics':26} {tc:8.2f} {td:9.2f} {td / tc:7.2f} {diff:11.2e} {1e-3:10.1e}")
     ok &= forward_checks(base, fts, device)
     print("all within tolerance" if ok else "SOME CHECKS EXCEED THEIR TOLERANCE")
     return 0 if ok else 1
@@ -135,7 +136,7 @@ def forward_checks(base: Path, fts: list[Path], device: str) -> bool:
             diff = (float((d - c).norm() / c.norm()) if name == "delta activations" else   # permutations: the share that differ
                     float((d != c).double().mean()) if name == "activation matching" else rel(d, c))
         ok &= diff <= tol
-        print(f"{name:24} {tc:8.2f} {td:9.2f} {td / tc:7.2f} {diff:11.2e} {tol:10.1e}")
+        print(f"{name:26} {tc:8.2f} {td:9.2f} {td / tc:7.2f} {diff:11.2e} {tol:10.1e}")
     return ok
 
 if __name__ == "__main__":
