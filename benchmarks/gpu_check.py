@@ -5,13 +5,13 @@
 Generates a Llama-shaped bf16 family (a base and 3 fine-tunes, `merge_bench.make_models`), then for each check prints
 the CPU and device wall times, their ratio, and the largest difference of the results against its tolerance: merges
 (linear, task_arithmetic, ties, dare_ties with a seed: the drop masks are drawn on the CPU, so they are the same, slerp;
-the SVD methods TSV-M, Iso-C, Iso-CTS and STAR, exact and in the Gram fast mode), the exact kinship matrix (float64 on
-the device), the interference statistics (signs, masks and spectra of every tensor), the evaluation of a merge
-(perplexity on random token windows), an LMC interpolation curve, the data-aware statistics (empirical Fisher, RegMean
-Grams) through `merge`, AdaMerging's learned coefficients, activation and weight matching's permutations, a REPAIRed
-midpoint, and Delta Activations (a word-level tokenizer built here). Exit code 1 when a difference exceeds its
-tolerance. On a machine without the device it says so and runs the same code with device='cpu' (a dry run of the
-script). Not a test.
+the SVD methods TSV-M, Iso-C, Iso-CTS and STAR, exact and in the Gram fast mode, on a smaller family), the exact kinship
+matrix (float64 on the device), the interference statistics (signs, masks and spectra of every tensor; the smaller
+family), the evaluation of a merge (perplexity on random token windows), an LMC interpolation curve, the data-aware
+statistics (empirical Fisher, RegMean Grams) through `merge`, AdaMerging's learned coefficients, activation and weight
+matching's permutations, a REPAIRed midpoint, and Delta Activations (a word-level tokenizer built here). Exit code 1
+when a difference exceeds its tolerance. On a machine without the device it says so and runs the same code with
+device='cpu' (a dry run of the script). Not a test.
 """
 from __future__ import annotations
 import argparse, sys, tempfile, time, warnings
@@ -35,23 +35,26 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda"); ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--hidden", type=int, default=1024)
+    ap.add_argument("--svd-hidden", type=int, default=512, help="hidden size of the smaller family (1 layer, vocabulary "
+                    "4096) on which the SVD methods and the interference statistics run: their CPU side grows as its cube")
     a = ap.parse_args()
     try: parse_device(a.device); device = a.device
     except InvalidValue as e: print(f"{e}: dry run with device='cpu'"); device = "cpu"
     print(f"device {device}" + (f" ({torch.cuda.get_device_name()})" if device.startswith("cuda") else ""))
     d = Path(tempfile.mkdtemp(prefix="gpucheck-"))
     base, *fts = make_models(d, a.layers, a.hidden, 4 * a.hidden, 32000, 3, 0.002)
+    sbase, *sfts = make_models(d / "svd", 1, a.svd_hidden, 4 * a.svd_hidden, 4096, 3, 0.002)
     checks = {"linear": ("linear", dict(weight=[1 / 3] * 3)),
               "task_arithmetic": ("task_arithmetic", dict(base=base, weight=[1.0] * 3, **{"lambda": 0.5})),
               "ties": ("ties", dict(base=base, weight=[1.0] * 3, density=0.5)),
               "dare_ties": ("dare_ties", dict(base=base, weight=[1.0] * 3, density=0.5, seed=7)),
               "slerp": ("slerp", dict(base=base, t=0.4))}
-    checks |= {f"{m}{' gram' if svd == 'gram' else ''}": (m, dict(base=base, svd=svd))
+    checks |= {f"{m}{' gram' if svd == 'gram' else ''}": (m, dict(base=sbase, svd=svd))       # the smaller family
                for m in ("tsv", "iso_c", "iso_cts", "star") for svd in ("exact", "gram")}
     ok = True
     print(f"{'check':26} {'cpu s':>8} {'device s':>9} {'ratio':>7} {'max |diff|':>11} {'tolerance':>10}")
     for label, (method, kw) in checks.items():
-        models = fts[:1] if method == "slerp" else fts
+        models = fts[:1] if method == "slerp" else sfts if kw.get("base") == sbase else fts
         cpu, tc = timed(lambda: merge(models, method, progress=False, **kw))
         dev, td = timed(lambda: merge(models, method, progress=False, device=device, **kw))
         diff = max(float((cpu[k].float() - dev[k].float()).abs().max()) for k in cpu)
@@ -63,9 +66,9 @@ def main() -> int:
     diff = float((kc - kd).abs().max().max())
     ok &= diff <= 1e-10
     print(f"{'kinship (pcc, float64)':26} {tc:8.2f} {td:9.2f} {td / tc:7.2f} {diff:11.2e} {1e-10:10.1e}")
-    stats = lambda **kw: interference_statistics(fts, base, progress=False, **kw).table(None).set_index("measure").value
+    stats = lambda **kw: interference_statistics(sfts, sbase, progress=False, **kw).table(None).set_index("measure").value
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")                                    # the row-blocked embedding has no spectra
+        warnings.simplefilter("ignore")                                    # a row-blocked embedding has no spectra
         ic, tc = timed(stats)
         idv, td = timed(lambda: stats(device=device))
     diff = float(((idv - ic).abs() / ic.abs().clip(lower=1e-2)).max())     # relative per measure (absolute below 0.01)
