@@ -44,17 +44,16 @@ def main() -> int:
     d = Path(tempfile.mkdtemp(prefix="gpucheck-"))
     base, *fts = make_models(d, a.layers, a.hidden, 4 * a.hidden, 32000, 3, 0.002)
     sbase, *sfts = make_models(d / "svd", 1, a.svd_hidden, 4 * a.svd_hidden, 4096, 3, 0.002)
-    checks = {"linear": ("linear", dict(weight=[1 / 3] * 3)),
-              "task_arithmetic": ("task_arithmetic", dict(base=base, weight=[1.0] * 3, **{"lambda": 0.5})),
-              "ties": ("ties", dict(base=base, weight=[1.0] * 3, density=0.5)),
-              "dare_ties": ("dare_ties", dict(base=base, weight=[1.0] * 3, density=0.5, seed=7)),
-              "slerp": ("slerp", dict(base=base, t=0.4))}
-    checks |= {f"{m}{' gram' if svd == 'gram' else ''}": (m, dict(base=sbase, svd=svd))       # the smaller family
+    checks = {"linear": ("linear", fts, dict(weight=[1 / 3] * 3)),           # label: (method, models, parameters)
+              "task_arithmetic": ("task_arithmetic", fts, dict(base=base, weight=[1.0] * 3, **{"lambda": 0.5})),
+              "ties": ("ties", fts, dict(base=base, weight=[1.0] * 3, density=0.5)),
+              "dare_ties": ("dare_ties", fts, dict(base=base, weight=[1.0] * 3, density=0.5, seed=7)),
+              "slerp": ("slerp", fts[:1], dict(base=base, t=0.4))}
+    checks |= {f"{m}{' gram' if svd == 'gram' else ''}": (m, sfts, dict(base=sbase, svd=svd))   # the smaller family
                for m in ("tsv", "iso_c", "iso_cts", "star") for svd in ("exact", "gram")}
     ok = True
     print(f"{'check':26} {'cpu s':>8} {'device s':>9} {'ratio':>7} {'max |diff|':>11} {'tolerance':>10}")
-    for label, (method, kw) in checks.items():
-        models = fts[:1] if method == "slerp" else sfts if kw.get("base") == sbase else fts
+    for label, (method, models, kw) in checks.items():
         cpu, tc = timed(lambda: merge(models, method, progress=False, **kw))
         dev, td = timed(lambda: merge(models, method, progress=False, device=device, **kw))
         diff = max(float((cpu[k].float() - dev[k].float()).abs().max()) for k in cpu)
