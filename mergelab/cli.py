@@ -18,12 +18,14 @@ def _values(p) -> str:
     return " | ".join(map(str, p.choices)) if p.choices is not None else interval_text(p.range) if p.range else ""
 
 def method_table(name: str | None = None):
-    """The registry as a table: one row per method (with its data need and memory work factor), or one row per
-    parameter of `name`: its type, default, valid values and one-line doc."""
+    """The registry as a table: one row per method (with its data need and memory work factor: "by tensor" where the
+    method sizes each tensor's working memory itself, `MergeMethod.work`), or one row per parameter of `name`: its
+    type, default, valid values and one-line doc."""
     import pandas as pd
     if name is None:
         return pd.DataFrame([{"method": m.name, "base": m.base, "models": f"{m.min_models}..{m.max_models or 'N'}",
-                              "compute": m.compute, "data": m.data or "", "memory ×": m.work_factor,
+                              "compute": m.compute, "data": m.data or "",
+                              "memory ×": m.work_factor if m.work is None else "by tensor",
                               "parameters": ", ".join(m.params), "paper": m.paper}
                              for m in sorted(load_methods().values(), key=lambda m: m.name) if not m.name.startswith("_")])
     m = get_method(name)

@@ -461,13 +461,14 @@ def plan_row_blocks(method: MergeMethod, groups: list[TensorGroup], *, threads: 
 def build_plan(cfg: MergeConfig | Mapping | str | Path, *, seed: int | None = None, threads: int = 2,
                collect: bool = False, max_shard_size: int | str = "5GB", compute_dtype: Any = None,
                force: bool = False, available: int | None = None, prepare: bool = True, device: Any = None,
-               max_memory: int | str | None = None) -> Plan:
+               max_memory: int | str | None = None, progress: bool = True) -> Plan:
     """Validate `cfg` completely and plan one `TensorGroup` per output tensor. Before any tensor is read (a model-wide
     `prepare` pass reads), the memory guard estimates the peak (`estimate_memory`, for `threads`, the writer's
     `max_shard_size`, or the whole result with `collect=True`) and raises `InsufficientMemory` when it exceeds the
     `available` memory (default: `available_memory()`), unless `force`; tensors too large for the memory are planned in
     row blocks first (`plan_row_blocks`, `max_memory`). `device`: where a model-wide pass runs its forward passes (the
-    data-aware methods' statistics)."""
+    data-aware methods' data pass, which checks its own estimate against the same `available`, unless `force`);
+    `progress`: that pass's bars."""
     cfg = MergeConfig.load(cfg)
     guard = lambda method, groups, dtype, out_dtype: check_memory(
         estimate_memory(groups, method, threads=threads, dtype=dtype, out_dtype=out_dtype, collect=collect,
@@ -488,7 +489,8 @@ def build_plan(cfg: MergeConfig | Mapping | str | Path, *, seed: int | None = No
     seed = seed if seed is not None else cfg.parameters.get("seed")
     if prepare and method.prepare is not None:      # model-wide passes see the dtypes and random streams the merge will use
         groups = method.prepare(groups, threads=threads, dtype=parse_dtype(cfg.dtype),
-                                compute_dtype=parse_dtype(compute_dtype), seed=seed, device=device)
+                                compute_dtype=parse_dtype(compute_dtype), seed=seed, device=device, force=force,
+                                available=available, progress=progress)
     donor = _ref_path(cfg.base_model) if base is not None else _ref_path(models_cfg[0]["model"])
     config = (base or models[0]).config
     return Plan(method, groups, models, base, config, donor if donor and donor.is_dir() else None,
@@ -735,7 +737,7 @@ def merge_config(config: Any, out: str | Path | None = None, *, overwrite: bool 
     if dtype is not None: cfg.dtype = dtype
     with using_client(client):
         plan = _validated(cfg, out, overwrite, seed, threads, max_shard_size=max_shard_size, compute_dtype=compute_dtype, force=force,
-                          device=device, max_memory=max_memory)
+                          device=device, max_memory=max_memory, progress=progress)
         return run_plan(plan, out, max_shard_size=max_shard_size, overwrite=overwrite, threads=threads, progress=progress,
                         compute_dtype=compute_dtype, on_nonfinite=on_nonfinite, record=cfg.to_yaml(), client=client,
                         device=device)
@@ -776,7 +778,7 @@ def merge(models: Sequence[Any] | Mapping[str, Any], method: str = "linear", bas
     cfg = MergeConfig.load({k: v for k, v in d.items() if v is not None})
     with using_client(client):
         plan = _validated(cfg, out, overwrite, seed, threads, max_shard_size=max_shard_size, compute_dtype=compute_dtype, force=force,
-                          device=device, max_memory=max_memory)
+                          device=device, max_memory=max_memory, progress=progress)
         return run_plan(plan, out, max_shard_size=max_shard_size, overwrite=overwrite, threads=threads, progress=progress,
                         compute_dtype=compute_dtype, on_nonfinite=on_nonfinite, record=cfg.to_yaml(), client=client,
                         device=device)

@@ -4,25 +4,28 @@
 
 # %% ../nbs/10_data_aware.ipynb #bada7749
 from __future__ import annotations
-import functools, hashlib, importlib, itertools, json, os, threading
+import functools, hashlib, importlib, itertools, json, math, os, threading
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping, Sequence
+from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
 import numpy as np
 import torch, yaml
 from fastcore.basics import patch
 import torch.nn.functional as F
 from torch import nn, Tensor
-from .io import Checkpoint, MergelabError, open_model, open_module, open_tokenizer, module_key_map, read_safetensors_header, short_repr, is_conv1d
-from .registry import ConfigError, merge_method, METHODS, ParamInfo
+from .io import (Checkpoint, MergelabError, open_model, open_module, open_tokenizer, module_key_map,
+                         read_safetensors_header, short_repr, is_conv1d, module_from_config, current_rss)
+from .memory import MemoryEstimate, check_memory, release_heap
+from .registry import ConfigError, merge_method, METHODS, ParamInfo, get_method
 from .scheduler import TensorGroup, layer_index, run_groups, parse_device, model_device, to_device, module_on
 
 # %% auto #0
 __all__ = ['TOKEN_FIELDS', 'INPUT_FIELDS', 'STATS', 'Estimator', 'DATA_METHODS', 'DataError', 'TaskData', 'DataSource',
            'data_source', 'build_hf', 'auto_build', 'model_hash', 'stats_cache', 'fisher_information', 'fisher_average',
-           'Grams', 'gram_matrices', 'regmean_solve', 'AdaMergingResult', 'adamerging', 'regmean_pp_grams', 'fisher',
-           'regmean', 'regmean_pp', 'adamerging_method']
+           'Grams', 'gram_matrices', 'regmean_solve', 'linear_inputs', 'regmean_solve_bytes', 'PassSizes', 'pass_sizes',
+           'data_pass_memory', 'AdaMergingResult', 'adamerging', 'regmean_pp_grams', 'fisher', 'regmean', 'regmean_pp',
+           'adamerging_method']
 
 # %% ../nbs/10_data_aware.ipynb #626d2e8e
 class DataError(ConfigError):
@@ -480,7 +483,7 @@ Estimator = Literal["expected", "sampled", "empirical", "fusionbench"]
 # %% ../nbs/10_data_aware.ipynb #b6cccd3a
 def _fisher_fusionbench(logp: Callable, params: dict[str, Tensor], x: Tensor, fisher: dict[str, Tensor]) -> None:
     "FusionBench's shortcut: add the squared gradient of one batch's Σ √p·log p (p detached) to `fisher`."
-    ps = {k: v.clone().requires_grad_(True) for k, v in params.items()}
+    ps = {k: v.detach().requires_grad_(True) for k, v in params.items()}   # aliases: no copy
     lp = logp(ps, x)
     loss = (lp.detach().exp().sqrt() * lp).sum()
     for k, g in zip(ps, torch.autograd.grad(loss, list(ps.values()), allow_unused=True)):
@@ -491,7 +494,7 @@ def _fisher_per_example(logp: Callable, params: dict[str, Tensor], x: Sequence, 
                         gen: torch.Generator, fisher: dict[str, Tensor]) -> None:
     "Add a batch of text inputs to `fisher`, one example at a time through autograd (classes weighted by p for `expected`)."
     for j in range(_num_examples(x)):
-        ps = {k: v.clone().requires_grad_(True) for k, v in params.items()}
+        ps = {k: v.detach().requires_grad_(True) for k, v in params.items()}   # aliases: no copy
         lp = logp(ps, _take(x, slice(j, j + 1)))[0]
         p = lp.detach().exp()
         ys = (range(len(p)) if estimator == "expected" else
@@ -501,6 +504,8 @@ def _fisher_per_example(logp: Callable, params: dict[str, Tensor], x: Sequence, 
             w = float(p[c]) if estimator == "expected" else 1.0
             for k, g in zip(ps, gs):
                 if g is not None: fisher[k] += w * g.double() ** 2
+            del gs
+        del ps, lp
 
 # %% ../nbs/10_data_aware.ipynb #c00cee64
 def _fisher_vmap(logp: Callable, params: dict[str, Tensor], x: Tensor, y: Tensor | None, estimator: str,
@@ -535,13 +540,14 @@ def _fisher_lm(logp: Callable, params: dict[str, Tensor], x: Any, estimator: str
     over its real tokens, yₜ the true next token (`empirical`) or one drawn from the model (`sampled`)."""
     for j in range(_num_examples(x)):
         xj = _take(x, slice(j, j + 1))
-        ps = {k: v.clone().requires_grad_(True) for k, v in params.items()}
+        ps = {k: v.detach().requires_grad_(True) for k, v in params.items()}   # aliases: no copy
         lp, m = logp(ps, xj)[0, :-1], _next_token_mask(xj)[0]
         ids = (xj["input_ids"] if isinstance(xj, Mapping) else xj)[0, 1:]
         y = torch.multinomial(lp.detach()[m].exp().cpu(), 1, generator=gen)[:, 0].to(lp.device) if estimator == "sampled" else ids[m]
         gs = torch.autograd.grad(lp[m].gather(1, y[:, None]).sum(), list(ps.values()), allow_unused=True)
         for k, g in zip(ps, gs):
             if g is not None: fisher[k] += g.double() ** 2
+        del ps, lp, gs                              # before the next sequence's forward
 
 # %% ../nbs/10_data_aware.ipynb #4b8530c4
 def fisher_information(model: Any, task: TaskData, *, build: Callable | None = None, estimator: Estimator = "expected",
@@ -608,14 +614,18 @@ class Grams(dict):
 
 class _GramHooks:
     """Forward pre-hooks accumulating Σ xxᵀ (float64) and the row count of the inputs of the given linear modules;
-    with `mask` set (B × T, an attention mask) only the rows of real tokens count."""
+    with `mask` set (B × T, an attention mask) only the rows of real tokens count. `grams()` hands the sums over,
+    divided in place (no second copy of every Gram); `reset()` starts new ones."""
     def __init__(self, mods: Mapping[str, nn.Module]):
-        self.G = {n: torch.zeros(*(2 * [m.weight.shape[0] if is_conv1d(m) else m.in_features]), dtype=torch.float64,
-                                 device=m.weight.device) for n, m in mods.items()}
-        self.rows, self.conv1d = dict.fromkeys(mods, 0), [n for n, m in mods.items() if is_conv1d(m)]
+        self.mods, self.conv1d = dict(mods), [n for n, m in mods.items() if is_conv1d(m)]
         self.order: list[str] = []
         self.mask: Tensor | None = None
+        self.reset()
         self.handles = [m.register_forward_pre_hook(self._hook(n)) for n, m in mods.items()]
+    def reset(self):
+        self.G = {n: torch.zeros(*(2 * [m.weight.shape[0] if is_conv1d(m) else m.in_features]), dtype=torch.float64,
+                                 device=m.weight.device) for n, m in self.mods.items()}
+        self.rows = dict.fromkeys(self.mods, 0)
     def _hook(self, n):
         def hook(mod, args):
             x = args[0].detach()
@@ -628,7 +638,8 @@ class _GramHooks:
     def remove(self):
         for h in self.handles: h.remove()
     def grams(self) -> Grams:
-        g = Grams({n: (g / max(self.rows[n], 1)).cpu() for n, g in self.G.items()}); g.conv1d = list(self.conv1d)
+        g = Grams({n: G.div_(max(self.rows[n], 1)).cpu() for n, G in self.G.items()}); g.conv1d = list(self.conv1d)
+        self.G = {}
         return g
 
 # %% ../nbs/10_data_aware.ipynb #f7c37c59
@@ -664,25 +675,184 @@ def gram_matrices(model: Any, task: TaskData, *, build: Callable | None = None, 
 
 # %% ../nbs/10_data_aware.ipynb #654a1a48
 def _shrink(G: Tensor, alpha: float) -> Tensor:
-    return alpha * G + (1 - alpha) * torch.diag_embed(torch.diagonal(G)) if alpha != 1 else G
+    "αG + (1 − α)diag(G) as a new tensor (`G` untouched), with no n × n temporary."
+    if alpha == 1: return G.clone()
+    out = G * alpha
+    out.diagonal().add_(G.diagonal() * (1 - alpha))
+    return out
 
-def _regmean_weight(weights: Sequence[Tensor], grams: Sequence[Tensor], alpha: float, in_by_out: bool) -> Tensor:
+def _regmean_weight(weights: Sequence[Tensor], grams: Iterable[Tensor], alpha: float, in_by_out: bool) -> Tensor:
     "`regmean_solve` for weights stored out × in (`nn.Linear`) or in × out (GPT-2's `Conv1D`: solved for the transpose)."
     if not in_by_out: return regmean_solve(weights, grams, alpha)
     return regmean_solve([w.T for w in weights], grams, alpha).T.contiguous()
 
-def regmean_solve(weights: Sequence[Tensor], grams: Sequence[Tensor], alpha: float = 0.95) -> Tensor:
-    "RegMean's closed form W_Mᵀ = (Σ G̃ᵢ)⁻¹ Σ G̃ᵢ Wᵢᵀ with G̃ = αG + (1 − α)diag(G) (float64 Cholesky, tiny ridge to the mean)."
-    Gs = [_shrink(G.double(), alpha) for G in grams]
-    A = sum(Gs)
-    B = sum(G @ W.double().T for G, W in zip(Gs, weights))
+def regmean_solve(weights: Iterable[Tensor], grams: Iterable[Tensor], alpha: float = 0.95) -> Tensor:
+    """RegMean's closed form W_Mᵀ = (Σ G̃ᵢ)⁻¹ Σ G̃ᵢ Wᵢᵀ with G̃ = αG + (1 − α)diag(G) (float64 Cholesky, tiny ridge to the
+    mean). Models are taken one at a time (`grams` may be a generator reading them from disk), so memory does not grow
+    with their number (`regmean_solve_bytes`)."""
+    A = B = S = None
+    n = 0
+    for W, G in zip(weights, grams):
+        G = _shrink(G.double(), alpha)
+        GW = G @ W.double().T
+        if A is None: A, B, S = G, GW, W.to(torch.float64, copy=True)
+        else: A.add_(G); B.add_(GW); S.add_(W)
+        n, dt = n + 1, W.dtype
+        del G, GW
+    if A is None: raise ValueError("regmean_solve: no weights given")
     lam = 1e-8 * float(torch.diagonal(A).mean().clamp_min(1e-30))
-    mean = sum(W.double() for W in weights).T / len(weights)
-    eye = torch.eye(A.shape[0], dtype=A.dtype)
+    mean = S.div_(n).T
     for scale in (1, 1e2, 1e4, 1e6):
-        L, info = torch.linalg.cholesky_ex(A + scale * lam * eye)
-        if int(info) == 0: return torch.cholesky_solve(B + scale * lam * mean, L).T.to(weights[0].dtype)
-    return torch.linalg.lstsq(A + 1e6 * lam * eye, B + 1e6 * lam * mean).solution.T.to(weights[0].dtype)
+        M = A.clone(); M.diagonal().add_(scale * lam)
+        L, info = torch.linalg.cholesky_ex(M)
+        del M
+        if int(info) == 0:
+            rhs = mean * (scale * lam); rhs.add_(B)
+            return torch.cholesky_solve(rhs, L).T.to(dt)
+    A.diagonal().add_(1e6 * lam)
+    return torch.linalg.lstsq(A, B + 1e6 * lam * mean).solution.T.to(dt)
+
+
+# %% ../nbs/10_data_aware.ipynb #b4512bd8
+_ARCHITECTURES: dict = {}
+
+def _meta_architecture(cfg: Mapping, keys: Sequence[str]) -> tuple[dict[str, int], int] | None:
+    """(in-features of the linear layers by checkpoint weight name, width of the logits: the output embedding's rows
+    or 0) of the architecture `cfg` names, built on the meta device; None when transformers cannot build it."""
+    try:
+        with torch.device("meta"): m = module_from_config(cfg, keys)
+    except (MergelabError, ImportError, ValueError, TypeError, KeyError, AttributeError, RuntimeError, NotImplementedError):
+        return None
+    names = module_key_map(m, keys)
+    pre = getattr(m, "base_model_prefix", "") or ""
+    lin = {_pkey(n, "weight"): mod.weight.shape[0] if is_conv1d(mod) else mod.in_features for n, mod in m.named_modules()
+           if isinstance(mod, nn.Linear) or is_conv1d(mod)}
+    out = {}
+    for k in keys:
+        for cand in (names.get(k, k), f"{pre}.{k}", k.removeprefix(pre + ".")):
+            if cand in lin: out[k] = lin[cand]; break
+    head = m.get_output_embeddings() if hasattr(m, "get_output_embeddings") else None
+    return (out, int(head.weight.shape[0]) if head is not None and hasattr(head, "weight") else 0) if out else None
+
+def _architecture(ck: Checkpoint) -> tuple[dict[str, int], int, int, int]:
+    """`_meta_architecture` of `ck`'s config (memoised) and its attention heads and layers (0 if it names none); without
+    a config: every 2-D floating `….weight` as an `nn.Linear`'s, no logits, no attention."""
+    keys = list(ck.keys())
+    cfg = ck.config if isinstance(getattr(ck, "config", None), Mapping) and "model_type" in ck.config else None
+    memo = (json.dumps(cfg, sort_keys=True, default=str), tuple(keys))
+    if memo not in _ARCHITECTURES:
+        arch = _meta_architecture(cfg, keys) if cfg is not None else None
+        arch = arch or ({k: ck.shape(k)[1] for k in keys if k.endswith("weight") and len(ck.shape(k)) == 2
+                         and ck.dtype(k).is_floating_point}, 0)
+        c = cfg or {}
+        _ARCHITECTURES[memo] = (*arch, int(c.get("num_attention_heads") or c.get("n_head") or 0),
+                                int(c.get("num_hidden_layers") or c.get("n_layer") or 0))
+    return _ARCHITECTURES[memo]
+
+def linear_inputs(ck: Checkpoint) -> dict[str, int]:
+    """The input width of every linear layer whose weight is a tensor of `ck` (weight name → in-features), from shapes
+    alone: the architecture its `config.json` names, built on the meta device (nothing allocated; GPT-2's `Conv1D`
+    stores its weight in × out, `nn.Linear` out × in); without a config transformers can build, every 2-D floating
+    `….weight` read as an `nn.Linear`'s (the zoo MLP's). RegMean's Grams are in × in."""
+    return _architecture(ck)[0]
+
+# %% ../nbs/10_data_aware.ipynb #8378aebc
+def regmean_solve_bytes(out_features: int, in_features: int) -> int:
+    """Peak working memory of one `regmean_solve` of an out × in weight beyond its inputs (bytes; fitted to the table
+    above): the in × in float64 Gram read, its shrunk copy, their running sum and the Cholesky factor; the out × in
+    float64 sums; about 24 MiB of allocator and LAPACK workspace. Independent of the number of models."""
+    return int(3.25 * 8 * in_features ** 2 + 5.5 * 8 * out_features * in_features) + 24 * 2 ** 20
+
+# %% ../nbs/10_data_aware.ipynb #2e28b2f0
+def _regmean_work(groups: Sequence[TensorGroup]) -> list[int | None]:
+    "The memory guard's `work` for RegMean: a linear weight's solve (`regmean_solve_bytes`); None (the mean, `work_factor`) elsewhere."
+    out = []
+    for g in groups:
+        ck, k = g.inputs[0]
+        i, e = linear_inputs(ck).get(k), math.prod(g.shape)
+        out.append(regmean_solve_bytes(e // i, i) if i and len(g.shape) == 2 and e % i == 0 else None)
+    return out
+
+# %% ../nbs/10_data_aware.ipynb #bb9d9c24
+@dataclass
+class PassSizes:
+    """What a data pass's memory depends on, from shapes and one batch (bytes unless said): the largest model `stored`,
+    in float32 (`f32`), the float32 copies a load `cast`s, its largest floating tensor (`big`, entries); the float64
+    Grams of one model (`grams`, Σ in² × 8); `n` models and `tasks`; one batch of `examples` × `seq` rows; the logits'
+    width, the widest other linear dimension, Σ (in + out) over the other linears (`saved`: the activations a backward
+    keeps per row), attention heads and layers (0 without a config); whether inputs are feature tensors."""
+    n: int; tasks: int; stored: int; f32: int; cast: int; big: int; grams: int; examples: int; seq: int
+    logits: int; widest: int; saved: int; heads: int; layers: int; features: bool
+    def no_grad(self, rows: int) -> int:
+        "A forward pass under `no_grad`: the logits and a few rows of the widest layer and of attention scores at once."
+        return 4 * rows * (self.logits + 3 * self.widest + 3 * self.heads * self.seq)
+    def with_grad(self, rows: int, logit_copies: int) -> int:
+        "What a forward keeps for its backward: every linear's rows, attention scores in every layer, copies of the logits."
+        return 4 * rows * (self.saved + 3 * self.widest + logit_copies * self.logits + 3 * self.heads * self.seq * self.layers)
+
+
+# %% ../nbs/10_data_aware.ipynb #34e11435
+def _model_bytes(ck: Checkpoint) -> tuple[int, int, int, int]:
+    "(bytes as stored, float32 bytes, bytes of the float32 copies a load casts, largest floating tensor's entries)."
+    stored = f32 = cast = big = 0
+    for k in ck.keys():
+        dt, e = ck.dtype(k), math.prod(ck.shape(k))
+        b = e * torch.empty((), dtype=dt).element_size()
+        stored += b
+        if dt.is_floating_point:
+            f32 += 4 * e; big = max(big, e)
+            if dt != torch.float32: cast += 4 * e
+        else: f32 += b
+    return stored, f32, cast, big
+
+def _batch_rows(task: TaskData, batch_size: int) -> tuple[int, int]:
+    "(examples, rows per example) of one batch: a token sequence sends one row per token through each linear layer."
+    x = task.inputs
+    ids = x.get("input_ids") if isinstance(x, Mapping) else x if isinstance(x, Tensor) and not x.is_floating_point() else None
+    return min(batch_size, len(task)), (int(ids.shape[1]) if isinstance(ids, Tensor) and ids.dim() == 2 else 1)
+
+def pass_sizes(models: Sequence[Checkpoint], tasks: Sequence[TaskData], batch_size: int = 32) -> PassSizes:
+    "The `PassSizes` of a data pass over `models` (checkpoints; nothing is read) and `tasks` with `batch_size`."
+    stored, f32, cast, big = max(_model_bytes(c) for c in models)
+    ins, logits, heads, layers = _architecture(models[0])
+    dims = [(i, math.prod(models[0].shape(k)) // i) for k, i in ins.items()]
+    body = [d for d in dims if d[1] != logits]                # the output embedding's rows are the logits
+    ex, seq = max(_batch_rows(t, batch_size) for t in tasks)
+    return PassSizes(len(models), len(tasks), stored, f32, cast, big, sum(8 * i * i for i in ins.values()), ex, seq, logits,
+                     max((max(d) for d in body), default=1), sum(i + o for i, o in body), heads, layers,
+                     isinstance(tasks[0].inputs, Tensor) and tasks[0].inputs.is_floating_point())
+
+# %% ../nbs/10_data_aware.ipynb #1a9db71d
+def _gram_pass_bytes(s: PassSizes) -> int:
+    "RegMean's pass, per model: the checkpoint, the float32 module and a load's casts, its Grams, one no-grad forward."
+    return s.stored + s.f32 + s.cast + s.grams + s.no_grad(s.examples * s.seq)
+
+def _fisher_pass_bytes(s: PassSizes) -> int:
+    """The Fisher pass, per model: the checkpoint, module, casts, the float64 Fisher, one example's gradients, a squared
+    tensor; one sequence's backward (token inputs) or chunks of per-example gradients (≤ 2²⁶ entries, feature inputs)."""
+    act = 20 * min(2 ** 26, s.examples * s.f32 // 4) if s.features else s.with_grad(s.seq, 3)
+    return s.stored + 5 * s.f32 + s.cast + 16 * s.big + act
+
+def _gram_pp_pass_bytes(s: PassSizes) -> int:
+    "RegMean++'s pass: every model in float32, the module, the merged blocks, every model's Grams (and their file's bytes)."
+    return (s.n + 2) * s.f32 + s.stored + max(s.n * s.grams + s.no_grad(s.examples * s.seq), 2 * s.n * s.grams)
+
+def _adamerging_pass_bytes(s: PassSizes) -> int:
+    "AdaMerging's fit: θ₀, the stacked task vectors (twice while stacked), the merged model and its gradient; every task's backward."
+    return (2 * s.n + 6) * s.f32 + s.stored + s.tasks * s.with_grad(s.examples * s.seq, 6)
+
+# %% ../nbs/10_data_aware.ipynb #c38e0ea9
+def data_pass_memory(method: str, models: Sequence[Checkpoint], tasks: Sequence[TaskData], *,
+                     batch_size: int = 32) -> MemoryEstimate:
+    """Estimated peak memory of the data pass of a data-aware `method` beyond what the process holds: its registered
+    formula (`prepare.memory`, one of the `_…_pass_bytes` above) on `pass_sizes(models, tasks, batch_size)`; nothing is
+    read. Activations count every linear layer's rows, the logits and the attention scores (heads × T², from the
+    config); text inputs tokenised by a `features` function count one row per example."""
+    m = get_method(method)
+    formula = getattr(m.prepare, "memory", None)
+    if formula is None: raise DataError(f"{m.name} has no data pass")
+    return MemoryEstimate({"data pass": int(formula(pass_sizes(models, tasks, batch_size)))}, process=current_rss(), threads=1,
+                          knobs=["a smaller batch_size (fewer activations at once)", "device='cuda' / --device cuda (the passes run on the GPU)"])
 
 # %% ../nbs/10_data_aware.ipynb #50e307f3
 @dataclass
@@ -809,12 +979,14 @@ def _validate(name: str, kw: dict) -> None:
 class _State:
     """Statistics of one planned merge, computed in the prepare pass (`ensure`). What travels to a worker with
     `client=` is the result only (cached-file handles, norms, coefficients), never the data or a lock. `device`: where
-    the statistics' forward and backward passes run (the merge's `device=`)."""
+    the statistics' forward and backward passes run (the merge's `device=`); `force` and `available`: the memory
+    guard's, as for the merge (`data_pass_memory`, checked before a pass builds anything); `progress`: the pass's bars."""
     _RESULTS = ("kind", "done", "paths", "norms", "grams", "coef", "history")
     def __init__(self, kind: str, models: list[Checkpoint], base: Checkpoint | None, src: DataSource,
-                 tasks: list[TaskData], cache: Path, params: dict, per_tensor: dict[str, dict], device: Any = None):
+                 tasks: list[TaskData], cache: Path, params: dict, per_tensor: dict[str, dict], device: Any = None,
+                 force: bool = False, available: int | None = None, progress: bool = True):
         self.kind, self.models, self.base, self.src, self.tasks, self.cache = kind, models, base, src, tasks, cache
-        self.device = device
+        self.device, self.force, self.available, self.progress = device, force, available, progress
         self.p, self.per_tensor, self.lock, self.done = params, per_tensor, threading.Lock(), False
     def ensure(self) -> "_State":
         with self.lock:
@@ -826,11 +998,17 @@ class _State:
     def __setstate__(self, d: dict): self.__dict__.update(d); self.lock = threading.Lock()
     def _settings(self, *names) -> dict: return {k: self.p[k] for k in names}
     def fisher(self, i: int, name: str) -> Tensor | None: return _LazyFile(self.paths[i]).get(name)
+    def guard(self, models: Sequence[Checkpoint], tasks: Sequence[TaskData]) -> None:
+        "Refuse a data pass over `models` that would not fit in memory (`data_pass_memory`) unless forced; not on a GPU."
+        dev = parse_device(self.device)
+        if dev is not None and dev.type != "cpu": return
+        est = data_pass_memory(self.kind, models, tasks, batch_size=self.p.get("batch_size", 32))
+        check_memory(est, self.available, force=self.force, what=f"{self.kind} data pass")
 
 # %% ../nbs/10_data_aware.ipynb #ced1ba0a
 def _model_statistics(job: tuple) -> Path:
     """Compute one model's statistics on its task (`fisher_information` or `gram_matrices`) and save them atomically
-    to the cache: the unit of work of the statistics pass, a picklable job that runs on a dask worker with `client=`."""
+    to the cache: the unit of work of the data pass, a picklable job that runs on a dask worker with `client=`."""
     prefix, ck, task, build, seed, settings, path, device = job
     sd = ck.state_dict()
     stats = (fisher_information(sd, task, build=build, seed=seed, device=device, **settings) if prefix == "fisher"
@@ -850,8 +1028,10 @@ def _per_model(self: _State, prefix: str, settings: dict) -> list[Path]:
                    seed=self.src.seed, **settings)
         paths.append(self.cache / f"{prefix}-{key}.safetensors")
         if not paths[-1].is_file(): jobs.append((prefix, ck, t, self.src.build, self.src.seed, settings, paths[-1], self.device))
-    bar = _bar(len(jobs), f"{prefix} statistics", bool(jobs))
-    for _ in run_groups(jobs, _model_statistics, threads=1, size=lambda j: 1): STATS[prefix] += 1; bar.update()
+    if jobs: self.guard([j[1] for j in jobs], [j[2] for j in jobs])
+    bar = _bar(len(jobs), f"{prefix} statistics", bool(jobs) and self.progress)
+    for _ in run_groups(jobs, _model_statistics, threads=1, size=lambda j: 1):
+        STATS[prefix] += 1; bar.update(); release_heap()        # what one model freed does not stay under the next
     bar.close()
     return paths
 
@@ -876,7 +1056,9 @@ def _compute_regmean_pp(self: _State):
                build=getattr(self.src.build, "__qualname__", ""), alphas=alphas, **s)
     path = self.cache / f"gram_pp-{key}.safetensors"
     if not path.is_file():
-        grams = regmean_pp_grams(self.models, self.tasks, self.src.build, alphas=alphas, device=self.device, **s)
+        self.guard(self.models, self.tasks)
+        grams = regmean_pp_grams(self.models, self.tasks, self.src.build, alphas=alphas, device=self.device,
+                                 progress=self.progress, **s)
         STATS["gram_pp"] += 1
         _save_atomic({f"{i}/{k}": v for i, g in enumerate(grams) for k, v in g.items()}, path,
                      dict(kind="gram_pp", models=[str(c.name) for c in self.models], conv1d=grams[0].conv1d, **s))
@@ -886,8 +1068,9 @@ def _compute_regmean_pp(self: _State):
 @patch
 def _compute_adamerging(self: _State):
     s = self._settings("granularity", "init", "lr", "steps", "batch_size", "clamp")
+    self.guard(self.models, self.tasks)
     self.coef, self.history = _ada_fit(self.models, self.base, self.tasks, self.src.build, seed=self.src.seed,
-                                       device=parse_device(self.device), **s)
+                                       device=parse_device(self.device), progress=self.progress, **s)
 
 # %% ../nbs/10_data_aware.ipynb #9505a310
 class _LazyFile:
@@ -957,7 +1140,7 @@ def regmean_pp_grams(models: Sequence[Checkpoint], tasks: Sequence[TaskData], bu
         hooks = _GramHooks({n: lin[n] for n in block})
         try:
             for i, (sd, net, t) in enumerate(zip(sds, nets, tasks)):
-                for n in block: hooks.G[n].zero_(); hooks.rows[n] = 0
+                hooks.reset()
                 ps = {f"body.{k}": sd[k] if k in own else merged.get(k, sd[k]) for k in names}
                 with torch.no_grad():
                     for x, _ in t.batches(batch_size, num_batches):
@@ -970,10 +1153,13 @@ def regmean_pp_grams(models: Sequence[Checkpoint], tasks: Sequence[TaskData], bu
     return [_checkpoint_grams(g, back) for g in grams]
 
 # %% ../nbs/10_data_aware.ipynb #afe139e5
-def _prepare(kind: str):
-    "The prepare pass of a data-aware method: pair models with tasks, compute (or load) the statistics, attach them."
-    def prepare(groups: Sequence[TensorGroup], threads: int = 2, device: Any = None, **_) -> list[TensorGroup]:
-        groups = list(groups)
+class _DataPass:
+    """The prepare pass of a data-aware method (`__call__`): pair models with tasks, then compute (or load) the
+    statistics, attach them; and the memory of its data pass (`memory`: a `PassSizes` → bytes formula)."""
+    def __init__(self, kind: str, memory: Callable[[PassSizes], int]): self.kind, self.memory = kind, memory
+    def __call__(self, groups: Sequence[TensorGroup], threads: int = 2, device: Any = None, force: bool = False,
+                 available: int | None = None, progress: bool = True, **_) -> list[TensorGroup]:
+        groups, kind = list(groups), self.kind
         if not groups: return groups
         g0 = groups[0]
         models = [c for c, _ in g0.inputs]
@@ -981,10 +1167,10 @@ def _prepare(kind: str):
         src = data_source(g0.params["data"], default_split=METHODS[kind].data_split, tokenizer=base or models[0]).built_for(base or models[0])
         tasks = src.pair(models)
         cache = stats_cache(g0.params.get("cache_dir"), models + [base])
-        state = _State(kind, models, base, src, tasks, cache, g0.params, {g.name: g.params for g in groups}, device).ensure()
+        state = _State(kind, models, base, src, tasks, cache, g0.params, {g.name: g.params for g in groups}, device,
+                       force, available, progress).ensure()
         spec = src.spec or {"fingerprint": src.fingerprint()}            # the data itself stays here
         return [replace(g, params={**g.params, "data": spec, "_state": state}) for g in groups]
-    return prepare
 
 # %% ../nbs/10_data_aware.ipynb #f820c58b
 def _need(state, name: str) -> _State:
@@ -1003,7 +1189,7 @@ _DOCS = dict(data="data source: {zoo: NAME, split, n, tasks, seed} or {path: FIL
              batch_size=ParamInfo("examples per batch", range=(1, None)),
              num_batches=ParamInfo("batches per task (0: all)", range=(0, None)))
 
-@merge_method("fisher", base="optional", per_model=("weight",), compute="fp32", prepare=_prepare("fisher"), validate=_validate,
+@merge_method("fisher", base="optional", per_model=("weight",), compute="fp32", prepare=_DataPass("fisher", _fisher_pass_bytes), validate=_validate,
               data="GRAD", data_split="train", work_factor=4.0,
               paper="Matena & Raffel 2022, Merging Models with Fisher-Weighted Averaging (arXiv:2111.09832)",
               presets={"paper": dict(estimator="expected", floor="max", epsilon=1e-6, normalize=True),
@@ -1029,13 +1215,13 @@ def fisher(tensors: list[Tensor], base: Tensor | None, *, data: object = None, w
 def _regmean_tensor(tensors, name: str, grams: list[dict], alpha: float) -> Tensor:
     mod = name[:-len(".weight")] if name.endswith(".weight") else "" if name == "weight" else None
     if mod is not None and tensors[0].ndim == 2 and all(mod in g for g in grams):
-        return _regmean_weight(tensors, [g[mod] for g in grams], alpha, mod in getattr(grams[0], "conv1d", ()))
+        return _regmean_weight(tensors, (g[mod] for g in grams), alpha, mod in getattr(grams[0], "conv1d", ()))
     return _mean(tensors)
 
 _RM_DOCS = _DOCS | dict(alpha=ParamInfo("off-diagonal scale α of the Grams (FusionBench CLIP default 0.95)", range=(0, 1), step=0.05))
 
-@merge_method("regmean", base="optional", compute="fp32", prepare=_prepare("regmean"), validate=_validate, params=_RM_DOCS,
-              data="ACT", data_split="train", work_factor=14.0,
+@merge_method("regmean", base="optional", compute="fp32", prepare=_DataPass("regmean", _gram_pass_bytes), validate=_validate, params=_RM_DOCS,
+              data="ACT", data_split="train", work_factor=1.0, work=_regmean_work,   # the mean; each linear's solve by its shape
               paper="Jin et al. 2023, Dataless Knowledge Fusion by Merging Weights of Language Models (arXiv:2212.09849)")
 def regmean(tensors: list[Tensor], base: Tensor | None, *, data: object = None, alpha: float = 0.95, batch_size: int = 32,
             num_batches: int = 8, cache_dir: object = None, name: str = "", _state: Any = None) -> Tensor:
@@ -1045,10 +1231,10 @@ def regmean(tensors: list[Tensor], base: Tensor | None, *, data: object = None, 
     return _regmean_tensor(tensors, name, _need(_state, "regmean").grams, alpha)
 
 # %% ../nbs/10_data_aware.ipynb #14e75219
-@merge_method("regmean_pp", base="optional", compute="fp32", prepare=_prepare("regmean_pp"), validate=_validate,
+@merge_method("regmean_pp", base="optional", compute="fp32", prepare=_DataPass("regmean_pp", _gram_pp_pass_bytes), validate=_validate,
               params=_RM_DOCS | dict(granularity="block: a layer's linears see model i's own layer (the paper's, FusionBench's); "
                                                  "linear: each linear sees the merged linears before it"),
-              data="ACT", data_split="train", work_factor=12.5,
+              data="ACT", data_split="train", work_factor=1.0, work=_regmean_work,
               paper="Nguyen et al. 2025, RegMean++: Enhancing Effectiveness and Generalization of Regression Mean for Model Merging (arXiv:2508.03121)")
 def regmean_pp(tensors: list[Tensor], base: Tensor | None, *, data: object = None, alpha: float = 0.95,
                granularity: Literal["block", "linear"] = "block", batch_size: int = 32, num_batches: int = 8,
@@ -1057,7 +1243,7 @@ def regmean_pp(tensors: list[Tensor], base: Tensor | None, *, data: object = Non
     return _regmean_tensor(tensors, name, _need(_state, "regmean_pp").grams, alpha)
 
 # %% ../nbs/10_data_aware.ipynb #c6502617
-@merge_method("adamerging", base="required", compute="fp32", prepare=_prepare("adamerging"), validate=_validate,
+@merge_method("adamerging", base="required", compute="fp32", prepare=_DataPass("adamerging", _adamerging_pass_bytes), validate=_validate,
               data="TTA", data_split="test", work_factor=2.25,
               paper="Yang et al. 2024, AdaMerging: Adaptive Model Merging for Multi-Task Learning (ICLR 2024)",
               params=_DOCS | dict(granularity="task: one λ per task; layer: one per task and tensor",

@@ -15,8 +15,8 @@ from .io import LazyCheckpoint, MergelabError, open_model, model_names, short_re
 from .scheduler import TensorGroup, map_reduce, layer_index, using_client, check_threads, parse_device
 from .methods import sparsify_magnitude, radix_kth_abs, elect_sign, topk_rank
 from .masks import tall_masks
-from .memory import MemoryEstimate, check_memory, pass_memory
-from .kinship import DeltaSet, DeltaStats, RowBlock, open_deltas, release_heap, intraop_threads, statistics_block
+from .memory import MemoryEstimate, check_memory, pass_memory, release_heap
+from .kinship import DeltaSet, DeltaStats, RowBlock, open_deltas, intraop_threads, statistics_block
 
 # %% auto #0
 __all__ = ['MEASURES', 'trim', 'sign_counts', 'singular_values', 'singular_task_interference', 'energy_rank',

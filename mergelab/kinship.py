@@ -4,7 +4,7 @@
 
 # %% ../nbs/04_kinship.ipynb #c396021d
 from __future__ import annotations
-import contextlib, ctypes, ctypes.util, functools, itertools, math
+import contextlib, functools, itertools, math
 from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping, Sequence
 import numpy as np
@@ -15,12 +15,12 @@ from fastcore.basics import patch
 from .io import (Checkpoint, AdapterCheckpoint, IncompatibleModels, MergelabError, InvalidValue, open_model,
                          model_names, parse_size)
 from .scheduler import TensorGroup, map_reduce, layer_index, check_threads, parse_device, workspace
-from .memory import MemoryEstimate, available_memory, check_memory, pass_memory
+from .memory import MemoryEstimate, available_memory, check_memory, pass_memory, release_heap
 
 # %% auto #0
-__all__ = ['Metric', 'METRICS', 'DeltaStats', 'DeltaSet', 'open_deltas', 'release_heap', 'intraop_threads', 'DeltaStatistics',
-           'statistics_block', 'RowBlock', 'pass_budget', 'statistics_memory', 'delta_statistics', 'kinship_matrix',
-           'kinship', 'plot_kinship', 'plot_layer_kinship', 'layer_matrix', 'ranked_pairs']
+__all__ = ['Metric', 'METRICS', 'DeltaStats', 'DeltaSet', 'open_deltas', 'intraop_threads', 'DeltaStatistics', 'statistics_block',
+           'RowBlock', 'pass_budget', 'statistics_memory', 'delta_statistics', 'kinship_matrix', 'kinship',
+           'plot_kinship', 'plot_layer_kinship', 'layer_matrix', 'ranked_pairs']
 
 # %% ../nbs/04_kinship.ipynb #e6a435b2
 Metric = Literal["pcc", "cosine", "abs_cosine", "euclidean"]
@@ -262,15 +262,6 @@ def open_deltas(models: Sequence[Any] | Mapping[str, Any] | DeltaSet, base: Any 
     return DeltaSet(list(named), views, b, adapters, keys, skipped)
 
 # %% ../nbs/04_kinship.ipynb #cef1fa6a
-_LIBC: Any = None
-def release_heap() -> None:
-    "Return freed heap memory to the OS (glibc `malloc_trim(0)`; a no-op elsewhere)."
-    global _LIBC
-    if _LIBC is None:
-        try: _LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"); _LIBC.malloc_trim
-        except (OSError, AttributeError): _LIBC = False
-    if _LIBC: _LIBC.malloc_trim(0)
-
 @contextlib.contextmanager
 def intraop_threads(n: int | None):
     "Temporarily set torch's intra-op thread count (None: leave it)."

@@ -14,8 +14,8 @@ import torch
 from torch import Tensor
 from .io import IncompatibleModels, InvalidValue, model_name, model_names
 from .scheduler import map_reduce, check_threads, layer_index
-from .memory import check_memory
-from .kinship import DeltaStats, open_deltas, statistics_block, statistics_memory, intraop_threads, release_heap
+from .memory import check_memory, release_heap
+from .kinship import DeltaStats, open_deltas, statistics_block, statistics_memory, intraop_threads
 from .kinship import pass_budget
 
 # %% auto #0

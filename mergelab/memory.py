@@ -4,11 +4,11 @@
 
 # %% ../nbs/01b_memory.ipynb #70d557bd
 from __future__ import annotations
-import math, os
+import ctypes, ctypes.util, math, os
 from collections import deque
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 import torch
 from .io import MergelabError, current_rss
 from .registry import MergeMethod, work_factor
@@ -16,7 +16,7 @@ from .scheduler import TensorGroup
 
 # %% auto #0
 __all__ = ['InsufficientMemory', 'available_memory', 'MemoryEstimate', 'scheduled_peak', 'estimate_memory', 'split_rows',
-           'check_memory', 'pass_memory']
+           'check_memory', 'pass_memory', 'release_heap']
 
 # %% ../nbs/01b_memory.ipynb #0b01f882
 class InsufficientMemory(MergelabError, MemoryError):
@@ -64,9 +64,11 @@ class MemoryEstimate:
     knobs: list[str] = field(default_factory=list)
     @property
     def peak(self) -> int:
-        "Additional bytes at the peak: the larger of the prepare pass and the merge (working set + output held)."
+        """Additional bytes at the peak: the largest of a model-wide pass (`prepare pass`, a data-aware method's
+        `data pass`) and the merge (working set + output held)."""
         p = self.parts
-        return max(p.get("prepare pass", 0), p.get("working set", 0) + p.get("writer buffer", 0) + p.get("collected output", 0)
+        return max(p.get("prepare pass", 0), p.get("data pass", 0),
+                   p.get("working set", 0) + p.get("writer buffer", 0) + p.get("collected output", 0)
                    + p.get("assembled tensor", 0))
     @property
     def peak_rss(self) -> int: return self.process + self.peak
@@ -82,8 +84,9 @@ class MemoryEstimate:
 
 # %% ../nbs/01b_memory.ipynb #a1f0c3db
 def _group_work(g: TensorGroup, factor: float, dtype, compute_dtype, out_dtype, fp32: bool,
-                casts: bool = False) -> tuple[int, int, int]:
-    "(peak bytes while merging g, bytes of its output, compute-dtype bytes of its n + 1 inputs)."
+                casts: bool = False, work: int | None = None) -> tuple[int, int, int]:
+    """(peak bytes while merging g, bytes of its output, compute-dtype bytes of its n + 1 inputs); the method's working
+    copies are `factor` × those input bytes, or `work` bytes when the method's `work` gives them."""
     srcs = g.inputs + ([g.base] if g.base is not None else [])
     c0, k0 = g.base or g.inputs[0]
     stored, e = c0.dtype(k0), math.prod(g.shape)
@@ -95,7 +98,11 @@ def _group_work(g: TensorGroup, factor: float, dtype, compute_dtype, out_dtype, 
     cin = len(srcs) * e * _isize(cd)
     up = cin if cd != work_dt and not (casts and compute_dtype is None and _isize(work_dt) > 1) else 0   # `casts_inputs`: no up-cast copies
     out = e * _isize(out_dtype or work_dt)
-    return read + cast + up + int(factor * cin) + out, out, cin
+    return read + cast + up + (int(factor * cin) if work is None else work) + out, out, cin
+
+def _works(method: MergeMethod, groups: Sequence[TensorGroup]) -> list[int | None]:
+    "Each group's working bytes from the method's `work`, where it has one (None: its `work_factor` applies)."
+    return list(method.work(groups)) if method.work is not None else [None] * len(groups)
 
 def scheduled_peak(works: list[int], outs: list[int], sizes: list[int], threads: int, budget: int | None) -> int:
     """Replay `run_groups`' admission rule: the most memory held by the groups in flight at once. glibc gives each
@@ -118,11 +125,12 @@ def estimate_memory(groups: Sequence[TensorGroup], method: MergeMethod, *, threa
                     out_dtype: torch.dtype | None = None, collect: bool = False, max_shard_size: int | None = None,
                     process: int | None = None) -> MemoryEstimate:
     """Peak memory of running `groups` with `method`, from shapes and dtypes only (nothing is read): the groups in
-    flight under `run_groups`' byte budget (inputs read, casts, the method's working copies (its `work_factor`), the
-    output), a model-wide `prepare` pass (`topk_scope="model"`), and the merged tensors held: the shard buffer of
-    the writer, or the whole state dict with `collect=True`."""
+    flight under `run_groups`' byte budget (inputs read, casts, the method's working copies (its `work_factor`, or its
+    `work` per group), the output), a model-wide `prepare` pass (`topk_scope="model"`), and the merged tensors held:
+    the shard buffer of the writer, or the whole state dict with `collect=True`."""
     f, fp32 = work_factor(method), method.compute == "fp32"
-    rows = [_group_work(g, f, dtype, compute_dtype, out_dtype, fp32, method.casts_inputs) for g in groups]
+    rows = [_group_work(g, f, dtype, compute_dtype, out_dtype, fp32, method.casts_inputs, w)
+            for g, w in zip(groups, _works(method, groups))]
     works, outs, cins = [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]
     sizes = [g.read_bytes for g in groups]
     parts = {"working set": scheduled_peak(works, outs, sizes, threads, budget)}
@@ -154,9 +162,9 @@ def split_rows(groups: Sequence[TensorGroup], method: MergeMethod, budget: int, 
     assembled in order by `execute`); every other group stays whole. `budget` bounds the working set, not the
     assembled tensor or the writer's shard buffer (see `estimate_memory`)."""
     f, fp32, per, out = work_factor(method), method.compute == "fp32", max(1, budget // (2 * max(1, threads))), []
-    for g in groups:
+    for g, w in zip(groups, _works(method, groups)):
         c0, k0 = g.base or g.inputs[0]
-        work, n = _group_work(g, f, dtype, compute_dtype, out_dtype, fp32, method.casts_inputs)[0], (g.shape[0] if len(g.shape) else 1)
+        work, n = _group_work(g, f, dtype, compute_dtype, out_dtype, fp32, method.casts_inputs, w)[0], (g.shape[0] if len(g.shape) else 1)
         if work <= per or n < 2 or g.rows is not None or not c0.dtype(k0).is_floating_point or not method.splits_rows(g.params):
             out.append(g); continue
         step = max(1, n * per // work)
@@ -181,3 +189,14 @@ def pass_memory(works: Sequence[int], sizes: Sequence[int], threads: int = 2, *,
     item i is processed and `sizes[i]` are what it reads (`run_groups`' admission rule, replayed by `scheduled_peak`)."""
     peak = scheduled_peak(list(works), [0] * len(works), list(sizes), threads, budget)
     return MemoryEstimate({"working set": peak}, process=current_rss(), threads=threads, knobs=list(knobs))
+
+# %% ../nbs/01b_memory.ipynb #e057d4a3
+_LIBC: Any = None
+def release_heap() -> None:
+    """Return freed heap memory to the OS (glibc `malloc_trim(0)`; a no-op elsewhere): between the units of a long pass,
+    so that what one unit freed does not stay resident under the next."""
+    global _LIBC
+    if _LIBC is None:
+        try: _LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"); _LIBC.malloc_trim
+        except (OSError, AttributeError): _LIBC = False
+    if _LIBC: _LIBC.malloc_trim(0)

@@ -100,7 +100,9 @@ def _param_type(ann) -> tuple[type, tuple | None]:
 class MergeMethod:
     """A registered merge method: the pure function plus every fact the planner, the memory guard, the CLI and the
     widgets read about it. `work_factor`: working memory of one call as a multiple of its n + 1 input tensors in the
-    compute dtype (measured below); `data`: what a data-aware method learns from (`GRAD`: gradients, `ACT`: activations,
+    compute dtype (measured below); `work(groups)`, for a method whose working memory depends on what a tensor is
+    rather than on its size alone (RegMean's Gram solves): each planned group's working bytes, or None where
+    `work_factor` holds; `data`: what a data-aware method learns from (`GRAD`: gradients, `ACT`: activations,
     `TTA`: unlabelled test inputs) and `data_split` the split it reads unless told; `prepare(groups, threads=, dtype=,
     compute_dtype=, seed=, device=, **kwargs)`: a model-wide pass over the planned groups before the merge, which
     returns them with what it computed (it accepts keywords it does not use: the planner may add more); `unchanged_is_base`: a tensor no model
@@ -130,6 +132,7 @@ class MergeMethod:
     rows: bool | Callable[[dict], bool] = False
     casts_inputs: bool = False
     base_as_input: bool = False
+    work: Callable[[Sequence], list[int | None]] | None = None
     def splits_rows(self, params: dict) -> bool:
         "Whether a group with these resolved parameters may be merged in row blocks (`rows`)."
         return bool(self.rows(params) if callable(self.rows) else self.rows)
@@ -195,16 +198,19 @@ def merge_method(name: str, *, work_factor: float, base: str = "required", per_m
                  presets: dict | None = None, params: dict[str, ParamInfo | str] | None = None,
                  prepare: Callable | None = None, validate: Callable[[str, dict], None] | None = None,
                  data: str | None = None, data_split: str | None = None, unchanged_is_base: bool | None = None,
-                 rows: bool | Callable[[dict], bool] = False, casts_inputs: bool = False, base_as_input: bool = False):
+                 rows: bool | Callable[[dict], bool] = False, casts_inputs: bool = False, base_as_input: bool = False,
+                 work: Callable[[Sequence], list[int | None]] | None = None):
     """Register `fn(tensors, base, *, params...)` under `name`: types and defaults come from its signature, each
     parameter's doc, range and slider from `params` (a `ParamInfo` or just the doc; names not in the signature are
-    ignored, so a family shares one table). `work_factor` is required (see `MergeMethod`). `validate(name, resolved)`
-    checks joint rules across parameters once each value passed its own type and range check; `unchanged_is_base`
+    ignored, so a family shares one table). `work_factor` is required, `work` optional (see `MergeMethod`).
+    `validate(name, resolved)` checks joint rules across parameters once each value passed its own type and range
+    check; `unchanged_is_base`
     defaults to `base == "required"` (task-vector methods), interpolations set it False. Keywords `name`, `generator`
     and `out_dtype` of `fn` are not parameters: the engine passes the tensor's name, its seeded generator
     (`tensor_generator`) and the dtype the result is written in (None outside the engine)."""
     if isinstance(work_factor, bool) or not isinstance(work_factor, (int, float)) or not work_factor > 0:
         raise TypeError(f"{name}: work_factor must be a positive number, got {work_factor!r}")
+    if work is not None and not callable(work): raise TypeError(f"{name}: work must be a function of the planned groups")
     if (data is None) != (data_split is None): raise TypeError(f"{name}: a data-aware method declares data and data_split")
     if base_as_input and base != "none": raise TypeError(f"{name}: only a method that takes no base takes it as an input")
     def deco(fn):
@@ -226,7 +232,7 @@ def merge_method(name: str, *, work_factor: float, base: str = "required", per_m
         METHODS[name] = MergeMethod(name, fn, ps, base, work_factor, min_models, max_models, compute, paper, presets or {},
                                     prepare, frozenset(wants), validate, data, data_split,
                                     base == "required" if unchanged_is_base is None else unchanged_is_base, rows,
-                                    casts_inputs, base_as_input)
+                                    casts_inputs, base_as_input, work)
         return fn
     return deco
 
@@ -266,7 +272,7 @@ def _accepts(fn) -> set[str]: return set(inspect.signature(fn).parameters)
 
 def chain(first: MergeMethod | str, *posts: MergeMethod | str) -> MergeMethod:
     """`first`, then each post-processor applied to the running result (and, if it asks for `_inputs`, the inputs). Its
-    work factor is the dearest step's plus 0.5 for the running result."""
+    work factor is the dearest step's plus 0.5 for the running result; a first step's per-group `work` carries over."""
     first, posts = get_method(first), [get_method(p) for p in posts]
     params = dict(first.params)
     for p in posts:
@@ -293,4 +299,5 @@ def chain(first: MergeMethod | str, *posts: MergeMethod | str) -> MergeMethod:
     base = "required" if any(m.base == "required" for m in steps) else first.base
     return MergeMethod(" → ".join(m.name for m in steps), fn, params, base, max(m.work_factor for m in steps) + 0.5 * bool(posts),
                        first.min_models, first.max_models, first.compute, "; ".join(m.paper for m in steps if m.paper), {},
-                       prepare, frozenset().union(*(m.wants for m in steps)) - {"out_dtype"}, validate, first.data, first.data_split)
+                       prepare, frozenset().union(*(m.wants for m in steps)) - {"out_dtype"}, validate, first.data, first.data_split,
+                       work=first.work)

@@ -66,6 +66,38 @@ def test_estimate_tracks_measured_peak(family46, tmp_path, method, scope, thread
     assert est.peak >= 0.9 * grew, "the estimate must not undershoot the real growth"
     assert est.peak <= 3.0 * grew, "nor be so pessimistic that it refuses merges that fit"
 
+def test_regmean_estimates_track_measured_peaks(family46, tmp_path):
+    """RegMean on the 46M Llama family, in fresh processes: the data pass (`build_plan` runs it) and then the merge
+    (Grams cached, one thread) each grow the peak RSS by at least 0.9× and at most 3× what their estimates say."""
+    import torch, yaml
+    from safetensors.torch import save_file
+    from mergelab.config import estimate_peak_memory
+    from mergelab.data_aware import data_source, data_pass_memory
+    from mergelab.io import open_model
+    paths = family46
+    g = torch.Generator().manual_seed(0)
+    save_file({p.name: torch.randint(0, 32000, (4, 64), generator=g) for p in paths[1:]}, str(tmp_path / "ids.safetensors"))
+    cfg = tmp_path / "c.yml"
+    cfg.write_text(yaml.safe_dump({"merge_method": "regmean", "base_model": str(paths[0]), "dtype": "bfloat16",
+                                   "models": [{"model": str(p)} for p in paths[1:]],
+                                   "parameters": {"data": {"path": str(tmp_path / "ids.safetensors")}, "batch_size": 4,
+                                                  "num_batches": 1, "cache_dir": str(tmp_path / "cache")}}))
+    cks = [open_model(p) for p in paths[1:]]
+    est = {"data pass": data_pass_memory("regmean", cks, data_source(str(tmp_path / "ids.safetensors")).pair(cks),
+                                                batch_size=4).peak,
+           "merge": estimate_peak_memory(cfg, threads=1, max_shard_size="100MB").peak}
+    run = lambda code: bench.measured([sys.executable, "-c", "from transformers import LlamaForCausalLM\n"
+                                       "from mergelab.config import build_plan, merge_config\nimport mergelab.data_aware\n" + code])["rss"]
+    base_rss = run(f"build_plan({str(cfg)!r}, prepare=False)")                 # imports and headers only
+    grew = {"data pass": run(f"build_plan({str(cfg)!r}, progress=False)") - base_rss}     # nothing merged
+    assert len(list((tmp_path / "cache").rglob("gram-*.safetensors"))) == 3
+    grew["merge"] = run(f"merge_config({str(cfg)!r}, {str(tmp_path / 'out')!r}, threads=1, max_shard_size='100MB', "
+                        "progress=False)") - base_rss
+    print("\nRegMean, 46M Llama family: " + "; ".join(f"{k} {grew[k] / 2**20:.0f} MiB measured, {est[k] / 2**20:.0f} MiB "
+                                                    f"estimated ({est[k] / grew[k]:.2f}x)" for k in grew))
+    for k in grew: assert 0.9 * grew[k] <= est[k] <= 3.0 * grew[k], (k, grew[k], est[k])
+    assert len(open_model(tmp_path / "out").keys()) == len(cks[0].keys())
+
 def test_guard_refuses_before_any_read(tmp_path, monkeypatch):
     "With too little memory available the merge is refused with the estimate and the knobs, before a tensor is read."
     from mergelab.config import merge_config, estimate_peak_memory
