@@ -15,8 +15,8 @@ from .registry import MergeMethod, work_factor
 from .scheduler import TensorGroup
 
 # %% auto #0
-__all__ = ['MMAP_MAX', 'InsufficientMemory', 'available_memory', 'MemoryEstimate', 'scheduled_peak', 'estimate_memory',
-           'split_rows', 'check_memory', 'pass_memory', 'release_heap']
+__all__ = ['InsufficientMemory', 'available_memory', 'MemoryEstimate', 'scheduled_peak', 'estimate_memory', 'split_rows',
+           'check_memory', 'pass_memory', 'release_heap']
 
 # %% ../nbs/01b_memory.ipynb #0b01f882
 class InsufficientMemory(MergelabError, MemoryError):
@@ -104,16 +104,12 @@ def _works(method: MergeMethod, groups: Sequence[TensorGroup]) -> list[int | Non
     "Each group's working bytes from the method's `work`, where it has one (None: its `work_factor` applies)."
     return list(method.work(groups)) if method.work is not None else [None] * len(groups)
 
-MMAP_MAX = 32 * 2**20        # glibc's largest mmap threshold: a larger block is mapped, and unmapped when freed
-
-def scheduled_peak(works: list[int], outs: list[int], sizes: list[int], threads: int, budget: int | None,
-                   retained: list[int] | None = None) -> int:
+def scheduled_peak(works: list[int], outs: list[int], sizes: list[int], threads: int, budget: int | None) -> int:
     """Replay `run_groups`' admission rule: the most memory held by the groups in flight at once. glibc gives each
-    thread its own heap arena and keeps what it freed, so every worker thread may hold up to the largest `retained`
-    (default: `works`) of the groups: what a group leaves in its thread's heap."""
+    thread its own heap arena and keeps what it freed, so every worker thread holds up to the largest group's peak."""
     budget = budget or max(sizes, default=1)
     if threads <= 1: return max(works, default=0)
-    arenas = min(threads, len(works)) * max(works if retained is None else retained, default=0)
+    arenas = min(threads, len(works)) * max(works, default=0)
     pending, inflight, i, peak = deque(), 0, 0, 0
     while i < len(works) or pending:
         while i < len(works) and len(pending) < 2 * threads and (not pending or inflight + sizes[i] <= budget):
@@ -131,22 +127,18 @@ def estimate_memory(groups: Sequence[TensorGroup], method: MergeMethod, *, threa
     """Peak memory of running `groups` with `method`, from shapes and dtypes only (nothing is read): the groups in
     flight under `run_groups`' byte budget (inputs read, casts, the method's working copies (its `work_factor`, or its
     `work` per group), the output), a model-wide `prepare` pass (`topk_scope="model"`), and the merged tensors held:
-    the shard buffer of the writer, or the whole state dict with `collect=True`. A worker thread's heap keeps what
-    a group freed only below glibc's largest mmap threshold (`MMAP_MAX`): a group whose tensor takes that much in
-    float32 (the working copies' dtype or narrower) does not add to the per-thread arenas."""
+    the shard buffer of the writer, or the whole state dict with `collect=True`."""
     f, fp32 = work_factor(method), method.compute == "fp32"
     rows = [_group_work(g, f, dtype, compute_dtype, out_dtype, fp32, method.casts_inputs, w)
             for g, w in zip(groups, _works(method, groups))]
     works, outs, cins = [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]
     sizes = [g.read_bytes for g in groups]
-    big = [4 * math.prod(g.shape) >= MMAP_MAX for g in groups]        # a float32 copy of the tensor is mapped
-    keep = lambda ws: [0 if b else w for w, b in zip(ws, big)]      # mapped blocks go back to the system when freed
-    parts = {"working set": scheduled_peak(works, outs, sizes, threads, budget, keep(works))}
+    parts = {"working set": scheduled_peak(works, outs, sizes, threads, budget)}
     knobs = []
     if any(g.params.get("topk_scope") == "model" and g.params.get("use_ties", True) for g in groups):
         pw = [s + 3 * c for s, c in zip(sizes, cins)]
         n = max((len(g.inputs) for g in groups), default=0)
-        parts["prepare pass"] = scheduled_peak(pw, [0] * len(pw), sizes, threads, budget, keep(pw)) + 4 * n * 65536 * 8
+        parts["prepare pass"] = scheduled_peak(pw, [0] * len(pw), sizes, threads, budget) + 4 * n * 65536 * 8
         knobs.append("topk_scope='tensor' (no model-wide pass)")
     blocked = [o * g.full_shape[0] // (g.rows[1] - g.rows[0]) for g, o in zip(groups, outs) if g.rows is not None]
     if blocked: parts["assembled tensor"] = max(blocked)        # a row-blocked tensor is held whole until written

