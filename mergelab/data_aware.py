@@ -712,7 +712,6 @@ def regmean_solve(weights: Iterable[Tensor], grams: Iterable[Tensor], alpha: flo
     A.diagonal().add_(1e6 * lam)
     return torch.linalg.lstsq(A, B + 1e6 * lam * mean).solution.T.to(dt)
 
-
 # %% ../nbs/10_data_aware.ipynb #b4512bd8
 _ARCHITECTURES: dict = {}
 
@@ -790,14 +789,13 @@ class PassSizes:
         "What a forward keeps for its backward: every linear's rows, attention scores in every layer, copies of the logits."
         return 4 * rows * (self.saved + 3 * self.widest + logit_copies * self.logits + 3 * self.heads * self.seq * self.layers)
 
-
 # %% ../nbs/10_data_aware.ipynb #34e11435
 def _model_bytes(ck: Checkpoint) -> tuple[int, int, int, int]:
     "(bytes as stored, float32 bytes, bytes of the float32 copies a load casts, largest floating tensor's entries)."
     stored = f32 = cast = big = 0
     for k in ck.keys():
         dt, e = ck.dtype(k), math.prod(ck.shape(k))
-        b = e * torch.empty((), dtype=dt).element_size()
+        b = e * dt.itemsize
         stored += b
         if dt.is_floating_point:
             f32 += 4 * e; big = max(big, e)
