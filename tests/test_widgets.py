@@ -13,7 +13,10 @@ CELLS = [
     "mx = MergeExplorer(auto=True, auto_delay=0.3, progress=False)\nmx",
     # two changes in quick succession: nothing runs yet, one merge is pending
     "mx.set_params(density=0.3); mx.set_params(density=0.4)\nassert len(mx.results) == 0 and mx._pending is not None",
-    "import asyncio\nawait asyncio.sleep(1.5)",
+    # the debounced merge runs on the kernel's event loop: wait for it (a loaded machine may take seconds), then a while
+    # longer, in which no second merge may start
+    "import asyncio, time\nt0 = time.monotonic()\nwhile not len(mx.results) and time.monotonic() - t0 < 60: await asyncio.sleep(0.1)\n"
+    "await asyncio.sleep(1.0)",
     "assert len(mx.results) == 1, mx.results\nassert mx.results.params[0] == 'weight=1.0, density=0.4', mx.results.params[0]\n"
     "mx.merge_button.click(); assert len(mx.results) == 2",
     "kx = KinshipExplorer(merge_explorer=mx, progress=False)\nkx",
