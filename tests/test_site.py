@@ -1,7 +1,8 @@
 """The documentation site in a browser: headless Chromium opens the index page and the kinship pillar's page, follows the
 sidebar from one to the other, checks that every sidebar link resolves to a page of the site, and that an exported
-function appears as its `show_doc` signature and docstring, never as its source. After the notebook tests (which build
-every page, see tests/docs_site.py) it checks that site; run alone, it builds the two pages itself first."""
+function appears as its `show_doc` signature and docstring, never as its source. After the notebook tests in the same
+process (which build every page, see tests/docs_site.py) it checks that site; run alone or in another pytest-xdist
+worker, it builds the two pages itself first."""
 import sys
 from pathlib import Path
 import pytest
