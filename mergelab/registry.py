@@ -204,10 +204,9 @@ def merge_method(name: str, *, work_factor: float, base: str = "required", per_m
     parameter's doc, range and slider from `params` (a `ParamInfo` or just the doc; names not in the signature are
     ignored, so a family shares one table). `work_factor` is required, `work` optional (see `MergeMethod`).
     `validate(name, resolved)` checks joint rules across parameters once each value passed its own type and range
-    check; `unchanged_is_base`
-    defaults to `base == "required"` (task-vector methods), interpolations set it False. Keywords `name`, `generator`
-    and `out_dtype` of `fn` are not parameters: the engine passes the tensor's name, its seeded generator
-    (`tensor_generator`) and the dtype the result is written in (None outside the engine)."""
+    check; `unchanged_is_base` defaults to `base == "required"` (task-vector methods), interpolations set it False.
+    Keywords `name`, `generator` and `out_dtype` of `fn` are not parameters: the engine passes the tensor's name, its
+    seeded generator (`tensor_generator`) and the dtype the result is written in (None outside the engine)."""
     if isinstance(work_factor, bool) or not isinstance(work_factor, (int, float)) or not work_factor > 0:
         raise TypeError(f"{name}: work_factor must be a positive number, got {work_factor!r}")
     if work is not None and not callable(work): raise TypeError(f"{name}: work must be a function of the planned groups")
