@@ -443,14 +443,14 @@ def _plain_groups(method: MergeMethod, cfg: MergeConfig, models: list[Checkpoint
 # %% ../nbs/03_config.ipynb #365ff583
 def plan_row_blocks(method: MergeMethod, groups: list[TensorGroup], *, threads: int = 2, dtype: torch.dtype | None = None,
                     compute_dtype: torch.dtype | None = None, out_dtype: torch.dtype | None = None,
-                    max_memory: int | str | None = None, available: int | None = None, collect: bool = False,
-                    max_shard_size: int | str = "5GB") -> list[TensorGroup]:
+                    max_memory: int | str | None = None, available: int | None = None,
+                    collect: bool = False) -> list[TensorGroup]:
     """Row blocks where memory calls for them (`memory.split_rows`, row-separable methods only). With `max_memory`
     (bytes or "4GB") the working set stays within it. Without, every tensor stays whole (per-tensor results exactly as
     mergekit's) unless the whole-tensor plan would exceed the `available` memory; then the budget is half of it."""
     if max_memory is None:
         est = estimate_memory(groups, method, threads=threads, dtype=dtype, compute_dtype=compute_dtype,
-                              out_dtype=out_dtype, collect=collect, max_shard_size=parse_size(max_shard_size))
+                              out_dtype=out_dtype, collect=collect)
         avail = available if available is not None else available_memory()[0]
         if est.peak <= avail: return groups
         budget = avail // 2
@@ -459,12 +459,12 @@ def plan_row_blocks(method: MergeMethod, groups: list[TensorGroup], *, threads: 
 
 # %% ../nbs/03_config.ipynb #d786fef4
 def build_plan(cfg: MergeConfig | Mapping | str | Path, *, seed: int | None = None, threads: int = 2,
-               collect: bool = False, max_shard_size: int | str = "5GB", compute_dtype: Any = None,
-               force: bool = False, available: int | None = None, prepare: bool = True, device: Any = None,
+               collect: bool = False, compute_dtype: Any = None, force: bool = False, available: int | None = None,
+               prepare: bool = True, device: Any = None,
                max_memory: int | str | None = None, progress: bool = True) -> Plan:
     """Validate `cfg` completely and plan one `TensorGroup` per output tensor. Before any tensor is read (a model-wide
-    `prepare` pass reads), the memory guard estimates the peak (`estimate_memory`, for `threads`, the writer's
-    `max_shard_size`, or the whole result with `collect=True`) and raises `InsufficientMemory` when it exceeds the
+    `prepare` pass reads), the memory guard estimates the peak (`estimate_memory`, for `threads`, streaming to disk or,
+    with `collect=True`, holding the whole result) and raises `InsufficientMemory` when it exceeds the
     `available` memory (default: `available_memory()`), unless `force`; tensors too large for the memory are planned in
     row blocks first (`plan_row_blocks`, `max_memory`). `device`: where a model-wide pass runs its forward passes (the
     data-aware methods' data pass, which checks its own estimate against the same `available`, unless `force`);
@@ -472,7 +472,7 @@ def build_plan(cfg: MergeConfig | Mapping | str | Path, *, seed: int | None = No
     cfg = MergeConfig.load(cfg)
     guard = lambda method, groups, dtype, out_dtype: check_memory(
         estimate_memory(groups, method, threads=threads, dtype=dtype, out_dtype=out_dtype, collect=collect,
-                        compute_dtype=parse_dtype(compute_dtype), max_shard_size=parse_size(max_shard_size)),
+                        compute_dtype=parse_dtype(compute_dtype)),
         available, force=force)
     problems: list[str] = []
     method, cfg = _planned_method(cfg)
@@ -484,7 +484,7 @@ def build_plan(cfg: MergeConfig | Mapping | str | Path, *, seed: int | None = No
     if problems: raise ConfigError(_dedup(problems))
     groups = plan_row_blocks(method, groups, threads=threads, dtype=parse_dtype(cfg.dtype), compute_dtype=parse_dtype(compute_dtype),
                              out_dtype=parse_dtype(cfg.out_dtype), max_memory=max_memory, available=available,
-                             collect=collect, max_shard_size=max_shard_size)
+                             collect=collect)
     memory = guard(method, groups, parse_dtype(cfg.dtype), parse_dtype(cfg.out_dtype))
     seed = seed if seed is not None else cfg.parameters.get("seed")
     if prepare and method.prepare is not None:      # model-wide passes see the dtypes and random streams the merge will use
@@ -732,11 +732,11 @@ def merge_config(config: Any, out: str | Path | None = None, *, overwrite: bool 
     `force=True` runs even when the memory guard estimates more than is available; `client=` runs the per-tensor
     map on dask workers (bit-identical output); `device=` ('cuda', 'cuda:1', 'mps') merges each tensor group there;
     `max_memory=` ("4GB") bounds the working set, merging larger tensors in row blocks (`plan_row_blocks`)."""
-    nonfinite_policy(on_nonfinite); parse_device(device)
+    nonfinite_policy(on_nonfinite); parse_device(device); parse_size(max_shard_size)     # bad values: before any work
     cfg = MergeConfig.load(config)
     if dtype is not None: cfg.dtype = dtype
     with using_client(client):
-        plan = _validated(cfg, out, overwrite, seed, threads, max_shard_size=max_shard_size, compute_dtype=compute_dtype, force=force,
+        plan = _validated(cfg, out, overwrite, seed, threads, compute_dtype=compute_dtype, force=force,
                           device=device, max_memory=max_memory, progress=progress)
         return run_plan(plan, out, max_shard_size=max_shard_size, overwrite=overwrite, threads=threads, progress=progress,
                         compute_dtype=compute_dtype, on_nonfinite=on_nonfinite, record=cfg.to_yaml(), client=client,
@@ -758,7 +758,7 @@ def merge(models: Sequence[Any] | Mapping[str, Any], method: str = "linear", bas
     (a `dask.distributed.Client`) merges on its workers, tensor by tensor, with bit-identical output; `device=` ('cuda',
     'cuda:1', 'mps') merges each tensor group there (random drops are drawn on the CPU: the same masks as a CPU merge);
     `max_memory=` ("4GB") bounds the working set, merging larger tensors in row blocks (`plan_row_blocks`)."""
-    nonfinite_policy(on_nonfinite); parse_device(device)
+    nonfinite_policy(on_nonfinite); parse_device(device); parse_size(max_shard_size)     # bad values: before any work
     m = chain(method, *[p if isinstance(p, str) else p["method"] for p in postprocess]) if postprocess else get_method(method)
     models = list(model_names(models, what="merge").values())
     glob, per = {}, [{} for _ in models]
@@ -777,7 +777,7 @@ def merge(models: Sequence[Any] | Mapping[str, Any], method: str = "linear", bas
         d["postprocess"] = [p if isinstance(p, str) else p for p in postprocess]
     cfg = MergeConfig.load({k: v for k, v in d.items() if v is not None})
     with using_client(client):
-        plan = _validated(cfg, out, overwrite, seed, threads, max_shard_size=max_shard_size, compute_dtype=compute_dtype, force=force,
+        plan = _validated(cfg, out, overwrite, seed, threads, compute_dtype=compute_dtype, force=force,
                           device=device, max_memory=max_memory, progress=progress)
         return run_plan(plan, out, max_shard_size=max_shard_size, overwrite=overwrite, threads=threads, progress=progress,
                         compute_dtype=compute_dtype, on_nonfinite=on_nonfinite, record=cfg.to_yaml(), client=client,
@@ -787,13 +787,13 @@ def merge(models: Sequence[Any] | Mapping[str, Any], method: str = "linear", bas
 def _dtype_str(d): return None if d is None else str(d).removeprefix("torch.")
 
 def estimate_peak_memory(plan: Plan | MergeConfig | Mapping | str | Path, *, threads: int = 2, collect: bool = False,
-                         max_shard_size: int | str = "5GB", compute_dtype: Any = None) -> MemoryEstimate:
+                         compute_dtype: Any = None) -> MemoryEstimate:
     """The memory guard's estimate for a plan or a config (validated, nothing read): `.peak` (bytes beyond what the
     process holds), `.peak_rss`, `.parts` and `.table()` (a pandas Series in MiB). `collect=True`: the result is
     returned as a state dict (`out=None`) rather than streamed to disk."""
     if not isinstance(plan, Plan): plan = build_plan(plan, threads=threads, force=True, prepare=False)
     return estimate_memory(plan.groups, plan.method, threads=threads, dtype=plan.dtype, out_dtype=plan.out_dtype,
-                           compute_dtype=parse_dtype(compute_dtype), collect=collect, max_shard_size=parse_size(max_shard_size))
+                           compute_dtype=parse_dtype(compute_dtype), collect=collect)
 
 # %% ../nbs/03_config.ipynb #8a99e331
 def merge_setting_config(models: Sequence[Any], method: str, params: Mapping[str, Any], base: Any = None) -> MergeConfig:

@@ -15,8 +15,9 @@ from fastcore.basics import patch
 import torch.nn.functional as F
 from torch import nn, Tensor
 from .io import (Checkpoint, MergelabError, open_model, open_module, open_tokenizer, module_key_map,
-                         read_safetensors_header, short_repr, is_conv1d, module_from_config, current_rss)
-from .memory import MemoryEstimate, check_memory, release_heap
+                         read_safetensors_header, short_repr, is_conv1d, module_from_config, current_rss,
+                         release_heap)
+from .memory import MemoryEstimate, check_memory
 from .registry import ConfigError, merge_method, METHODS, ParamInfo, get_method
 from .scheduler import TensorGroup, layer_index, run_groups, parse_device, model_device, to_device, module_on
 

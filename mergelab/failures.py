@@ -131,7 +131,7 @@ _FILE_CASES = [
                 "fix the checkpoint, or pass on_nonfinite='warn'/'ignore'",
                 lambda d: merge([d / "nan", d / "b"], "linear", weight=0.5, progress=False), "NaN/inf"),
     FailureCase("not enough memory", InsufficientMemory, "an estimated peak above the available memory (checked before any read)",
-                "threads=1, max_memory= (row blocks: linear, task arithmetic, TIES), a smaller max_shard_size, out= instead of a "
+                "threads=1, max_memory= (row blocks: linear, task arithmetic, TIES), out= instead of a "
                 "state dict, topk_scope='tensor', or force=True",
                 lambda d: build_plan({"merge_method": "karcher", "models": [str(d / "a"), str(d / "b")]}, available=1024),
                 "force=True"),

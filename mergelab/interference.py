@@ -11,11 +11,11 @@ import pandas as pd
 import torch
 from torch import Tensor
 from fastcore.basics import patch
-from .io import LazyCheckpoint, MergelabError, open_model, model_names, short_repr
+from .io import LazyCheckpoint, MergelabError, open_model, model_names, short_repr, release_heap
 from .scheduler import TensorGroup, map_reduce, layer_index, using_client, check_threads, parse_device
 from .methods import sparsify_magnitude, radix_kth_abs, elect_sign, topk_rank
 from .masks import tall_masks
-from .memory import MemoryEstimate, check_memory, pass_memory, release_heap
+from .memory import MemoryEstimate, check_memory, pass_memory
 from .kinship import DeltaSet, DeltaStats, RowBlock, open_deltas, intraop_threads, statistics_block
 
 # %% auto #0

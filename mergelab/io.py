@@ -20,7 +20,7 @@ __all__ = ['TOKENIZER_FILES', 'LOSS_METRICS', 'MergelabError', 'CheckpointNotFou
            'clean_stale_temporaries', 'exchange_paths', 'ShardedWriter', 'save_checkpoint', 'write_text_atomic',
            'check_compatible', 'TaskVector', 'task_vector', 'adapter_ref', 'model_name', 'model_paths', 'model_names',
            'module_from_config', 'is_conv1d', 'module_key_map', 'open_module', 'load_with_transformers',
-           'open_tokenizer', 'EvaluationError', 'lower_is_better', 'score_table', 'current_rss']
+           'open_tokenizer', 'EvaluationError', 'lower_is_better', 'score_table', 'current_rss', 'release_heap']
 
 # %% ../nbs/00_io.ipynb #f6fda86f
 class MergelabError(Exception):
@@ -1162,3 +1162,10 @@ def current_rss() -> int:
     except OSError: pass
     import resource
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+# %% ../nbs/00_io.ipynb #3e51d547
+def release_heap() -> None:
+    """Return freed heap memory to the OS (glibc `malloc_trim(0)`; a no-op elsewhere): between the units of a long pass,
+    so that what one unit freed, in any thread's heap arena, does not stay resident under the next."""
+    trim = getattr(_LIBC, "malloc_trim", None) if _LIBC is not None else None
+    if trim is not None: trim(0)

@@ -13,9 +13,9 @@ import torch
 from torch import Tensor
 from fastcore.basics import patch
 from .io import (Checkpoint, AdapterCheckpoint, IncompatibleModels, MergelabError, InvalidValue, open_model,
-                         model_names, parse_size)
+                         model_names, parse_size, release_heap)
 from .scheduler import TensorGroup, map_reduce, layer_index, check_threads, parse_device, workspace
-from .memory import MemoryEstimate, available_memory, check_memory, pass_memory, release_heap
+from .memory import MemoryEstimate, available_memory, check_memory, pass_memory
 
 # %% auto #0
 __all__ = ['Metric', 'METRICS', 'DeltaStats', 'DeltaSet', 'open_deltas', 'intraop_threads', 'DeltaStatistics', 'statistics_block',

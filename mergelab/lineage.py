@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor
-from .io import IncompatibleModels, InvalidValue, model_name, model_names
+from .io import IncompatibleModels, InvalidValue, model_name, model_names, release_heap
 from .scheduler import map_reduce, check_threads, layer_index
-from .memory import check_memory, release_heap
+from .memory import check_memory
 from .kinship import DeltaStats, open_deltas, statistics_block, statistics_memory, intraop_threads
 from .kinship import pass_budget
 

@@ -4,7 +4,7 @@
 
 # %% ../nbs/01b_memory.ipynb #70d557bd
 from __future__ import annotations
-import ctypes, ctypes.util, math, os
+import math, os
 from collections import deque
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -15,8 +15,8 @@ from .registry import MergeMethod, work_factor
 from .scheduler import TensorGroup
 
 # %% auto #0
-__all__ = ['InsufficientMemory', 'available_memory', 'MemoryEstimate', 'scheduled_peak', 'estimate_memory', 'split_rows',
-           'check_memory', 'pass_memory', 'release_heap']
+__all__ = ['COMPILED_KERNELS', 'InsufficientMemory', 'available_memory', 'MemoryEstimate', 'scheduled_peak', 'estimate_memory',
+           'split_rows', 'check_memory', 'pass_memory']
 
 # %% ../nbs/01b_memory.ipynb #0b01f882
 class InsufficientMemory(MergelabError, MemoryError):
@@ -68,8 +68,8 @@ class MemoryEstimate:
         `data pass`) and the merge (working set + output held)."""
         p = self.parts
         return max(p.get("prepare pass", 0), p.get("data pass", 0),
-                   p.get("working set", 0) + p.get("writer buffer", 0) + p.get("collected output", 0)
-                   + p.get("assembled tensor", 0))
+                   p.get("working set", 0) + p.get("collected output", 0) + p.get("assembled tensor", 0)
+                   + p.get("compiled kernels", 0))
     @property
     def peak_rss(self) -> int: return self.process + self.peak
     def table(self):
@@ -120,14 +120,18 @@ def scheduled_peak(works: list[int], outs: list[int], sizes: list[int], threads:
     return max(peak, arenas)
 
 # %% ../nbs/01b_memory.ipynb #a1f0c3dc
+COMPILED_KERNELS = 144 * 2**20    # numba, LLVM and one method's kernels, resident after its first call (121–142 MiB measured)
+
 def estimate_memory(groups: Sequence[TensorGroup], method: MergeMethod, *, threads: int = 2, budget: int | None = None,
                     dtype: torch.dtype | None = None, compute_dtype: torch.dtype | None = None,
-                    out_dtype: torch.dtype | None = None, collect: bool = False, max_shard_size: int | None = None,
+                    out_dtype: torch.dtype | None = None, collect: bool = False,
                     process: int | None = None) -> MemoryEstimate:
     """Peak memory of running `groups` with `method`, from shapes and dtypes only (nothing is read): the groups in
     flight under `run_groups`' byte budget (inputs read, casts, the method's working copies (its `work_factor`, or its
-    `work` per group), the output), a model-wide `prepare` pass (`topk_scope="model"`), and the merged tensors held:
-    the shard buffer of the writer, or the whole state dict with `collect=True`."""
+    `work` per group), the output); a tensor merged in row blocks, held whole until written; the runtime of the
+    method's compiled kernels (`MergeMethod.compiled`; `COMPILED_KERNELS`, counted whether or not this process has
+    loaded them); the whole state dict with `collect=True` (a written tensor is not held); and the streaming `prepare`
+    pass that finds top-k thresholds, for `topk_scope="model"` or a row-blocked tensor's own top-k."""
     f, fp32 = work_factor(method), method.compute == "fp32"
     rows = [_group_work(g, f, dtype, compute_dtype, out_dtype, fp32, method.casts_inputs, w)
             for g, w in zip(groups, _works(method, groups))]
@@ -135,20 +139,19 @@ def estimate_memory(groups: Sequence[TensorGroup], method: MergeMethod, *, threa
     sizes = [g.read_bytes for g in groups]
     parts = {"working set": scheduled_peak(works, outs, sizes, threads, budget)}
     knobs = []
-    if any(g.params.get("topk_scope") == "model" and g.params.get("use_ties", True) for g in groups):
-        pw = [s + 3 * c for s, c in zip(sizes, cins)]
-        n = max((len(g.inputs) for g in groups), default=0)
-        parts["prepare pass"] = scheduled_peak(pw, [0] * len(pw), sizes, threads, budget) + 4 * n * 65536 * 8
-        knobs.append("topk_scope='tensor' (no model-wide pass)")
+    model = [g.params.get("topk_scope") == "model" and g.params.get("use_ties", True) for g in groups]
+    cut = [j for j, g in enumerate(groups) if model[j] or (g.rows is not None and g.params.get("topk_scope") == "tensor")]
+    if cut:                                    # the thresholds' radix passes read these groups, one at a time per thread
+        pw = [sizes[j] + 3 * cins[j] for j in cut]
+        n = max(len(groups[j].inputs) for j in cut)
+        parts["prepare pass"] = scheduled_peak(pw, [0] * len(pw), [sizes[j] for j in cut], threads, budget) + 4 * n * 65536 * 8
+        if any(model): knobs.append("topk_scope='tensor' (no model-wide pass)")
     blocked = [o * g.full_shape[0] // (g.rows[1] - g.rows[0]) for g, o in zip(groups, outs) if g.rows is not None]
     if blocked: parts["assembled tensor"] = max(blocked)        # a row-blocked tensor is held whole until written
-    total_out = sum(outs)
+    if method.compiled: parts["compiled kernels"] = COMPILED_KERNELS
     if collect:
-        parts["collected output"] = total_out
+        parts["collected output"] = sum(outs)
         knobs.append("out=DIR (stream to disk instead of returning the state dict)")
-    else:
-        parts["writer buffer"] = min(total_out, max_shard_size or total_out)
-        knobs.append("a smaller max_shard_size / --max-shard-size (the writer buffers one shard)")
     if threads > 1: knobs.insert(0, "threads=1 / --threads 1")
     if groups and method.splits_rows(groups[0].params): knobs.insert(0, "max_memory= / --max-memory (merge in row blocks)")
     return MemoryEstimate(parts, current_rss() if process is None else process, threads, knobs)
@@ -160,7 +163,7 @@ def split_rows(groups: Sequence[TensorGroup], method: MergeMethod, budget: int, 
     """Plan row blocks: a floating-point group of a row-separable method (`MergeMethod.splits_rows`) whose working set
     exceeds `budget` / (2·`threads`) becomes consecutive blocks of rows that each fit (`TensorGroup.rows`: ranged reads,
     assembled in order by `execute`); every other group stays whole. `budget` bounds the working set, not the
-    assembled tensor or the writer's shard buffer (see `estimate_memory`)."""
+    assembled tensor (see `estimate_memory`)."""
     f, fp32, per, out = work_factor(method), method.compute == "fp32", max(1, budget // (2 * max(1, threads))), []
     for g, w in zip(groups, _works(method, groups)):
         c0, k0 = g.base or g.inputs[0]
@@ -189,14 +192,3 @@ def pass_memory(works: Sequence[int], sizes: Sequence[int], threads: int = 2, *,
     item i is processed and `sizes[i]` are what it reads (`run_groups`' admission rule, replayed by `scheduled_peak`)."""
     peak = scheduled_peak(list(works), [0] * len(works), list(sizes), threads, budget)
     return MemoryEstimate({"working set": peak}, process=current_rss(), threads=threads, knobs=list(knobs))
-
-# %% ../nbs/01b_memory.ipynb #e057d4a3
-_LIBC: Any = None
-def release_heap() -> None:
-    """Return freed heap memory to the OS (glibc `malloc_trim(0)`; a no-op elsewhere): between the units of a long pass,
-    so that what one unit freed does not stay resident under the next."""
-    global _LIBC
-    if _LIBC is None:
-        try: _LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"); _LIBC.malloc_trim
-        except (OSError, AttributeError): _LIBC = False
-    if _LIBC: _LIBC.malloc_trim(0)

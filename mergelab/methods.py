@@ -9,7 +9,7 @@ from typing import Any, Callable, Literal, Sequence
 import numpy as np
 import torch
 from torch import Tensor
-from .io import MergelabError
+from .io import MergelabError, release_heap
 from .registry import ConfigError, ParamInfo, merge_method, tensor_generator
 from .scheduler import TensorGroup, map_reduce, read_group, check_stop, workspace
 
@@ -679,7 +679,8 @@ def radix_kth_abs(groups: Sequence[TensorGroup], ks: Sequence[int | None], *, th
     """Exact k-th smallest |θᵢ − θ₀| (1-indexed `ks[i]`; `None` skips model i) over all tensors of all groups, per model,
     by a streaming 16-bit radix select on the float bit patterns (never materialises a flattened model). `deltas(g)`
     replaces the plain task vectors of a group (DARE-TIES trims the dropped ones); with it, `groups` may be any work items
-    (row blocks) and `wide` says whether the deltas are float64 (default: from the groups' dtypes)."""
+    (row blocks) and `wide` says whether the deltas are float64 (default: from the groups' dtypes). Freed heap goes back
+    to the system after each pass (`release_heap`): what the pass's threads held does not stay under the merge."""
     deltas = deltas or (lambda g: _group_deltas(g, dtype, compute_dtype))
     groups = [g for g in groups if not isinstance(g, TensorGroup) or is_float_group(g)]
     n = len(ks)
@@ -692,11 +693,13 @@ def radix_kth_abs(groups: Sequence[TensorGroup], ks: Sequence[int | None], *, th
             h = torch.zeros(n, 65536, dtype=torch.int64)
             for i, d in enumerate(deltas(g)):
                 if rem[i] is None: continue
-                b = _abs_bits(d, wide)
-                if p: b = b[(b >> (shift + 16)) == prefix[i]]
-                h[i] += torch.bincount((b >> shift) & 0xFFFF, minlength=65536)
+                for c in d.reshape(-1).split(_CHUNK):         # 64-bit temporaries of one chunk, not of the tensor
+                    b = _abs_bits(c, wide)
+                    if p: b = b[(b >> (shift + 16)) == prefix[i]]
+                    h[i] += torch.bincount((b >> shift) & 0xFFFF, minlength=65536)
             return h
         h = map_reduce(groups, hist, torch.add, torch.zeros(n, 65536, dtype=torch.int64), threads=threads)
+        release_heap()
         for i in range(n):
             if rem[i] is None: continue
             cum = h[i].cumsum(0)
@@ -765,6 +768,7 @@ def row_thresholds(groups: Sequence[TensorGroup], threads: int = 2, *, dtype: to
         thr = radix_kth_abs([out[j] for j in js], ks, threads=threads, deltas=deltas)
         counts = map_reduce([out[j] for j in js], lambda g: {g.rows[0]: _cut_counts(deltas(g), thr)},
                             lambda a, r: a | r, {}, threads=threads)
+        release_heap()
         need = [None if t is None else max(1, int(r * numel)) - int(sum(c[i][0] for c in counts.values()))
                 for i, (t, r) in enumerate(zip(thr, dens))]
         before = [0] * n
@@ -948,7 +952,8 @@ def gta_method(m: GTAMember) -> Callable:
     per_model = tuple(k for k in ("weight", "density", "gamma", "epsilon") if k in sig.parameters)
     return merge_method(m.name, base="required", work_factor=m.work_factor, per_model=per_model, paper=m.paper,
                         presets=m.presets, params=PARAM_INFO, prepare=ties_prepare if m.sparsifier == "magnitude" or m.trim else None,
-                        validate=_validate_della if m.sparsifier == "della" else None, rows=m.rows)(fn)
+                        validate=_validate_della if m.sparsifier == "della" else None, rows=m.rows,
+                        compiled=m.sparsifier is not None)(fn)
 
 task_arithmetic, ties, dare_ties, dare_linear, breadcrumbs, breadcrumbs_ties, della, della_linear = map(gta_method, GTA_FAMILY)
 
@@ -1143,7 +1148,7 @@ def _karcher_step(mean, T, tn, cs, ss, out):
         out[j] = _bits_bf16(_round_bf16(_round_bf16(cs * m) + _round_bf16(ss * _round_bf16(t / tn))))
 
 # %% ../nbs/02_methods.ipynb #5a1741b7
-@merge_method("karcher", base="none", base_as_input=True, min_models=1, work_factor=2.5,
+@merge_method("karcher", base="none", base_as_input=True, min_models=1, work_factor=2.5, compiled=True,
               params={"max_iter": ParamInfo("iterations of the Karcher-mean fixed point", range=(0, None)),
                       "tol": ParamInfo("convergence tolerance; norms below it count as zero", range=(0, None))},
               paper="Karcher 1977, Riemannian center of mass; mergekit `karcher` (arXiv:2603.04972)", presets=_MKP)
@@ -1306,7 +1311,7 @@ def _sce_mask(tvs: Tensor, density: float) -> Tensor:
     if k: mask.view(-1)[torch.topk(var.abs().view(-1), k=k, largest=True).indices] = 1
     return mask
 
-@merge_method("sce", base="required", min_models=1, work_factor=3.25,
+@merge_method("sce", base="required", min_models=1, work_factor=3.25, compiled=True,
               params=PARAM_INFO | {"select_topk": ParamInfo("fraction of entries kept, by the variance of the task vectors across models",
                                                             range=(0, 1), step=0.01, slider=(0.01, 1))},
               paper="Wan et al. 2024, FuseChat: Knowledge Fusion of Chat Models (arXiv:2408.07990)", presets=_MKP)

@@ -112,7 +112,8 @@ class MergeMethod:
     budget in row blocks; `casts_inputs`: the method receives its inputs as stored (bf16, fp16, …) and converts them to
     its `compute` dtype itself, a chunk at a time, so the engine makes no whole-tensor up-cast copies; `base_as_input`
     (a method that takes no base): a given `base_model` not listed among the models joins them as one more input, last,
-    as mergekit 0.1.5 feeds it (Karcher's mean then averages it too)."""
+    as mergekit 0.1.5 feeds it (Karcher's mean then averages it too); `compiled`: on the CPU it runs kernels compiled by
+    numba, whose runtime (numba, LLVM and the kernels; `memory.COMPILED_KERNELS`) the process takes on the first call."""
     name: str
     fn: Callable
     params: dict[str, Param]
@@ -133,6 +134,7 @@ class MergeMethod:
     casts_inputs: bool = False
     base_as_input: bool = False
     work: Callable[[Sequence], list[int | None]] | None = None
+    compiled: bool = False
     def splits_rows(self, params: dict) -> bool:
         "Whether a group with these resolved parameters may be merged in row blocks (`rows`)."
         return bool(self.rows(params) if callable(self.rows) else self.rows)
@@ -199,7 +201,7 @@ def merge_method(name: str, *, work_factor: float, base: str = "required", per_m
                  prepare: Callable | None = None, validate: Callable[[str, dict], None] | None = None,
                  data: str | None = None, data_split: str | None = None, unchanged_is_base: bool | None = None,
                  rows: bool | Callable[[dict], bool] = False, casts_inputs: bool = False, base_as_input: bool = False,
-                 work: Callable[[Sequence], list[int | None]] | None = None):
+                 work: Callable[[Sequence], list[int | None]] | None = None, compiled: bool = False):
     """Register `fn(tensors, base, *, params...)` under `name`: types and defaults come from its signature, each
     parameter's doc, range and slider from `params` (a `ParamInfo` or just the doc; names not in the signature are
     ignored, so a family shares one table). `work_factor` is required, `work` optional (see `MergeMethod`).
@@ -231,7 +233,7 @@ def merge_method(name: str, *, work_factor: float, base: str = "required", per_m
         METHODS[name] = MergeMethod(name, fn, ps, base, work_factor, min_models, max_models, compute, paper, presets or {},
                                     prepare, frozenset(wants), validate, data, data_split,
                                     base == "required" if unchanged_is_base is None else unchanged_is_base, rows,
-                                    casts_inputs, base_as_input, work)
+                                    casts_inputs, base_as_input, work, compiled)
         return fn
     return deco
 

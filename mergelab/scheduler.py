@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Literal, Mapping, Sequence, get_args
 import torch
 from torch import nn, Tensor
-from .io import Checkpoint, MergelabError, InvalidValue, ShardedWriter, open_model, short_repr
+from .io import Checkpoint, MergelabError, InvalidValue, ShardedWriter, open_model, short_repr, release_heap
 from .registry import ConfigError, MergeMethod, did_you_mean
 
 # %% auto #0
@@ -356,7 +356,8 @@ def execute(groups: Sequence[TensorGroup], method: MergeMethod, *, writer: Shard
             threads: int = 2, progress: bool = True, client: Any = None, **kw) -> dict[str, torch.Tensor] | Path:
     """Run a plan: merge every group and write it (returns the output path) or collect a state dict. With `client`, the
     workers merge tensor by tensor and this process writes the shards in plan order (the same bytes as a local run).
-    The row blocks of a tensor (`TensorGroup.rows`) arrive in order and are assembled into it before it is written."""
+    The row blocks of a tensor (`TensorGroup.rows`) arrive in order and are assembled into it before it is written; then
+    the heap the blocks freed is returned (`release_heap`), so it does not stay resident under the tensors that follow."""
     sd, parts = {}, {}
     job = lambda g: merge_group(g, method, **kw)
     with contextlib.closing(run_groups(groups, job, threads=threads, progress="merging" if progress else False,
@@ -367,7 +368,7 @@ def execute(groups: Sequence[TensorGroup], method: MergeMethod, *, writer: Shard
                     if g.name not in parts: parts[g.name] = torch.empty(g.full_shape, dtype=t.dtype)
                     parts[g.name][g.rows[0]:g.rows[1]] = t
                     if g.rows[1] < g.full_shape[0]: continue
-                    t = parts.pop(g.name)
+                    t = parts.pop(g.name); release_heap()    # what its blocks freed in the threads' heaps goes back
                 if writer is None: sd[g.name] = t
                 else: writer.add(g.name, t)
         finally: workspace(None)                         # a one-thread merge ran its methods in this thread

@@ -23,13 +23,14 @@ def test_three_170m_bf16_under_2gb(tmp_path):
                             "--max-shard-size", "500MB"])
         rss[scope] = m["rss"]
         from mergelab.config import estimate_peak_memory
-        est = estimate_peak_memory(tmp_path / f"{scope}.yml", max_shard_size="500MB")
+        est = estimate_peak_memory(tmp_path / f"{scope}.yml")
         grew = m["rss"] - _baseline_rss(exe, tmp_path / f"{scope}.yml")
         print(f"\nTIES topk_scope={scope} of 3 x 172M bf16 + base: {m['wall']:.1f} s, peak RSS {m['rss'] / 2**30:.2f} GiB; "
               f"memory guard estimate {est} vs measured growth {grew / 2**20:.0f} MiB ({est.peak / grew:.2f}x)")
         # two threads: the guard sizes each thread's heap for the largest tensor's work (an upper bound by design);
-        # measured here 2.94-3.00x, so the bound leaves room for run-to-run noise in the baseline
-        assert 0.9 * grew <= est.peak <= 3.2 * grew
+        # measured here 2.74x (per tensor) and 3.75x (model-wide: its threshold pass streams each tensor in chunks and
+        # gives its heap back, so the merge sets the peak); the bound leaves room for run-to-run noise
+        assert 0.9 * grew <= est.peak <= 4.2 * grew
         assert m["rss"] < 2 * 10**9
         assert len(Checkpoint.open(tmp_path / scope)) == len(Checkpoint.open(paths[0]))
     # the model-wide statistic is streamed: no flattened model, so memory stays at the per-tensor bound
@@ -57,7 +58,7 @@ def test_estimate_tracks_measured_peak(family46, tmp_path, method, scope, thread
     head = f"base_model: {paths[0]}\nparameters: {{topk_scope: {scope}}}\n" if method == "ties" else ""
     cfg = tmp_path / "c.yml"
     cfg.write_text(f"merge_method: {method}\n{head}models:\n{models}dtype: bfloat16\n")
-    est = estimate_peak_memory(cfg, threads=threads, max_shard_size="100MB")
+    est = estimate_peak_memory(cfg, threads=threads)
     m = bench.measured([exe, "merge", str(cfg), str(tmp_path / "out"), "--no-progress", "--threads", str(threads),
                         "--max-shard-size", "100MB"])
     base_rss = _baseline_rss(exe, cfg)
@@ -87,7 +88,7 @@ def test_regmean_estimates_track_measured_peaks(family46, tmp_path):
     cks = [open_model(p) for p in paths[1:]]
     est = {"data pass": data_pass_memory("regmean", cks, data_source(str(tmp_path / "ids.safetensors")).pair(cks),
                                                 batch_size=4).peak,
-           "merge": estimate_peak_memory(cfg, threads=1, max_shard_size="100MB").peak}
+           "merge": estimate_peak_memory(cfg, threads=1).peak}
     run = lambda code: bench.measured([sys.executable, "-c", "from transformers import LlamaForCausalLM\n"
                                        "from mergelab.config import build_plan, merge_config\nimport mergelab.data_aware\n" + code])["rss"]
     base_rss = run(f"build_plan({str(cfg)!r}, prepare=False)")                 # imports and headers only
@@ -117,7 +118,7 @@ def test_guard_refuses_before_any_read(tmp_path, monkeypatch):
     with pytest.raises(InsufficientMemory) as e: merge_config(cfg, tmp_path / "out", progress=False)
     msg = str(e.value)
     for part in ("needs about", "is available (MERGELAB_AVAILABLE_MEMORY)", "threads=1", "topk_scope='tensor'",
-                 "max_shard_size", "force=True"): assert part in msg, (part, msg)
+                 "force=True"): assert part in msg, (part, msg)
     assert not (tmp_path / "out").exists()
     monkeypatch.undo()
     monkeypatch.setenv("MERGELAB_AVAILABLE_MEMORY", str(est.peak // 2))
@@ -141,23 +142,59 @@ def Checkpoint_open(p):
 # ---------------------------------------------------------------- row blocks
 def test_ties_row_blocks_bound_a_large_embedding(tmp_path):
     """A 64000 × 512 bf16 embedding (3 fine-tunes + base): TIES's whole-tensor working set is above 2 GB; with
-    `--max-memory 256MB` the embedding merges in row blocks, and the peak RSS stays near the budget, above the process's
-    baseline by less than the budget plus the assembled tensor and the shard buffer."""
+    `--max-memory 256MB` the embedding merges in row blocks, and the peak RSS stays near the budget: above the process's
+    baseline by less than the budget plus the assembled tensor and the compiled kernels' runtime, and within the
+    guard's estimate for the row-blocked plan (its prepare pass, which finds the per-tensor thresholds, included)."""
     from mergelab.io import Checkpoint
     from mergelab.config import build_plan
+    from mergelab.memory import COMPILED_KERNELS
     paths = bench.make_models(tmp_path, layers=1, hidden=512, inter=512, vocab=64_000, n_ft=3, noise=0.002)
     exe = shutil.which("mergelab") or str(Path(sys.executable).parent / "mergelab")
     models = "".join(f"  - model: {p}\n    parameters: {{weight: 0.33, density: 0.5}}\n" for p in paths[1:])
     cfg = tmp_path / "c.yml"
     cfg.write_text(f"merge_method: ties\nbase_model: {paths[0]}\nmodels:\n{models}dtype: bfloat16\n")
-    whole = build_plan(cfg, prepare=False, max_shard_size="100MB").memory
-    plan = build_plan(cfg, prepare=False, max_shard_size="100MB", max_memory="256MB")
+    whole = build_plan(cfg, prepare=False).memory
+    plan = build_plan(cfg, prepare=False, max_memory="256MB")
     assert whole.parts["working set"] > 2 * 10**9 and sum(g.rows is not None for g in plan.groups) >= 8
     m = bench.measured([exe, "merge", str(cfg), str(tmp_path / "out"), "--no-progress", "--max-memory", "256MB",
                         "--max-shard-size", "100MB"])
     grew = m["rss"] - _baseline_rss(exe, cfg)
     print(f"\nTIES, 64000 x 512 bf16 embedding in row blocks: {m['wall']:.1f} s, RSS grew {grew / 2**20:.0f} MiB "
           f"(whole-tensor estimate {whole.peak / 2**30:.2f} GiB, row-block estimate {plan.memory.peak / 2**20:.0f} MiB)")
-    assert grew < 256 * 2**20 + 2 * 64_000 * 512 * 2 + 100 * 10**6
+    assert grew < 256 * 10**6 + 64_000 * 512 * 2 + COMPILED_KERNELS
+    assert 0.9 * grew <= plan.memory.peak <= 3.0 * grew, (grew, plan.memory.parts)
     out = Checkpoint.open(tmp_path / "out")
     assert out.shape("model.embed_tokens.weight") == (64_000, 512) and len(out) == len(Checkpoint.open(paths[0]))
+
+# ---------------------------------------------------------------- compiled kernels
+_KERNEL_CHECK = r'''
+import inspect, sys, torch
+from mergelab.registry import load_methods
+gen = torch.Generator().manual_seed(0)
+b0 = torch.randn(96, 64, generator=gen); ts = [b0 + 0.01 * torch.randn(96, 64, generator=gen) for _ in range(3)]
+def run(m, dt):
+    k, sig = min(3, m.max_models or 3), inspect.signature(m.fn).parameters
+    kw = {p.name: ([0.5] * k if p.per_model else 0.5) for p in m.params.values() if p.required or p.name == "density"}
+    kw |= {"task": 0} if "task" in kw else {}
+    r = m.resolve(kw, k) | ({"_layer": 1, "_num_layers": 4} if "_layer" in sig else {})
+    r |= {"_inputs": [t.to(dt) for t in ts]} if "_inputs" in sig else {}
+    ins = [t.to(dt) for t in (ts[:1] if "_inputs" in sig else ts[:k])]
+    m.fn(ins, b0.to(dt) if m.base != "none" else None, **m._extras(r, "x.weight", 0))
+methods = {n: m for n, m in load_methods().items() if not n.startswith("_") and m.data is None}
+for name, m in sorted(methods.items()):
+    if m.compiled: continue
+    for dt in (torch.bfloat16, torch.float16, torch.float32):
+        run(m, dt)
+        assert "numba" not in sys.modules, f"{name} ({dt}) compiles kernels but is not registered compiled=True"
+run(methods["ties"], torch.bfloat16)
+assert "numba" in sys.modules
+print(sum(not m.compiled for m in methods.values()), "methods without kernels,", sum(m.compiled for m in methods.values()), "with")
+'''
+
+def test_compiled_registrations_are_the_methods_that_load_kernels():
+    """The memory guard counts the runtime of compiled kernels (`COMPILED_KERNELS`) for the methods registered
+    `compiled=True`. In a fresh process, every other data-free method merges bf16, fp16 and fp32 tensors without
+    importing numba, and TIES (registered compiled) does import it."""
+    r = subprocess.run([sys.executable, "-c", _KERNEL_CHECK], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    print("\n" + r.stdout.strip())
