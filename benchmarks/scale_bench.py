@@ -110,7 +110,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workdir", default=None); ap.add_argument("--mergekit", default=None)
     ap.add_argument("--fine-tunes", type=int, default=3); ap.add_argument("--layers", type=int, default=LLAMA_3B["layers"])
-    ap.add_argument("--max-shard-size", default="1GB", help="output shard size of both merges (the writers buffer one)")
+    ap.add_argument("--max-shard-size", default="1GB", help="output shard size of both merges (mergekit's writer buffers one)")
     ap.add_argument("--max-memory", default="2GB", help="mergelab's working-memory budget for the TIES merge ('' = auto)")
     ap.add_argument("--vocab", type=int, default=LLAMA_3B["vocab"], help="smaller for a smoke run")
     ap.add_argument("--only", nargs="*", default=["read", "ties", "kinship", "interference", "dask", "mergekit"])
@@ -142,7 +142,15 @@ def main():
                            "--max-shard-size", a.max_shard_size, *(["--max-memory", a.max_memory] if a.max_memory else [])], env)
         except SystemExit as e:                  # e.g. the memory guard's refusal: print it, go on with the analyses
             print("TIES merge (mergelab) failed:\n" + "\n".join(str(e).strip().splitlines()[-6:]), flush=True)
-        else: report("TIES merge (mergelab)", r, f"--max-memory {a.max_memory}" if a.max_memory else "planned by the guard")
+        else:
+            report("TIES merge (mergelab)", r, f"--max-memory {a.max_memory}" if a.max_memory else "planned by the guard")
+            from mergelab.config import build_plan                  # the memory guard's figure for the same plan
+            est = build_plan(d / "ties.yml", prepare=False, max_memory=a.max_memory or None).memory
+            base = measured([exe, "validate", str(d / "ties.yml")], env)["rss"]
+            print(f"  memory guard: {est.peak / 2**30:.2f} GiB beyond the interpreter ({base / 2**30:.2f} GiB, `mergelab "
+                  f"validate`): predicted peak RSS {(base + est.peak) / 2**30:.2f} GiB; measured growth "
+                  f"{(r['rss'] - base) / 2**30:.2f} GiB; parts (MiB) " +
+                  ", ".join(f"{k} {v / 2**20:.0f}" for k, v in est.parts.items()), flush=True)
     if "kinship" in a.only:
         r = run_py(KINSHIP, paths, env); report("kinship, 4 metrics", r, f"pcc[0][1] = {r['result']['pcc'][0][1]:.4f}")
     if "interference" in a.only:
