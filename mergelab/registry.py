@@ -301,4 +301,4 @@ def chain(first: MergeMethod | str, *posts: MergeMethod | str) -> MergeMethod:
     return MergeMethod(" → ".join(m.name for m in steps), fn, params, base, max(m.work_factor for m in steps) + 0.5 * bool(posts),
                        first.min_models, first.max_models, first.compute, "; ".join(m.paper for m in steps if m.paper), {},
                        prepare, frozenset().union(*(m.wants for m in steps)) - {"out_dtype"}, validate, first.data, first.data_split,
-                       work=first.work)
+                       work=first.work, compiled=any(m.compiled for m in steps))
