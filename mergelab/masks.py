@@ -100,7 +100,7 @@ _TALL_INFO = PARAM_INFO | {    # the TALL-mask methods' parameters
 }
 
 @merge_method("consensus", base="required", per_model=("weight", "tall_lambda"), min_models=1, prepare=tall_prepare,
-              work_factor=4.0, params=_TALL_INFO,
+              work_factor=7.25, params=_TALL_INFO,
               paper="Wang, Dimitriadis et al. 2024, Localizing Task Information for Improved Model Merging and Compression (arXiv:2405.07813)")
 def consensus(tensors: list[Tensor], base: Tensor, *, weight: float = 1.0, tall_lambda: float = 0.4, k: int = 2,
               lambda_: float = 1.0, use_ties: bool = False, topk_scope: Literal["model", "tensor"] = "model",
@@ -204,7 +204,7 @@ def pcb_scores(X: Tensor, pcb_ratio: float = 0.1) -> tuple[Tensor, Tensor]:
     cut = _row_quantile(beta, 1 - pcb_ratio)
     return Xc, _minmax(torch.maximum(beta, cut))
 
-@merge_method("pcb", base="required", min_models=2, work_factor=8.0,
+@merge_method("pcb", base="required", min_models=2, work_factor=16.0,
               params=PARAM_INFO | {"pcb_ratio": ParamInfo("fraction of entries kept by the balanced scores β̂", range=(0, 1),
                                                           step=0.01, slider=(0.01, 1))},
               paper="Du et al. 2024, Parameter Competition Balancing for Model Merging (arXiv:2410.02396)")
@@ -248,7 +248,7 @@ def emr_prepare(groups: Sequence[TensorGroup], threads: int = 2, *, dtype: torch
     return out
 
 # %% ../nbs/02a_masks.ipynb #33906bd7
-@merge_method("emr", base="required", min_models=1, prepare=emr_prepare, work_factor=3.0,
+@merge_method("emr", base="required", min_models=1, prepare=emr_prepare, work_factor=8.25,
               params={"task": _TALL_INFO["task"]},
               paper="Huang et al. 2024, EMR-Merging: Tuning-Free High-Performance Model Merging (arXiv:2405.17461)")
 def emr(tensors: list[Tensor], base: Tensor, *, task: int, _rescale: list | None = None) -> Tensor:
@@ -264,7 +264,7 @@ def emr(tensors: list[Tensor], base: Tensor, *, task: int, _rescale: list | None
     return (base.to(d.dtype) + lam * (m[task] * tau)).to(base.dtype)
 
 # %% ../nbs/02a_masks.ipynb #b88b29ed
-@merge_method("consensus_mask", base="required", per_model=("tall_lambda",), min_models=1, work_factor=4.0,
+@merge_method("consensus_mask", base="required", per_model=("tall_lambda",), min_models=1, work_factor=5.25,
               params=_TALL_INFO,
               paper="Wang, Dimitriadis et al. 2024, Localizing Task Information for Improved Model Merging and Compression (arXiv:2405.07813)")
 def consensus_mask(tensors: list[Tensor], base: Tensor, *, tall_lambda: float = 0.4, k: int = 2,

@@ -877,15 +877,15 @@ GTA_FAMILY: tuple[GTAMember, ...] = (
               "DARE (Yu et al. 2024) with task arithmetic, mergekit `dare_linear`: θ₀ + λ·Σ wᵢ·DARE(δᵢ) (÷ Σwᵢ with `normalize`).",
               {"mergekit": _MK(rescale=True, normalize=False, lambda_=1.0), "paper": _PAPER_DARE,
                "fusionbench": _MK(density=0.5, rescale="inverse_p", normalize=False, lambda_=0.3, weight=1.0)}),
-    GTAMember("breadcrumbs", "outliers", False, False, False, 1.75, f"{_BC}: Scaling Multi-Task Model Merging with Sparse Masks (arXiv:2312.06795)",
+    GTAMember("breadcrumbs", "outliers", False, False, False, 2.75, f"{_BC}: Scaling Multi-Task Model Merging with Sparse Masks (arXiv:2312.06795)",
               "Model Breadcrumbs (Davari & Belilovsky 2024), mergekit `breadcrumbs`: whole-tensor outlier + small-tail removal, then task arithmetic."),
     GTAMember("breadcrumbs_ties", "outliers", True, False, False, 3.5, f"{_BC} (arXiv:2312.06795)",
               "Model Breadcrumbs sparsification with TIES sign consensus, mergekit `breadcrumbs_ties` (disjoint sum by default)."),
-    GTAMember("della", "della", True, True, True, 3.5,
+    GTAMember("della", "della", True, True, True, 4.25,
               "Deep et al. 2024, DELLA-Merging: Reducing Interference in Model Merging through Magnitude-Based Sampling (arXiv:2406.11617)",
               "DELLA (Deep et al. 2024), mergekit `della`: per-row magnitude-ranked keep probabilities (ρ ± ε), L1 rescale, TIES sign "
               "consensus, weighted disjoint mean. ρ ≥ 1 (the default) skips sparsification and the ε check."),
-    GTAMember("della_linear", "della", False, False, True, 1.5, "Deep et al. 2024, DELLA-Merging (arXiv:2406.11617)",
+    GTAMember("della_linear", "della", False, False, True, 4.25, "Deep et al. 2024, DELLA-Merging (arXiv:2406.11617)",
               "DELLA sparsification with task arithmetic, mergekit `della_linear`."),
 )
 
@@ -1311,7 +1311,7 @@ def _sce_mask(tvs: Tensor, density: float) -> Tensor:
     if k: mask.view(-1)[torch.topk(var.abs().view(-1), k=k, largest=True).indices] = 1
     return mask
 
-@merge_method("sce", base="required", min_models=1, work_factor=3.25, compiled=True,
+@merge_method("sce", base="required", min_models=1, work_factor=3.5, compiled=True,
               params=PARAM_INFO | {"select_topk": ParamInfo("fraction of entries kept, by the variance of the task vectors across models",
                                                             range=(0, 1), step=0.01, slider=(0.01, 1))},
               paper="Wan et al. 2024, FuseChat: Knowledge Fusion of Chat Models (arXiv:2408.07990)", presets=_MKP)
@@ -1379,7 +1379,7 @@ def passthrough(tensors: list[Tensor], base: Tensor | None, *, scale: float = 1.
     return tensors[0] if scale[0] == 1 else tensors[0] * scale[0]
 
 # %% ../nbs/02_methods.ipynb #d0e95d6c
-@merge_method("magmax", base="required", work_factor=2.5, params=PARAM_INFO, rows=True,
+@merge_method("magmax", base="required", work_factor=3.0, params=PARAM_INFO, rows=True,
               paper="Marczak et al. 2024, MagMax: Leveraging Model Merging for Seamless Continual Learning (arXiv:2407.06322)")
 def magmax(tensors: list[Tensor], base: Tensor, *, lambda_: float = 0.5) -> Tensor:
     "MagMax (Marczak et al. 2024): θ₀ + λ·τ_max, τ_max[j] the task-vector entry of largest |τₜ[j]| (a tie: the later task)."

@@ -165,7 +165,7 @@ def star_truncate(D: Tensor, eta: float = 40.0, *, fast: bool = False) -> Tensor
     return (Wr @ (Wr.T @ D) if D.shape[0] < D.shape[1] else (D @ Wr) @ Wr.T).mul_(scale)
 
 # %% ../nbs/02b_spectral.ipynb #d3c8e1f4
-@merge_method("star", base="required", min_models=1, work_factor=3.0,
+@merge_method("star", base="required", min_models=1, work_factor=5.0,
               params=PARAM_INFO | {"eta": ParamInfo("percentage η of each task vector's nuclear norm kept", range=(0, 100), step=1),
                                    "svd": SVD_OPTION},
               paper="Lee et al. 2025, STAR: Spectral Truncation and Rescale for Model Merging (arXiv:2502.10339)")
@@ -180,7 +180,7 @@ def star(tensors: list[Tensor], base: Tensor, *, eta: float = 40.0, lambda_: flo
     return _finish(base, upd, lambda_)
 
 # %% ../nbs/02b_spectral.ipynb #8e6b62ae
-@merge_method("tsv", base="required", per_model=("weight",), min_models=1, work_factor=5.5, params=PARAM_INFO | {"svd": SVD_OPTION},
+@merge_method("tsv", base="required", per_model=("weight",), min_models=1, work_factor=7.25, params=PARAM_INFO | {"svd": SVD_OPTION},
               paper="Gargiulo et al. 2025, Task Singular Vectors: Reducing Task Interference in Model Merging (arXiv:2412.00081)")
 def tsv(tensors: list[Tensor], base: Tensor, *, weight: float = 1.0, lambda_: float = 1.0,
         svd: Literal["exact", "gram"] = "exact") -> Tensor:
@@ -197,7 +197,7 @@ def tsv(tensors: list[Tensor], base: Tensor, *, weight: float = 1.0, lambda_: fl
     return _finish(base, upd, lambda_)
 
 # %% ../nbs/02b_spectral.ipynb #6b96b818
-@merge_method("iso_c", base="required", min_models=1, work_factor=2.5, params=PARAM_INFO | {"svd": SVD_OPTION},
+@merge_method("iso_c", base="required", min_models=1, work_factor=4.25, params=PARAM_INFO | {"svd": SVD_OPTION},
               paper="Marczak et al. 2025, No Task Left Behind: Isotropic Model Merging with Common and Task-Specific Subspaces (arXiv:2502.04959)")
 def iso_c(tensors: list[Tensor], base: Tensor, *, lambda_: float = 1.0, svd: Literal["exact", "gram"] = "exact") -> Tensor:
     """Iso-C (Marczak et al. 2025): θ₀ + α·σ̄·UVᵀ for the task-arithmetic sum UΣVᵀ; 1-D averaged. `svd="gram"`:
@@ -241,7 +241,7 @@ def _iso_cts_left(ds: list[Tensor], kc: int, kt: int) -> Tensor | None:
     polU = torch.cat([W[:, :kc].float(), (Q @ (Ut.to(Q.dtype) @ PU.to(Q.dtype))).float()], 1)
     return float(torch.cat([s.double() for s in Ss]).mean()) * (polU @ (V.to(PV.dtype) @ PV).float().T)
 
-@merge_method("iso_cts", base="required", min_models=1, work_factor=4.0,
+@merge_method("iso_cts", base="required", min_models=1, work_factor=8.5,
               params=PARAM_INFO | {"common_space_fraction": ParamInfo("fraction of the rank given to the common subspace",
                                                                       range=(0, 1), step=0.05), "svd": SVD_OPTION},
               paper="Marczak et al. 2025, No Task Left Behind: Isotropic Model Merging with Common and Task-Specific Subspaces (arXiv:2502.04959)")
@@ -283,7 +283,7 @@ def svc_calibrate(merged: Tensor, deltas: Sequence[Tensor], alpha: float = 1.0) 
     return (U * (gamma * S)) @ Vh
 
 # %% ../nbs/02b_spectral.ipynb #34f34c7c
-@merge_method("svc", base="required", min_models=1, work_factor=5.0,
+@merge_method("svc", base="required", min_models=1, work_factor=9.75,
               params={"svc_alpha": ParamInfo("floor α on each task's score sᵣⁱ: 1 only shrinks the spectrum, below 1 "
                                              "it can amplify up to 1/α", range=(0, None), step=0.05)},
               presets={"after task arithmetic, averaging, TIES, DARE, Iso-C": dict(svc_alpha=0.1),
