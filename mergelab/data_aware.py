@@ -510,8 +510,16 @@ def _fisher_per_example(logp: Callable, params: dict[str, Tensor], x: Sequence, 
 
 # %% ../nbs/10_data_aware.ipynb #c00cee64
 def _fisher_vmap(logp: Callable, params: dict[str, Tensor], x: Tensor, y: Tensor | None, estimator: str,
-                 gen: torch.Generator, fisher: dict[str, Tensor]) -> None:
-    "Add a tensor batch to `fisher` with per-example Jacobians (`expected`) or gradients (`sampled`, `empirical`) under vmap."
+                 gen: torch.Generator, fisher: dict[str, Tensor]) -> bool:
+    """Add a tensor batch to `fisher` with per-example Jacobians (`expected`) or gradients (`sampled`, `empirical`) under
+    vmap. False, with `fisher` untouched, where vmap cannot trace the forward (data-dependent Python, as DeBERTa's check
+    for padding)."""
+    try: return _fisher_vmap_batch(logp, params, x, y, estimator, gen, fisher)
+    except RuntimeError as e:
+        if "vmap" not in str(e): raise
+        return False
+
+def _fisher_vmap_batch(logp, params, x, y, estimator, gen, fisher) -> bool:
     one = lambda ps, xi: logp(ps, xi[None])[0]
     if estimator == "expected":
         C, P = int(logp(params, x[:1]).shape[-1]), sum(v.numel() for v in params.values())
@@ -527,6 +535,7 @@ def _fisher_vmap(logp: Callable, params: dict[str, Tensor], x: Tensor, y: Tensor
         G = torch.func.vmap(torch.func.grad(lambda ps, xi, yi: one(ps, xi).gather(0, yi[None])[0]),
                             in_dims=(None, 0, 0), chunk_size=chunk)(params, x, yy)
         for k, g in G.items(): fisher[k] += (g.double() ** 2).sum(0)
+    return True
 
 # %% ../nbs/10_data_aware.ipynb #06db6f29
 def _next_token_mask(x: Any) -> Tensor:
@@ -579,14 +588,15 @@ def fisher_information(model: Any, task: TaskData, *, build: Callable | None = N
     fisher = {k: torch.zeros_like(v, dtype=torch.float64) for k, v in params.items()}
     gen = torch.Generator().manual_seed(seed)
     def logp(ps, x): return F.log_softmax(torch.func.functional_call(net, {f"body.{k}": v for k, v in ps.items()}, (x,)).float(), -1)
-    n = 0
+    n, vmap = 0, True
     for x, y in task.batches(batch_size, num_batches):
         x, y = to_device(x, dev), to_device(y, dev)
         STATS["forward"] += 1
         if estimator == "fusionbench": _fisher_fusionbench(logp, params, x, fisher)
         elif lm: _fisher_lm(logp, params, x, estimator, gen, fisher)
-        elif not isinstance(x, Tensor): _fisher_per_example(logp, params, x, y, estimator, gen, fisher)   # texts, fields
-        else: _fisher_vmap(logp, params, x, y, estimator, gen, fisher)
+        else:
+            if vmap and isinstance(x, Tensor): vmap = _fisher_vmap(logp, params, x, y, estimator, gen, fisher)
+            if not (vmap and isinstance(x, Tensor)): _fisher_per_example(logp, params, x, y, estimator, gen, fisher)  # texts, fields
         n += _num_examples(x)
     return {back.get(k, k): (v / n).float().cpu() for k, v in fisher.items()}
 

@@ -19,8 +19,9 @@ __all__ = ['TOKENIZER_FILES', 'LOSS_METRICS', 'MergelabError', 'CheckpointNotFou
            'apply_adapter', 'split_adapter_ref', 'open_model', 'parse_size', 'check_output_path', 'temporary_sibling',
            'clean_stale_temporaries', 'exchange_paths', 'ShardedWriter', 'save_checkpoint', 'write_text_atomic',
            'check_compatible', 'TaskVector', 'task_vector', 'adapter_ref', 'model_name', 'model_paths', 'model_names',
-           'module_from_config', 'is_conv1d', 'module_key_map', 'open_module', 'load_with_transformers',
-           'open_tokenizer', 'EvaluationError', 'lower_is_better', 'score_table', 'current_rss', 'release_heap']
+           'module_from_config', 'is_conv1d', 'module_key_map', 'tied_aliases', 'module_state', 'open_module',
+           'load_with_transformers', 'open_tokenizer', 'EvaluationError', 'lower_is_better', 'score_table',
+           'current_rss', 'release_heap']
 
 # %% ../nbs/00_io.ipynb #f6fda86f
 class MergelabError(Exception):
@@ -1030,9 +1031,49 @@ def module_key_map(m: torch.nn.Module, keys: Iterable[str]) -> dict[str, str]:
     except Exception: ren = []
     return {k: apply_renamings(k, ren) if ren else k for k in keys}
 
+# %% ../nbs/00_io.ipynb #f2ee566e
+def tied_aliases(m: torch.nn.Module) -> dict[str, str]:
+    """Tied tensors of a module: each state-dict key whose tensor is the same object as an earlier key's, mapped to that
+    key (a tied LM head → the input embedding, as transformers ties and saves them: the first name is the one stored)."""
+    first, out = {}, {}
+    for k, v in m.state_dict(keep_vars=True).items():
+        if id(v) in first: out[k] = first[id(v)]
+        else: first[id(v)] = k
+    return out
+
+
+# %% ../nbs/00_io.ipynb #e5cfd91a
+def module_state(m: torch.nn.Module) -> dict[str, torch.Tensor]:
+    "A module's tensors, detached, under its own names, each tied tensor once (`tied_aliases` left out)."
+    alias = tied_aliases(m)
+    return {k: v.detach() for k, v in m.state_dict().items() if k not in alias}
+
+
+# %% ../nbs/00_io.ipynb #488529f2
+def _convert_into(m: torch.nn.Module, sd: Mapping[str, torch.Tensor]) -> tuple[set[str], set[str]] | None:
+    """Load `sd` into `m` by transformers' own weight conversions, as `from_pretrained` does (per-expert tensors of a
+    Mixtral or Qwen-MoE checkpoint fused into the module's expert tensors, renamings); (missing, unexpected) keys, or
+    None where `m` has no conversion beyond renaming."""
+    try:
+        from transformers.conversion_mapping import get_model_conversion_mapping
+        from transformers.core_model_loading import WeightConverter, convert_and_load_state_dict_in_model
+        from transformers.modeling_utils import LoadStateDictConfig
+        from transformers.utils import logging as hf_logging
+        mapping = get_model_conversion_mapping(m)
+    except Exception: return None
+    if not any(isinstance(c, WeightConverter) for c in mapping): return None
+    bar = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try: info, _ = convert_and_load_state_dict_in_model(model=m, state_dict=dict(sd), load_config=LoadStateDictConfig(weight_mapping=mapping))
+    finally:
+        if bar: hf_logging.enable_progress_bar()
+    return set(info.missing_keys), set(info.unexpected_keys) | set(info.mismatched_keys)
+
+
 # %% ../nbs/00_io.ipynb #42cabe32
 def _load_into(m: torch.nn.Module, sd: Mapping[str, torch.Tensor], what: str) -> torch.nn.Module:
-    "Load `sd` into `m` (adding or stripping the base-model prefix where the checkpoint's keys need it), ties, checks."
+    """Load `sd` into `m` (adding or stripping the base-model prefix where the checkpoint's keys need it; transformers'
+    renamings and weight conversions of checkpoint names), ties, checks."""
     own, pre = set(m.state_dict()), getattr(m, "base_model_prefix", "") or ""
     if pre and not set(sd) & own:
         alt = {f"{pre}.{k}": v for k, v in sd.items()} if any(k.startswith(pre + ".") for k in own) else \
@@ -1041,12 +1082,15 @@ def _load_into(m: torch.nn.Module, sd: Mapping[str, torch.Tensor], what: str) ->
     if set(sd) - own:                                            # legacy names transformers renames on load
         names = module_key_map(m, sd)
         if len(set(names.values()) & own) > len(set(sd) & own): sd = {names[k]: v for k, v in sd.items()}
-    r = m.load_state_dict(dict(sd), strict=False)
+    buffers = {n for n, _ in m.named_buffers()}                 # older checkpoints saved constant buffers (BERT's position_ids)
+    converted = _convert_into(m, sd) if set(sd) - own - buffers else None
+    if converted is None:
+        r = m.load_state_dict(dict(sd), strict=False)
+        converted = set(r.missing_keys), set(r.unexpected_keys)
     if hasattr(m, "tie_weights"): m.tie_weights()
     loaded = {p.data_ptr() for k, p in m.state_dict().items() if k in sd}
-    missing = [k for k in r.missing_keys if m.state_dict()[k].data_ptr() not in loaded]
-    buffers = {n for n, _ in m.named_buffers()}                 # older checkpoints saved constant buffers (BERT's position_ids)
-    unexpected = [k for k in r.unexpected_keys if k not in buffers]
+    missing = sorted(k for k in converted[0] if m.state_dict()[k].data_ptr() not in loaded)
+    unexpected = sorted(k for k in converted[1] if k not in buffers)
     if missing or unexpected:
         raise IncompatibleModels(f"{what}: the checkpoint does not fit the module: missing {missing[:4]} "
                                  f"({len(missing)}), unexpected {unexpected[:4]} ({len(unexpected)})")

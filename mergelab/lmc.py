@@ -14,7 +14,8 @@ from torch import Tensor, nn
 from scipy.optimize import linear_sum_assignment
 from tqdm.auto import tqdm
 from fastcore.basics import patch
-from .io import MergelabError, IncompatibleModels, open_model, open_module, score_table, lower_is_better, short_repr, is_conv1d
+from .io import (MergelabError, IncompatibleModels, open_model, open_module, score_table, lower_is_better, short_repr, is_conv1d,
+                 module_state, tied_aliases)
 from .methods import slerp_tensors
 from .scheduler import parse_device, module_on, model_device, to_device
 
@@ -36,10 +37,16 @@ class NotEquivalent(MergelabError, AssertionError):
     "A permuted model does not compute the same function as the original: the spec is wrong for this model."
 
 # %% ../nbs/06_lmc.ipynb #c5e4ffc0
-def _state(src: Any) -> dict[str, Tensor]:
-    "All tensors of any model reference as a detached CPU state dict."
-    if isinstance(src, nn.Module): return {k: v.detach() for k, v in src.state_dict().items()}
-    return open_model(src, whole=True).state_dict()
+def _state(src: Any, model: nn.Module | None = None) -> dict[str, Tensor]:
+    """All tensors of any model reference as a detached CPU state dict, under the names of the module that runs it
+    (`module_state`: a tied tensor once, a checkpoint's legacy or per-expert names converted as transformers loads
+    them); a state dict, or a checkpoint that is not a transformers model (no `model_type` in its config) and no
+    template `model`, as stored."""
+    if isinstance(src, nn.Module): return module_state(src)
+    ck = open_model(src, whole=True)
+    hf = isinstance(ck.config, Mapping) and "model_type" in ck.config
+    if model is None and (isinstance(src, Mapping) or not hf): return ck.state_dict()
+    return module_state(_as_model(ck, model))
 
 def _as_model(src: Any, model: nn.Module | None, what: str = "model") -> nn.Module:
     "`src` as a module (`open_module`: itself, its `config.json`'s architecture, or a copy of the template `model`)."
@@ -87,8 +94,9 @@ class _Interpolator:
         if tmpl is None: tmpl = _as_model(ends[0], None, "endpoint 0")
         self.model = copy.deepcopy(tmpl)
         if (dev := parse_device(device)) is not None: self.model.to(dev)
-        self.live = self.model.state_dict(keep_vars=True)
-        states = [_state(e) for e in ends]
+        alias = tied_aliases(self.model)
+        self.live = {k: v for k, v in self.model.state_dict(keep_vars=True).items() if k not in alias}
+        states = [_state(e, tmpl) for e in ends]
         for i, s in enumerate(states):
             if set(s) != set(self.live):
                 diff = sorted(set(s) ^ set(self.live))[:5]
@@ -364,7 +372,7 @@ def complete(self: PermutationSpec, perms: Mapping[str, Tensor]) -> dict[str, Te
 @patch
 def sizes(self: PermutationSpec, params: Any) -> dict[str, int]:
     "The size of every permutation, derived ones included, checking that the spec fits `params` (see `check`)."
-    ck = params if isinstance(params, Mapping) else open_model(params)
+    ck = params if isinstance(params, Mapping) else module_state(params) if isinstance(params, nn.Module) else open_model(params)
     shape = (lambda k: tuple(ck[k].shape)) if isinstance(ck, Mapping) else ck.shape
     keys = set(ck.keys())
     problems, sizes = [], {}
@@ -444,7 +452,7 @@ def apply_permutation(spec: PermutationSpec, perms: Mapping[str, Tensor], params
     full = spec.complete(perms)
     out = {k: _permute(v, spec.axes_to_perm[k], full) if k in spec.axes_to_perm else v.clone() for k, v in sd.items()}
     if isinstance(params, nn.Module):
-        m = copy.deepcopy(params); m.load_state_dict(out); return m
+        m = copy.deepcopy(params); m.load_state_dict(out, strict=not tied_aliases(m)); return m   # `out` holds a tied tensor once
     return out
 
 # %% ../nbs/06_lmc.ipynb #b2b75d3c
@@ -551,18 +559,21 @@ def mlp_spec(model_or_state_dict: Any, order: Sequence[str] | None = None) -> Pe
     return PermutationSpec(axes, tuple(inv), (), acts)
 
 # %% ../nbs/06_lmc.ipynb #54e3f7e7
-BLOCK_ROLES = {"q_proj": "q", "query": "q", "k_proj": "k", "key": "k", "v_proj": "v", "value": "v",
-               "c_attn": "qkv", "qkv_proj": "qkv",
-               "o_proj": "o", "out_proj": "o", "attention.output.dense": "o", "attn.c_proj": "o",
-               "gate_proj": "gate", "w1": "gate", "up_proj": "up", "w3": "up", "fc1": "up", "c_fc": "up",
-               "intermediate.dense": "up", "down_proj": "down", "w2": "down", "fc2": "down", "mlp.c_proj": "down",
-               "output.dense": "down"}
+BLOCK_ROLES = {"q_proj": "q", "query": "q", "q_lin": "q", "k_proj": "k", "key": "k", "k_lin": "k", "v_proj": "v",
+               "value": "v", "v_lin": "v", "c_attn": "qkv", "qkv_proj": "qkv",
+               "o_proj": "o", "out_proj": "o", "out_lin": "o", "attention.output.dense": "o", "attn.c_proj": "o",
+               "self_attn.dense": "o",
+               "gate_proj": "gate", "w1": "gate", "up_proj": "up", "w3": "up", "fc1": "up", "c_fc": "up", "lin1": "up",
+               "intermediate.dense": "up", "gate_up_proj": "gate_up",
+               "down_proj": "down", "w2": "down", "fc2": "down", "lin2": "down", "mlp.c_proj": "down", "output.dense": "down",
+               "q_norm": "q_norm", "q_layernorm": "q_norm", "k_norm": "k_norm", "k_layernorm": "k_norm"}
 """The role of each Linear/Conv1D in a transformer block, by its name inside the block (the longest matching suffix
 wins): attention q, k, v, a fused [q | k | v] projection (`qkv`), the output projection `o`; the FFN's gate, its
-linear input `up` and its output `down`. Extend it for other naming schemes."""
+linear input `up`, a fused [gate | up] (`gate_up`) and its output `down`; and the norms on queries and keys
+(`q_norm`, `k_norm`: per head, as Qwen3 and Gemma 3, or over all heads, as OLMo 2). Extend it for other naming schemes."""
 
 ROLE_AXES = {"q": ("q", "res"), "k": ("qk", "res"), "v": ("vo", "res"), "qkv": ("qkv", "res"), "o": ("res", "o"),
-             "gate": ("ff", "res"), "up": ("ff", "res"), "down": ("res", "ff")}
+             "gate": ("ff", "res"), "up": ("ff", "res"), "gate_up": ("gu", "res"), "down": ("res", "ff")}
 "(output axis, input axis) of each role's weight, as symbols `transformer_spec` maps to a block's permutations."
 
 # %% ../nbs/06_lmc.ipynb #7afe1ead
@@ -630,10 +641,11 @@ def _block_axes(bp: str, block: nn.Module, h: int, sym: Mapping[str, str | None]
     for rel, m in block.named_modules():
         own = [n for n, _ in m.named_parameters(recurse=False)]
         if not own: continue
-        role = _role(rel) if _is_linear(m) else None
-        if role is not None:
+        role = _role(rel)
+        if role in ROLE_AXES and _is_linear(m):
             roles.setdefault(role, []).append(rel)
             for leaf, ax in _weight_axes(m, *(sym[s] for s in ROLE_AXES[role])).items(): axes[f"{bp}{rel}.{leaf}"] = ax
+        elif role in ("q_norm", "k_norm") and not _is_linear(m): roles.setdefault(role, []).append(rel)   # placed by `_block_spec`
         elif _is_norm(m, h): axes.update({f"{bp}{rel}.{n}": (sym["res"],) for n in own})
         else: unknown += [f"{bp}{rel}.{n}" for n in own]
     if unknown: raise SpecError(f"tensors of block {bp.rstrip('.')} that transformer_spec cannot place: {unknown[:8]} "
@@ -676,7 +688,7 @@ def _block_spec(l: int, bp: str, block: nn.Module, h: int, H: int, G: int, rope:
     "Axes, head group, derived permutations, activation sites and REPAIR sites of block `l` (see `transformer_spec`)."
     qk, vo, r = f"P_qk_{l}", f"P_vo_{l}", H // G
     sym = dict(res=res, qk=qk, vo=vo, ff=f"P_ff_{l}", q=qk if r == 1 else f"P_q_{l}", o=vo if r == 1 else f"P_o_{l}",
-               qkv=f"P_qkv_{l}")
+               qkv=f"P_qkv_{l}", gu=f"P_gu_{l}")
     axes, roles = _block_axes(bp, block, h, sym)
     width = {k: block.get_submodule(ns[0]).weight.shape for k, ns in roles.items()}
     conv1d = lambda k: is_conv1d(block.get_submodule(roles[k][0]))
@@ -685,6 +697,16 @@ def _block_spec(l: int, bp: str, block: nn.Module, h: int, H: int, G: int, rope:
     d, derived = n_q // H, {}
     if r > 1: derived.update({sym["q"]: ("expand", qk, G, r), sym["o"]: ("expand", vo, G, r)})
     if "qkv" in roles: derived[sym["qkv"]] = ("concat", (sym["q"], qk, vo), (H * d, G * d, G * d))
+    if "gate_up" in roles:
+        n_ff = width["gate_up"][-1 if conv1d("gate_up") else 0] // 2
+        derived[sym["gu"]] = ("concat", (sym["ff"], sym["ff"]), (n_ff, n_ff))
+    for role, p, n in (("q_norm", sym["q"], H * d), ("k_norm", qk, G * d)):
+        for rel in roles.get(role, []):
+            for leaf, t in block.get_submodule(rel).named_parameters(recurse=False):
+                if t.dim() == 1 and len(t) == n: axes[f"{bp}{rel}.{leaf}"] = (p,)            # over all heads: moves with them
+                elif t.dim() == 1 and len(t) == d and rope: axes[f"{bp}{rel}.{leaf}"] = (None,)  # one per head: heads move whole
+                else: raise SpecError(f"{bp}{rel}.{leaf}: a {role} of shape {list(t.shape)} fits neither {n} units nor one "
+                                      f"head of {d} whose units stay in place")
     acts = {}
     for role, site, p in (("q", "", "q"), ("k", "", "qk"), ("v", "", "vo"), ("qkv", "", "qkv"), ("o", ":input", "o"),
                           ("down", ":input", "ff")):
@@ -695,8 +717,8 @@ def _block_spec(l: int, bp: str, block: nn.Module, h: int, H: int, G: int, rope:
 # %% ../nbs/06_lmc.ipynb #ed5cce2a
 def transformer_spec(model: Any, *, residual: bool = True) -> PermutationSpec:
     """The permutation symmetry of a Hugging Face transformer, derived from the module graph and `config.json`
-    (BERT/RoBERTa/MiniLM post-norm encoders, GPT-2 with Conv1D and fused `c_attn`, Llama/Mistral/Qwen2 decoders with
-    grouped-query attention, ViT; roles by `BLOCK_ROLES`):
+    (BERT/RoBERTa/MiniLM/DistilBERT post-norm encoders, GPT-2 with Conv1D and fused `c_attn`, Llama/Mistral/Qwen2/Qwen3/
+    Gemma 2/OLMo 2/Phi/Phi-3 decoders with grouped-query attention, ViT; roles by `BLOCK_ROLES`):
 
     - one **residual-stream** permutation `P_res` on the hidden axis of embeddings, class/position tokens, a patch
       projection, every norm on the stream (LayerNorm and RMSNorm are permutation-equivariant), the input axes of
@@ -708,10 +730,12 @@ def transformer_spec(model: Any, *, residual: bool = True) -> PermutationSpec:
       position embeddings (a rotary pair's frequency depends on its position; ALiBi and others are treated as RoPE).
       With grouped-query attention (H = r·G query heads) q's rows and o's columns carry `P_q_ℓ`, `P_o_ℓ`, the
       key/value-head permutation expanded to the r query heads sharing each (their order within a group is kept); a
-      fused `c_attn` carries the concatenation [P_q | P_qk | P_vo].
+      fused `c_attn` carries the concatenation [P_q | P_qk | P_vo], a fused `gate_up_proj` [P_ff | P_ff]. Norms on
+      queries and keys move with their heads (over all heads, OLMo 2) or stay (one per head, Qwen3 and Gemma 3).
 
-    A model without a head returns its residual stream, so its output carries `P_res` (`spec.output`). Anything it
-    cannot place is a `SpecError` naming the tensors."""
+    A tied LM head is the input embedding, listed once under the embedding's (stored) name. A model without a head
+    returns its residual stream, so its output carries `P_res` (`spec.output`). Anything it cannot place (mixtures of
+    experts, GPT-NeoX's per-head fused projection, encoder-decoders) is a `SpecError` naming the tensors."""
     m = model if isinstance(model, nn.Module) else _as_model(model, None)
     cfg = getattr(m, "config", None)
     if cfg is None or not hasattr(cfg, "num_attention_heads"):
@@ -725,8 +749,12 @@ def transformer_spec(model: Any, *, residual: bool = True) -> PermutationSpec:
     acts = {"P_res": tuple(f"{stack}.{l}" for l in range(len(blocks)))} if res else {}
     for p in parts:
         axes.update(p["axes"]); acts.update({k: tuple(v) for k, v in p["acts"].items() if v})
+    alias = tied_aliases(m)                          # a tied LM head is the embedding: listed once, under the stored name
+    for k, src in alias.items():
+        if axes.get(k) != axes.get(src): raise SpecError(f"{k} is tied to {src} but they would move differently: {axes.get(k)} vs {axes.get(src)}")
+    axes = {k: a for k, a in axes.items() if k not in alias}
     inv = tuple(k for k, a in axes.items() if all(x is None for x in a))
-    inv += tuple(k for k, t in m.state_dict().items() if k not in axes and not t.dtype.is_floating_point)
+    inv += tuple(k for k, t in m.state_dict().items() if k not in axes and k not in alias and not t.dtype.is_floating_point)
     axes = {k: a for k, a in axes.items() if k not in inv}
     return PermutationSpec(axes, inv, tuple(p["head"] for p in parts), acts, {k: v for p in parts for k, v in p["derived"].items()},
                            output, channel_axis=-1, site_transform=None, repair_sites=tuple(s for p in parts for s in p["repair"]))
@@ -997,8 +1025,8 @@ def repair(a: Any, b_permuted: Any, alpha: float, data: Any, *, spec: Permutatio
     matched, its mean scaled). Layers are corrected in order, each measured after the earlier ones are fixed (the
     reference's BN wrappers measure all at once in train mode). MLPs: every hidden layer. Transformers
     (`transformer_spec`, LayerNorm or RMSNorm): the FFN's linear input units (BERT's intermediate, GPT-2's `c_fc`,
-    ViT's `fc1`, with their biases; Llama's bias-free `up_proj`, scale only), measured over every token; the residual
-    stream and attention are not corrected (their norms re-standardise them). Networks with BatchNorm get the
+    ViT's `fc1`, with their biases; Llama's bias-free `up_proj`, scale only; none in Phi-3's fused `gate_up_proj`),
+    measured over every token; the residual stream and attention are not corrected (their norms re-standardise them). Networks with BatchNorm get the
     equivalent BN reset instead. `b_permuted` must already be aligned to `a`. Returns a new module, on `device`
     ('cuda', 'cuda:1') when given: the interpolation and the float64 statistics run there on copies of the models (a
     model passed in is never moved); MPS lacks float64 and is refused."""

@@ -1,8 +1,10 @@
 """Permutation alignment across architectures: tiny random-init models from `transformers` configs (BERT, RoBERTa,
-GPT-2, Llama with grouped-query attention, Mistral, Qwen2, ViT) plus an MLP and a globally pooled CNN, each through
+DistilBERT, GPT-2, Llama with grouped-query attention, Mistral, Qwen2, Qwen3 and OLMo 2 with query/key norms, Gemma 2
+with a tied LM head, Phi and Phi-3 with fused projections, ViT) plus an MLP and a globally pooled CNN, each through
 spec derivation, planted-permutation recovery by weight and activation matching, `check_equivalent`, REPAIR and an
-interpolation curve; unsupported architectures fail with a `MergelabError` that names the problem; the real MiniLM
-encoder recovers planted permutations exactly."""
+interpolation curve; saved folders whose stored names differ from the module's (a tied head, renamed or per-expert
+tensors) align and interpolate as transformers loads them; unsupported architectures fail with a `MergelabError` that
+names the problem; the real MiniLM encoder recovers planted permutations exactly."""
 import importlib.util
 import pytest
 import torch
@@ -22,6 +24,13 @@ BUILD = {
     "llama-gqa": lambda: T.LlamaForCausalLM(T.LlamaConfig(**C, num_key_value_heads=2)),
     "mistral": lambda: T.MistralForCausalLM(T.MistralConfig(**C, num_key_value_heads=2)),
     "qwen2": lambda: T.Qwen2ForCausalLM(T.Qwen2Config(**C, num_key_value_heads=1)),
+    "qwen3": lambda: T.Qwen3ForCausalLM(T.Qwen3Config(**C, num_key_value_heads=2, head_dim=8)),      # per-head q/k norms
+    "olmo2": lambda: T.Olmo2ForCausalLM(T.Olmo2Config(**C, num_key_value_heads=2, pad_token_id=0)),  # q/k norms over all heads
+    "gemma2": lambda: T.Gemma2ForCausalLM(T.Gemma2Config(**C, num_key_value_heads=2, head_dim=8)),   # tied LM head, 4 norms a block
+    "phi3": lambda: T.Phi3ForCausalLM(T.Phi3Config(**C, num_key_value_heads=2, pad_token_id=0)),     # fused qkv and gate_up
+    "phi": lambda: T.PhiForCausalLM(T.PhiConfig(**C, pad_token_id=0)),
+    "distilbert": lambda: T.DistilBertForSequenceClassification(T.DistilBertConfig(vocab_size=50, dim=32, n_layers=2, n_heads=4,
+                                                                                   hidden_dim=48, num_labels=3)),
     "vit": lambda: T.ViTForImageClassification(T.ViTConfig(image_size=8, patch_size=4, num_channels=3, hidden_size=32,
                                                            num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
                                                            num_labels=3)),
@@ -35,6 +44,8 @@ UNSUPPORTED = {   # architecture → what the error must say
     "gpt2-cross-attention": (lambda: T.GPT2LMHeadModel(T.GPT2Config(vocab_size=50, n_embd=32, n_layer=1, n_head=4,
                              n_positions=16, bos_token_id=0, eos_token_id=0, add_cross_attention=True)), "cannot place"),
     "flatten-cnn": (lambda: nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 36, 3)), "flatten"),
+    "mixtral": (lambda: T.MixtralForCausalLM(T.MixtralConfig(**C, num_key_value_heads=2, num_local_experts=2)), "cannot place"),
+    "gpt-neox": (lambda: T.GPTNeoXForCausalLM(T.GPTNeoXConfig(**C)), "no attention block"),
 }
 
 
@@ -80,7 +91,7 @@ def test_architecture(kind):
     # REPAIR on the midpoint of two different models: the corrected units have the interpolated endpoint std
     b_aligned = apply_permutation(spec, weight_matching(spec, a, b, progress=False), b)
     mid = repair(a, b_aligned, 0.5, x, spec=spec)
-    if spec.repair_sites is not None:
+    if spec.repair_sites:                          # a fused gate_up (Phi-3) has none
         site = spec.repair_sites[0]
         sa, sb = (_channel_stats(m, [site], x, spec.channel_axis)[site] for m in (a, b_aligned))
         got = _channel_stats(mid, [site], x, spec.channel_axis)[site]
@@ -91,6 +102,30 @@ def test_architecture(kind):
     # and the probe the explorer runs, with no spec given
     c2, bars, _ = lmc_probe(a, b, loss(x), matching="activation", correction="repair", data=x, alphas=3, progress=False)
     assert len(c2) == 3 and set(bars.kind) == {"midpoint", "linear"}
+
+
+@pytest.mark.parametrize("kind", ["gemma2", "mixtral", "gpt-neox"])
+def test_saved_folders(kind, tmp_path):
+    """Folders whose stored tensors are not the module's: Gemma 2's tied LM head is not stored, Mixtral stores each
+    expert's w1/w2/w3 that transformers fuses, GPT-NeoX stores `embed_out` for `lm_head`. Curves start and end at the
+    models transformers loads; the tied model aligns from its folders as from its modules."""
+    make = BUILD.get(kind) or UNSUPPORTED[kind][0]
+    torch.manual_seed(0)
+    for name, seed in (("a", 0), ("b", 1)):
+        torch.manual_seed(seed); make().save_pretrained(tmp_path / name)
+    a, b = (type(make()).from_pretrained(tmp_path / n).eval() for n in "ab")       # what transformers loads
+    x = inputs("llama-gqa")
+    curve = interpolation_curve(tmp_path / "a", tmp_path / "b", loss(x), alphas=[0.0, 1.0], progress=False)
+    assert abs(curve.loss.iloc[0] - loss(x)(a)) < 1e-6 and abs(curve.loss.iloc[1] - loss(x)(b)) < 1e-6
+    if kind != "gemma2": return
+    spec = model_spec(tmp_path / "a")
+    assert "lm_head.weight" not in spec.axes_to_perm and "model.embed_tokens.weight" in spec.axes_to_perm
+    planted = spec.random(a, seed=3)
+    a_perm = apply_permutation(spec, planted, tmp_path / "a")            # a state dict, the tied tensor once
+    assert "lm_head.weight" not in a_perm
+    wm = weight_matching(spec, tmp_path / "a", a_perm, progress=False)
+    assert all(torch.equal(wm[p], planted[p].argsort()) for p in spec.perms)
+    assert check_equivalent(a, a_perm, x, spec=spec, perms=planted) < 1e-5
 
 
 @pytest.mark.parametrize("kind", list(UNSUPPORTED))

@@ -124,6 +124,23 @@ def test_zoo_mlps_all_forms(tmp_path):
     with pytest.raises(MergelabError): merge(models, "regmean", base=zoo.base.path, data=texts, progress=False, cache_dir=tmp_path)
 
 
+def test_fisher_where_vmap_cannot_run(tmp_path):
+    """DeBERTa-v2's forward checks its input for padding in Python, which `torch.func.vmap` cannot trace: the Fisher of
+    token tensors then goes one example at a time, and equals the Fisher of the same examples given as fields."""
+    cfg = T.DebertaV2Config(**C, max_position_embeddings=32, num_labels=3)
+    torch.manual_seed(0); T.DebertaV2ForSequenceClassification(cfg).save_pretrained(tmp_path / "base")
+    for i, name in enumerate("ab"):
+        torch.manual_seed(i + 1); T.DebertaV2ForSequenceClassification(cfg).save_pretrained(tmp_path / name)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randint(2, V, (6, 10), generator=g), torch.randint(0, 3, (6,), generator=g)
+    models = {"a": tmp_path / "a", "b": tmp_path / "b"}
+    run = lambda data, sub: merge(models, "fisher", base=tmp_path / "base", data=data, num_batches=1, progress=False,
+                                  cache_dir=tmp_path / sub)
+    tensors = run({t: (x, y) for t in models}, "t")
+    fields = run({t: ({"input_ids": x}, y) for t in models}, "f")
+    assert max(float((tensors[k] - fields[k]).abs().max()) for k in tensors) < 1e-6
+
+
 def test_device_path_on_cpu(tmp_path):
     """`device=` reaches every data-aware method's statistics pass (the merge's prepare pass): on the CPU the device
     path gives the merge without it, computed afresh (separate caches); a device this machine lacks is refused first."""
