@@ -602,23 +602,23 @@ def _dummy_input(model: nn.Module) -> Tensor:
     return torch.arange(1, 5)[None] % cfg.vocab_size
 
 # %% ../nbs/06_lmc.ipynb #a48c832b
-def _stream_readers(model: nn.Module, last_block: nn.Module, norms: Sequence[str]) -> tuple[set[str], bool]:
+def _stream_readers(model: nn.Module, last_block: nn.Module, norms: Sequence[str]) -> tuple[set[str], bool, list[str]]:
     """(names of the Linear/Conv1D modules outside the blocks whose input is the residual stream — the last block's
-    or an outer norm's output, possibly a token of it — and whether the model's output has logits), by one forward
-    pass with hooks comparing storages."""
-    mods, stream, reads, hooks = dict(model.named_modules()), set(), {}, []
+    or an outer norm's output, possibly a token of it —, whether the model's output has logits, and the outer norms
+    and Linear/Conv1D modules in the order they ran), by one forward pass with hooks comparing storages."""
+    mods, stream, reads, hooks, order = dict(model.named_modules()), set(), {}, [], []
     key = lambda t: _output(t).untyped_storage().data_ptr()
     hooks.append(last_block.register_forward_hook(lambda m, i, o: stream.add(key(o))))
-    for n in norms: hooks.append(mods[n].register_forward_hook(lambda m, i, o: stream.add(key(o))))
+    for n in norms: hooks.append(mods[n].register_forward_hook(lambda m, i, o, n=n: stream.add(key(o)) or order.append(n)))
     for n, m in mods.items():
-        if _is_linear(m): hooks.append(m.register_forward_hook(lambda m, i, o, n=n: reads.update({n: key(i[0])}) and None))
+        if _is_linear(m): hooks.append(m.register_forward_hook(lambda m, i, o, n=n: reads.update({n: key(i[0])}) or order.append(n)))
     was = model.training; model.eval()
     try:
         with torch.no_grad(): out = model(_dummy_input(model))
     finally:
         model.train(was)
         for h in hooks: h.remove()
-    return {n for n, p in reads.items() if p in stream}, getattr(out, "logits", None) is not None
+    return {n for n, p in reads.items() if p in stream}, getattr(out, "logits", None) is not None, order
 
 # %% ../nbs/06_lmc.ipynb #03f80c7c
 def _is_linear(m: nn.Module) -> bool: return isinstance(m, nn.Linear) or is_conv1d(m)
@@ -656,10 +656,13 @@ def _block_axes(bp: str, block: nn.Module, h: int, sym: Mapping[str, str | None]
 def _outer_axes(model: nn.Module, stack: str, h: int, res: str | None) -> tuple[dict[str, tuple], str | None]:
     """(axes of the tensors outside the blocks, the permutation on the model's output): embeddings, position and class
     tokens, a patch projection and norms carry `res` on their hidden axis; a head (LM head, classifier, pooler) carries
-    it on its input axis when it reads the residual stream, otherwise it is invariant."""
+    it on its input axis when it reads the residual stream, otherwise it is invariant; a Linear that reads the stream
+    and feeds a norm right after it (a masked-LM head's transform) carries it on both axes. A tensor tied to a head's
+    (a masked-LM decoder's bias) moves as that head's."""
     outer = {n: m for n, m in model.named_modules() if not (n == stack or n.startswith(stack + "."))}
     norms = [n for n, m in outer.items() if _is_norm(m, h)]
-    readers, has_logits = _stream_readers(model, model.get_submodule(stack)[-1], norms)
+    readers, has_logits, order = _stream_readers(model, model.get_submodule(stack)[-1], norms)
+    to_norm = {a for a, b in zip(order, order[1:]) if a in readers and b in norms}
     axes, unknown = {}, []
     for n, m in outer.items():
         dot = f"{n}." if n else ""
@@ -669,12 +672,15 @@ def _outer_axes(model: nn.Module, stack: str, h: int, res: str | None) -> tuple[
         elif isinstance(m, nn.modules.conv._ConvNd) and m.out_channels == h:
             axes.update({f"{dot}{k}": (res,) + (None,) * (p.dim() - 1) for k, p in own.items()})
         elif n in norms: axes.update({f"{dot}{k}": (res,) for k in own})
-        elif _is_linear(m): axes.update({f"{dot}{k}": a for k, a in _weight_axes(m, None, res if n in readers else None).items()})
+        elif _is_linear(m):
+            axes.update({f"{dot}{k}": a for k, a in _weight_axes(m, res if n in to_norm else None, res if n in readers else None).items()})
         else:
             for k, p in own.items():
                 if p.dim() >= 1 and p.shape[-1] == h and not isinstance(m, (nn.Embedding, nn.modules.conv._ConvNd)):
                     axes[f"{dot}{k}"] = (None,) * (p.dim() - 1) + (res,)
                 else: unknown.append(f"{dot}{k}")
+    for alias, src in tied_aliases(model).items():
+        if src in unknown and alias in axes: unknown.remove(src); axes[src] = axes[alias]
     if unknown: raise SpecError(f"tensors outside the blocks that transformer_spec cannot place: {unknown[:8]}")
     return axes, (None if has_logits else res)
 
@@ -717,8 +723,9 @@ def _block_spec(l: int, bp: str, block: nn.Module, h: int, H: int, G: int, rope:
 # %% ../nbs/06_lmc.ipynb #ed5cce2a
 def transformer_spec(model: Any, *, residual: bool = True) -> PermutationSpec:
     """The permutation symmetry of a Hugging Face transformer, derived from the module graph and `config.json`
-    (BERT/RoBERTa/MiniLM/DistilBERT post-norm encoders, GPT-2 with Conv1D and fused `c_attn`, Llama/Mistral/Qwen2/Qwen3/
-    Gemma 2/OLMo 2/Phi/Phi-3 decoders with grouped-query attention, ViT; roles by `BLOCK_ROLES`):
+    (BERT/RoBERTa/MiniLM/DistilBERT post-norm encoders and their masked-LM heads, GPT-2 with Conv1D and fused
+    `c_attn`, Llama/Mistral/Qwen2/Qwen3/Gemma 2/OLMo 2/Phi/Phi-3 decoders with grouped-query attention, ViT; roles by
+    `BLOCK_ROLES`):
 
     - one **residual-stream** permutation `P_res` on the hidden axis of embeddings, class/position tokens, a patch
       projection, every norm on the stream (LayerNorm and RMSNorm are permutation-equivariant), the input axes of

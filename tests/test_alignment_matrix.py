@@ -1,10 +1,10 @@
-"""Permutation alignment across architectures: tiny random-init models from `transformers` configs (BERT, RoBERTa,
-DistilBERT, GPT-2, Llama with grouped-query attention, Mistral, Qwen2, Qwen3 and OLMo 2 with query/key norms, Gemma 2
-with a tied LM head, Phi and Phi-3 with fused projections, ViT) plus an MLP and a globally pooled CNN, each through
-spec derivation, planted-permutation recovery by weight and activation matching, `check_equivalent`, REPAIR and an
-interpolation curve; saved folders whose stored names differ from the module's (a tied head, renamed or per-expert
-tensors) align and interpolate as transformers loads them; unsupported architectures fail with a `MergelabError` that
-names the problem; the real MiniLM encoder recovers planted permutations exactly."""
+"""Permutation alignment across architectures: tiny random-init models from `transformers` configs (BERT, RoBERTa and
+DistilBERT, each also with its masked-LM head; GPT-2, Llama with grouped-query attention, Mistral, Qwen2, Qwen3 and
+OLMo 2 with query/key norms, Gemma 2 with a tied LM head, Phi and Phi-3 with fused projections, ViT) plus an MLP and a
+globally pooled CNN, each through spec derivation, planted-permutation recovery by weight and activation matching,
+`check_equivalent`, REPAIR and an interpolation curve; saved folders whose stored names differ from the module's (a
+tied head, renamed or per-expert tensors) align and interpolate as transformers loads them; unsupported architectures
+fail with a `MergelabError` that names the problem; the real MiniLM encoder recovers planted permutations exactly."""
 import importlib.util
 import pytest
 import torch
@@ -19,6 +19,10 @@ C = dict(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads
 BUILD = {
     "bert": lambda: T.BertForSequenceClassification(T.BertConfig(**C, max_position_embeddings=16, num_labels=3)),
     "roberta": lambda: T.RobertaForSequenceClassification(T.RobertaConfig(**C, max_position_embeddings=20, num_labels=3)),
+    "bert-mlm": lambda: T.BertForMaskedLM(T.BertConfig(**C, max_position_embeddings=16)),      # head transform, tied decoder
+    "roberta-mlm": lambda: T.RobertaForMaskedLM(T.RobertaConfig(**C, max_position_embeddings=20)),
+    "distilbert-mlm": lambda: T.DistilBertForMaskedLM(T.DistilBertConfig(vocab_size=50, dim=32, n_layers=2, n_heads=4,
+                                                                         hidden_dim=48)),
     "gpt2": lambda: T.GPT2LMHeadModel(T.GPT2Config(vocab_size=50, n_embd=32, n_layer=2, n_head=4, n_positions=16,
                                                    bos_token_id=0, eos_token_id=0)),
     "llama-gqa": lambda: T.LlamaForCausalLM(T.LlamaConfig(**C, num_key_value_heads=2)),
