@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 from fastcore.basics import patch
 from .io import (Checkpoint, AdapterCheckpoint, MergelabError, IncompatibleModels, open_model, open_module,
-                         open_tokenizer, model_names, short_repr)
+                         open_tokenizer, model_names, short_repr, tied_aliases, module_key_map)
 from .kinship import DeltaStats, kinship_matrix, intraop_threads
 from .scheduler import parse_device, model_device
 
@@ -183,14 +183,21 @@ class _Switcher:
 # %% ../nbs/05_activations.ipynb #1135c5ea
 @patch
 def _full(self: _Switcher, c: Checkpoint, fn):
+    """Copy the full checkpoint `c` into the working module, tensor by tensor under the module's names (transformers'
+    renamings; a tied tensor through the name it is stored under), the base's where `c` lacks one; then `fn(module)`.
+    A checkpoint whose tensors transformers converts on load (per-expert tensors fused in the module) is loaded whole."""
     if self.work is None: self.work = copy.deepcopy(self.base).eval()
-    wp = _params(self.work)
-    bad = [k for k in wp if k in c and tuple(c.shape(k)) != tuple(wp[k].shape)]
-    if bad: raise IncompatibleModels(f"{c.name}: {bad[0]!r} is {list(c.shape(bad[0]))}, the base's is "
+    alias = tied_aliases(self.work)
+    wp = {k: p for k, p in _params(self.work).items() if k not in alias}
+    stored = {m: k for k, m in module_key_map(self.work, c.keys()).items()}      # the module's name → the checkpoint's
+    if not any(k in stored for k in wp): raise IncompatibleModels(f"{c.name} shares no tensor name with the base module")
+    if any(k not in stored for k in wp) and any(m not in wp and m not in alias for m in stored):
+        return fn(open_module(c, model=self.base, dtype=None).eval())             # converted as transformers loads it
+    bad = [k for k in wp if k in stored and tuple(c.shape(stored[k])) != tuple(wp[k].shape)]
+    if bad: raise IncompatibleModels(f"{c.name}: {bad[0]!r} is {list(c.shape(stored[bad[0]]))}, the base's is "
                                      f"{list(wp[bad[0]].shape)}; Delta Activations need fine-tunes of the same architecture")
-    if not any(k in c for k in wp): raise IncompatibleModels(f"{c.name} shares no tensor name with the base module")
     with torch.no_grad():
-        for k, p in wp.items(): p.copy_(c.get(k, p.dtype) if k in c else self.params[k])
+        for k, p in wp.items(): p.copy_(c.get(stored[k], p.dtype) if k in stored else self.params[k])
     return fn(self.work)
 
 # %% ../nbs/05_activations.ipynb #f7556778
