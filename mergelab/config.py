@@ -15,15 +15,16 @@ from .io import (Checkpoint, LazyCheckpoint, AdapterCheckpoint, ShardedWriter, M
                          CheckpointNotFound, check_output_path, parse_size, open_model, model_names, model_paths,
                          split_adapter_ref, short_repr, open_tokenizer)
 from .registry import ConfigError, MergeMethod, METHODS, get_method, chain, did_you_mean, REQUIRED
-from .scheduler import (TensorGroup, execute, layer_index, num_layers, LAYER_RE, using_client, nonfinite_policy,
-                                check_threads, parse_device)
+from .scheduler import (TensorGroup, execute, layer_index, num_layers, LAYER_COUNT_KEYS, LAYER_RE, using_client,
+                                nonfinite_policy, check_threads, parse_device)
 from .memory import MemoryEstimate, estimate_memory, check_memory, split_rows, available_memory
 from .vocabulary import Vocabulary, build_vocabulary, fill_rows, vocabulary_rows
 
 # %% auto #0
 __all__ = ['MERGEKIT_FLAGS', 'MAX_CONFIG_BYTES', 'MAX_CONFIG_VALUES', 'MAX_CONFIG_DEPTH', 'VOCAB_TENSOR', 'dsl_value',
            'parse_dtype', 'MergeConfig', 'rooted', 'load_yaml', 'read_config', 'yaml_safe', 'Plan', 'plan_row_blocks',
-           'build_plan', 'run_plan', 'merge_config', 'merge', 'estimate_peak_memory', 'merge_setting_config']
+           'build_plan', 'sliced_config', 'run_plan', 'merge_config', 'merge', 'estimate_peak_memory',
+           'merge_setting_config']
 
 # %% ../nbs/03_config.ipynb #a7bf4333
 def _is_gradient(v) -> bool: return isinstance(v, (list, tuple)) and len(v) > 0 and not isinstance(v[0], Mapping)
@@ -674,6 +675,19 @@ def _slice_groups(cfg: MergeConfig, method: MergeMethod, slices: list[tuple], do
         (pre if _is_pre(k) else post).append(group(k, srcs, sbase, same, sl_params, 0.0))
     return pre + mid + post, out_layer
 
+# %% ../nbs/03_config.ipynb #21127162
+def sliced_config(config: Mapping, layers: Sequence[int]) -> dict:
+    """The config of a model made of the layers `layers` (indices into the model `config` describes, in output order,
+    as `slices` stack them): its layer count, and each per-layer list (a `layer_types` of sliding and full attention,
+    and any other `*layer*` list with one entry per layer) re-indexed, so that transformers loads the result."""
+    out = dict(config)
+    n = next((config[k] for k in LAYER_COUNT_KEYS if isinstance(config.get(k), int)), None)
+    for k in LAYER_COUNT_KEYS:
+        if k in out: out[k] = len(layers)
+    for k, v in config.items():
+        if "layer" in k and isinstance(v, list) and len(v) == n: out[k] = [v[i] for i in layers]
+    return out
+
 # %% ../nbs/03_config.ipynb #033f3ae0
 def _plan_slices(cfg: MergeConfig, method: MergeMethod, seed, guard) -> Plan:
     problems: list[str] = []
@@ -684,9 +698,7 @@ def _plan_slices(cfg: MergeConfig, method: MergeMethod, seed, guard) -> Plan:
     groups, out_layer = _slice_groups(cfg, method, slices, donor_ck, problems)
     if problems: raise ConfigError(_dedup(problems))
     memory = guard(method, groups, parse_dtype(cfg.dtype), parse_dtype(cfg.out_dtype))
-    config = dict(donor_ck.config or {})
-    for key in ("num_hidden_layers", "n_layer", "num_layers"):
-        if key in config: config[key] = out_layer
+    config = sliced_config(donor_ck.config or {}, [(sb or srcs[0])[1] + j for srcs, sb, n_s, _ in slices for j in range(n_s)])
     first = cfg.slices[0]["sources"][0]["model"]
     donor = _ref_path(cfg.base_model) or _ref_path(first)
     refs = [s["model"] for sl in cfg.slices for s in sl["sources"]] + [cfg.base_model]

@@ -17,10 +17,11 @@ from .io import Checkpoint, MergelabError, InvalidValue, ShardedWriter, open_mod
 from .registry import ConfigError, MergeMethod, did_you_mean
 
 # %% auto #0
-__all__ = ['Source', 'LAYER_RE', 'NonFinitePolicy', 'NonFiniteTensor', 'TensorGroup', 'read_group', 'layer_index', 'num_layers',
-           'layer_prepare', 'merge_group', 'Interrupted', 'request_stop', 'check_stop', 'check_threads', 'parse_device',
-           'nonfinite_policy', 'model_device', 'to_device', 'module_on', 'MissingDependency', 'require_dask',
-           'using_client', 'open_cached', 'dumps_by_path', 'workspace', 'run_groups', 'map_reduce', 'execute']
+__all__ = ['Source', 'LAYER_RE', 'LAYER_COUNT_KEYS', 'NonFinitePolicy', 'NonFiniteTensor', 'TensorGroup', 'read_group',
+           'layer_index', 'num_layers', 'layer_prepare', 'merge_group', 'Interrupted', 'request_stop', 'check_stop',
+           'check_threads', 'parse_device', 'nonfinite_policy', 'model_device', 'to_device', 'module_on',
+           'MissingDependency', 'require_dask', 'using_client', 'open_cached', 'dumps_by_path', 'workspace',
+           'run_groups', 'map_reduce', 'execute']
 
 # %% ../nbs/01a_scheduler.ipynb #95ea1d99
 class NonFiniteTensor(MergelabError, ValueError):
@@ -66,10 +67,13 @@ def layer_index(name: str) -> int | None:
     m = LAYER_RE.search(name)
     return int(m.group(2)) if m else None
 
+LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
+"The `config.json` keys that hold a model's number of blocks (Llama and most, GPT-2, T5)."
+
 def num_layers(ck: Checkpoint) -> int:
     "Number of blocks: from `config.json` when present, else from the tensor names."
     cfg = ck.config or {}
-    for k in ("num_hidden_layers", "n_layer", "num_layers"):
+    for k in LAYER_COUNT_KEYS:
         if isinstance(cfg.get(k), int): return cfg[k]
     idx = [i for i in map(layer_index, ck.keys()) if i is not None]
     return max(idx) + 1 if idx else 0
