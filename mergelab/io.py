@@ -12,16 +12,16 @@ from fastcore.basics import patch
 from safetensors import SafetensorError
 
 # %% auto #0
-__all__ = ['TOKENIZER_FILES', 'LOSS_METRICS', 'MergelabError', 'CheckpointNotFound', 'CorruptCheckpoint', 'UnsafeCheckpoint',
-           'IncompatibleModels', 'OutputExists', 'UnsafeOutput', 'OutputNotWritable', 'InvalidValue', 'short_repr',
-           'read_safetensors_header', 'Checkpoint', 'StateDictCheckpoint', 'LazyCheckpoint', 'file_bytes',
-           'SafetensorsCheckpoint', 'TorchCheckpoint', 'user_path', 'inside_model', 'AdapterCheckpoint',
-           'apply_adapter', 'split_adapter_ref', 'open_model', 'parse_size', 'check_output_path', 'temporary_sibling',
-           'clean_stale_temporaries', 'exchange_paths', 'ShardedWriter', 'save_checkpoint', 'write_text_atomic',
-           'check_compatible', 'TaskVector', 'task_vector', 'adapter_ref', 'model_name', 'model_paths', 'model_names',
-           'module_from_config', 'is_conv1d', 'module_key_map', 'tied_aliases', 'module_state', 'open_module',
-           'load_with_transformers', 'open_tokenizer', 'EvaluationError', 'lower_is_better', 'score_table',
-           'current_rss', 'release_heap']
+__all__ = ['LEGACY_NAMES', 'TOKENIZER_FILES', 'LOSS_METRICS', 'MergelabError', 'CheckpointNotFound', 'CorruptCheckpoint',
+           'UnsafeCheckpoint', 'IncompatibleModels', 'OutputExists', 'UnsafeOutput', 'OutputNotWritable',
+           'InvalidValue', 'short_repr', 'read_safetensors_header', 'Checkpoint', 'StateDictCheckpoint',
+           'LazyCheckpoint', 'file_bytes', 'SafetensorsCheckpoint', 'TorchCheckpoint', 'user_path', 'inside_model',
+           'AdapterCheckpoint', 'apply_adapter', 'split_adapter_ref', 'named_like', 'open_model', 'parse_size',
+           'check_output_path', 'temporary_sibling', 'clean_stale_temporaries', 'exchange_paths', 'ShardedWriter',
+           'save_checkpoint', 'write_text_atomic', 'check_compatible', 'TaskVector', 'task_vector', 'adapter_ref',
+           'model_name', 'model_paths', 'model_names', 'module_from_config', 'is_conv1d', 'module_key_map',
+           'tied_aliases', 'module_state', 'open_module', 'load_with_transformers', 'open_tokenizer', 'EvaluationError',
+           'lower_is_better', 'score_table', 'current_rss', 'release_heap']
 
 # %% ../nbs/00_io.ipynb #f6fda86f
 class MergelabError(Exception):
@@ -450,11 +450,61 @@ def split_adapter_ref(ref: str | os.PathLike, root: str | Path | None = None) ->
     if "+" not in s or found(s): return None
     return next(((s[:i], s[i + 1:]) for i, c in enumerate(s) if c == "+" and found(s[:i]) and found(s[i + 1:])), None)
 
+# %% ../nbs/00_io.ipynb #9ba5c74f
+@patch
+def renamed(self: Checkpoint, names: Mapping[str, str]) -> Checkpoint:
+    """This checkpoint with tensor `k` called `names[k]` (names not listed unchanged), read as before (the same files,
+    row-range reads included); itself for a LoRA adapter, whose names are the adapter's."""
+    if isinstance(self, AdapterCheckpoint) or not names: return self
+    old = {names.get(k, k): k for k in self._meta}
+    if len(old) != len(self._meta): raise IncompatibleModels(f"{self.name}: renaming would give two tensors one name")
+    out = copy.copy(self)
+    out._meta = {n: self._meta[k] for n, k in old.items()}
+    for attr in ("_where", "_sd"):
+        if hasattr(self, attr): setattr(out, attr, {n: getattr(self, attr)[k] for n, k in old.items()})
+    if isinstance(self, SafetensorsCheckpoint): out._fds = {}                 # its own descriptors: closed with it
+    if isinstance(self, LazyCheckpoint):
+        out._fn = lambda n: self._fn(old[n])
+        if self._rows_fn is not None: out._rows_fn = lambda n, a, b: self._rows_fn(old[n], a, b)
+    return out
+
+# %% ../nbs/00_io.ipynb #46bd7b2e
+LEGACY_NAMES = {"LayerNorm.gamma": "LayerNorm.weight", "LayerNorm.beta": "LayerNorm.bias"}
+"TensorFlow-era tensor names that transformers renames when it loads a checkpoint (BERT's hub files still use them)."
+
+def _legacy(k: str, back: bool = False) -> str:
+    for a, b in LEGACY_NAMES.items():
+        if back: a, b = b, a
+        if k.endswith(a): return k[: -len(a)] + b
+    return k
+
+def named_like(ck: Checkpoint, ref: Checkpoint) -> Checkpoint:
+    """`ck` with its tensors named as `ref` names them, where the two write the same names differently: with or without
+    a base-model prefix (a hub GPT-2 stores `h.0.…` where a saved `GPT2LMHeadModel` stores `transformer.h.0.…`), or
+    with TensorFlow-era LayerNorm names (`LEGACY_NAMES`). `ck` itself when no renaming makes more names agree."""
+    a, b = set(ck.keys()), set(ref.keys())
+    if a == b or not a or not b or isinstance(ck, AdapterCheckpoint): return ck
+    legacy = [lambda k: k, _legacy, lambda k: _legacy(k, back=True)]
+    prefixes = {("", "")}                                # (prefix to strip, prefix to add), from names only one side has
+    for want in sorted(b - a)[:20]:
+        for have in a:
+            for h in {leg(have) for leg in legacy}:
+                if h.endswith("." + want): prefixes.add((h[: -len(want)], ""))
+                if want.endswith("." + h): prefixes.add(("", want[: -len(h)]))
+    best, hits = None, len(a & b)
+    for strip, add in prefixes:
+        for leg in legacy:
+            names = {k: add + leg(k).removeprefix(strip) for k in a}
+            n = len(set(names.values()) & b)
+            if n > hits and len(set(names.values())) == len(names): best, hits = names, n
+    return ck if best is None else ck.renamed({k: v for k, v in best.items() if k != v})
+
 # %% ../nbs/00_io.ipynb #7e23f80e
 def open_model(ref: Any, *, base: Any = None, whole: bool = False) -> Checkpoint:
     """Open any model reference of the table above as a lazy `Checkpoint` (headers only): the one resolver of mergelab.
     A bare PEFT adapter folder is applied to `base` when one is given, and stays an `AdapterCheckpoint` otherwise (with
-    `whole=True`, where a complete model is needed, it is refused, saying how to give its base)."""
+    `whole=True`, where a complete model is needed, it is refused, saying how to give its base); a whole model is read
+    under the base's tensor names where the two write them differently (`named_like`)."""
     if isinstance(ref, Checkpoint): ck = ref
     elif callable(getattr(ref, "checkpoint", None)): ck = open_model(ref.checkpoint())
     elif isinstance(ref, torch.nn.Module):
@@ -465,6 +515,7 @@ def open_model(ref: Any, *, base: Any = None, whole: bool = False) -> Checkpoint
     else: raise IncompatibleModels(f"cannot open a model from a {type(ref).__name__}; give a path, 'BASE+ADAPTER', a "
                                    "cached Hugging Face id, a state dict, an nn.Module, a Checkpoint or a zoo model")
     if base is not None and isinstance(ck, AdapterCheckpoint): return apply_adapter(base, ck)
+    if base is not None: ck = named_like(ck, open_model(base))
     if whole and isinstance(ck, AdapterCheckpoint):
         raise IncompatibleModels(f"{ck.name} is a LoRA adapter, not a whole model: give it with its base, as "
                                  f"'BASE+{ck.name}' or open_model(adapter, base=BASE)")
@@ -920,7 +971,8 @@ def checkpoint(self: TaskVector) -> Checkpoint:
 # %% ../nbs/00_io.ipynb #329cf8cf
 def task_vector(finetuned: Any, base: Any, dtype: torch.dtype = torch.float32) -> TaskVector:
     "τ = θ_ft − θ₀, lazy per tensor; keys and shapes are checked now."
-    ft, b = open_model(finetuned), open_model(base)
+    b = open_model(base)
+    ft = open_model(finetuned, base=b)
     check_compatible([b, ft])
     return TaskVector([(1.0, ft, b)], dtype)
 

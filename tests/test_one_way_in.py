@@ -137,3 +137,40 @@ def test_names_come_from_one_rule(family):
     assert names == ["ft1", "ad2", "m2"]
     km = kinship_matrix([d / "ft1", f"{d / 'base'}+{d / 'ad2'}"], family["base"])
     assert list(km.index) == ["ft1", "ad2"]
+
+
+@pytest.mark.parametrize("kind", ["gpt2-hub", "bert-hub"])
+def test_hub_names_against_saved_names(kind, tmp_path):
+    """A base as the hub stores it (GPT-2 without the `transformer.` prefix; BERT with TensorFlow-era `LayerNorm.gamma`
+    and `beta`) and fine-tunes saved by transformers: every pillar reads the fine-tunes under the base's names, and the
+    merge loads with `from_pretrained`, the base's tensors where the deltas are zero."""
+    import transformers as T
+    from mergelab.io import task_vector
+    if kind == "gpt2-hub":
+        cls, cfg = T.GPT2LMHeadModel, T.GPT2Config(vocab_size=64, n_embd=16, n_layer=2, n_head=2, n_positions=32,
+                                                   bos_token_id=0, eos_token_id=0)
+        hub = lambda k: None if k == "lm_head.weight" else k.removeprefix("transformer.")
+    else:
+        cls, cfg = T.BertModel, T.BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                                             intermediate_size=32, max_position_embeddings=32)
+        hub = lambda k: k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta")
+    torch.manual_seed(0)
+    base = cls(cfg).eval()
+    sd = {hub(k): v.contiguous() for k, v in base.state_dict().items() if hub(k) is not None}
+    (tmp_path / "base").mkdir(); cfg.save_pretrained(tmp_path / "base")
+    save_file(sd, str(tmp_path / "base" / "model.safetensors"), metadata={"format": "pt"})
+    for i, n in enumerate("ab"):
+        ft = cls(cfg).eval(); ft.load_state_dict(base.state_dict())
+        with torch.no_grad():
+            for p in ft.parameters(): p.add_(torch.randn_like(p) * 0.01 * (i + 1))
+        ft.save_pretrained(tmp_path / n)
+    assert set(open_model(tmp_path / "a").keys()) != set(sd)
+    models = {n: tmp_path / n for n in "ab"}
+    out = merge(models, "ties", base=tmp_path / "base", weight=1.0, density=0.5, out=tmp_path / "m", progress=False)
+    assert set(open_model(out).keys()) == set(sd)                     # written under the base's names
+    cls.from_pretrained(out)
+    k = kinship_matrix(models, tmp_path / "base", progress=False)
+    assert k.shape == (2, 2) and k.notna().all().all()
+    assert set(task_vector(tmp_path / "a", tmp_path / "base").keys()) <= set(sd)
+    assert len(interference_report(models, tmp_path / "base", progress=False))
+    tall_compress(models, tmp_path / "base", tmp_path / "tall")
