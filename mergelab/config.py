@@ -13,7 +13,7 @@ import torch, yaml
 from fastcore.basics import patch
 from .io import (Checkpoint, LazyCheckpoint, AdapterCheckpoint, ShardedWriter, MergelabError, IncompatibleModels,
                          CheckpointNotFound, check_output_path, parse_size, open_model, model_names, model_paths,
-                         split_adapter_ref, short_repr, open_tokenizer)
+                         split_adapter_ref, short_repr, open_tokenizer, named_like)
 from .registry import ConfigError, MergeMethod, METHODS, get_method, chain, did_you_mean, REQUIRED
 from .scheduler import (TensorGroup, execute, layer_index, num_layers, LAYER_COUNT_KEYS, LAYER_RE, using_client,
                                 nonfinite_policy, check_threads, parse_device)
@@ -423,6 +423,8 @@ def _plain_inputs(cfg: MergeConfig, method: MergeMethod, problems: list[str]) ->
         try: base = _open_input(cfg.base_model)
         except MergelabError as e: problems.append(f"base_model: {e}")
     models = _open_all([m["model"] for m in models_cfg], problems, "models", base)
+    if base is None and models and models[0] is not None:   # no base: the first model's tensor names are the merge's
+        models = models[:1] + [named_like(m, models[0]) if m is not None else None for m in models[1:]]
     if method.base == "none": base = None
     return models_cfg, models, base
 
