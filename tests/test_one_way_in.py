@@ -169,8 +169,8 @@ def test_hub_names_against_saved_names(kind, tmp_path):
     out = merge(models, "ties", base=tmp_path / "base", weight=1.0, density=0.5, out=tmp_path / "m", progress=False)
     assert set(open_model(out).keys()) == set(sd)                     # written under the base's names
     cls.from_pretrained(out)
-    avg = merge({"base": tmp_path / "base", "a": tmp_path / "a"}, "linear", weight=1.0, progress=False)   # no base: first names
-    assert set(avg) == set(sd)
+    avg = merge({"base": tmp_path / "base", "a": tmp_path / "a"}, "linear", weight=1.0, progress=False)
+    assert set(avg) == set(sd)                                         # without a base: the first model's names
     k = kinship_matrix(models, tmp_path / "base", progress=False)
     assert k.shape == (2, 2) and k.notna().all().all()
     assert set(task_vector(tmp_path / "a", tmp_path / "base").keys()) <= set(sd)
