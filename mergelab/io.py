@@ -1073,15 +1073,27 @@ def is_conv1d(m: torch.nn.Module) -> bool:
     return type(m).__name__ == "Conv1D"
 
 def module_key_map(m: torch.nn.Module, keys: Iterable[str]) -> dict[str, str]:
-    """Checkpoint key → `m`'s key, by transformers' own renamings of legacy checkpoint names (ViT's
-    `encoder.layer.N.attention.attention.query` is `layers.N.attention.q_proj` in transformers 5); identity where none
-    applies, or for modules transformers does not know."""
+    """Checkpoint key → `m`'s key, as transformers' `from_pretrained` matches them: the base-model prefix added or
+    stripped where no name agrees without (a hub GPT-2 stores `h.0.…`, a `GPT2LMHeadModel` names it `transformer.h.0.…`),
+    then transformers' own renamings of legacy names (ViT's `encoder.layer.N.attention.attention.query` is
+    `layers.N.attention.q_proj` in transformers 5), each only where more names then agree; identity otherwise, or for
+    modules transformers does not know."""
+    own, pre = set(m.state_dict()), getattr(m, "base_model_prefix", "") or ""
+    names = {k: k for k in keys}
+    hits = lambda d: len(set(d.values()) & own)
+    if pre and not hits(names):
+        add = any(k.startswith(pre + ".") for k in own)
+        alt = {k: f"{pre}.{k}" if add else k.removeprefix(pre + ".") for k in names}
+        if hits(alt) > hits(names): names = alt
     try:
         from transformers.conversion_mapping import get_model_conversion_mapping
         from transformers.core_model_loading import WeightRenaming, apply_renamings
         ren = [c for c in get_model_conversion_mapping(m) if isinstance(c, WeightRenaming)]
     except Exception: ren = []
-    return {k: apply_renamings(k, ren) if ren else k for k in keys}
+    if ren and set(names.values()) - own:
+        alt = {k: apply_renamings(v, ren) for k, v in names.items()}
+        if hits(alt) > hits(names): names = alt
+    return names
 
 # %% ../nbs/00_io.ipynb #f2ee566e
 def tied_aliases(m: torch.nn.Module) -> dict[str, str]:
@@ -1126,14 +1138,8 @@ def _convert_into(m: torch.nn.Module, sd: Mapping[str, torch.Tensor]) -> tuple[s
 def _load_into(m: torch.nn.Module, sd: Mapping[str, torch.Tensor], what: str) -> torch.nn.Module:
     """Load `sd` into `m` (adding or stripping the base-model prefix where the checkpoint's keys need it; transformers'
     renamings and weight conversions of checkpoint names), ties, checks."""
-    own, pre = set(m.state_dict()), getattr(m, "base_model_prefix", "") or ""
-    if pre and not set(sd) & own:
-        alt = {f"{pre}.{k}": v for k, v in sd.items()} if any(k.startswith(pre + ".") for k in own) else \
-              {k.removeprefix(pre + "."): v for k, v in sd.items()}
-        if len(set(alt) & own) > len(set(sd) & own): sd = alt
-    if set(sd) - own:                                            # legacy names transformers renames on load
-        names = module_key_map(m, sd)
-        if len(set(names.values()) & own) > len(set(sd) & own): sd = {names[k]: v for k, v in sd.items()}
+    own, names = set(m.state_dict()), module_key_map(m, sd)
+    sd = {names[k]: v for k, v in sd.items()}
     buffers = {n for n, _ in m.named_buffers()}                 # older checkpoints saved constant buffers (BERT's position_ids)
     converted = _convert_into(m, sd) if set(sd) - own - buffers else None
     if converted is None:

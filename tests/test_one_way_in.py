@@ -142,13 +142,13 @@ def test_names_come_from_one_rule(family):
 @pytest.mark.parametrize("kind", ["gpt2-hub", "bert-hub"])
 def test_hub_names_against_saved_names(kind, tmp_path):
     """A base as the hub stores it (GPT-2 without the `transformer.` prefix; BERT with TensorFlow-era `LayerNorm.gamma`
-    and `beta`) and fine-tunes saved by transformers: every pillar reads the fine-tunes under the base's names, and the
-    merge loads with `from_pretrained`, the base's tensors where the deltas are zero."""
+    and `beta`) and fine-tunes saved by transformers: every pillar reads the fine-tunes under the base's names (a
+    data-aware merge too, which runs the module), and the merge loads with `from_pretrained`."""
     import transformers as T
     from mergelab.io import task_vector
     if kind == "gpt2-hub":
         cls, cfg = T.GPT2LMHeadModel, T.GPT2Config(vocab_size=64, n_embd=16, n_layer=2, n_head=2, n_positions=32,
-                                                   bos_token_id=0, eos_token_id=0)
+                                                   bos_token_id=0, eos_token_id=0, architectures=["GPT2LMHeadModel"])
         hub = lambda k: None if k == "lm_head.weight" else k.removeprefix("transformer.")
     else:
         cls, cfg = T.BertModel, T.BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
@@ -176,3 +176,7 @@ def test_hub_names_against_saved_names(kind, tmp_path):
     assert set(task_vector(tmp_path / "a", tmp_path / "base").keys()) <= set(sd)
     assert len(interference_report(models, tmp_path / "base", progress=False))
     tall_compress(models, tmp_path / "base", tmp_path / "tall")
+    if kind == "gpt2-hub":                         # a data pass runs the module, whose names carry the prefix
+        x = torch.randint(2, 60, (4, 8), generator=torch.Generator().manual_seed(0))
+        rm = merge(models, "regmean", base=tmp_path / "base", data={"a": x, "b": x}, num_batches=1, progress=False)
+        assert set(rm) == set(sd)
