@@ -47,7 +47,8 @@ def dsl_value(v: Any, name: str, tau: float) -> Any:
 
 # %% ../nbs/03_config.ipynb #a19ddde9
 _TOP_KEYS = {"merge_method", "base_model", "models", "slices", "parameters", "dtype", "out_dtype", "tokenizer_source",
-             "tokenizer", "chat_template", "name", "truncate_vocab", "seed", "compute_dtype", "on_nonfinite", "postprocess"}
+             "tokenizer", "chat_template", "name", "truncate_vocab", "seed", "compute_dtype", "on_nonfinite", "postprocess",
+             "shared_only"}
 MERGEKIT_FLAGS = frozenset({"int8_mask"})   # mergekit parameters no mergelab method needs (int8_mask: a memory option)
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
            "half": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float64": torch.float64}
@@ -74,6 +75,7 @@ class MergeConfig:
     postprocess: list[dict] = field(default_factory=list)
     raw: dict = field(default_factory=dict)
     pad_to_multiple_of: int | None = None     # `tokenizer: {pad_to_multiple_of}`: output vocabulary rows rounded up
+    shared_only: bool = False                 # merge the tensors the base and every model share; leave task heads out
 
 # %% ../nbs/03_config.ipynb #52847cd3
 def rooted(ref: Any, root) -> Any:
@@ -216,8 +218,11 @@ def load(cls: MergeConfig, src: Any, root: str | Path | None = None) -> "MergeCo
     params = dict(d.get("parameters") or {})
     for k in ("seed",):
         if k in d: params.setdefault(k, d[k])
+    if not isinstance(d.get("shared_only", False), bool): problems.append(f"'shared_only' must be true or false, got {short_repr(d['shared_only'])}")
+    if d.get("shared_only") and slices is not None: problems.append("'shared_only' applies to 'models' merges, not 'slices'")
+    if problems: raise ConfigError(problems)
     return cls(d["merge_method"], norm, rooted(d.get("base_model"), root), slices, params, d.get("dtype"),
-               d.get("out_dtype"), tok, bool(d.get("truncate_vocab", False)), norm_post, d, pad)
+               d.get("out_dtype"), tok, bool(d.get("truncate_vocab", False)), norm_post, d, pad, bool(d.get("shared_only", False)))
 
 # %% ../nbs/03_config.ipynb #5d579ef4
 def yaml_safe(v: Any) -> Any:
@@ -248,6 +253,7 @@ def to_yaml(self: MergeConfig) -> str:
     if self.pad_to_multiple_of: d["tokenizer"] = {"source": self.tokenizer_source or "union", "pad_to_multiple_of": self.pad_to_multiple_of}
     elif self.tokenizer_source is not None: d["tokenizer_source"] = self.tokenizer_source
     if self.truncate_vocab: d["truncate_vocab"] = True
+    if self.shared_only: d["shared_only"] = True
     if self.postprocess: d["postprocess"] = self.postprocess
     return yaml.safe_dump(d, sort_keys=False)
 
@@ -563,6 +569,20 @@ def _resolve(method: MergeMethod, glob: dict, per_model: list[dict], name: str, 
         problems.extend(p.replace(f" ({name})", "") for p in e.problems if not any(r in p for r in reported))
         return {}
 
+# %% ../nbs/03_config.ipynb #4ca5f2d6
+def _shared_views(cks: list[Checkpoint], has_base: bool) -> tuple[list[Checkpoint], Checkpoint | None, list[Checkpoint]]:
+    """`shared_only`: every input restricted to the tensors that all of them hold with one shape, as in multi-task
+    merging of a shared encoder whose task heads stay apart (Ilharco et al. 2023): the others (a classifier per task,
+    a pretraining head only the base has) are left out of the output, named in a warning. (models, base, all)."""
+    shape = lambda k: {tuple(c.shape(k)) if k in c else None for c in cks}
+    keep = [k for k in cks[0].keys() if len(shape(k)) == 1 and None not in shape(k)]
+    left = sorted({k for c in cks for k in c.keys()} - set(keep))
+    if not keep: raise ConfigError("shared_only: the models share no tensor of one shape")
+    if left: warnings.warn(f"shared_only: {len(left)} tensors that not every model holds with one shape are not merged "
+                           f"(left out of the output): {left[:6]}{' …' if len(left) > 6 else ''}", stacklevel=2)
+    cks = [c.restricted(keep) for c in cks]
+    return cks[has_base:], cks[0] if has_base else None, cks
+
 # %% ../nbs/03_config.ipynb #6fac66db
 def _check_models(models, base, cfg: MergeConfig, problems: list[str]):
     "The inputs as the merge reads them (vocabulary views applied) and the output `Vocabulary` when one is rebuilt."
@@ -585,11 +605,16 @@ def _check_models(models, base, cfg: MergeConfig, problems: list[str]):
         if cfg.tokenizer_source == "base" and any(m.shape(vt[0])[0] < rows for m in models if vt[0] in m) and base is None:
             problems.append("tokenizer_source: base needs a base_model")
         cks = ([base] if base is not None else []) + models
+    if cfg.shared_only:
+        models, base, cks = _shared_views(cks, base is not None)
     names = ["base_model"] * (base is not None) + [f"models[{i}]" for i in range(len(models))]
     try:
         from mergelab.io import check_compatible
         check_compatible(cks, names=[f"{n} ({c.name})" for n, c in zip(names, cks)])
-    except IncompatibleModels as e: problems.append(str(e))
+    except IncompatibleModels as e:
+        hint = "\nIf those tensors are task heads (a classifier per task, a pretraining head), `shared_only: true` " \
+               "(`shared_only=True`) merges the tensors that all of them share and leaves the heads out."
+        problems.append(str(e) + (hint if "lacks" in str(e) else ""))
     if problems: raise ConfigError(problems)
     return models, base, vocab
 
@@ -762,7 +787,7 @@ def merge(models: Sequence[Any] | Mapping[str, Any], method: str = "linear", bas
           max_shard_size: int | str = "5GB", seed: int | None = None, overwrite: bool = False, progress: bool = True,
           on_nonfinite: str = "error", tokenizer_source: str | None = None, truncate_vocab: bool = False,
           postprocess: Sequence[str | dict] = (), force: bool = False, client: Any = None, device: Any = None,
-          max_memory: int | str | None = None, **params) -> dict[str, torch.Tensor] | Path:
+          max_memory: int | str | None = None, shared_only: bool = False, **params) -> dict[str, torch.Tensor] | Path:
     """Merge `models` (any references `open_model` takes, as a list or a `{name: reference}` mapping; a bare LoRA adapter
     is applied to `base`) with a registered `method`.
     Per-model parameters take a scalar (all models) or a list with one value per model; any value may use the
@@ -771,7 +796,8 @@ def merge(models: Sequence[Any] | Mapping[str, Any], method: str = "linear", bas
     refuses a merge estimated to exceed the available memory (`InsufficientMemory`) unless `force=True`; `client=`
     (a `dask.distributed.Client`) merges on its workers, tensor by tensor, with bit-identical output; `device=` ('cuda',
     'cuda:1', 'mps') merges each tensor group there (random drops are drawn on the CPU: the same masks as a CPU merge);
-    `max_memory=` ("4GB") bounds the working set, merging larger tensors in row blocks (`plan_row_blocks`)."""
+    `max_memory=` ("4GB") bounds the working set, merging larger tensors in row blocks (`plan_row_blocks`);
+    `shared_only=True` merges the tensors that the base and every model share, leaving task heads out (`_shared_views`)."""
     nonfinite_policy(on_nonfinite); parse_device(device); parse_size(max_shard_size)     # bad values: before any work
     m = chain(method, *[p if isinstance(p, str) else p["method"] for p in postprocess]) if postprocess else get_method(method)
     models = list(model_names(models, what="merge").values())
@@ -785,6 +811,7 @@ def merge(models: Sequence[Any] | Mapping[str, Any], method: str = "linear", bas
     d = {"merge_method": m.name, "models": [{"model": x, "parameters": p} for x, p in zip(models, per)],
          "parameters": glob, "base_model": base, "dtype": _dtype_str(dtype), "out_dtype": _dtype_str(out_dtype),
          "truncate_vocab": truncate_vocab}
+    if shared_only: d["shared_only"] = shared_only
     if tokenizer_source: d["tokenizer_source"] = tokenizer_source
     if postprocess:
         d["merge_method"] = get_method(method).name

@@ -468,6 +468,17 @@ def renamed(self: Checkpoint, names: Mapping[str, str]) -> Checkpoint:
         if self._rows_fn is not None: out._rows_fn = lambda n, a, b: self._rows_fn(old[n], a, b)
     return out
 
+# %% ../nbs/00_io.ipynb #118f759d
+@patch
+def restricted(self: Checkpoint, keys: Iterable[str]) -> Checkpoint:
+    "This checkpoint with only the tensors `keys` (in its own order), read as before; itself for a LoRA adapter."
+    if isinstance(self, AdapterCheckpoint): return self
+    keep = set(keys)
+    out = copy.copy(self)
+    out._meta = {k: v for k, v in self._meta.items() if k in keep}
+    if isinstance(self, SafetensorsCheckpoint): out._fds = {}
+    return out
+
 # %% ../nbs/00_io.ipynb #46bd7b2e
 LEGACY_NAMES = {"LayerNorm.gamma": "LayerNorm.weight", "LayerNorm.beta": "LayerNorm.bias"}
 "TensorFlow-era tensor names that transformers renames when it loads a checkpoint (BERT's hub files still use them)."
