@@ -218,11 +218,12 @@ def load(cls: MergeConfig, src: Any, root: str | Path | None = None) -> "MergeCo
     params = dict(d.get("parameters") or {})
     for k in ("seed",):
         if k in d: params.setdefault(k, d[k])
-    if not isinstance(d.get("shared_only", False), bool): problems.append(f"'shared_only' must be true or false, got {short_repr(d['shared_only'])}")
-    if d.get("shared_only") and slices is not None: problems.append("'shared_only' applies to 'models' merges, not 'slices'")
+    shared = d.get("shared_only", False)
+    if not isinstance(shared, bool): problems.append(f"'shared_only' must be true or false, got {short_repr(shared)}")
+    if shared and slices is not None: problems.append("'shared_only' applies to 'models' merges, not 'slices'")
     if problems: raise ConfigError(problems)
     return cls(d["merge_method"], norm, rooted(d.get("base_model"), root), slices, params, d.get("dtype"),
-               d.get("out_dtype"), tok, bool(d.get("truncate_vocab", False)), norm_post, d, pad, bool(d.get("shared_only", False)))
+               d.get("out_dtype"), tok, bool(d.get("truncate_vocab", False)), norm_post, d, pad, shared is True)
 
 # %% ../nbs/03_config.ipynb #5d579ef4
 def yaml_safe(v: Any) -> Any:

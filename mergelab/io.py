@@ -1116,13 +1116,11 @@ def tied_aliases(m: torch.nn.Module) -> dict[str, str]:
         else: first[id(v)] = k
     return out
 
-
 # %% ../nbs/00_io.ipynb #e5cfd91a
 def module_state(m: torch.nn.Module) -> dict[str, torch.Tensor]:
     "A module's tensors, detached, under its own names, each tied tensor once (`tied_aliases` left out)."
     alias = tied_aliases(m)
     return {k: v.detach() for k, v in m.state_dict().items() if k not in alias}
-
 
 # %% ../nbs/00_io.ipynb #488529f2
 def _convert_into(m: torch.nn.Module, sd: Mapping[str, torch.Tensor]) -> tuple[set[str], set[str]] | None:
@@ -1139,11 +1137,11 @@ def _convert_into(m: torch.nn.Module, sd: Mapping[str, torch.Tensor]) -> tuple[s
     if not any(isinstance(c, WeightConverter) for c in mapping): return None
     bar = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
-    try: info, _ = convert_and_load_state_dict_in_model(model=m, state_dict=dict(sd), load_config=LoadStateDictConfig(weight_mapping=mapping))
+    try: info, _ = convert_and_load_state_dict_in_model(model=m, state_dict=dict(sd),
+                                                         load_config=LoadStateDictConfig(weight_mapping=mapping))
     finally:
         if bar: hf_logging.enable_progress_bar()
     return set(info.missing_keys), set(info.unexpected_keys) | set(info.mismatched_keys)
-
 
 # %% ../nbs/00_io.ipynb #42cabe32
 def _load_into(m: torch.nn.Module, sd: Mapping[str, torch.Tensor], what: str) -> torch.nn.Module:
