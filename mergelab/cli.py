@@ -4,7 +4,7 @@
 
 # %% ../nbs/20_cli.ipynb #2aedfc12
 from __future__ import annotations
-import argparse, atexit, contextlib, signal, sys, time, os
+import argparse, atexit, contextlib, signal, sys, time, os, warnings
 from pathlib import Path
 from .io import MergelabError, parse_size, current_rss
 from .registry import METHODS, get_method, load_methods, REQUIRED, interval_text
@@ -95,11 +95,16 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 # %% ../nbs/20_cli.ipynb #6d141e3e
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    "Warnings as the command line's own lines (`warning: …` on stderr), without Python's file and source line."
+    print(f"warning: {message}", file=sys.stderr)
+
 def main(argv: list[str] | None = None) -> int:
     """The `mergelab` command line (the console script runs it through `console`); returns the exit code. SIGTERM stops
     it as Ctrl-C does: temporaries removed, exit code 130."""
     args = _parser().parse_args(argv)
     with contextlib.suppress(ValueError): signal.signal(signal.SIGTERM, _terminate)   # only in the main thread
+    shown, warnings.showwarning = warnings.showwarning, _show_warning
     try:
         if args.cmd == "merge":
             from mergelab.config import merge_config
@@ -158,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         request_stop()                                   # worker threads end their loops before the interpreter exits
         print("mergelab: interrupted; no partial output was left at the target", file=sys.stderr)
         return 130
+    finally: warnings.showwarning = shown
     return 0
 
 # %% ../nbs/20_cli.ipynb #dc08fcf3

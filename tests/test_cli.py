@@ -49,6 +49,11 @@ def test_merge_refuses_existing_and_bad_config(zoo, tmp_path):
 def test_validate_and_methods(zoo):
     r = run("validate", zoo / "ties.yml")
     assert r.returncode == 0 and "ok: ties" in r.stdout
+    odd = zoo / "odd.yml"                          # a parameter TIES does not use: mergekit ignores it, so do we, saying so
+    odd.write_text((zoo / "ties.yml").read_text().replace("density: 0.5}", "density: 0.5, epsilon: 0.1}"))
+    r = run("validate", odd)
+    assert r.returncode == 0 and "warning: ties does not use parameter 'epsilon'" in r.stderr
+    assert "UserWarning" not in r.stderr and ".py:" not in r.stderr          # the CLI's own line, not Python's
     r = run("methods")
     assert r.returncode == 0 and all(m in r.stdout for m in ("linear", "ties", "dare_ties", "slerp", "model_stock"))
 
